@@ -1,0 +1,56 @@
+"""segquant: post-training quantization of diffusion models (SegQuant: SegLinear + DualScale).
+
+The public API is imported lazily so that ``import segquant`` stays cheap (no diffusers, no triton,
+no CUDA initialisation).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "quantize": "segquant.quantizer",
+    "convert": "segquant.quantizer",
+    "calibrate": "segquant.calibration",
+    "build_plan": "segquant.plan",
+    "QuantPlan": "segquant.plan",
+    "LayerPlan": "segquant.plan",
+    "QuantConfig": "segquant.config",
+    "PRESETS": "segquant.presets",
+    "get_preset": "segquant.presets",
+    "preset_dict": "segquant.presets",
+    "save_quantized": "segquant.serialization",
+    "load_quantized": "segquant.serialization",
+    "SegLinear": "segquant.nn.seglinear",
+    "DType": "segquant.enums",
+    "Optimum": "segquant.enums",
+    "Calibrate": "segquant.enums",
+    "SegPattern": "segquant.enums",
+    "generate_calibrate_set": "segquant.calib",
+    "load_calibrate_set": "segquant.calib",
+    "UniformSampler": "segquant.calib",
+    "NormalSampler": "segquant.calib",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'segquant' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from segquant.calib import NormalSampler, UniformSampler, generate_calibrate_set, load_calibrate_set
+    from segquant.calibration import calibrate
+    from segquant.config import QuantConfig
+    from segquant.enums import Calibrate, DType, Optimum, SegPattern
+    from segquant.nn.seglinear import SegLinear
+    from segquant.plan import LayerPlan, QuantPlan, build_plan
+    from segquant.presets import PRESETS, get_preset, preset_dict
+    from segquant.quantizer import convert, quantize
+    from segquant.serialization import load_quantized, save_quantized

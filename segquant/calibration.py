@@ -1,0 +1,108 @@
+"""Step 2 of ``quantize``: run the model on calibration batches and collect per-layer input statistics.
+
+A batch is a Tensor (``model(batch)``), a tuple/list of positional arguments (``model(*batch)``) or a
+mapping of keyword arguments (``model(**batch)``); every sample of every batch is seen. Statistics are
+running (see :mod:`segquant.observers`), so memory does not grow with the amount of calibration data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from segquant.enums import Calibrate
+from segquant.errors import CalibrationError
+from segquant.observers import InputObserver
+from segquant.plan import LayerPlan, QuantPlan
+
+logger = logging.getLogger("segquant.calibrate")
+
+SAMPLE_ROWS = 512
+"""Input rows kept per layer for alpha search and percentile/MSE activation clipping."""
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model without any)."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        return tensor.device
+    return torch.device("cpu")
+
+
+def move_to(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor inside (nested lists, tuples, dicts) moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: move_to(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(move_to(v, device) for v in value)
+    return value
+
+
+def run_batch(model: nn.Module, batch: Any) -> Any:
+    """Call ``model`` on one calibration batch (Tensor, positional tuple/list, or kwargs mapping)."""
+    batch = move_to(batch, model_device(model))
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (list, tuple)):
+        return model(*batch)
+    raise CalibrationError(f"calibration batch of type {type(batch).__name__}: expected a Tensor, a tuple of "
+                           "positional arguments or a dict of keyword arguments")
+
+
+def first_batch(calib_data_loader: Iterable) -> Any:
+    """The first batch of the loader (used as the graph-capture example when none is given)."""
+    for batch in calib_data_loader:
+        return batch
+    raise CalibrationError("the calibration loader is empty")
+
+
+def make_observer(layer: LayerPlan, device: torch.device) -> InputObserver:
+    calib, opt = layer.config.calib, layer.config.opt
+    needs_rows = opt.search_alpha.enable or calib.type in (Calibrate.PERCENTILE, Calibrate.MSE)
+    return InputObserver(layer.name, layer.in_features, device=device, hessian=calib.type is Calibrate.GPTQ,
+                         hessian_device="cpu" if calib.cpu_storage else device,
+                         max_sample_rows=SAMPLE_ROWS if needs_rows else 0)
+
+
+def calibrate(model: nn.Module, plan: QuantPlan, calib_data_loader: Iterable, tmp_device: Any = None,
+              verbose: bool = False, layers: list[str] | None = None) -> dict[str, InputObserver]:
+    """Run ``model`` over the loader and return an :class:`InputObserver` per enabled layer.
+
+    Statistics live on ``tmp_device`` when given, else on each layer's device. ``layers`` restricts
+    calibration to those layer names (used by sequential calibration).
+    """
+    names = [layer.name for layer in plan.enabled_layers() if layers is None or layer.name in layers]
+    modules = dict(model.named_modules())
+    observers, handles = {}, []
+    for name in names:
+        device = torch.device(tmp_device) if tmp_device is not None else modules[name].weight.device
+        observer = observers[name] = make_observer(plan.layers[name], device)
+        handles.append(modules[name].register_forward_pre_hook(_record(observer)))
+    batches = 0
+    try:
+        with torch.no_grad():
+            for batch in tqdm(calib_data_loader, desc="calibrating", unit="batch", disable=not verbose):
+                run_batch(model, batch)
+                batches += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+    if batches == 0:
+        raise CalibrationError("the calibration loader yielded no batch")
+    logger.info("calibrated %d layers on %d batches", len(observers), batches)
+    return observers
+
+
+def _record(observer: InputObserver):
+    def hook(_module: nn.Module, args: tuple) -> None:
+        observer.update(args[0])
+
+    return hook

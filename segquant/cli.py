@@ -1,0 +1,121 @@
+"""The ``segquant`` command: ``segquant [--version] {inspect,quantize,calibrate,eval,demo} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+import segquant
+
+# (module, function) pairs that add a subcommand; imported when the parser is built, so each
+# module must stay cheap to import (heavy imports go inside its command function).
+SUBCOMMANDS = (
+    ("segquant.calib.cli", "add_calibrate_parser"),
+    ("segquant.eval.cli", "add_eval_parser"),
+    ("segquant.demo.cli", "add_demo_parser"),
+)
+
+
+def load_denoiser(source: str, seed: int = 0):
+    """A built-in tiny model name (``sd3``, ``flux``, ...) or a local diffusers model folder, plus an example input.
+
+    Returns ``(model, example_kwargs)``. Folders are loaded with ``local_files_only=True`` (no download).
+    """
+    from segquant.models.examples import example_inputs_for
+    from segquant.models.tiny import TINY_MODELS, build_tiny_denoiser, tiny_example_inputs
+
+    if source in TINY_MODELS:
+        return build_tiny_denoiser(source, seed=seed), tiny_example_inputs(source, batch=1, seed=seed)
+    path = Path(source)
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"segquant: {source!r} is neither a built-in model ({', '.join(TINY_MODELS)}) nor a "
+                         "diffusers model folder with a config.json")
+    import json
+
+    import diffusers
+
+    class_name = json.loads((path / "config.json").read_text()).get("_class_name")
+    model_class = getattr(diffusers, str(class_name), None)
+    if model_class is None:
+        raise SystemExit(f"segquant: {path / 'config.json'} names class {class_name!r}, unknown to diffusers")
+    model = model_class.from_pretrained(str(path), local_files_only=True).eval()
+    return model, example_inputs_for(model, batch=1)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from segquant.plan import build_plan
+
+    model, example = load_denoiser(args.model)
+    plan = build_plan(model, args.config, example)
+    print(plan.table())
+    enabled = plan.enabled_layers()
+    segmented = sum(1 for layer in enabled if layer.output_segments or layer.input_segments)
+    dual = sum(1 for layer in enabled if layer.dual_scale_activation)
+    print(f"\n{len(plan.layers)} linear layers, {len(enabled)} quantized, {segmented} segmented, {dual} DualScale; "
+          f"graph captured: {plan.graph_captured}")
+    if args.json:
+        plan.save_json(args.json)
+        print(f"plan written to {args.json}")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from segquant.calib import load_calibrate_set
+    from segquant.quantizer import quantize
+    from segquant.serialization import save_quantized
+
+    model, example = load_denoiser(args.model)
+    calib = load_calibrate_set(args.calib).get_dataloader(batch_size=args.batch_size)
+    quantized = quantize(model, calib, args.config, verbose=True, example=example)
+    save_quantized(quantized, args.output)
+    print(quantized.segquant_plan.table())
+    print(f"\nquantized model written to {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segquant", description=segquant.__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"segquant {segquant.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and per-layer details")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+
+    inspect = sub.add_parser("inspect", help="show the quantization plan of a model (patterns, segments, formats)")
+    inspect.add_argument("model", help="built-in tiny model (sd3, flux, unet, pixart, ...) or a diffusers folder")
+    inspect.add_argument("--config", default="w8a8", help="preset name or YAML config (default: w8a8)")
+    inspect.add_argument("--json", help="also write the plan to this JSON file")
+    inspect.set_defaults(func=_inspect)
+
+    quant = sub.add_parser("quantize", help="quantize a model on a calibration set and save it")
+    quant.add_argument("model", help="built-in tiny model or a diffusers model folder")
+    quant.add_argument("--calib", required=True, help="calibration set folder (from `segquant calibrate`)")
+    quant.add_argument("--config", default="w8a8", help="preset name or YAML config (default: w8a8)")
+    quant.add_argument("--batch-size", type=int, default=1)
+    quant.add_argument("-o", "--output", required=True, help="output folder (safetensors + plan JSON)")
+    quant.set_defaults(func=_quantize)
+
+    for module_name, function in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue
+        getattr(module, function)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

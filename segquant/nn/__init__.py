@@ -1,0 +1,1 @@
+"""Quantized modules and the swap of nn.Linear for them."""

@@ -1,0 +1,242 @@
+"""The quantization plan: one plain-data decision per linear layer, built before any calibration.
+
+``build_plan(model, config, example)`` resolves each ``nn.Linear``'s config (default + rules), asks the
+graph which segments and DualScale the layer gets, and derives the :class:`SegLinearSpec` it will be
+converted to. A plan prints as an aligned table, saves to / loads from JSON, and can be edited by the
+user (``plan.override(name, ...)``) before calibration and conversion.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable
+
+from torch import nn
+
+from segquant.config import LayerConfig, QuantConfig, as_quant_config, build_layer_config, layer_config_to_raw
+from segquant.enums import Optimum, SegPattern
+from segquant.errors import ConfigError
+from segquant.nn.spec import SegLinearSpec
+from segquant.numerics import PerGroup
+
+logger = logging.getLogger("segquant.plan")
+
+_OUTPUT_PATTERNS = {SegPattern.LINEAR2CHUNK, SegPattern.LINEAR2SPLIT}
+_INPUT_PATTERNS = {SegPattern.CONCAT2LINEAR, SegPattern.STACK2LINEAR, SegPattern.RESHAPE2LINEAR}
+
+
+@dataclass
+class LayerPlan:
+    """Everything decided about one linear layer. ``chosen`` is filled during conversion (alpha, rank...)."""
+
+    name: str
+    in_features: int
+    out_features: int
+    has_bias: bool
+    config: LayerConfig
+    rules: tuple[str, ...] = ()
+    output_segments: tuple[int, ...] = ()
+    input_segments: tuple[int, ...] = ()
+    dual_scale_activation: str | None = None
+    patterns: tuple[SegPattern, ...] = ()
+    notes: list[str] = field(default_factory=list)
+    chosen: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return self.config.enable
+
+    def spec(self) -> SegLinearSpec:
+        """The layout of the ``SegLinear`` this layer becomes."""
+        cfg, inp, wq = self.config, self.config.input_quant, self.config.weight_quant
+        input_segments = self.input_segments or (self.in_features,)
+        return SegLinearSpec(
+            in_features=self.in_features, out_features=self.out_features,
+            output_segments=self.output_segments or (self.out_features,), input_segments=input_segments,
+            input_dtype=inp.dtype if inp.enable else None, input_dynamic=inp.dynamic,
+            input_granularity=inp.granularity, input_symmetric=inp.symmetric,
+            dual_scale=self.dual_scale_activation is not None and inp.enable,
+            weight_dtype=wq.dtype if wq.enable else None,
+            weight_scale_columns=weight_scale_columns(input_segments, self.weight_group_size()),
+            smooth=cfg.opt.type in (Optimum.SMOOTH, Optimum.SVD) and inp.enable and wq.enable,
+            low_rank=cfg.opt.low_rank if cfg.opt.type is Optimum.SVD and wq.enable else 0,
+            low_rank_precision=cfg.opt.precision, has_bias=self.has_bias)
+
+    def weight_group_size(self) -> int | None:
+        granularity = self.config.weight_quant.granularity
+        return granularity.group_size if isinstance(granularity, PerGroup) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "in_features": self.in_features, "out_features": self.out_features,
+                "has_bias": self.has_bias, "rules": list(self.rules),
+                "output_segments": list(self.output_segments), "input_segments": list(self.input_segments),
+                "dual_scale_activation": self.dual_scale_activation,
+                "patterns": [p.value for p in self.patterns], "notes": list(self.notes),
+                "chosen": self.chosen, "config": layer_config_to_raw(self.config)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LayerPlan":
+        return cls(name=d["name"], in_features=d["in_features"], out_features=d["out_features"],
+                   has_bias=d["has_bias"], config=build_layer_config(d["config"], d["name"]),
+                   rules=tuple(d["rules"]), output_segments=tuple(d["output_segments"]),
+                   input_segments=tuple(d["input_segments"]), dual_scale_activation=d["dual_scale_activation"],
+                   patterns=tuple(SegPattern(p) for p in d["patterns"]), notes=list(d["notes"]),
+                   chosen=dict(d["chosen"]))
+
+
+def weight_scale_columns(input_segments: tuple[int, ...], group_size: int | None) -> int:
+    """``G``: one scale column per input segment, or per group of ``group_size`` columns."""
+    return sum(size // group_size for size in input_segments) if group_size else len(input_segments)
+
+
+@dataclass
+class QuantPlan:
+    """The plan of a whole model: a :class:`LayerPlan` per ``nn.Linear`` (disabled ones included)."""
+
+    layers: dict[str, LayerPlan]
+    config: dict[str, Any]
+    graph_captured: bool = False
+
+    def enabled_layers(self) -> list[LayerPlan]:
+        return [layer for layer in self.layers.values() if layer.enabled]
+
+    def override(self, name: str, **config_changes: Any) -> None:
+        """Change one layer's config before conversion, e.g. ``plan.override("proj_out", enable=False)``."""
+        if name not in self.layers:
+            raise KeyError(f"no linear layer named {name!r} in the plan")
+        layer = self.layers[name]
+        raw = layer_config_to_raw(layer.config)
+        merged = build_layer_config(_deep_update(raw, config_changes), name)
+        self.layers[name] = _fit_to_layer(replace(layer, config=merged))
+
+    def table(self) -> str:
+        """An aligned text table of the plan, one row per linear layer."""
+        header = ("layer", "shape", "patterns", "out segments", "in segments", "dualscale", "weight", "input",
+                  "opt", "calib")
+        rows = [_table_row(layer) for layer in self.layers.values()]
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": "segquant-plan/1", "graph_captured": self.graph_captured, "config": self.config,
+                "layers": [layer.to_dict() for layer in self.layers.values()]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QuantPlan":
+        if d.get("format") != "segquant-plan/1":
+            raise ConfigError(f"not a segquant plan (format {d.get('format')!r}, expected 'segquant-plan/1')")
+        layers = {ld["name"]: LayerPlan.from_dict(ld) for ld in d["layers"]}
+        return cls(layers=layers, config=d["config"], graph_captured=d["graph_captured"])
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> "QuantPlan":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"plan file {str(path)!r} does not exist")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def _deep_update(base: dict, changes: dict) -> dict:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _segments_text(segments: tuple[int, ...]) -> str:
+    if len(segments) <= 1:
+        return "-"
+    if len(set(segments)) == 1:
+        return f"{len(segments)}x{segments[0]}"
+    return "+".join(str(s) for s in segments)
+
+
+def _table_row(layer: LayerPlan) -> tuple[str, ...]:
+    cfg = layer.config
+    if not layer.enabled:
+        return (layer.name, f"{layer.out_features}x{layer.in_features}", "-", "-", "-", "-", "off", "off", "-", "-")
+    spec = layer.spec()
+    weight = f"{spec.weight_dtype.value}/{cfg.weight_quant.granularity.name}" if spec.weight_dtype else "none"
+    inp = "none" if spec.input_dtype is None else (
+        f"{spec.input_dtype.value}/{cfg.input_quant.granularity.name}/"
+        f"{'dyn' if spec.input_dynamic else 'static'}")
+    opt = cfg.opt.type.value + (f"(r={spec.low_rank})" if spec.low_rank else "")
+    return (layer.name, f"{layer.out_features}x{layer.in_features}",
+            ",".join(p.value for p in layer.patterns) or "-", _segments_text(layer.output_segments),
+            _segments_text(layer.input_segments), layer.dual_scale_activation or "-", weight, inp, opt,
+            cfg.calib.type.value)
+
+
+def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    """Every ``nn.Linear`` of ``model`` by qualified name (SegLinear layers are already quantized)."""
+    return {name: module for name, module in model.named_modules() if type(module) is nn.Linear}
+
+
+def build_plan(model: nn.Module, config: "QuantConfig | dict | str | None" = None, example: Any = None,
+               ) -> QuantPlan:
+    """Resolve every linear layer's config and (when an example input is given) its graph segments."""
+    config = as_quant_config(config)
+    linears = linear_layers(model)
+    for rule in config.unmatched_rules(list(linears)):
+        logger.warning("config rule %r matches no linear layer of %s", rule, type(model).__name__)
+    layers = {name: LayerPlan(name, m.in_features, m.out_features, m.bias is not None, config.for_layer(name),
+                              config.matching_rules(name)) for name, m in linears.items()}
+    wanted = {p for layer in layers.values() if layer.enabled and layer.config.seglinear
+              for p in layer.config.search_patterns}
+    captured = False
+    if wanted and example is not None:
+        from segquant.graph import find_layer_segments
+
+        found = find_layer_segments(model, example, sorted(wanted, key=list(SegPattern).index))
+        captured = bool(found)
+        for name, segments in found.items():
+            if name in layers:
+                layers[name] = _apply_segments(layers[name], segments)
+    elif wanted:
+        logger.warning("no example input: segment patterns were not searched for %s", type(model).__name__)
+    return QuantPlan({name: _fit_to_layer(layer) for name, layer in layers.items()}, config.to_dict(), captured)
+
+
+def _apply_segments(layer: LayerPlan, segments: Any) -> LayerPlan:
+    """Keep the graph's findings that this layer's own ``search_patterns`` ask for."""
+    if not (layer.enabled and layer.config.seglinear):
+        return layer
+    asked = set(layer.config.search_patterns) & set(segments.matched)
+    return replace(
+        layer, patterns=tuple(p for p in segments.matched if p in asked),
+        output_segments=tuple(segments.output_segments) if asked & _OUTPUT_PATTERNS else (),
+        input_segments=tuple(segments.input_segments) if asked & _INPUT_PATTERNS else (),
+        dual_scale_activation=segments.dual_scale_activation
+        if SegPattern.ACTIVATION2LINEAR in asked else None)
+
+
+def _fit_to_layer(layer: LayerPlan) -> LayerPlan:
+    """Replace group sizes that do not divide every input segment by per-channel scales, with a note."""
+    group = layer.weight_group_size()
+    segments = layer.input_segments or (layer.in_features,)
+    if group and any(size % group for size in segments):
+        note = f"weight group {group} does not divide input segments {list(segments)}: per-channel scales"
+        raw = layer_config_to_raw(layer.config)
+        raw["weight_quant"].update(granularity="channel", group_size=None)
+        layer = replace(layer, config=build_layer_config(raw, layer.name), notes=[*layer.notes, note])
+    in_group = layer.config.input_quant.granularity
+    if isinstance(in_group, PerGroup) and any(size % in_group.group_size for size in segments):
+        note = f"input group {in_group.group_size} does not divide input segments {list(segments)}: per-token"
+        raw = layer_config_to_raw(layer.config)
+        raw["input_quant"].update(granularity="token", group_size=None)
+        layer = replace(layer, config=build_layer_config(raw, layer.name), notes=[*layer.notes, note])
+    return layer
+
+
+def plan_for_names(plan: QuantPlan, names: Iterable[str]) -> list[LayerPlan]:
+    return [plan.layers[n] for n in names if n in plan.layers]
