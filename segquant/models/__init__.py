@@ -1,0 +1,1 @@
+"""Built-in model testbeds (tiny diffusers configs)."""
