@@ -72,12 +72,18 @@ def make_observer(layer: LayerPlan, device: torch.device) -> InputObserver:
                          max_sample_rows=SAMPLE_ROWS if needs_rows else 0)
 
 
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass early once everything needed has been observed."""
+
+
 def calibrate(model: nn.Module, plan: QuantPlan, calib_data_loader: Iterable, tmp_device: Any = None,
-              verbose: bool = False, layers: list[str] | None = None) -> dict[str, InputObserver]:
+              verbose: bool = False, layers: list[str] | None = None,
+              stop_after: nn.Module | None = None) -> dict[str, InputObserver]:
     """Run ``model`` over the loader and return an :class:`InputObserver` per enabled layer.
 
     Statistics live on ``tmp_device`` when given, else on each layer's device. ``layers`` restricts
-    calibration to those layer names (used by sequential calibration).
+    calibration to those layer names and ``stop_after`` ends each forward pass after that module ran
+    (both used by sequential calibration).
     """
     names = [layer.name for layer in plan.enabled_layers() if layers is None or layer.name in layers]
     modules = dict(model.named_modules())
@@ -86,11 +92,16 @@ def calibrate(model: nn.Module, plan: QuantPlan, calib_data_loader: Iterable, tm
         device = torch.device(tmp_device) if tmp_device is not None else modules[name].weight.device
         observer = observers[name] = make_observer(plan.layers[name], device)
         handles.append(modules[name].register_forward_pre_hook(_record(observer)))
+    if stop_after is not None:
+        handles.append(stop_after.register_forward_hook(_stop))
     batches = 0
     try:
         with torch.no_grad():
             for batch in tqdm(calib_data_loader, desc="calibrating", unit="batch", disable=not verbose):
-                run_batch(model, batch)
+                try:
+                    run_batch(model, batch)
+                except _StopForward:
+                    pass
                 batches += 1
     finally:
         for handle in handles:
@@ -99,6 +110,10 @@ def calibrate(model: nn.Module, plan: QuantPlan, calib_data_loader: Iterable, tm
         raise CalibrationError("the calibration loader yielded no batch")
     logger.info("calibrated %d layers on %d batches", len(observers), batches)
     return observers
+
+
+def _stop(*_args: Any) -> None:
+    raise _StopForward
 
 
 def _record(observer: InputObserver):

@@ -75,24 +75,29 @@ def _store_segment(module: SegLinear, s: int, rows: slice, segment: dict[str, Te
         module.lowrank_up[rows] = segment["lowrank_up"]
 
 
-def _choose_alpha(weight: Tensor, layer: LayerPlan, stats: InputObserver, col_group: Tensor) -> float:
-    """The configured alpha, or the best on the search grid scored by this segment's output error."""
+def _choose_alpha(weight: Tensor, layer: LayerPlan, stats: InputObserver, col_group: Tensor) -> float | None:
+    """The configured alpha, or the best on the search grid scored by this segment's output error.
+
+    The search also scores "no smoothing" (``None``): on layers without outlier channels SmoothQuant
+    can only move error around, and then the identity wins.
+    """
     search = layer.config.opt.search_alpha
     if not search.enable:
         return layer.config.opt.alpha
     if stats.sample is None:
         raise RuntimeError(f"{layer.name}: alpha search needs sampled inputs; calibrate() did not keep any")
-    x = stats.sample[:MAX_SEARCH_ROWS]
+    x = stats.sample[:MAX_SEARCH_ROWS].to(weight.device)
     # GPTQ is too slow to run per candidate: candidates are scored with round-to-nearest weights.
     scoring = _with_weight_method(layer, Calibrate.AMAX)
 
-    def quantized_output(alpha: float) -> Tensor:
+    def quantized_output(alpha: float | None) -> Tensor:
         segment = _quantize_segment(weight, scoring, stats, col_group, alpha)
         return _segment_module(weight, scoring, segment, col_group)(x)
 
     best, errors = search_alpha(x, weight, alpha_grid(search.min, search.max, search.step), quantized_output)
-    layer.chosen.setdefault("alpha_search_errors", []).append(errors)
-    return best
+    unsmoothed_error = float((quantized_output(None) - x @ weight.T).pow(2).mean())
+    layer.chosen.setdefault("alpha_search_errors", []).append({"grid": errors, "none": unsmoothed_error})
+    return None if unsmoothed_error < min(errors) else best
 
 
 def _with_weight_method(layer: LayerPlan, method: Calibrate) -> LayerPlan:
@@ -120,6 +125,7 @@ def _quantize_segment(weight: Tensor, layer: LayerPlan, stats: InputObserver, co
     smooth = torch.ones(weight.shape[1], device=weight.device)
     if alpha is not None:
         smooth = smooth_factors(stats.absmax.to(weight.device), weight, alpha)
+    if spec.smooth:
         segment["smooth"] = smooth
     weight = weight * smooth
     if spec.low_rank:

@@ -1,0 +1,64 @@
+"""SVDQuant's low-rank branch (Li et al., 2024): absorb outliers into a 16-bit rank-r path.
+
+The (smoothed) weight ``W`` ``(N, K)`` is split as ``W = L1 L2 + R`` where ``L1 L2`` is its best rank-r
+approximation (truncated SVD, Eckart–Young) and ``R`` the residual. At inference
+``y = x L2ᵀ L1ᵀ + Q(x) Q(R)ᵀ``: the branch runs in 16-bit next to the low-bit GEMM. With output
+segments each segment ``W_s`` gets its own branch: call these functions on ``W_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from segquant.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def lowrank_branch(weight: Tensor, rank: int, compute_dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """Top-``rank`` SVD factors of ``weight``.
+
+    Args:
+        weight: ``(N, K)`` any float dtype (not modified).
+        rank: ``r >= 0``; a rank above ``min(N, K)`` is reduced to it (the branch is then exact).
+        compute_dtype: ``torch.float32`` or ``torch.float64`` for the SVD.
+
+    Returns:
+        ``(up, down)``: ``up`` ``(N, r)`` and ``down`` ``(r, K)``, float32, with
+        ``up @ down`` the best rank-r approximation of ``weight``. The singular values are split
+        evenly (``up = U·√S``, ``down = √S·Vᵀ``) so both factors have similar magnitudes in 16-bit.
+        ``rank == 0`` gives empty ``(N, 0)`` / ``(0, K)`` factors.
+    """
+    if weight.dim() != 2:
+        raise ConfigError(f"lowrank_branch: weight must be 2-D (N, K), got shape {tuple(weight.shape)}")
+    if not isinstance(rank, int) or rank < 0:
+        raise ConfigError(f"low_rank: {rank!r} must be a non-negative integer")
+    if compute_dtype not in (torch.float32, torch.float64):
+        raise ConfigError(f"compute_dtype: {compute_dtype} must be torch.float32 or torch.float64")
+    n, k = weight.shape
+    r = min(rank, n, k)
+    if r < rank:
+        logger.debug("low_rank %d exceeds min(N, K) = %d for a (%d, %d) weight; using %d", rank, r, n, k, r)
+    if r == 0:
+        return weight.new_zeros((n, 0), dtype=torch.float32), weight.new_zeros((0, k), dtype=torch.float32)
+    u, s, vh = torch.linalg.svd(weight.to(compute_dtype), full_matrices=False)
+    root = s[:r].sqrt()
+    up = u[:, :r] * root  # (N, r)
+    down = root[:, None] * vh[:r]  # (r, K)
+    return up.float(), down.float()
+
+
+def lowrank_residual(weight: Tensor, up: Tensor, down: Tensor) -> Tensor:
+    """``R = W − up @ down`` ``(N, K)`` float32: the part of ``weight`` left to quantize."""
+    return weight.float() - up.float() @ down.float()
+
+
+def lowrank_forward(x: Tensor, up: Tensor, down: Tensor) -> Tensor:
+    """The branch's output ``x downᵀ upᵀ``: ``x`` ``(..., K)`` -> ``(..., N)`` in ``x.dtype``.
+
+    Computed as two thin GEMMs (``K -> r -> N``), never by forming ``up @ down``.
+    """
+    return (x @ down.to(x.dtype).T) @ up.to(x.dtype).T
