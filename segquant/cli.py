@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import segquant
+from segquant.errors import SegQuantError
 
 # (module, function) pairs that add a subcommand; imported when the parser is built, so each
 # module must stay cheap to import (heavy imports go inside its command function).
@@ -114,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (SegQuantError, FileNotFoundError) as err:
+        print(f"segquant {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from torch import nn
 
@@ -115,7 +115,7 @@ class QuantPlan:
     def table(self) -> str:
         """An aligned text table of the plan, one row per linear layer."""
         header = ("layer", "shape", "patterns", "out segments", "in segments", "dualscale", "weight", "input",
-                  "opt", "calib")
+                  "opt", "calib", "chosen")
         rows = [_table_row(layer) for layer in self.layers.values()]
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
@@ -164,7 +164,8 @@ def _segments_text(segments: tuple[int, ...]) -> str:
 def _table_row(layer: LayerPlan) -> tuple[str, ...]:
     cfg = layer.config
     if not layer.enabled:
-        return (layer.name, f"{layer.out_features}x{layer.in_features}", "-", "-", "-", "-", "off", "off", "-", "-")
+        return (layer.name, f"{layer.out_features}x{layer.in_features}", "-", "-", "-", "-", "off", "off", "-", "-",
+                "")
     spec = layer.spec()
     weight = f"{spec.weight_dtype.value}/{cfg.weight_quant.granularity.name}" if spec.weight_dtype else "none"
     inp = "none" if spec.input_dtype is None else (
@@ -174,7 +175,18 @@ def _table_row(layer: LayerPlan) -> tuple[str, ...]:
     return (layer.name, f"{layer.out_features}x{layer.in_features}",
             ",".join(p.value for p in layer.patterns) or "-", _segments_text(layer.output_segments),
             _segments_text(layer.input_segments), layer.dual_scale_activation or "-", weight, inp, opt,
-            cfg.calib.type.value)
+            cfg.calib.type.value, _chosen_text(layer.chosen))
+
+
+def _chosen_text(chosen: dict[str, Any]) -> str:
+    """What calibration decided, compactly: smoothing alpha per segment and output error vs RTN."""
+    parts = []
+    if "alpha" in chosen:
+        alphas = ["off" if a is None else f"{a:g}" for a in chosen["alpha"]]
+        parts.append("alpha=" + (alphas[0] if len(set(alphas)) == 1 else ",".join(alphas)))
+    if "error" in chosen:
+        parts.append(f"err {chosen['rtn_error']:.1e}->{chosen['error']:.1e}")
+    return " ".join(parts)
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
@@ -237,6 +249,3 @@ def _fit_to_layer(layer: LayerPlan) -> LayerPlan:
         layer = replace(layer, config=build_layer_config(raw, layer.name), notes=[*layer.notes, note])
     return layer
 
-
-def plan_for_names(plan: QuantPlan, names: Iterable[str]) -> list[LayerPlan]:
-    return [plan.layers[n] for n in names if n in plan.layers]

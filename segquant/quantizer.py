@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,22 +16,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from segquant.calibration import calibrate, first_batch, model_device, run_batch
+from segquant.calibration import calibrate, first_batch, run_batch
 from segquant.config import QuantConfig
 from segquant.errors import BackendUnavailableError
 from segquant.nn.quantize_layer import quantize_linear
 from segquant.observers import InputObserver
-from segquant.plan import QuantPlan, build_plan
+from segquant.config import build_layer_config, layer_config_to_raw
+from segquant.plan import LayerPlan, QuantPlan, build_plan
 
 logger = logging.getLogger("segquant.quantizer")
 
 
 def convert(model: nn.Module, plan: QuantPlan, observers: dict[str, InputObserver], tmp_device: Any = None,
-            verbose: bool = False, layers: list[str] | None = None) -> nn.Module:
+            verbose: bool = False, layers: list[str] | None = None,
+            report_inputs: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Replace every enabled ``nn.Linear`` of ``plan`` (or of ``layers``) by its ``SegLinear``, in place.
 
     Weight algorithms run on ``tmp_device`` when given; each ``SegLinear`` is placed on the device of
-    the layer it replaces.
+    the layer it replaces. With ``report_inputs`` (layer name -> an input ``(..., K)``), each layer's
+    relative output error on that input is recorded and logged for plain round-to-nearest and for
+    the plan (``layer.chosen["rtn_error"]``, ``layer.chosen["error"]``).
     """
     enabled = [layer for layer in plan.enabled_layers() if layers is None or layer.name in layers]
     real = [layer.name for layer in enabled if layer.config.real_quant]
@@ -41,8 +46,34 @@ def convert(model: nn.Module, plan: QuantPlan, observers: dict[str, InputObserve
         linear = model.get_submodule(layer.name)
         work_device = torch.device(tmp_device) if tmp_device is not None else linear.weight.device
         quantized = quantize_linear(linear, layer, observers[layer.name], work_device)
+        if report_inputs and layer.name in report_inputs:
+            _report_layer(linear, quantized, layer, observers[layer.name], report_inputs[layer.name], work_device)
         model.set_submodule(layer.name, quantized.to(linear.weight.device))
     return model
+
+
+def _report_layer(linear: nn.Linear, quantized: nn.Module, layer: LayerPlan, stats: InputObserver,
+                  x: torch.Tensor, device: torch.device) -> None:
+    """Log the layer's relative output error: plain RTN (same formats, no SegQuant/algorithms) vs the plan."""
+    rtn = quantize_linear(linear, rtn_variant(layer), stats, device)
+    with torch.no_grad():
+        x = x.to(device)
+        bias = None if linear.bias is None else linear.bias.to(device)
+        y = torch.nn.functional.linear(x, linear.weight.to(device), bias).float()
+        for key, module in (("rtn_error", rtn), ("error", quantized)):
+            layer.chosen[key] = float((module(x).float() - y).norm() / y.norm().clamp(min=1e-12))
+    shown = {k: v for k, v in layer.chosen.items() if k not in ("alpha_search_errors", "rtn_error", "error")}
+    logger.info("%-48s %-44s rel.err rtn %.2e -> %.2e %s", layer.name, layer.spec().describe(),
+                layer.chosen["rtn_error"], layer.chosen["error"], shown)
+
+
+def rtn_variant(layer: LayerPlan) -> LayerPlan:
+    """The same layer and number formats with plain round-to-nearest: no segments, smoothing or GPTQ."""
+    raw = layer_config_to_raw(layer.config)
+    raw.update(seglinear=False, search_patterns=[])
+    raw["opt"]["type"], raw["calib"]["type"] = "default", "amax"
+    return replace(layer, config=build_layer_config(raw, layer.name), output_segments=(), input_segments=(),
+                   dual_scale_activation=None, patterns=(), chosen={})
 
 
 def quantize(model: nn.Module, calib_data_loader: Iterable, config: "QuantConfig | dict | str | None" = None,
@@ -59,6 +90,8 @@ def quantize(model: nn.Module, calib_data_loader: Iterable, config: "QuantConfig
 
     The plan that was used is attached as ``model.segquant_plan``.
     """
+    if verbose:
+        show_log_messages()
     if example is None:
         example = first_batch(calib_data_loader)
     plan = build_plan(model, config, example)
@@ -69,22 +102,29 @@ def quantize(model: nn.Module, calib_data_loader: Iterable, config: "QuantConfig
         calibrate_and_convert_sequentially(model, plan, calib_data_loader, tmp_device, verbose)
     else:
         observers = calibrate(model, plan, calib_data_loader, tmp_device, verbose)
-        if verbose:
-            reference = _layer_outputs(model, plan, example)
-        convert(model, plan, observers, tmp_device, verbose)
-        if verbose:
-            _report(model, plan, example, reference)
+        report_inputs = _layer_inputs(model, plan, example) if verbose else None
+        convert(model, plan, observers, tmp_device, verbose, report_inputs=report_inputs)
     model.segquant_plan = plan
     return model
 
 
-def _layer_outputs(model: nn.Module, plan: QuantPlan, example: Any) -> dict[str, tuple[torch.Tensor, ...]]:
-    """Input and output of every enabled layer on ``example`` (for the verbose before/after report)."""
+def show_log_messages() -> None:
+    """Make segquant's INFO messages visible when the application has not configured logging."""
+    root, package = logging.getLogger(), logging.getLogger("segquant")
+    if not root.handlers and not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        package.addHandler(handler)
+    if package.getEffectiveLevel() > logging.INFO:
+        package.setLevel(logging.INFO)
+
+
+def _layer_inputs(model: nn.Module, plan: QuantPlan, example: Any) -> dict[str, torch.Tensor]:
+    """The input of every enabled layer when ``model`` runs on ``example`` (for the verbose report)."""
     captured, handles = {}, []
     for layer in plan.enabled_layers():
-        module = model.get_submodule(layer.name)
-        handles.append(module.register_forward_hook(
-            lambda _m, args, out, name=layer.name: captured.__setitem__(name, (args[0].detach(), out.detach()))))
+        handles.append(model.get_submodule(layer.name).register_forward_pre_hook(
+            lambda _m, args, name=layer.name: captured.setdefault(name, args[0].detach())))
     try:
         with torch.no_grad():
             run_batch(model, example)
@@ -92,18 +132,3 @@ def _layer_outputs(model: nn.Module, plan: QuantPlan, example: Any) -> dict[str,
         for handle in handles:
             handle.remove()
     return captured
-
-
-def _report(model: nn.Module, plan: QuantPlan, example: Any, reference: dict) -> None:
-    """Log per layer what was chosen and its relative output error on the example's own inputs."""
-    for layer in plan.enabled_layers():
-        if layer.name not in reference:
-            continue
-        x, y = reference[layer.name]
-        with torch.no_grad():
-            y_hat = model.get_submodule(layer.name)(x)
-        error = float((y_hat.float() - y.float()).norm() / y.float().norm().clamp(min=1e-12))
-        layer.chosen["relative_output_error"] = error
-        logger.info("%-50s %-40s rel.err %.2e %s", layer.name, layer.spec().describe(), error,
-                    {k: v for k, v in layer.chosen.items() if k != "alpha_search_errors"})
-    logger.info("model device %s: %d layers quantized", model_device(model), len(plan.enabled_layers()))

@@ -140,3 +140,13 @@ def test_import_segquant_is_cheap():
             "bad = [m for m in ('diffusers', 'triton', 'transformers', 'matplotlib') if m in sys.modules];"
             "assert not bad, bad; import torch; assert not torch.cuda.is_initialized()")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_verbose_reports_rtn_and_final_error_per_layer(caplog):
+    model, data = mlp_and_data()
+    with caplog.at_level("INFO", logger="segquant"):
+        quantized = quantize(copy.deepcopy(model), data, "w8a8", verbose=True)
+    for layer in quantized.segquant_plan.enabled_layers():
+        assert 0 < layer.chosen["error"] < 0.1 and 0 < layer.chosen["rtn_error"] < 0.1
+        assert layer.chosen["alpha"] == [0.5]
+    assert "rel.err rtn" in caplog.text and "fc2" in caplog.text

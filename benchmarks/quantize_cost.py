@@ -1,0 +1,75 @@
+"""Calibration + quantization time and peak memory of quantize() on CPU.
+
+Cases: the tiny SD3 / FLUX / UNet testbeds, and one full-size SD3.5-medium joint transformer block
+(dim 1536, 24 heads x 64, RMS qk-norm, dual attention) on 1024 image + 333 text tokens (a 512x512
+image), random weights. Each case runs in its own subprocess so its peak RSS is its own.
+
+    python benchmarks/quantize_cost.py [--presets w8a8 w4a8] [--batches 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+CASES = ("sd3", "flux", "unet", "sd35_block")
+
+
+def build(case: str, batches: int):
+    import torch
+
+    if case != "sd35_block":
+        from segquant.models.tiny import build_tiny_denoiser, tiny_example_inputs
+
+        return build_tiny_denoiser(case), [tiny_example_inputs(case, batch=2, seed=s) for s in range(batches)]
+    from diffusers.models.attention import JointTransformerBlock
+
+    torch.manual_seed(0)
+    block = JointTransformerBlock(dim=1536, num_attention_heads=24, attention_head_dim=64, context_pre_only=False,
+                                  qk_norm="rms_norm", use_dual_attention=True).eval()
+    data = [{"hidden_states": torch.randn(1, 1024, 1536), "encoder_hidden_states": torch.randn(1, 333, 1536),
+             "temb": torch.randn(1, 1536)} for _ in range(batches)]
+    return block, data
+
+
+def run_case(case: str, preset: str, batches: int) -> dict:
+    from segquant import quantize
+
+    model, data = build(case, batches)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    quantized = quantize(model, data, preset)
+    seconds = time.perf_counter() - start
+    return {"case": case, "preset": preset, "batches": batches, "seconds": round(seconds, 2),
+            "layers": len(quantized.segquant_plan.enabled_layers()),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "rss_before_mib": round(rss_before)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--presets", nargs="+", default=["w8a8", "w4a8"])
+    parser.add_argument("--cases", nargs="+", default=list(CASES))
+    parser.add_argument("--batches", type=int, default=2)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_case(args.child[0], args.child[1], args.batches)))
+        return
+    print("| case | preset | calib batches | layers | time (s) | peak RSS (MiB) | RSS after build (MiB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for case in args.cases:
+        for preset in args.presets:
+            out = subprocess.run([sys.executable, __file__, "--child", case, preset, "--batches", str(args.batches)],
+                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            r = json.loads(out)
+            print(f"| {r['case']} | {r['preset']} | {r['batches']} | {r['layers']} | {r['seconds']} | "
+                  f"{r['peak_rss_mib']} | {r['rss_before_mib']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

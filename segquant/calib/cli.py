@@ -1,0 +1,149 @@
+"""``segquant calibrate``: record a calibration set from a pipeline folder or a built-in tiny pipeline.
+
+Registered by ``segquant/cli.py`` through :func:`add_calibrate_parser`. Example::
+
+    segquant calibrate ./stable-diffusion-3.5-medium --prompts coco.csv --limit 64 \\
+        --sampler uniform --steps 28 --sample-size 64 --timestep-per-sample 8 --out calib/sd35
+
+A built-in model (``tiny-sd3``, ``tiny-flux``, ``tiny-sdxl``, ``tiny-sd3_controlnet``, ...) has no text
+encoder: its prompts are turned into deterministic embeddings (and a control image for ControlNets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from segquant.errors import ConfigError
+
+TINY_PREFIX = "tiny-"
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def add_calibrate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``calibrate`` subcommand to an ``argparse`` subparsers object; sets ``func``."""
+    p = subparsers.add_parser("calibrate", help="record a calibration set from a diffusers pipeline",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="diffusers pipeline folder (loaded offline) or tiny-<name> (tiny-sd3, tiny-flux, ...)")
+    p.add_argument("--prompts", required=True, help="prompt file: lines, CSV/TSV, COCO, MJHQ, PartiPrompts, DCI")
+    p.add_argument("--prompt-format", default="auto", help="prompt file format (default: auto)")
+    p.add_argument("--out", required=True, help="output folder (shards + manifest.json); resumed if interrupted")
+    s = p.add_argument_group("sampler")
+    s.add_argument("--sampler", choices=("uniform", "normal", "steps"), default="uniform")
+    s.add_argument("--steps", type=int, default=28, help="denoising steps per trajectory (max_timestep)")
+    s.add_argument("--sample-size", type=int, default=16, help="number of prompts (trajectories)")
+    s.add_argument("--timestep-per-sample", type=int, default=4, help="recorded steps per trajectory")
+    s.add_argument("--mean", type=float, default=None, help="normal sampler: mean step index")
+    s.add_argument("--std", type=float, default=None, help="normal sampler: std in steps")
+    s.add_argument("--step-list", default=None, help="steps sampler: comma-separated step indices")
+    s.add_argument("--seed", type=int, default=0, help="sampler seed and trajectory seeds (seed + prompt index)")
+    g = p.add_argument_group("pipeline")
+    g.add_argument("--layer", default=None, help="module to record (default: the main denoiser)")
+    g.add_argument("--guidance-scale", type=float, default=None)
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--pipeline-arg", action="append", default=[], metavar="KEY=JSON",
+                   help="extra pipeline-call argument, value parsed as JSON (repeatable)")
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--dtype", choices=_DTYPES, default="float32")
+    o = p.add_argument_group("storage")
+    o.add_argument("--chunk-size", type=int, default=400)
+    o.add_argument("--no-compress", action="store_true", help="store shards without zstandard compression")
+    o.add_argument("--overwrite", action="store_true", help="replace a set made with other settings")
+    p.set_defaults(func=run_calibrate)
+    return p
+
+
+def _sampler(args: argparse.Namespace):
+    from segquant.calib.samplers import NormalSampler, StepListSampler, UniformSampler
+
+    if args.sampler == "uniform":
+        return UniformSampler(args.steps, args.sample_size, args.timestep_per_sample, seed=args.seed)
+    if args.sampler == "normal":
+        return NormalSampler(args.steps, args.sample_size, args.timestep_per_sample, args.mean, args.std, seed=args.seed)
+    if not args.step_list:
+        raise ConfigError("--step-list is required with --sampler steps")
+    steps = [int(s) for s in args.step_list.split(",") if s.strip()]
+    return StepListSampler(steps, args.steps, args.sample_size, seed=args.seed)
+
+
+def _pipeline_args(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in args.pipeline_arg:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--pipeline-arg {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    for key in ("guidance_scale", "height", "width"):
+        if getattr(args, key) is not None:
+            out[key] = getattr(args, key)
+    return out
+
+
+def _load_pipeline(model: str, device: str, dtype: str):
+    """``(pipe, tiny_name_or_None)``."""
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    if model.startswith(TINY_PREFIX):
+        from segquant.models.tiny_pipelines import TINY_PIPELINES, build_tiny_pipeline
+
+        name = model[len(TINY_PREFIX):]
+        if name not in TINY_PIPELINES:
+            allowed = ", ".join(TINY_PREFIX + n for n in TINY_PIPELINES)
+            raise ConfigError(f"model: unknown built-in pipeline {model!r}; allowed: {allowed}")
+        pipe = build_tiny_pipeline(name)
+        if device != "cpu" or torch_dtype != torch.float32:
+            pipe = pipe.to(device=device, dtype=torch_dtype)
+        return pipe, name
+    if not Path(model).is_dir():
+        raise ConfigError(f"model: {model!r} is neither a pipeline folder nor a built-in tiny-<name> model")
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True, torch_dtype=torch_dtype)
+    return pipe.to(device), None
+
+
+def _items(prompts: list[str], tiny: str | None, pipe_args: dict[str, Any]) -> list[Any]:
+    if tiny is None:
+        return prompts
+    from segquant.models.tiny_pipelines import tiny_prompt_inputs
+
+    items = []
+    for prompt in prompts:
+        item = tiny_prompt_inputs(tiny, prompt)
+        for key in set(item) & set(pipe_args):  # explicit CLI arguments win (height, width)
+            del item[key]
+        items.append(item)
+    return items
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Run the ``calibrate`` subcommand; returns the exit status."""
+    from segquant.calib.generate import generate_calibrate_set
+    from segquant.data.prompts import load_prompts
+    from segquant.pipeline.glue import get_denoiser
+
+    sampler = _sampler(args)
+    prompts = load_prompts(args.prompts, limit=args.sample_size, format=args.prompt_format)
+    pipe, tiny = _load_pipeline(args.model, args.device, args.dtype)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    pipe_args = _pipeline_args(args)
+    layer = args.layer or get_denoiser(pipe)[0]
+    start = time.perf_counter()
+    dataset = generate_calibrate_set(
+        pipe, sampler, _items(prompts, tiny, pipe_args), layer, dump_path=args.out,
+        chunk_size=args.chunk_size, compress=not args.no_compress, seed=args.seed,
+        overwrite=args.overwrite, progress=True, **pipe_args,
+    )
+    elapsed = time.perf_counter() - start
+    print(f"calibration set: {len(dataset)} records of {layer} from {len(prompts)} prompts -> {args.out} "
+          f"({elapsed:.1f} s, {len(dataset) / max(elapsed, 1e-9):.1f} records/s)")
+    return 0

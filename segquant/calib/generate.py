@@ -1,0 +1,225 @@
+"""``generate_calibrate_set``: run a diffusers pipeline on prompts and record a module's calls.
+
+Each prompt item is one trajectory (one pipeline call) with ``prompt_id`` = its position in the
+loader and ``generator = torch.Generator("cpu").manual_seed(seed + prompt_id)`` (the same seeding as
+:func:`segquant.pipeline.generate`), so runs are reproducible and an interrupted run can resume: it
+re-runs the first unfinished prompt, drops the records already stored, and continues, giving the
+same set as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from segquant.calib.dataset import CalibrationSet, load_calibrate_set
+from segquant.calib.records import RecordInfo, tree_copy
+from segquant.calib.recorder import Recorder
+from segquant.calib.samplers import TimestepSampler
+from segquant.calib.storage import ShardWriter, prepare_dump
+from segquant.errors import CalibrationError, ConfigError
+from segquant.pipeline.glue import call_parameters, iter_prompt_items, pipeline_call_kwargs, resolve_layer
+
+logger = logging.getLogger(__name__)
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-able, content-identifying summary of a pipeline argument (tensors/images by shape and hash)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Tensor):
+        data = value.detach().cpu().contiguous().reshape(-1)
+        digest = hashlib.sha1(data.view(torch.uint8).numpy().tobytes()).hexdigest()
+        return {"tensor": list(value.shape), "dtype": str(value.dtype), "sha1": digest}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, torch.Generator):
+        return {"generator": value.initial_seed()}
+    if hasattr(value, "tobytes") and hasattr(value, "size") and hasattr(value, "mode"):  # PIL image
+        return {"image": list(value.size), "mode": value.mode, "sha1": hashlib.sha1(value.tobytes()).hexdigest()}
+    if hasattr(value, "tobytes") and hasattr(value, "shape"):  # numpy array
+        return {"array": list(value.shape), "dtype": str(value.dtype), "sha1": hashlib.sha1(value.tobytes()).hexdigest()}
+    if callable(value):
+        return {"callable": getattr(value, "__qualname__", type(value).__name__)}
+    return {"object": type(value).__name__}
+
+
+def _digest(item: Any) -> str:
+    return hashlib.sha1(json.dumps(jsonable(item), sort_keys=True).encode()).hexdigest()
+
+
+def _call_kwargs(pipe: Any, sampler: TimestepSampler, extra: dict[str, Any]) -> dict[str, Any]:
+    kwargs = dict(extra)
+    steps = kwargs.setdefault("num_inference_steps", sampler.max_timestep)
+    if steps != sampler.max_timestep:
+        raise ConfigError(
+            f"num_inference_steps: {steps} differs from the sampler's max_timestep {sampler.max_timestep}; "
+            "give one of them"
+        )
+    params = call_parameters(pipe)
+    if params is not None and "num_inference_steps" not in params:
+        kwargs.pop("num_inference_steps")
+    if params is None or "output_type" in params:
+        kwargs.setdefault("output_type", "latent")  # no VAE decode: only the denoiser inputs matter
+    if "generator" in kwargs:
+        logger.warning("a shared generator= makes trajectories depend on prompt order; resume may differ")
+    return kwargs
+
+
+def _settings(pipe: Any, sampler, name: str, layer: nn.Module, call_kwargs: dict, seed: int, chunk: int, compress: bool):
+    scheduler = getattr(pipe, "scheduler", None)
+    config = getattr(layer, "config", None)
+    param = next(layer.parameters(), None)
+    return {
+        "sampler": sampler.to_dict(),
+        "pipeline": {
+            "class": type(pipe).__name__,
+            "scheduler": type(scheduler).__name__,
+            "scheduler_config": jsonable(dict(getattr(scheduler, "config", {}) or {})),
+        },
+        "calib_layer": {
+            "name": name,
+            "class": type(layer).__name__,
+            "config": jsonable(dict(config)) if config is not None else None,
+            "dtype": str(param.dtype) if param is not None else None,
+        },
+        "pipeline_kwargs": jsonable(call_kwargs),
+        "seed": seed,
+        "chunk_size": chunk,
+        "compress": bool(compress),
+    }
+
+
+class _MemoryWriter:
+    def __init__(self, settings: dict[str, Any]):
+        self.settings, self.records, self.infos = settings, [], []
+
+    def add(self, record: dict[str, Any], info: RecordInfo) -> None:
+        self.records.append(record)
+        self.infos.append(info)
+
+    def end_prompt(self, *args: Any) -> None:
+        pass
+
+
+def _open_writer(dump_path, chunk_size, compress, settings, overwrite):
+    """``(writer, resume_manifest, complete)`` for the run."""
+    if dump_path is None:
+        return _MemoryWriter(settings), None, False
+    manifest = prepare_dump(dump_path, settings, overwrite)
+    if manifest is not None and manifest["status"] == "complete":
+        return None, manifest, True
+    if manifest is not None:
+        logger.info("resuming the calibration set in %s at %d records", dump_path, manifest["num_records"])
+    return ShardWriter(dump_path, chunk_size, compress, settings, resume=manifest), manifest, False
+
+
+def _resume_point(manifest: dict | None) -> tuple[list[dict[str, Any]], int]:
+    """Completed prompts of an interrupted run and how many records of the next prompt are stored."""
+    if manifest is None:
+        return [], 0
+    done = manifest["prompts"]
+    return done, manifest["num_records"] - sum(p["records"] for p in done)
+
+
+def generate_calibrate_set(
+    model: Any,
+    sampler: TimestepSampler,
+    sample_dataloader: Iterable[Any],
+    calib_layer: str | nn.Module,
+    dump_path: str | os.PathLike | None = None,
+    chunk_size: int = 400,
+    compress: bool = True,
+    *,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    record_device: str | torch.device = "cpu",
+    **pipeline_kwargs: Any,
+) -> CalibrationSet:
+    """Record ``calib_layer``'s calls while ``model`` (a diffusers pipeline) samples the prompts.
+
+    Args:
+        model: a diffusers pipeline (or any pipeline with a ``scheduler`` whose denoiser is an nn.Module).
+        sampler: which steps to record (``max_timestep`` = ``num_inference_steps``, ``sample_size``
+            prompts, ``timestep_per_sample`` steps each).
+        sample_dataloader: iterable of prompt strings, lists of strings, or dicts of pipeline-call
+            arguments (e.g. ``prompt_embeds``, ``pooled_prompt_embeds``, ``control_image``); one
+            trajectory per string/dict. The first ``sampler.sample_size`` items are used.
+        calib_layer: module to record, as an object, a component name (``"transformer"``, ``"unet"``,
+            ``"controlnet"``) or a dotted path.
+        dump_path: folder for shards + manifest; ``None`` keeps the set in memory.
+        chunk_size: records per shard.
+        compress: zstandard-compress shards.
+        seed: trajectory ``i`` uses ``torch.Generator("cpu").manual_seed(seed + i)``.
+        overwrite: replace a set in ``dump_path`` made with other settings.
+        progress: show a tqdm bar (records, records/s, ETA).
+        record_device: where recorded tensors are kept before writing.
+        **pipeline_kwargs: shared pipeline-call arguments (``guidance_scale``,
+            ``controlnet_conditioning_scale``, ...). ``output_type`` defaults to ``"latent"``.
+    Returns:
+        The :class:`CalibrationSet` (streamed from ``dump_path`` when given).
+    """
+    if not isinstance(sampler, TimestepSampler):
+        raise ConfigError(f"sampler: expected a TimestepSampler, got {type(sampler).__name__}")
+    name, layer = resolve_layer(model, calib_layer)
+    call_kwargs = _call_kwargs(model, sampler, pipeline_kwargs)
+    settings = _settings(model, sampler, name, layer, call_kwargs, seed, chunk_size, compress)
+    writer, manifest, complete = _open_writer(dump_path, chunk_size, compress, settings, overwrite)
+    if complete:
+        logger.info("calibration set in %s is already complete", dump_path)
+        return load_calibrate_set(dump_path)
+    _record_all(model, sampler, sample_dataloader, name, layer, writer, manifest, call_kwargs, seed, progress, record_device)
+    if dump_path is None:
+        return CalibrationSet.from_records(writer.records, writer.infos, settings)
+    writer.close()
+    return load_calibrate_set(dump_path)
+
+
+def _record_all(pipe, sampler, loader, name, layer, writer, manifest, call_kwargs, seed, progress, device) -> None:
+    done, stored = _resume_point(manifest)
+    bar = tqdm(total=sampler.sample_size * sampler.timestep_per_sample, unit="rec", desc="calibrate", disable=not progress)
+    bar.update(sum(p["records"] for p in done) + stored)
+    state = {"skip": 0}
+
+    def sink(call: dict[str, Any], info: RecordInfo) -> None:
+        if state["skip"] > 0:  # already stored by the interrupted run
+            state["skip"] -= 1
+            return
+        writer.add(tree_copy(call, device), info)
+        bar.update(1)
+
+    count = 0
+    with Recorder(pipe, name, layer, sink) as recorder:
+        for prompt_id, item in enumerate(iter_prompt_items(loader)):
+            if prompt_id >= sampler.sample_size:
+                break
+            count = prompt_id + 1
+            digest = _digest(item)
+            if prompt_id < len(done):
+                if done[prompt_id]["digest"] != digest:
+                    raise CalibrationError(f"prompt {prompt_id} differs from the interrupted run being resumed")
+                continue
+            state["skip"] = stored if prompt_id == len(done) else 0
+            kwargs = pipeline_call_kwargs(item, call_kwargs)
+            kwargs.setdefault("generator", torch.Generator("cpu").manual_seed(seed + prompt_id))
+            n = recorder.run(prompt_id, sampler.steps_for(prompt_id), kwargs)
+            if state["skip"]:
+                raise CalibrationError(f"prompt {prompt_id}: the interrupted run stored more records than a re-run makes")
+            writer.end_prompt(prompt_id, digest, n)
+            if prompt_id == 0:
+                bar.total = sampler.sample_size * n  # calls per step are known after the first prompt
+    bar.close()
+    if count < sampler.sample_size:
+        logger.warning("sample_dataloader gave %d prompts, fewer than sample_size %d", count, sampler.sample_size)
+    if count == 0:
+        raise CalibrationError("sample_dataloader yielded no prompts")
