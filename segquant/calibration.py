@@ -8,7 +8,7 @@ running (see :mod:`segquant.observers`), so memory does not grow with the amount
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -55,6 +55,25 @@ def run_batch(model: nn.Module, batch: Any) -> Any:
         return model(*batch)
     raise CalibrationError(f"calibration batch of type {type(batch).__name__}: expected a Tensor, a tuple of "
                            "positional arguments or a dict of keyword arguments")
+
+
+def run_with_input_hooks(model: nn.Module, names: list[str], batch: Any,
+                         on_input: Callable[[str, torch.Tensor], None]) -> None:
+    """Run ``model`` on ``batch`` without gradients, calling ``on_input(name, x)`` with the input ``x`` of
+    every call of each module in ``names``."""
+    def hook_for(name: str):
+        def hook(_module: nn.Module, args: tuple) -> None:  # returns None: the inputs stay untouched
+            on_input(name, args[0])
+
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_pre_hook(hook_for(name)) for name in names]
+    try:
+        with torch.no_grad():
+            run_batch(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def first_batch(calib_data_loader: Iterable) -> Any:

@@ -21,15 +21,16 @@ SUBCOMMANDS = (
 
 
 def load_denoiser(source: str, seed: int = 0):
-    """A built-in tiny model name (``sd3``, ``flux``, ...) or a local diffusers model folder, plus an example input.
+    """A built-in tiny denoiser (``sd3`` or ``tiny-sd3``, ...) or a local diffusers model folder, and an example.
 
     Returns ``(model, example_kwargs)``. Folders are loaded with ``local_files_only=True`` (no download).
     """
     from segquant.models.examples import example_inputs_for
     from segquant.models.tiny import TINY_MODELS, build_tiny_denoiser, tiny_example_inputs
 
-    if source in TINY_MODELS:
-        return build_tiny_denoiser(source, seed=seed), tiny_example_inputs(source, batch=1, seed=seed)
+    name = source.removeprefix("tiny-").replace("sdxl", "unet")
+    if name in TINY_MODELS:  # "sd3" or the calibrate command's "tiny-sd3" name the same denoiser
+        return build_tiny_denoiser(name, seed=seed), tiny_example_inputs(name, batch=1, seed=seed)
     path = Path(source)
     if not (path / "config.json").is_file():
         raise SystemExit(f"segquant: {source!r} is neither a built-in model ({', '.join(TINY_MODELS)}) nor a "

@@ -8,20 +8,19 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from segquant.calibration import calibrate, first_batch, run_batch
-from segquant.config import QuantConfig
+from segquant.calibration import calibrate, first_batch, run_with_input_hooks
+from segquant.config import QuantConfig, build_layer_config, layer_config_to_raw
 from segquant.errors import BackendUnavailableError
 from segquant.nn.quantize_layer import quantize_linear
 from segquant.observers import InputObserver
-from segquant.config import build_layer_config, layer_config_to_raw
 from segquant.plan import LayerPlan, QuantPlan, build_plan
 
 logger = logging.getLogger("segquant.quantizer")
@@ -121,14 +120,7 @@ def show_log_messages() -> None:
 
 def _layer_inputs(model: nn.Module, plan: QuantPlan, example: Any) -> dict[str, torch.Tensor]:
     """The input of every enabled layer when ``model`` runs on ``example`` (for the verbose report)."""
-    captured, handles = {}, []
-    for layer in plan.enabled_layers():
-        handles.append(model.get_submodule(layer.name).register_forward_pre_hook(
-            lambda _m, args, name=layer.name: captured.setdefault(name, args[0].detach())))
-    try:
-        with torch.no_grad():
-            run_batch(model, example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    captured: dict[str, torch.Tensor] = {}
+    run_with_input_hooks(model, [layer.name for layer in plan.enabled_layers()], example,
+                         lambda name, x: captured.setdefault(name, x.detach()))
     return captured

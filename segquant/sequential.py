@@ -15,11 +15,10 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from segquant.calibration import calibrate, first_batch, run_batch
+from segquant.calibration import calibrate, first_batch, run_with_input_hooks
 from segquant.plan import QuantPlan
 
 _NUMBERED = re.compile(r"^(.*?\.\d+)(\.|$)")
@@ -33,16 +32,9 @@ def block_of(layer_name: str) -> str:
 
 def execution_order(model: nn.Module, names: list[str], example: Any) -> list[str]:
     """``names`` sorted by when each layer first runs on ``example`` (layers that never run come last)."""
-    seen: list[str] = []
-    handles = [model.get_submodule(name).register_forward_pre_hook(
-        lambda _m, _a, name=name: seen.append(name) if name not in seen else None) for name in names]
-    try:
-        with torch.no_grad():
-            run_batch(model, example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return seen + [name for name in names if name not in seen]
+    first_call: dict[str, int] = {}
+    run_with_input_hooks(model, names, example, lambda name, _x: first_call.setdefault(name, len(first_call)))
+    return sorted(names, key=lambda name: first_call.get(name, len(names)))
 
 
 def blocks_in_order(model: nn.Module, plan: QuantPlan, example: Any) -> list[tuple[str, list[str]]]:

@@ -223,7 +223,7 @@ def _input_clip_factor(layer: LayerPlan, spec: SegLinearSpec, stats: InputObserv
         if method is Calibrate.PERCENTILE:
             clipped = percentile_clip(part.abs(), layer.config.calib.percentile, PerTensor())
         else:
-            clipped = mse_clip(part, spec.input_dtype, PerTensor())
+            clipped = mse_clip(part, spec.input_dtype, PerTensor(), lo=0.05)
         factors.append((clipped / amax.clamp(min=1e-30)).clamp(max=1).reshape(()))
     return torch.stack(factors)
 
