@@ -99,13 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     quant.set_defaults(func=_quantize)
 
     for module_name, function in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name != module_name:
-                raise
-            continue
-        getattr(module, function)(sub)
+        getattr(importlib.import_module(module_name), function)(sub)
     return parser
 
 

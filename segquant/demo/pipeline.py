@@ -127,7 +127,8 @@ class SegQuantDemoPipeline(DiffusionPipeline):
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             latents = self._step(model, kind, latents, t, states, pooled)
             if callback_on_step_end is not None:
-                values = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                available = {"latents": latents}
+                values = {k: available[k] for k in callback_on_step_end_tensor_inputs}
                 outputs = callback_on_step_end(self, i, t, values)
                 latents = outputs.pop("latents", latents)
         images = self._postprocess(latents, output_type)

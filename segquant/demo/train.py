@@ -232,7 +232,7 @@ def evaluate_trained(args, info: dict) -> dict:
         images = generate_for_labels(pipe, emb, labels, steps, guidance, seed=args.seed)
         acc = accuracy(clf, images * 2 - 1, labels)
         results[f"steps={steps},cfg={guidance}"] = round(acc, 4)
-        print(f"{args.model}: class accuracy {acc:.3f} (steps={steps}, cfg={guidance}, n={len(labels)})")
+        logger.info("%s: class accuracy %.3f (steps=%d, cfg=%s, n=%d)", args.model, acc, steps, guidance, len(labels))
         if (steps, guidance) == EVAL_SETTINGS[0]:
             save_grid(images[:80].cpu(), nrow=10, path=folder / "samples.png", scale=3)
     info["class_accuracy"] = results
@@ -242,12 +242,43 @@ def evaluate_trained(args, info: dict) -> dict:
     return results
 
 
+def sample_sheet(path: str, weights_dir=None, rows: int = 2, steps: int = 20, guidance: float = 4.0) -> None:
+    """PNG with ``rows`` samples per class (columns) for each demo model, from the shipped weights on CPU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from segquant.demo.data import CLASS_NAMES, eval_prompts
+    from segquant.demo.pipeline import load_demo_pipeline
+    from segquant.eval.report import to_uint8_grid
+
+    prompts, _ = eval_prompts(rows)
+    fig, axes = plt.subplots(len(MODEL_NAMES), 1, figsize=(8, 1.9 * rows * len(MODEL_NAMES) / 2 + 0.6))
+    for ax, name in zip(axes, MODEL_NAMES):
+        pipe = load_demo_pipeline(name, weights_dir)
+        gens = [torch.Generator().manual_seed(i) for i in range(len(prompts))]
+        images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="pt").images
+        ax.imshow(to_uint8_grid(images, nrow=10)[..., 0], cmap="gray", vmin=0, vmax=255)
+        ax.set_yticks([])
+        ax.set_xticks([1 + 33 * i + 16 for i in range(10)])
+        ax.set_xticklabels(CLASS_NAMES, fontsize=6)
+        ax.set_title(f"{name} ({type(pipe.denoiser).__name__})", fontsize=8)
+    fig.suptitle(f"shipped demo models, {steps} Euler steps, CFG {guidance}, seeds 0..{len(prompts) - 1}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     pr = sub.add_parser("prepare", help="write the npz with images and caption embeddings (CPU)")
     pr.add_argument("--npz", required=True)
     pr.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
+    sh = sub.add_parser("sheet", help="sample sheet PNG of the shipped models (CPU)")
+    sh.add_argument("--out", required=True)
+    sh.add_argument("--weights-dir", default=None)
     tr = sub.add_parser("train", help="train one denoiser")
     tr.add_argument("--npz", required=True)
     tr.add_argument("--model", choices=MODEL_NAMES, required=True)
@@ -275,6 +306,9 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.cmd == "prepare":
         prepare(args.npz, args.data_dir)
+        return
+    if args.cmd == "sheet":
+        sample_sheet(args.out, args.weights_dir)
         return
     info = train(args)
     print(f"{args.model}: {info['steps_done']} steps in {info['train_seconds']} s, final loss {info['final_loss']:.4f}")

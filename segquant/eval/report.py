@@ -36,3 +36,162 @@ def save_grid(images: torch.Tensor, nrow: int, path: str | Path, scale: int = 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+# (key, header, format) of the results table, in order; missing keys are left out of the table.
+COLUMNS = (
+    ("config", "config", "{}"),
+    ("psnr", "PSNR dB ↑", "{:.2f}"),
+    ("ssim", "SSIM ↑", "{:.4f}"),
+    ("fid", "FID ↓", "{:.3f}"),
+    ("kid", "KID ↓", "{:.4f}"),
+    ("class_acc", "class acc ↑", "{:.3f}"),
+    ("cls_fd", "cls-FD ↓", "{:.3f}"),
+    ("lpips", "LPIPS ↓", "{:.4f}"),
+    ("clip_score", "CLIP ↑", "{:.2f}"),
+    ("image_reward", "ImageReward ↑", "{:.3f}"),
+    ("mean_step_error", "ε rel.err ↓", "{:.4f}"),
+    ("quant_s", "quant s", "{:.1f}"),
+    ("quant_peak_mb", "quant peak MB (Δ)", "{:.0f}"),
+    ("gen_s", "gen s", "{:.1f}"),
+    ("gen_peak_mb", "gen peak MB (Δ)", "{:.0f}"),
+    ("quantized_layers", "SegLinear layers", "{}"),
+)
+
+
+def _fmt(value, fmt: str) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and np.isnan(value):
+        return "—"
+    if isinstance(value, float) and np.isinf(value):
+        return "inf"
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """GitHub Markdown table of result rows (columns of ``COLUMNS`` present in any row); failed rows
+    show their error."""
+    cols = [c for c in COLUMNS if any(c[0] in r for r in rows)]
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['config']} | failed: {r['error'][:200]} |" + " |" * (len(cols) - 2))
+            continue
+        cells = []
+        for k, _, f in cols:
+            cell = _fmt(r.get(k), f)
+            delta = r.get(k.replace("_peak_mb", "_delta_mb")) if k.endswith("_peak_mb") else None
+            if delta is not None and cell != "—":
+                cell += f" (+{delta:.0f})"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return None if np.isnan(v) else ("inf" if np.isinf(v) else v)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def result_json(result) -> dict:
+    """Plain JSON-able dict of an ``EvalResult`` (NaN -> null, inf -> "inf")."""
+    return _jsonable({"settings": result.settings, "rows": result.rows, "timesteps": result.timesteps,
+                      "step_errors": result.errors, "prompts": result.prompts, "skipped": result.skipped})
+
+
+def save_comparison_grid(result, path: str | Path, max_rows: int = 10) -> Path:
+    """PNG: rows = prompts (first ``max_rows``), columns = FP and each preset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result.images)
+    n = min(max_rows, len(result.prompts))
+    fig, axes = plt.subplots(n, len(names), figsize=(1.1 * len(names) + 1.6, 1.1 * n + 0.4), squeeze=False)
+    for j, name in enumerate(names):
+        for i in range(n):
+            ax = axes[i][j]
+            img = result.images[name][i].permute(1, 2, 0).numpy()
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=7)
+            if j == 0:
+                import textwrap
+
+                label = "\n".join(textwrap.wrap(result.prompts[i], 18)[:3])
+                ax.set_ylabel(label, fontsize=5, rotation=0, ha="right", va="center")
+    fig.tight_layout(pad=0.3)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_error_plot(result, path: str | Path, title: str = "") -> Path:
+    """PNG: relative denoiser-output error vs denoising step (log scale), one line per preset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, errs in result.errors.items():
+        ax.plot(range(len(errs)), errs, marker="o", ms=3, lw=1, label=name)
+    ax.set_xlabel("denoising step (0 = noisiest)")
+    ax.set_ylabel("‖ε_q − ε_fp‖ / ‖ε_fp‖")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(title or "denoiser-output error per step (replayed on the FP trajectory)", fontsize=9)
+    if result.errors:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(result, folder: str | Path, title: str = "segquant evaluation") -> dict[str, Path]:
+    """Write ``results.md``, ``results.json``, ``grid.png`` and ``step_error.png`` into ``folder``."""
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / "results.json", "markdown": folder / "results.md",
+             "grid": save_comparison_grid(result, folder / "grid.png"),
+             "step_error": save_error_plot(result, folder / "step_error.png", title)}
+    paths["json"].write_text(json.dumps(result_json(result), indent=2))
+    paths["markdown"].write_text(markdown_section(result, title) + "\n")
+    logger.info("report written to %s", folder)
+    return paths
+
+
+def markdown_section(result, title: str, image_prefix: str = "") -> str:
+    """Markdown of one result: title, settings, table, skipped metrics, images."""
+    s = result.settings
+    lines = [f"## {title}", "",
+             f"Denoiser `{s.get('denoiser_class')}` in `{s.get('pipeline')}`; {s.get('n_prompts')} prompts, "
+             f"seed {s.get('seed')}, {s.get('num_inference_steps')} steps, guidance {s.get('guidance_scale')}; "
+             f"calibration: {s.get('n_calib_prompts')} prompts × {s.get('calib_steps')} steps. "
+             "PSNR/SSIM/FID/KID/cls-FD compare each preset with the full-precision (fp) images; "
+             "ε rel.err is the mean relative denoiser-output error on the fp trajectory.", "",
+             markdown_table(result.rows), ""]
+    if result.skipped:
+        lines += ["Skipped: " + "; ".join(result.skipped), ""]
+    lines += [f"![grid]({image_prefix}grid.png)", "", f"![step error]({image_prefix}step_error.png)"]
+    return "\n".join(lines)

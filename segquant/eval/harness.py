@@ -1,0 +1,284 @@
+"""Evaluation harness: full precision vs every quantization preset, same prompts, seeds and steps.
+
+    result = evaluate(pipe, ["rtn_w8a8", "w8a8", "w4a8"], EvalConfig(prompts=[...]))
+    write_report(result, "segquant-report")          # segquant.eval.report
+
+For one pipeline and a list of presets / configs: generate the full-precision (FP) images once;
+record calibration inputs with ``generate_calibrate_set``; quantize a copy of the denoiser with each
+preset; generate with it (image ``i`` always starts from the noise of seed ``seed + i``); compare
+with FP. Per preset: PSNR, SSIM, FID / KID vs the FP set (Inception), class accuracy and classifier
+feature distance (when a classifier is given), optional LPIPS / CLIP / ImageReward, wall time and peak
+memory of quantization and of generation, and the relative denoiser-output error per denoising step,
+measured by replaying the FP trajectory's denoiser inputs through the quantized model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation run (all presets share them).
+
+    ``labels``: class label per prompt (for class accuracy); ``calib_prompts``: prompts of the
+    calibration trajectories (default: ``prompts``); ``calib_steps``: steps recorded per trajectory
+    (uniform); ``error_images``: the FP denoiser calls of the batches holding the first ``error_images``
+    images are replayed through each quantized model for the per-step error;
+    ``fid``: compute FID/KID with Inception; ``optional_weights``: see ``metrics.optional_metrics``.
+    """
+
+    prompts: list[str]
+    labels: list[int] | None = None
+    seed: int = 0
+    num_inference_steps: int = 10
+    guidance_scale: float = 4.0
+    batch_size: int = 10
+    calib_prompts: list[str] | None = None
+    calib_steps: int = 4
+    calib_batch_size: int = 8
+    error_images: int = 10
+    fid: bool = True
+    classifier: nn.Module | None = None
+    optional_weights: dict = field(default_factory=dict)
+    pipeline_kwargs: dict = field(default_factory=dict)
+    denoiser: str | None = None
+
+    def settings(self) -> dict:
+        """JSON-able summary of the settings."""
+        keep = ("seed", "num_inference_steps", "guidance_scale", "batch_size", "calib_steps",
+                "calib_batch_size", "error_images", "fid", "denoiser")
+        out = {k: getattr(self, k) for k in keep}
+        out.update(n_prompts=len(self.prompts), n_calib_prompts=len(self.calib_prompts or self.prompts),
+                   classifier=self.classifier is not None, pipeline_kwargs={k: str(v) for k, v in self.pipeline_kwargs.items()})
+        return out
+
+
+@dataclass
+class EvalResult:
+    """Rows (one dict per configuration, FP first), images per configuration (float ``(N, C, H, W)``
+    in [0, 1]), per-step denoiser errors per preset, the step timesteps, prompts and settings."""
+
+    rows: list[dict]
+    images: dict[str, torch.Tensor]
+    errors: dict[str, list[float]]
+    timesteps: list[float]
+    prompts: list[str]
+    settings: dict
+    skipped: list[str] = field(default_factory=list)
+
+
+class PeakMemory:
+    """Context manager: peak memory (MB) during the block. CUDA: ``max_memory_allocated``; CPU: the
+    peak resident set size of the process (sampled every 5 ms from ``/proc/self/statm``), and its
+    increase over the start."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.peak_mb = self.delta_mb = float("nan")
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            self._start = self._peak = _rss_bytes()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, _rss_bytes())
+        self.peak_mb, self.delta_mb = peak / 2**20, (peak - self._start) / 2**20
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+    except OSError:  # not Linux: ru_maxrss is the best available (KiB, never decreases)
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def preset_label(preset: Any, index: int) -> tuple[str, Any]:
+    """``(label, config)`` for a preset entry: a name / YAML path (label = itself), a ``(label, config)``
+    pair, or a dict / QuantConfig (label ``config<index>``)."""
+    if isinstance(preset, tuple) and len(preset) == 2 and isinstance(preset[0], str):
+        return preset
+    if isinstance(preset, str):
+        return preset, preset
+    return f"config{index}", preset
+
+
+def generate_images(pipe, cfg: EvalConfig, desc: str = "generate", progress: bool = True,
+                    recorder: "CallRecorder | None" = None) -> torch.Tensor:
+    """Images float ``(N, C, H, W)`` in [0, 1] for ``cfg.prompts``; image ``i`` uses the generator seeded
+    ``cfg.seed + i``, so every configuration starts from the same noise. ``recorder`` (optional) is
+    active for the batches that hold the first ``cfg.error_images`` images."""
+    out = []
+    starts = range(0, len(cfg.prompts), cfg.batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        chunk = list(cfg.prompts[start: start + cfg.batch_size])
+        gens = [torch.Generator("cpu").manual_seed(cfg.seed + start + j) for j in range(len(chunk))]
+        record = recorder is not None and start < cfg.error_images
+        with torch.no_grad(), (recorder if record else contextlib.nullcontext()):
+            res = pipe(prompt=chunk, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+                       generator=gens, output_type="pt", **cfg.pipeline_kwargs)
+        images = res.images if hasattr(res, "images") else res[0]
+        out.append(torch.as_tensor(images).float().cpu())
+    return torch.cat(out)
+
+
+class CallRecorder:
+    """Forward hook that keeps every call of ``module`` (keyword arguments, output, step index) while
+    active; the step comes from the pipeline's scheduler (``segquant.pipeline.steps.locate_step``)."""
+
+    def __init__(self, pipe, module: nn.Module):
+        self.pipe, self.module = pipe, module
+        self.calls: list[tuple[int, float, dict, torch.Tensor]] = []
+
+    def __enter__(self) -> "CallRecorder":
+        self._handle = self.module.register_forward_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.remove()
+
+    def _hook(self, module, args, kwargs, output) -> None:
+        from segquant.calib.records import tree_copy
+        from segquant.pipeline.steps import bind_call, forward_signature, locate_step, timestep_argument
+
+        call = bind_call(forward_signature(module), args, kwargs, type(module).__name__)
+        step, t = locate_step(self.pipe.scheduler, timestep_argument(call), type(module).__name__)
+        self.calls.append((step, t, tree_copy(call), _first_output(output).detach().float().cpu()))
+
+
+def _first_output(output: Any) -> torch.Tensor:
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return getattr(output, "sample", output)
+
+
+@torch.no_grad()
+def step_errors(model: nn.Module, calls: list, num_steps: int) -> list[float]:
+    """Relative L2 error ``‖q(x) − fp(x)‖ / ‖fp(x)‖`` of ``model`` on recorded FP calls, averaged per step;
+    a list of length ``num_steps`` (NaN for steps without a call)."""
+    sums, counts = [0.0] * num_steps, [0] * num_steps
+    device = next(model.parameters()).device
+    for step, _, call, ref in calls:
+        kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in call.items()}
+        out = _first_output(model(**kwargs)).float().cpu()
+        sums[step] += float((out - ref).norm() / ref.norm().clamp_min(1e-12))
+        counts[step] += 1
+    return [s / c if c else float("nan") for s, c in zip(sums, counts)]
+
+
+def _record_fp(pipe, name: str, fp: nn.Module, cfg: EvalConfig, progress: bool):
+    """Generate the FP images; record the denoiser calls of the batches holding the first
+    ``error_images`` images (the recording adds one copy of those inputs to the FP memory peak)."""
+    rec = CallRecorder(pipe, fp)
+    t0 = time.perf_counter()
+    with PeakMemory(fp.device) as mem:
+        images = generate_images(pipe, cfg, "fp", progress, recorder=rec)
+    gen_s = time.perf_counter() - t0
+    timesteps = [float(t) for t in pipe.scheduler.timesteps]
+    return images, rec.calls, timesteps, {"gen_s": gen_s, "gen_peak_mb": mem.peak_mb, "gen_delta_mb": mem.delta_mb}
+
+
+def calibration_loader(pipe, name: str, cfg: EvalConfig, progress: bool):
+    """Record calibration inputs of the denoiser with ``generate_calibrate_set`` (uniform steps)."""
+    from segquant.calib import UniformSampler, generate_calibrate_set
+
+    prompts = list(cfg.calib_prompts or cfg.prompts)
+    sampler = UniformSampler(cfg.num_inference_steps, len(prompts), min(cfg.calib_steps, cfg.num_inference_steps))
+    dataset = generate_calibrate_set(pipe, sampler, prompts, name, seed=cfg.seed + 100_000, progress=progress,
+                                     num_inference_steps=cfg.num_inference_steps,
+                                     guidance_scale=cfg.guidance_scale, **cfg.pipeline_kwargs)
+    return dataset.get_dataloader(cfg.calib_batch_size)
+
+
+def evaluate(pipe, presets: list, cfg: EvalConfig, calib_loader=None, progress: bool = True) -> EvalResult:
+    """Run the comparison (see the module docstring). ``presets``: preset names, YAML paths, config
+    dicts / QuantConfigs or ``(label, config)`` pairs. ``calib_loader``: an iterable of denoiser-call
+    batches to use instead of recording one. A preset that fails is reported in its row (``error``)."""
+    from segquant.eval.metrics import score_reference
+    from segquant.pipeline.glue import get_denoiser
+
+    name, fp = get_denoiser(pipe, cfg.denoiser)
+    fp_images, calls, timesteps, fp_cost = _record_fp(pipe, name, fp, cfg, progress)
+    ref = score_reference(fp_images, cfg)
+    rows = [{"config": "fp", **fp_cost, **ref.row}]
+    images, errors = {"fp": fp_images}, {}
+    t0 = time.perf_counter()
+    loader = calib_loader if calib_loader is not None else calibration_loader(pipe, name, cfg, progress)
+    calib_s = time.perf_counter() - t0
+    for i, preset in enumerate(presets):
+        label, config = preset_label(preset, i)
+        logger.info("evaluating %s", label)
+        try:
+            row, imgs, errs = _run_preset(pipe, name, fp, config, loader, cfg, calls, ref, progress, label)
+        except Exception as exc:  # keep the other presets; the failure is in the table
+            logger.exception("preset %s failed", label)
+            row, imgs, errs = {"error": f"{type(exc).__name__}: {exc}"}, None, None
+        rows.append({"config": label, "calib_s": calib_s, **row})
+        if imgs is not None:
+            images[label], errors[label] = imgs, errs
+    settings = {**cfg.settings(), "denoiser_class": type(fp).__name__, "pipeline": type(pipe).__name__}
+    return EvalResult(rows, images, errors, timesteps, list(cfg.prompts), settings, ref.skipped)
+
+
+def _run_preset(pipe, name, fp, config, loader, cfg, calls, ref, progress, label):
+    from segquant import quantize
+    from segquant.eval.metrics import score_preset
+    from segquant.pipeline.glue import swapped_denoiser
+
+    t0 = time.perf_counter()
+    with PeakMemory(fp.device) as qmem:
+        qmodel = quantize(copy.deepcopy(fp), loader, config=config)
+    quant_s = time.perf_counter() - t0
+    n_seg = sum(1 for m in qmodel.modules() if type(m).__name__ == "SegLinear")
+    with swapped_denoiser(pipe, qmodel, name):
+        t0 = time.perf_counter()
+        with PeakMemory(fp.device) as gmem:
+            images = generate_images(pipe, cfg, label, progress)
+        gen_s = time.perf_counter() - t0
+    logger.info("%s: quantized in %.1f s, generated in %.1f s", label, quant_s, gen_s)
+    errs = step_errors(qmodel, calls, cfg.num_inference_steps)
+    row = {"quant_s": quant_s, "quant_peak_mb": qmem.peak_mb, "quant_delta_mb": qmem.delta_mb,
+           "gen_s": gen_s, "gen_peak_mb": gmem.peak_mb, "gen_delta_mb": gmem.delta_mb,
+           "quantized_layers": n_seg, "mean_step_error": _nanmean(errs), **score_preset(images, ref, cfg)}
+    del qmodel
+    return row, images, errs
+
+
+def _nanmean(values: list[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
