@@ -26,24 +26,16 @@ def load_denoiser(source: str, seed: int = 0):
     Returns ``(model, example_kwargs)``. Folders are loaded with ``local_files_only=True`` (no download).
     """
     from segquant.models.examples import example_inputs_for
+    from segquant.models.loading import load_model_folder
     from segquant.models.tiny import TINY_MODELS, build_tiny_denoiser, tiny_example_inputs
 
     name = source.removeprefix("tiny-").replace("sdxl", "unet")
     if name in TINY_MODELS:  # "sd3" or the calibrate command's "tiny-sd3" name the same denoiser
         return build_tiny_denoiser(name, seed=seed), tiny_example_inputs(name, batch=1, seed=seed)
-    path = Path(source)
-    if not (path / "config.json").is_file():
+    if not (Path(source) / "config.json").is_file():
         raise SystemExit(f"segquant: {source!r} is neither a built-in model ({', '.join(TINY_MODELS)}) nor a "
                          "diffusers model folder with a config.json")
-    import json
-
-    import diffusers
-
-    class_name = json.loads((path / "config.json").read_text()).get("_class_name")
-    model_class = getattr(diffusers, str(class_name), None)
-    if model_class is None:
-        raise SystemExit(f"segquant: {path / 'config.json'} names class {class_name!r}, unknown to diffusers")
-    model = model_class.from_pretrained(str(path), local_files_only=True).eval()
+    model = load_model_folder(source)
     return model, example_inputs_for(model, batch=1)
 
 

@@ -179,14 +179,12 @@ def _text_encoder(path=None):
 
 def load_denoiser(folder: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """Load the denoiser saved with ``save_pretrained`` under ``folder`` (``transformer/`` or ``unet/``)."""
-    import diffusers
-    import json
+    from segquant.models.loading import load_model_folder
 
     folder = Path(folder)
     for sub in ("transformer", "unet"):
         if (folder / sub / "config.json").is_file():
-            cls_name = json.loads((folder / sub / "config.json").read_text())["_class_name"]
-            return getattr(diffusers, cls_name).from_pretrained(folder / sub, torch_dtype=dtype).eval()
+            return load_model_folder(folder / sub, dtype)
     raise FileNotFoundError(f"{folder}: no transformer/ or unet/ folder with config.json (demo weights)")
 
 
