@@ -34,7 +34,8 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calib-prompts", type=int, default=8, help="calibration trajectories")
-    p.add_argument("--calib-steps", type=int, default=4, help="recorded steps per calibration trajectory")
+    p.add_argument("--calib-steps", type=int, default=None,
+                   help="recorded steps per calibration trajectory (default: every step)")
     p.add_argument("--no-fid", action="store_true", help="skip FID/KID (Inception on CPU is the slowest metric)")
     p.add_argument("--quick", action="store_true",
                    help="reduced CI setting: one model (mmdit), presets rtn_w8a8,w8a8, 1 prompt per class, "

@@ -32,7 +32,8 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None, help="images per pipeline call")
     p.add_argument("--calib-prompts", type=int, default=8, help="calibration trajectories")
-    p.add_argument("--calib-steps", type=int, default=4, help="recorded steps per calibration trajectory")
+    p.add_argument("--calib-steps", type=int, default=None,
+                   help="recorded steps per calibration trajectory (default: every step)")
     p.add_argument("--no-fid", action="store_true", help="skip FID/KID")
     p.add_argument("--device", default="cpu", help="pipeline folders: device")
     p.add_argument("--lpips-weights", default=None, help="torchvision AlexNet checkpoint for LPIPS (package lpips)")

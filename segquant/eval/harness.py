@@ -37,7 +37,8 @@ class EvalConfig:
 
     ``labels``: class label per prompt (for class accuracy); ``calib_prompts``: prompts of the
     calibration trajectories (default: ``prompts``); ``calib_steps``: steps recorded per trajectory
-    (uniform); ``error_images``: the FP denoiser calls of the batches holding the first ``error_images``
+    (uniform; default ``None`` = every step: static SmoothQuant factors calibrated on a few timesteps do not
+    transfer to the others); ``error_images``: the FP denoiser calls of the batches holding the first ``error_images``
     images are replayed through each quantized model for the per-step error;
     ``fid``: compute FID/KID with Inception; ``optional_weights``: see ``metrics.optional_metrics``.
     """
@@ -49,7 +50,7 @@ class EvalConfig:
     guidance_scale: float = 4.0
     batch_size: int = 10
     calib_prompts: list[str] | None = None
-    calib_steps: int = 4
+    calib_steps: int | None = None
     calib_batch_size: int = 8
     error_images: int = 10
     fid: bool = True
@@ -218,7 +219,7 @@ def calibration_loader(pipe, name: str, cfg: EvalConfig, progress: bool):
     from segquant.calib import UniformSampler, generate_calibrate_set
 
     prompts = list(cfg.calib_prompts or cfg.prompts)
-    sampler = UniformSampler(cfg.num_inference_steps, len(prompts), min(cfg.calib_steps, cfg.num_inference_steps))
+    sampler = UniformSampler(cfg.num_inference_steps, len(prompts), min(cfg.calib_steps or cfg.num_inference_steps, cfg.num_inference_steps))
     dataset = generate_calibrate_set(pipe, sampler, prompts, name, seed=cfg.seed + 100_000, progress=progress,
                                      num_inference_steps=cfg.num_inference_steps,
                                      guidance_scale=cfg.guidance_scale, **cfg.pipeline_kwargs)
