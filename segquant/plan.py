@@ -233,19 +233,16 @@ def _apply_segments(layer: LayerPlan, segments: Any) -> LayerPlan:
 
 
 def _fit_to_layer(layer: LayerPlan) -> LayerPlan:
-    """Replace group sizes that do not divide every input segment by per-channel scales, with a note."""
-    group = layer.weight_group_size()
+    """Replace group sizes that do not divide every input segment (weights: per-channel; inputs:
+    per-token scales), with a note."""
     segments = layer.input_segments or (layer.in_features,)
-    if group and any(size % group for size in segments):
-        note = f"weight group {group} does not divide input segments {list(segments)}: per-channel scales"
-        raw = layer_config_to_raw(layer.config)
-        raw["weight_quant"].update(granularity="channel", group_size=None)
-        layer = replace(layer, config=build_layer_config(raw, layer.name), notes=[*layer.notes, note])
-    in_group = layer.config.input_quant.granularity
-    if isinstance(in_group, PerGroup) and any(size % in_group.group_size for size in segments):
-        note = f"input group {in_group.group_size} does not divide input segments {list(segments)}: per-token"
-        raw = layer_config_to_raw(layer.config)
-        raw["input_quant"].update(granularity="token", group_size=None)
-        layer = replace(layer, config=build_layer_config(raw, layer.name), notes=[*layer.notes, note])
+    for tensor, fallback in (("weight_quant", "channel"), ("input_quant", "token")):
+        granularity = getattr(layer.config, tensor).granularity
+        if isinstance(granularity, PerGroup) and any(size % granularity.group_size for size in segments):
+            note = (f"{tensor.split('_')[0]} group {granularity.group_size} does not divide input segments "
+                    f"{list(segments)}: per-{fallback}")
+            raw = layer_config_to_raw(layer.config)
+            raw[tensor].update(granularity=fallback, group_size=None)
+            layer = replace(layer, config=build_layer_config(raw, layer.name), notes=[*layer.notes, note])
     return layer
 

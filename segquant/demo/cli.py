@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from segquant.eval.cli import add_run_arguments, parse_presets
+
 # The plain round-to-nearest baselines and SegQuant at W8A8 and W4A8 (fits the 5-minute CPU budget);
 # ``--presets all`` adds FP8 (slow to emulate on CPU), W4A16, W4A4 and the alpha search.
 DEMO_PRESETS = ("rtn_w8a8", "w8a8", "rtn_w4a8", "w4a8")
@@ -29,28 +31,17 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--models", default="mmdit,flux,unet", help="comma-separated demo models")
     p.add_argument("--presets", default=None,
                    help=f"comma-separated presets (default: {','.join(DEMO_PRESETS)}; 'all' = every preset)")
-    p.add_argument("--per-class", type=int, default=2, help="evaluation prompts per class (10 classes)")
-    p.add_argument("--steps", type=int, default=10, help="denoising steps")
-    p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--calib-prompts", type=int, default=8, help="calibration trajectories")
-    p.add_argument("--calib-steps", type=int, default=None,
-                   help="recorded steps per calibration trajectory (default: every step)")
-    p.add_argument("--no-fid", action="store_true", help="skip FID/KID (Inception on CPU is the slowest metric)")
+    add_run_arguments(p)
     p.add_argument("--quick", action="store_true",
                    help="reduced CI setting: one model (mmdit), presets rtn_w8a8,w8a8, 1 prompt per class, "
                         "4 steps, no FID")
-    p.add_argument("--weights-dir", default=None, help="folder with the demo weights (default: shipped)")
     p.set_defaults(func=run_demo)
     return p
 
 
 def demo_settings(args: argparse.Namespace) -> dict:
     """The effective settings of a demo run (``--quick`` overrides the others)."""
-    from segquant.presets import PRESETS
-
-    presets = list(DEMO_PRESETS) if args.presets is None else (
-        list(PRESETS) if args.presets == "all" else [p.strip() for p in args.presets.split(",") if p.strip()])
+    presets = list(DEMO_PRESETS) if args.presets is None else parse_presets(args.presets)
     s = {"models": [m.strip() for m in args.models.split(",") if m.strip()], "presets": presets,
          "per_class": args.per_class, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
          "calib_prompts": args.calib_prompts, "calib_steps": args.calib_steps, "fid": not args.no_fid}

@@ -26,25 +26,31 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", default="segquant-report", help="report folder")
     p.add_argument("--prompts", default=None, help="prompt file (required for pipeline folders)")
     p.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts of --prompts")
-    p.add_argument("--per-class", type=int, default=2, help="demo models: prompts per class")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument("--seed", type=int, default=0)
+    add_run_arguments(p)
     p.add_argument("--batch-size", type=int, default=None, help="images per pipeline call")
-    p.add_argument("--calib-prompts", type=int, default=8, help="calibration trajectories")
-    p.add_argument("--calib-steps", type=int, default=None,
-                   help="recorded steps per calibration trajectory (default: every step)")
-    p.add_argument("--no-fid", action="store_true", help="skip FID/KID")
     p.add_argument("--device", default="cpu", help="pipeline folders: device")
     p.add_argument("--lpips-weights", default=None, help="torchvision AlexNet checkpoint for LPIPS (package lpips)")
     p.add_argument("--clip-weights", default=None, help="local CLIP model folder for CLIP score")
     p.add_argument("--image-reward-weights", default=None, help="ImageReward checkpoint (package image-reward)")
-    p.add_argument("--weights-dir", default=None, help="folder with the demo weights (default: shipped)")
     p.set_defaults(func=run_eval)
     return p
 
 
-def _presets(spec: str) -> list[str]:
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Generation, calibration and metric options shared by ``segquant eval`` and ``segquant demo``."""
+    p.add_argument("--per-class", type=int, default=2, help="demo models: evaluation prompts per class (10 classes)")
+    p.add_argument("--steps", type=int, default=10, help="denoising steps")
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calib-prompts", type=int, default=8, help="calibration trajectories")
+    p.add_argument("--calib-steps", type=int, default=None,
+                   help="recorded steps per calibration trajectory (default: every step)")
+    p.add_argument("--no-fid", action="store_true", help="skip FID/KID (Inception on CPU is the slowest metric)")
+    p.add_argument("--weights-dir", default=None, help="folder with the demo weights (default: shipped)")
+
+
+def parse_presets(spec: str) -> list[str]:
+    """``"all"`` or a comma-separated list of preset names / YAML paths."""
     from segquant.presets import PRESETS
 
     if spec == "all":
@@ -59,7 +65,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from segquant.eval.report import markdown_table
 
     weights = {"lpips": args.lpips_weights, "clip": args.clip_weights, "image_reward": args.image_reward_weights}
-    presets, out, t0 = _presets(args.presets), Path(args.out), time.perf_counter()
+    presets, out, t0 = parse_presets(args.presets), Path(args.out), time.perf_counter()
     demo = [m for m in args.models if m in MODEL_NAMES]
     folders = [m for m in args.models if m not in MODEL_NAMES]
     results = {}

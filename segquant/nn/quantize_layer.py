@@ -22,7 +22,7 @@ from segquant.algorithms.svd import lowrank_branch
 from segquant.enums import Calibrate
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import (PerGroup, PerTensor, asymmetric_params, block_amax, quantize_codes,
+from segquant.numerics import (PerTensor, asymmetric_params, block_amax, quantize_codes,
                                scale_from_amax)
 from segquant.observers import InputObserver
 from segquant.plan import LayerPlan

@@ -11,7 +11,6 @@ pytest.importorskip("torchmetrics")
 
 from segquant.demo.cli import DEMO_PRESETS, add_demo_parser, demo_settings  # noqa: E402
 from segquant.demo.pipeline import WEIGHTS_DIR  # noqa: E402
-from segquant.eval.cli import add_eval_parser  # noqa: E402
 
 needs_weights = pytest.mark.skipif(not (WEIGHTS_DIR / "mmdit").is_dir(), reason="shipped demo weights missing")
 
