@@ -1,0 +1,152 @@
+"""End-to-end latency, compile time and memory of full-size denoisers: bf16 vs torchao vs segquant W8A8.
+
+One process, one GPU, random weights (speed does not depend on the values). Variants:
+
+- ``bf16``          eager bf16
+- ``bf16_compiled`` bf16, repeated blocks compiled (regional compilation)
+- ``torchao_fp8``   torchao ``Float8DynamicActivationFloat8WeightConfig(PerRow())``, compiled the same way
+- ``sq_fp8``        segquant FP8 E4M3 W8A8 (per-channel weights, static per-tensor inputs, SmoothQuant),
+                    backend "gpu", compiled the same way
+- ``sq_int8``       the same in INT8 (with SegQuant's segments and DualScale)
+- ``sq_int8_nods``  INT8 without DualScale (the ``activation_to_linear`` pattern off)
+
+    PYTHONPATH=. python benchmarks/e2e_w8a8.py --model sd35 --variants all --json out.json
+
+Per variant: first-call time (includes compilation), median latency of ``--iters`` calls (CUDA events),
+memory the model holds on the GPU (allocated bytes after preparation: weights, buffers and the
+example inputs; this also counts tensor subclasses such as torchao's), peak allocated memory during a call, and for the
+segquant variants the relative output error of the GPU backend against the emulated backend on the
+same input (``‖y_gpu − y_emul‖ / ‖y_emul‖``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import time
+
+import torch
+
+from fullsize import build
+
+VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "sq_fp8", "sq_int8", "sq_int8_nods")
+_ALL_PATTERNS = ["linear_to_chunk", "linear_to_split", "concat_to_linear", "stack_to_linear",
+                 "reshape_to_linear", "activation_to_linear"]
+
+
+def segquant_config(variant: str) -> dict:
+    """The segquant config of a ``sq_*`` variant (static per-tensor inputs, per-channel weights)."""
+    fmt = "fpe4m3" if variant == "sq_fp8" else "int8"
+    patterns = _ALL_PATTERNS if variant == "sq_int8" else _ALL_PATTERNS[:-1]
+    return {"default": {"search_patterns": patterns, "opt": {"type": "smooth", "alpha": 0.5},
+                        "calib": {"type": "amax"},
+                        "input_quant": {"type": fmt, "granularity": "tensor", "dynamic": False},
+                        "weight_quant": {"type": fmt, "granularity": "channel"}}}
+
+
+def timed_calls(model, example: dict, iters: int) -> tuple[float, list[float]]:
+    """First-call seconds (compilation included) and the per-call milliseconds of ``iters`` later calls."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model(**example)
+        torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+        for _ in range(2):
+            model(**example)
+        times = []
+        for _ in range(iters):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(**example)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    return first, times
+
+
+def prepare(variant: str, model, example: dict) -> dict:
+    """Quantize/compile ``model`` in place for ``variant``; returns extra facts (quantize time, errors)."""
+    from segquant.pipeline.regional_compile import compile_repeated_blocks
+
+    facts: dict = {}
+    if variant == "torchao_fp8":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    if variant.startswith("sq_"):
+        from segquant import quantize
+        from segquant.kernels.backend import set_backend
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            quantize(model, [example], segquant_config(variant), example=example)
+        torch.cuda.synchronize()
+        facts["quantize_s"] = time.perf_counter() - t0
+        with torch.inference_mode():
+            y_emul = model(**example)[0].float()
+            set_backend(model, "gpu")
+            y_gpu = model(**example)[0].float()
+        facts["rel_err_gpu_vs_emulated"] = float((y_gpu - y_emul).norm() / y_emul.norm())
+        del y_emul, y_gpu
+    if variant != "bf16":
+        compile_repeated_blocks(model, fullgraph=variant.startswith("sq_"))
+    return facts
+
+
+def run_variant(name: str, variant: str, iters: int) -> dict:
+    model, example = build(name)
+    facts = prepare(variant, model, example)
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()  # the model's weights (and the small example inputs)
+    first, times = timed_calls(model, example, iters)
+    times.sort()
+    result = dict(model=name, variant=variant, first_call_s=round(first, 1),
+                  median_ms=round(times[len(times) // 2], 2), min_ms=round(times[0], 2),
+                  weight_gib=round(base / 2**30, 3),
+                  peak_extra_gib=round((torch.cuda.max_memory_allocated() - base) / 2**30, 3), **facts)
+    del model, example
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch._dynamo.reset()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["sd35", "flux"], default="sd35")
+    parser.add_argument("--variants", default="all", help=f"comma list of {VARIANTS} or 'all'")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--json", default=None)
+    opts = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    variants = VARIANTS if opts.variants == "all" else opts.variants.split(",")
+    results = []
+    for variant in variants:
+        try:
+            results.append(run_variant(opts.model, variant, opts.iters))
+        except Exception as error:  # a failing variant must not hide the others' numbers
+            logging.exception("variant %s failed", variant)
+            results.append(dict(model=opts.model, variant=variant, error=f"{type(error).__name__}: {error}"))
+        print(json.dumps(results[-1]), flush=True)
+        if opts.json:
+            with open(opts.json, "w") as f:
+                json.dump(results, f, indent=1)
+    ref = next((r["median_ms"] for r in results if r["variant"] == "bf16_compiled" and "median_ms" in r), None)
+    print(f"\n{torch.cuda.get_device_name()}  torch {torch.__version__}  model {opts.model}")
+    print(f"{'variant':<14} {'first s':>8} {'median ms':>10} {'vs bf16c':>9} {'weights GiB':>11} {'peak+ GiB':>9}")
+    for r in results:
+        if "median_ms" not in r:
+            print(f"{r['variant']:<14} FAILED {r['error'][:90]}")
+            continue
+        speed = f"{ref / r['median_ms']:.2f}x" if ref else "-"
+        print(f"{r['variant']:<14} {r['first_call_s']:>8} {r['median_ms']:>10} {speed:>9} "
+              f"{r['weight_gib']:>11} {r['peak_extra_gib']:>9}")
+
+
+if __name__ == "__main__":
+    main()
