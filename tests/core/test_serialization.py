@@ -149,3 +149,25 @@ def test_layer_configured_backend_is_applied_on_load(saved, tmp_path):
     (folder / PLAN_NAME).write_text(json.dumps(plan))
     with pytest.raises(BackendUnavailableError, match="gpu"):
         load_quantized(make_model(), folder, verify=False)
+
+
+def test_load_calls_set_backend_for_the_requested_or_configured_backend(saved, tmp_path, monkeypatch):
+    """The wiring to segquant.kernels.backend.set_backend, with a recording stand-in for that module."""
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("segquant.kernels.backend")
+    fake.set_backend = lambda module, name: calls.append((type(module).__name__, name))
+    monkeypatch.setitem(sys.modules, "segquant.kernels.backend", fake)
+    load_quantized(make_model(), saved[0])
+    assert calls == []  # every layer is configured "emulated", what a new SegLinear runs
+    load_quantized(make_model(), saved[0], backend="gpu")
+    assert calls == [("Sequential", "gpu")]
+    folder = copy_of(saved, tmp_path)
+    plan = json.loads((folder / PLAN_NAME).read_text())
+    plan["layers"][1]["config"]["backend"] = "gpu"
+    (folder / PLAN_NAME).write_text(json.dumps(plan))
+    calls.clear()
+    load_quantized(make_model(), folder, verify=False)
+    assert calls == [("SegLinear", "gpu")]
