@@ -97,12 +97,15 @@ def _granularity(axes: dict, allowed: tuple[str, ...]) -> Any:
     (``axes`` maps each allowed axis to the granularity it means)."""
 
     def parse(raw: Mapping, key: str, path: str) -> Granularity:
-        _check(raw["axis"] in axes, f"{path}.axis: {raw['axis']!r} is not allowed; allowed: "
-               f"{', '.join(repr(a) for a in axes)} (None = per-tensor)")
-        name = raw["granularity"] or ("group" if raw["group_size"] else axes[raw["axis"]])
+        axis = raw["axis"]
+        _check((axis is None or type(axis) is int) and axis in axes, f"{path}.axis: {axis!r} is not allowed; "
+               f"allowed: {', '.join(repr(a) for a in axes)} (None = per-tensor)")
+        name = raw["granularity"]
+        if name is None:
+            name = "group" if raw["group_size"] else axes[axis]
         _check(name in allowed, f"{path}.granularity: {name!r} is not allowed; allowed: {', '.join(allowed)}")
-        if raw["axis"] is not None and raw["granularity"] is not None:
-            _check(axes[raw["axis"]] == name, f"{path}: axis {raw['axis']!r} means per-{axes[raw['axis']]}, "
+        if axis is not None and raw["granularity"] is not None:
+            _check(axes[axis] == name, f"{path}: axis {axis!r} means per-{axes[axis]}, "
                    f"which contradicts granularity {name!r}; give only one of them")
         if name == "group":
             _check(isinstance(raw["group_size"], int) and raw["group_size"] > 0,

@@ -88,8 +88,11 @@ def verify_checkpoint(path: str | Path) -> None:
 
 
 def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
     with file.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _read_json(file: Path, expected: str) -> Any:
