@@ -128,3 +128,14 @@ def test_defaults_of_an_empty_config_are_the_dataclass_defaults():
     layer = QuantConfig.from_dict({}).for_layer("x")
     assert layer.weight_quant.granularity == PerTensor() and layer.opt.type is Optimum.DEFAULT
     assert layer.search_patterns == tuple(SegPattern.all())
+
+
+@pytest.mark.parametrize("tensor,fragment", [
+    ({"axis": [1]}, "default.weight_quant.axis: [1] is not allowed"),
+    ({"axis": True}, "default.weight_quant.axis: True is not allowed"),
+    ({"granularity": ""}, "default.weight_quant.granularity: '' is not allowed"),
+])
+def test_odd_granularity_values_raise_config_error(tensor, fragment):
+    with pytest.raises(ConfigError) as info:
+        QuantConfig.from_dict({"default": {"weight_quant": tensor}})
+    assert fragment in str(info.value)
