@@ -19,3 +19,15 @@ class CorruptShardError(SegQuantError, OSError):
 
 class BackendUnavailableError(SegQuantError, RuntimeError):
     """The requested kernel backend cannot run here (no GPU, kernel missing)."""
+
+
+class CorruptCheckpointError(SegQuantError, OSError):
+    """A saved quantized model whose file is truncated, unparsable or differs from its SHA-256 manifest."""
+
+
+class MissingCheckpointFileError(CorruptCheckpointError, FileNotFoundError):
+    """A file of a saved quantized model is missing."""
+
+
+class CheckpointMismatchError(SegQuantError, ValueError):
+    """A saved quantized model that does not fit the model it is loaded into (wrong architecture)."""

@@ -16,7 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from segquant.config import LayerConfig, QuantConfig, as_quant_config, build_layer_config, layer_config_to_raw
+from segquant.config import (LayerConfig, QuantConfig, as_quant_config, build_layer_config, layer_config_to_raw,
+                             replace_config)
 from segquant.enums import Optimum, SegPattern
 from segquant.errors import ConfigError
 from segquant.nn.spec import SegLinearSpec
@@ -108,9 +109,8 @@ class QuantPlan:
         if name not in self.layers:
             raise KeyError(f"no linear layer named {name!r} in the plan")
         layer = self.layers[name]
-        raw = layer_config_to_raw(layer.config)
-        merged = build_layer_config(_deep_update(raw, config_changes), name)
-        self.layers[name] = _fit_to_layer(replace(layer, config=merged))
+        config = replace_config(layer.config, config_changes, name)
+        self.layers[name] = _fit_to_layer(replace(layer, config=config))
 
     def table(self) -> str:
         """An aligned text table of the plan, one row per linear layer."""
@@ -142,15 +142,6 @@ class QuantPlan:
         if not path.is_file():
             raise FileNotFoundError(f"plan file {str(path)!r} does not exist")
         return cls.from_dict(json.loads(path.read_text()))
-
-
-def _deep_update(base: dict, changes: dict) -> dict:
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 def _segments_text(segments: tuple[int, ...]) -> str:
@@ -241,8 +232,7 @@ def _fit_to_layer(layer: LayerPlan) -> LayerPlan:
         if isinstance(granularity, PerGroup) and any(size % granularity.group_size for size in segments):
             note = (f"{tensor.split('_')[0]} group {granularity.group_size} does not divide input segments "
                     f"{list(segments)}: per-{fallback}")
-            raw = layer_config_to_raw(layer.config)
-            raw[tensor].update(granularity=fallback, group_size=None)
-            layer = replace(layer, config=build_layer_config(raw, layer.name), notes=[*layer.notes, note])
+            config = replace_config(layer.config, {tensor: {"granularity": fallback}}, layer.name)
+            layer = replace(layer, config=config, notes=[*layer.notes, note])
     return layer
 

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from segquant.calibration import calibrate, first_batch, run_with_input_hooks
-from segquant.config import QuantConfig, build_layer_config, layer_config_to_raw
+from segquant.config import QuantConfig, replace_config
 from segquant.errors import BackendUnavailableError
 from segquant.nn.quantize_layer import quantize_linear
 from segquant.observers import InputObserver
@@ -68,10 +68,9 @@ def _report_layer(linear: nn.Linear, quantized: nn.Module, layer: LayerPlan, sta
 
 def rtn_variant(layer: LayerPlan) -> LayerPlan:
     """The same layer and number formats with plain round-to-nearest: no segments, smoothing or GPTQ."""
-    raw = layer_config_to_raw(layer.config)
-    raw.update(seglinear=False, search_patterns=[])
-    raw["opt"]["type"], raw["calib"]["type"] = "default", "amax"
-    return replace(layer, config=build_layer_config(raw, layer.name), output_segments=(), input_segments=(),
+    config = replace_config(layer.config, {"seglinear": False, "search_patterns": [], "opt": {"type": "default"},
+                                           "calib": {"type": "amax"}}, layer.name)
+    return replace(layer, config=config, output_segments=(), input_segments=(),
                    dual_scale_activation=None, patterns=(), chosen={})
 
 

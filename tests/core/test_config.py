@@ -108,7 +108,8 @@ def test_w8a8_preset_is_the_original_default():
     assert layer.input_quant.dtype is DType.INT8 and not layer.input_quant.dynamic
     assert layer.opt.type is Optimum.SMOOTH and layer.opt.alpha == 0.5
     assert layer.calib.type is Calibrate.AMAX and layer.seglinear
-    assert set(layer.search_patterns) == set(SegPattern.all()) and layer.dual_scale
+    assert set(layer.search_patterns) == set(SegPattern.all())
+    assert SegPattern.ACTIVATION2LINEAR in layer.search_patterns  # DualScale (was LayerConfig.dual_scale)
 
 
 def test_preset_dict_is_a_fresh_copy_and_unknown_preset_errors():
