@@ -190,7 +190,7 @@ def build_plan(model: nn.Module, config: "QuantConfig | dict | str | None" = Non
     """Resolve every linear layer's config and (when an example input is given) its graph segments."""
     config = as_quant_config(config)
     linears = linear_layers(model)
-    for rule in config.unmatched_rules(list(linears)):
+    for rule in config.check_rules(list(linears)):
         logger.warning("config rule %r matches no linear layer of %s", rule, type(model).__name__)
     layers = {name: LayerPlan(name, m.in_features, m.out_features, m.bias is not None, config.for_layer(name),
                               config.matching_rules(name)) for name, m in linears.items()}
