@@ -63,12 +63,17 @@ class EvalConfig:
     pipeline_kwargs: dict = field(default_factory=dict)
     denoiser: str | None = None
 
+    def recorded_calib_steps(self) -> int:
+        """Steps recorded per calibration trajectory (``calib_steps``, default every step)."""
+        return min(self.calib_steps or self.num_inference_steps, self.num_inference_steps)
+
     def settings(self) -> dict:
         """JSON-able summary of the settings."""
         keep = ("seed", "num_inference_steps", "guidance_scale", "batch_size", "calib_steps",
                 "calib_batch_size", "error_images", "fid", "denoiser")
         out = {k: getattr(self, k) for k in keep}
         out.update(n_prompts=len(self.prompts), n_calib_prompts=len(self.calib_prompts or self.prompts),
+                   calib_steps_recorded=self.recorded_calib_steps(),
                    classifier=self.classifier is not None, pipeline_kwargs={k: str(v) for k, v in self.pipeline_kwargs.items()})
         return out
 
@@ -217,7 +222,7 @@ def calibration_loader(pipe, name: str, cfg: EvalConfig, progress: bool):
     from segquant.calib import UniformSampler, generate_calibrate_set
 
     prompts = list(cfg.calib_prompts or cfg.prompts)
-    sampler = UniformSampler(cfg.num_inference_steps, len(prompts), min(cfg.calib_steps or cfg.num_inference_steps, cfg.num_inference_steps))
+    sampler = UniformSampler(cfg.num_inference_steps, len(prompts), cfg.recorded_calib_steps())
     dataset = generate_calibrate_set(pipe, sampler, prompts, name, seed=cfg.seed + 100_000, progress=progress,
                                      num_inference_steps=cfg.num_inference_steps,
                                      guidance_scale=cfg.guidance_scale, **cfg.pipeline_kwargs)
