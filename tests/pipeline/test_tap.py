@@ -21,14 +21,6 @@ from segquant.pipeline import (
 pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def batch_inputs(name, prompts):
     items = [tiny_prompt_inputs(name, p) for p in prompts]
     return {k: torch.cat([it[k] for it in items]) if isinstance(v, torch.Tensor) else v for k, v in items[0].items()}
