@@ -23,7 +23,9 @@ same inputs inside ``after``::
         return call.with_sample(correct(call.sample, call.info))
 
 The hooks and probe are installed by ``with tap:`` (removed on exit; a tap can be entered again) or
-by ``tap.install()`` until ``tap.remove()``.
+by ``tap.install()`` until ``tap.remove()``. While installed, every call of the module is located in
+the pipeline's scheduler: remove the tap before calling the module outside a pipeline run (e.g. to
+calibrate it), where no step can be told (``CalibrationError``) or a stale scheduler state is read.
 """
 
 from __future__ import annotations
