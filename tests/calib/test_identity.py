@@ -1,5 +1,6 @@
 """Run identity: canonical JSON + SHA-256, no hash-seed-dependent bookkeeping."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ def test_canonical_json_drops_bookkeeping_and_sorts():
 
 def test_digest_is_the_same_under_other_hash_seeds():
     code = "from segquant.calib.identity import digest; print(digest({'p': 'a fox', 's': {'x', 'y', 'z'}}))"
-    outs = {subprocess.run([sys.executable, "-c", code], env={"PYTHONHASHSEED": str(s), "PATH": ""},
+    outs = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(s), "PYTHONPATH": str(ROOT)},
                            capture_output=True, text=True, cwd=ROOT).stdout for s in (1, 2)}
     assert len(outs) == 1 and outs.pop().strip() == digest({"p": "a fox", "s": {"z", "y", "x"}})
 

@@ -1,6 +1,7 @@
 """`segquant demo` / `segquant eval` reject bad presets and model names at once: a one-line error naming
 the culprit, a close-match suggestion, exit 2, no traceback, before any generation."""
 
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def segquant(*argv, cwd=ROOT):
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "segquant.cli", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return proc, time.perf_counter() - t0
 
 
