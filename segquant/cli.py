@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from pathlib import Path
@@ -11,13 +10,6 @@ from pathlib import Path
 import segquant
 from segquant.errors import SegQuantError
 
-# (module, function) pairs that add a subcommand; imported when the parser is built, so each
-# module must stay cheap to import (heavy imports go inside its command function).
-SUBCOMMANDS = (
-    ("segquant.calib.cli", "add_calibrate_parser"),
-    ("segquant.eval.cli", "add_eval_parser"),
-    ("segquant.demo.cli", "add_demo_parser"),
-)
 
 
 def load_denoiser(source: str, seed: int = 0):
@@ -90,9 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("-o", "--output", required=True, help="output folder (safetensors + plan JSON)")
     quant.set_defaults(func=_quantize)
 
-    for module_name, function in SUBCOMMANDS:
-        getattr(importlib.import_module(module_name), function)(sub)
+    _add_subcommands(sub)
     return parser
+
+
+def _add_subcommands(sub) -> None:
+    """``calibrate``, ``eval`` (which takes the demo model names through ``DEMO_SUITE``) and ``demo``.
+    Imported when the parser is built, so each module stays cheap to import (heavy imports go inside
+    its command function). This is the one place that wires the demo into the generic evaluation."""
+    from segquant.calib.cli import add_calibrate_parser
+    from segquant.demo.cli import DEMO_SUITE, add_demo_parser
+    from segquant.eval.cli import add_eval_parser
+
+    add_calibrate_parser(sub)
+    add_eval_parser(sub, DEMO_SUITE)
+    add_demo_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

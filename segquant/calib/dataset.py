@@ -2,7 +2,7 @@
 from a dump folder.
 
 ``dataset[i]`` is the keyword-argument dict of record ``i`` (replay it with ``denoiser(**dataset[i])``);
-``dataset.info(i)`` is its :class:`~segquant.calib.records.RecordInfo`. ``get_dataloader`` batches
+``dataset.info(i)`` is its :class:`~segquant.pipeline.steps.StepInfo`. ``get_dataloader`` batches
 records into dicts of keyword arguments (see :func:`~segquant.calib.records.collate_records`), the
 batch format ``quantize()`` takes. A set on disk keeps one decoded shard in memory; shuffling is done
 shard by shard (shards in random order, records in random order within each shard), so each shard is
@@ -19,9 +19,10 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from segquant.calib.records import RecordInfo, collate_records
+from segquant.calib.records import collate_records, info_from_row
 from segquant.calib.storage import ShardWriter, prepare_dump, read_manifest, read_shard
 from segquant.errors import CalibrationError, ConfigError, CorruptShardError
+from segquant.pipeline.steps import StepInfo
 
 
 class _MemorySource:
@@ -79,14 +80,14 @@ class CalibrationSet(Dataset):
         path: dump folder, or ``None`` for an in-memory set.
     """
 
-    def __init__(self, source: Any, infos: list[RecordInfo], settings: dict[str, Any] | None, path: Path | None):
+    def __init__(self, source: Any, infos: list[StepInfo], settings: dict[str, Any] | None, path: Path | None):
         self._source, self._infos = source, infos
         self.settings = settings or {}
         self.path = path
 
     @classmethod
     def from_records(
-        cls, records: list[dict[str, Any]], infos: list[RecordInfo], settings: dict[str, Any] | None = None
+        cls, records: list[dict[str, Any]], infos: list[StepInfo], settings: dict[str, Any] | None = None
     ) -> "CalibrationSet":
         """An in-memory set; ``records[i]`` is described by ``infos[i]``."""
         if len(records) != len(infos):
@@ -102,12 +103,12 @@ class CalibrationSet(Dataset):
             raise IndexError(f"record {index} out of range for a calibration set of {len(self)} records")
         return self._source.get(index % len(self))
 
-    def info(self, index: int) -> RecordInfo:
+    def info(self, index: int) -> StepInfo:
         """Where record ``index`` was taken (prompt, step, timestep, guidance branches)."""
         return self._infos[index]
 
     @property
-    def records_info(self) -> list[RecordInfo]:
+    def records_info(self) -> list[StepInfo]:
         return list(self._infos)
 
     def get_dataloader(self, batch_size: int = 1, shuffle: bool = False, seed: int = 0, **kwargs: Any) -> DataLoader:
@@ -155,5 +156,5 @@ def load_calibrate_set(dump_path: str | os.PathLike, verify: bool = True, allow_
             f"the calibration set in {root} is incomplete ({manifest['num_records']} records); resume it by "
             "calling generate_calibrate_set with the same arguments, or pass allow_incomplete=True"
         )
-    infos = [RecordInfo.from_row(r) for r in manifest["records"]]
+    infos = [info_from_row(r) for r in manifest["records"]]
     return CalibrationSet(_ShardSource(root, manifest, verify), infos, manifest.get("settings"), root)

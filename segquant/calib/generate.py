@@ -9,52 +9,25 @@ same set as an uninterrupted run.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from typing import Any, Iterable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from segquant.calib.dataset import CalibrationSet, load_calibrate_set
-from segquant.calib.records import RecordInfo, tree_copy
+from segquant.calib.identity import digest, jsonable
+from segquant.calib.records import tree_copy
 from segquant.calib.recorder import Recorder
 from segquant.calib.samplers import TimestepSampler
 from segquant.calib.storage import ShardWriter, prepare_dump
 from segquant.errors import CalibrationError, ConfigError
 from segquant.pipeline.glue import call_parameters, iter_prompt_items, pipeline_call_kwargs, resolve_layer
+from segquant.pipeline.steps import StepInfo
 
 logger = logging.getLogger(__name__)
-
-
-def jsonable(value: Any) -> Any:
-    """A JSON-able, content-identifying summary of a pipeline argument (tensors/images by shape and hash)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Tensor):
-        data = value.detach().cpu().contiguous().reshape(-1)
-        digest = hashlib.sha1(data.view(torch.uint8).numpy().tobytes()).hexdigest()
-        return {"tensor": list(value.shape), "dtype": str(value.dtype), "sha1": digest}
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, torch.Generator):
-        return {"generator": value.initial_seed()}
-    if hasattr(value, "tobytes") and hasattr(value, "size") and hasattr(value, "mode"):  # PIL image
-        return {"image": list(value.size), "mode": value.mode, "sha1": hashlib.sha1(value.tobytes()).hexdigest()}
-    if hasattr(value, "tobytes") and hasattr(value, "shape"):  # numpy array
-        return {"array": list(value.shape), "dtype": str(value.dtype), "sha1": hashlib.sha1(value.tobytes()).hexdigest()}
-    if callable(value):
-        return {"callable": getattr(value, "__qualname__", type(value).__name__)}
-    return {"object": type(value).__name__}
-
-
-def _digest(item: Any) -> str:
-    return hashlib.sha1(json.dumps(jsonable(item), sort_keys=True).encode()).hexdigest()
 
 
 def _call_kwargs(pipe: Any, sampler: TimestepSampler, extra: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +76,7 @@ class _MemoryWriter:
     def __init__(self, settings: dict[str, Any]):
         self.settings, self.records, self.infos = settings, [], []
 
-    def add(self, record: dict[str, Any], info: RecordInfo) -> None:
+    def add(self, record: dict[str, Any], info: StepInfo) -> None:
         self.records.append(record)
         self.infos.append(info)
 
@@ -191,7 +164,7 @@ def _record_all(pipe, sampler, loader, name, layer, writer, manifest, call_kwarg
     bar.update(sum(p["records"] for p in done) + stored)
     state = {"skip": 0}
 
-    def sink(call: dict[str, Any], info: RecordInfo) -> None:
+    def sink(call: dict[str, Any], info: StepInfo) -> None:
         if state["skip"] > 0:  # already stored by the interrupted run
             state["skip"] -= 1
             return
@@ -199,14 +172,14 @@ def _record_all(pipe, sampler, loader, name, layer, writer, manifest, call_kwarg
         bar.update(1)
 
     count = 0
-    with Recorder(pipe, name, layer, sink) as recorder:
+    with Recorder(pipe, layer, sink) as recorder:
         for prompt_id, item in enumerate(iter_prompt_items(loader)):
             if prompt_id >= sampler.sample_size:
                 break
             count = prompt_id + 1
-            digest = _digest(item)
+            item_digest = digest(item)
             if prompt_id < len(done):
-                if done[prompt_id]["digest"] != digest:
+                if done[prompt_id]["digest"] != item_digest:
                     raise CalibrationError(f"prompt {prompt_id} differs from the interrupted run being resumed")
                 continue
             state["skip"] = stored if prompt_id == len(done) else 0
@@ -215,7 +188,7 @@ def _record_all(pipe, sampler, loader, name, layer, writer, manifest, call_kwarg
             n = recorder.run(prompt_id, sampler.steps_for(prompt_id), kwargs)
             if state["skip"]:
                 raise CalibrationError(f"prompt {prompt_id}: the interrupted run stored more records than a re-run makes")
-            writer.end_prompt(prompt_id, digest, n)
+            writer.end_prompt(prompt_id, item_digest, n)
             if prompt_id == 0:
                 bar.total = sampler.sample_size * n  # calls per step are known after the first prompt
     bar.close()

@@ -2,54 +2,44 @@
 
 A *record* is the full keyword-normalised call of the recorded module: a dict ``name -> value`` whose
 values are tensors, JSON scalars (None, bool, int, float, str) or dicts/lists/tuples of those (e.g.
-``added_cond_kwargs``, ``block_controlnet_hidden_states``). Its :class:`RecordInfo` says where it
-was taken: prompt, denoising step, scheduler timestep, guidance branch of every batch row.
+``added_cond_kwargs``, ``block_controlnet_hidden_states``). Its info says where it
+was taken: prompt, denoising step, scheduler timestep, guidance branch of every batch row (a
+:class:`~segquant.pipeline.steps.StepInfo`, the type every denoiser tap yields).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from segquant.errors import CalibrationError
-from segquant.pipeline.steps import first_tensor
+from segquant.pipeline.steps import StepInfo, first_tensor
 
 # Arguments that never carry a batch dimension (FLUX position ids, (S, 3)): kept once when batching.
 UNBATCHED_NAMES = frozenset({"txt_ids", "img_ids"})
 
 
-@dataclass(frozen=True)
-class RecordInfo:
-    """Where a record was taken.
+def RecordInfo(prompt_id: int, step_index: int, timestep: float, branches: tuple[str, ...],  # noqa: N802
+               call_index: int = 0) -> StepInfo:
+    """The :class:`~segquant.pipeline.steps.StepInfo` of a record: every row belongs to trajectory
+    ``prompt_id`` (one prompt per recorded pipeline call). Records are described by plain ``StepInfo``
+    objects (``info.prompt_id``, ``step_index``, ``timestep``, ``branches``, ``call_index``); this
+    constructor keeps the calibration API's name."""
+    branches = tuple(branches)
+    return StepInfo(int(step_index), float(timestep), branches, (int(prompt_id),) * len(branches), int(call_index))
 
-    Attributes:
-        prompt_id: index of the prompt (trajectory) in the sample loader, from 0.
-        step_index: denoising step of the pipeline loop, 0 = first (noisiest) step.
-        timestep: the scheduler's timestep of that step (float; FLUX: the scheduler scale, not t/1000).
-        branches: guidance branch of each batch row of the call: "cond" or "uncond".
-        call_index: order of this call among the recorded module's calls in the same step (0 first).
-    """
 
-    prompt_id: int
-    step_index: int
-    timestep: float
-    branches: tuple[str, ...]
-    call_index: int = 0
+def info_to_row(info: StepInfo) -> list[Any]:
+    """Manifest row ``[prompt_id, step_index, timestep, "uncond,cond", call_index]`` of a record's info."""
+    return [info.prompt_id, info.step_index, info.timestep, ",".join(info.branches), info.call_index]
 
-    @property
-    def rows(self) -> int:
-        return len(self.branches)
 
-    def to_row(self) -> list[Any]:
-        return [self.prompt_id, self.step_index, self.timestep, ",".join(self.branches), self.call_index]
-
-    @classmethod
-    def from_row(cls, row: list[Any]) -> "RecordInfo":
-        pid, step, t, branches, call = row
-        return cls(int(pid), int(step), float(t), tuple(branches.split(",")) if branches else (), int(call))
+def info_from_row(row: list[Any]) -> StepInfo:
+    """Inverse of ``info_to_row``."""
+    pid, step, t, branches, call = row
+    return RecordInfo(int(pid), int(step), float(t), tuple(branches.split(",")) if branches else (), int(call))
 
 
 def tree_copy(tree: Any, device: str | torch.device = "cpu") -> Any:

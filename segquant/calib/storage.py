@@ -32,8 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from segquant.calib.records import RecordInfo, decode_tree, describe_tree, encode_tree
+from segquant.calib.identity import jsonable
+from segquant.calib.records import decode_tree, describe_tree, encode_tree, info_from_row, info_to_row
 from segquant.errors import ConfigError, CorruptShardError
+from segquant.pipeline.steps import StepInfo
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +114,9 @@ def prepare_dump(root: str | os.PathLike, settings: dict[str, Any], overwrite: b
     """Get dump folder ``root`` ready for a run with ``settings``; return the manifest to resume from.
 
     Returns ``None`` for a fresh run, else the existing manifest (status ``"incomplete"``: resume;
-    ``"complete"``: nothing to do). A manifest made with other settings raises ``ConfigError``
-    naming the first differing key, unless ``overwrite`` (then the old shards are deleted).
+    ``"complete"``: nothing to do). Settings are compared canonically (``identity.jsonable``: no
+    ``_``-bookkeeping keys, sets sorted), so any process may resume. A manifest made with other settings
+    raises ``ConfigError`` naming the first differing key, unless ``overwrite`` (then the old shards are deleted).
     A non-empty folder without a manifest raises ``ConfigError`` unless ``overwrite``.
     """
     root = Path(root)
@@ -123,8 +126,7 @@ def prepare_dump(root: str | os.PathLike, settings: dict[str, Any], overwrite: b
         if any(root.iterdir()) and not overwrite:
             raise ConfigError(f"dump_path {root} is not empty and holds no {MANIFEST}; use an empty folder")
     else:
-        stored = json.loads(json.dumps(manifest.get("settings")))
-        diff = _first_difference(stored, json.loads(json.dumps(settings)))
+        diff = _first_difference(jsonable(manifest.get("settings")), jsonable(settings))
         if diff is None:
             return manifest
         if not overwrite:
@@ -140,7 +142,7 @@ def prepare_dump(root: str | os.PathLike, settings: dict[str, Any], overwrite: b
 @dataclass
 class _Progress:
     shards: list[dict[str, Any]] = field(default_factory=list)
-    infos: list[RecordInfo] = field(default_factory=list)
+    infos: list[StepInfo] = field(default_factory=list)
     prompts: list[dict[str, Any]] = field(default_factory=list)
     schema: dict[str, Any] | None = None
 
@@ -177,12 +179,12 @@ class ShardWriter:
             _zstd()
         self.root, self.chunk_size, self.compress, self.settings = Path(root), chunk_size, bool(compress), settings
         self._buffer: list[dict[str, Any]] = []
-        self._buffer_infos: list[RecordInfo] = []
+        self._buffer_infos: list[StepInfo] = []
         self.progress = _Progress()
         if resume is not None:
             self.progress = _Progress(
                 shards=list(resume["shards"]),
-                infos=[RecordInfo.from_row(r) for r in resume["records"]],
+                infos=[info_from_row(r) for r in resume["records"]],
                 prompts=list(resume["prompts"]),
                 schema=resume.get("schema"),
             )
@@ -192,7 +194,7 @@ class ShardWriter:
     def num_records(self) -> int:
         return len(self.progress.infos) + len(self._buffer)
 
-    def add(self, record: dict[str, Any], info: RecordInfo) -> None:
+    def add(self, record: dict[str, Any], info: StepInfo) -> None:
         """Buffer one record; write a shard when the buffer holds ``chunk_size`` records."""
         if self.progress.schema is None:
             self.progress.schema = describe_tree(record)
@@ -251,7 +253,7 @@ class ShardWriter:
             "schema": self.progress.schema,
             "shards": self.progress.shards,
             "prompts": self.progress.prompts,
-            "records": [info.to_row() for info in self.progress.infos],
+            "records": [info_to_row(info) for info in self.progress.infos],
         }
         write_manifest(self.root, data)
         return data

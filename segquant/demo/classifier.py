@@ -133,7 +133,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from segquant.demo.train import load_npz_images
+    from segquant.demo.data import load_npz_images
 
     d = load_npz_images(args.data)
     t0 = time.time()

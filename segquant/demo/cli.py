@@ -4,7 +4,9 @@ For each demo model (MMDiT, FLUX-style, SDXL-style UNet): record calibration inp
 the baseline and the SegQuant presets, generate with the same prompts / seeds / steps as full
 precision, score (PSNR, SSIM, FID/KID, class accuracy, classifier-feature distance, per-step
 denoiser error, time, peak memory) and write the report folder (``README.md``, ``results.json``,
-one folder per model with its table, image grid and error plot).
+one folder per model with its table, image grid and error plot). Presets and model names are
+checked before any generation starts. :data:`DEMO_SUITE` lets ``segquant eval`` take the demo
+model names.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from segquant.eval.cli import add_run_arguments, parse_presets
+from segquant.demo.models import MODEL_NAMES
+from segquant.errors import ConfigError
+from segquant.eval.cli import ModelSuite, print_results
+from segquant.eval.options import add_run_arguments, did_you_mean, parse_presets
 
 # The plain round-to-nearest baselines and SegQuant at W8A8 and W4A8 (fits the 5-minute CPU budget);
 # ``--presets all`` adds FP8 (slow to emulate on CPU), W4A16, W4A4 and the alpha search.
@@ -34,20 +39,30 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_run_arguments(p)
     p.add_argument("--quick", action="store_true",
                    help="reduced CI setting: one model (mmdit), presets rtn_w8a8,w8a8, 1 prompt per class, "
-                        "4 steps, no FID")
+                        "4 steps, 2 calibration prompts (every step recorded, as in the full run), no FID")
     p.set_defaults(func=run_demo)
     return p
 
 
+def demo_models(spec: str) -> list[str]:
+    """The comma-separated demo model names of ``spec``; an unknown name raises ``ConfigError``."""
+    models = [m.strip() for m in spec.split(",") if m.strip()]
+    for m in models:
+        if m not in MODEL_NAMES:
+            raise ConfigError(f"--models: unknown demo model {m!r}{did_you_mean(m, MODEL_NAMES)}; "
+                              f"demo models: {', '.join(MODEL_NAMES)}")
+    return models
+
+
 def demo_settings(args: argparse.Namespace) -> dict:
-    """The effective settings of a demo run (``--quick`` overrides the others)."""
+    """The effective settings of a demo run (``--quick`` overrides the others), checked."""
     presets = list(DEMO_PRESETS) if args.presets is None else parse_presets(args.presets)
-    s = {"models": [m.strip() for m in args.models.split(",") if m.strip()], "presets": presets,
+    s = {"models": demo_models(args.models), "presets": presets,
          "per_class": args.per_class, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
          "calib_prompts": args.calib_prompts, "calib_steps": args.calib_steps, "fid": not args.no_fid}
     if args.quick:
         s.update(models=["mmdit"], presets=list(QUICK_PRESETS) if args.presets is None else presets,
-                 per_class=1, steps=4, calib_prompts=2, calib_steps=2, fid=False)
+                 per_class=1, steps=4, calib_prompts=2, fid=False)  # calib_steps as given: every step
     return s
 
 
@@ -99,16 +114,25 @@ def write_summary(results: dict, out: Path, settings: dict, seconds: float) -> P
 
 def run_demo(args: argparse.Namespace) -> int:
     """Entry point of ``segquant demo``."""
-    from segquant.eval.report import markdown_table
-
     settings = demo_settings(args)
     t0 = time.perf_counter()
     results = evaluate_demo_models(settings, args.out, args.weights_dir, progress=True)
-    for name, res in results.items():
-        print(f"\n{name} ({res.settings['denoiser_class']})\n{markdown_table(res.rows)}")
+    print_results(results)
     failed = [f"{n}/{r['config']}" for n, res in results.items() for r in res.rows if "error" in r]
     print(f"\nreport written to {Path(args.out).resolve()} ({time.perf_counter() - t0:.0f} s)")
     if failed:
         print(f"failed presets: {', '.join(failed)}")
         return 1
     return 0
+
+
+def _evaluate_named(models: list[str], presets: list[str], args: argparse.Namespace, out: Path,
+                    optional_weights: dict) -> dict:
+    """``ModelSuite.evaluate`` of the demo models (``segquant eval mmdit ...``)."""
+    settings = {"models": models, "presets": presets, "per_class": args.per_class, "steps": args.steps,
+                "guidance": args.guidance, "seed": args.seed, "calib_prompts": args.calib_prompts,
+                "calib_steps": args.calib_steps, "fid": not args.no_fid}
+    return evaluate_demo_models(settings, out, args.weights_dir, optional_weights=optional_weights)
+
+
+DEMO_SUITE = ModelSuite(names=MODEL_NAMES, evaluate=_evaluate_named)

@@ -181,3 +181,12 @@ def eval_prompts(per_class: int = 2, seed: int = 0) -> tuple[list[str], list[int
                 prompts.append(rng.choice([p for p, y in zip(captions, cap_labels) if y == c]))
             labels.append(c)
     return prompts, labels
+
+
+def load_npz_images(npz_path: str) -> dict:
+    """Images of the npz as float ``(N, 1, 32, 32)`` in [-1, 1] (``train_x``, ``test_x``) + int64 labels."""
+    import torch
+
+    d = np.load(npz_path)
+    return {"train_x": to_model_range(d["train_images"]), "train_y": torch.from_numpy(d["train_labels"]).long(),
+            "test_x": to_model_range(d["test_images"]), "test_y": torch.from_numpy(d["test_labels"]).long()}

@@ -53,15 +53,6 @@ def prepare(npz_path: str, data_dir=None, text_encoder_path=None) -> None:
     logger.info("wrote %s (%d train, %d test, %d captions)", npz_path, len(tr_x), len(te_x), len(captions))
 
 
-def load_npz_images(npz_path: str) -> dict:
-    """Images of the npz as float ``(N, 1, 32, 32)`` in [-1, 1] (``train_x``, ``test_x``) + int64 labels."""
-    from segquant.demo.data import to_model_range
-
-    d = np.load(npz_path)
-    return {"train_x": to_model_range(d["train_images"]), "train_y": torch.from_numpy(d["train_labels"]).long(),
-            "test_x": to_model_range(d["test_images"]), "test_y": torch.from_numpy(d["test_labels"]).long()}
-
-
 def load_embeddings(npz_path: str, device="cpu") -> dict:
     """Caption embeddings of the npz as float32 tensors on ``device``."""
     d = np.load(npz_path)
@@ -100,6 +91,8 @@ def _batch(data, emb, per_class, args, gen, device):
 
 def train(args) -> dict:
     """Train one denoiser; returns the settings/results dict that is written as ``train_config.json``."""
+    from segquant.demo.data import load_npz_images
+
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -28,6 +28,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from segquant.calib.records import tree_copy
+from segquant.pipeline.steps import StepInfo
+from segquant.pipeline.tap import DenoiserTap, TapCall, output_sample
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,12 +63,17 @@ class EvalConfig:
     pipeline_kwargs: dict = field(default_factory=dict)
     denoiser: str | None = None
 
+    def recorded_calib_steps(self) -> int:
+        """Steps recorded per calibration trajectory (``calib_steps``, default every step)."""
+        return min(self.calib_steps or self.num_inference_steps, self.num_inference_steps)
+
     def settings(self) -> dict:
         """JSON-able summary of the settings."""
         keep = ("seed", "num_inference_steps", "guidance_scale", "batch_size", "calib_steps",
                 "calib_batch_size", "error_images", "fid", "denoiser")
         out = {k: getattr(self, k) for k in keep}
         out.update(n_prompts=len(self.prompts), n_calib_prompts=len(self.calib_prompts or self.prompts),
+                   calib_steps_recorded=self.recorded_calib_steps(),
                    classifier=self.classifier is not None, pipeline_kwargs={k: str(v) for k, v in self.pipeline_kwargs.items()})
         return out
 
@@ -140,64 +149,58 @@ def preset_label(preset: Any, index: int) -> tuple[str, Any]:
 
 
 def generate_images(pipe, cfg: EvalConfig, desc: str = "generate", progress: bool = True,
-                    recorder: "CallRecorder | None" = None) -> torch.Tensor:
+                    tap: "DenoiserTap | None" = None) -> torch.Tensor:
     """Images float ``(N, C, H, W)`` in [0, 1] for ``cfg.prompts``; image ``i`` uses the generator seeded
-    ``cfg.seed + i``, so every configuration starts from the same noise. ``recorder`` (optional) is
-    active for the batches that hold the first ``cfg.error_images`` images."""
+    ``cfg.seed + i``, so every configuration starts from the same noise. ``tap`` (optional) is installed,
+    with the batch's prompt ids, for the batches that hold the first ``cfg.error_images`` images."""
     out = []
     starts = range(0, len(cfg.prompts), cfg.batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         chunk = list(cfg.prompts[start: start + cfg.batch_size])
         gens = [torch.Generator("cpu").manual_seed(cfg.seed + start + j) for j in range(len(chunk))]
-        record = recorder is not None and start < cfg.error_images
-        with torch.no_grad(), (recorder if record else contextlib.nullcontext()):
-            res = pipe(prompt=chunk, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-                       generator=gens, output_type="pt", **cfg.pipeline_kwargs)
+        record = tap is not None and start < cfg.error_images
+        with contextlib.ExitStack() as stack:
+            if record:
+                stack.enter_context(tap)
+                stack.enter_context(tap.prompts(range(start, start + len(chunk))))
+            with torch.no_grad():
+                res = pipe(prompt=chunk, num_inference_steps=cfg.num_inference_steps,
+                           guidance_scale=cfg.guidance_scale, generator=gens, output_type="pt", **cfg.pipeline_kwargs)
         images = res.images if hasattr(res, "images") else res[0]
         out.append(torch.as_tensor(images).float().cpu())
     return torch.cat(out)
 
 
-class CallRecorder:
-    """Forward hook that keeps every call of ``module`` (keyword arguments, output, step index) while
-    active; the step comes from the pipeline's scheduler (``segquant.pipeline.steps.locate_step``)."""
+@dataclass
+class FPCall:
+    """One recorded full-precision denoiser call: where it stands, its keyword inputs (CPU copies) and
+    its predicted sample (float32, CPU)."""
 
-    def __init__(self, pipe, module: nn.Module):
-        self.pipe, self.module = pipe, module
-        self.calls: list[tuple[int, float, dict, torch.Tensor]] = []
-
-    def __enter__(self) -> "CallRecorder":
-        self._handle = self.module.register_forward_hook(self._hook, with_kwargs=True)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._handle.remove()
-
-    def _hook(self, module, args, kwargs, output) -> None:
-        from segquant.calib.records import tree_copy
-        from segquant.pipeline.steps import bind_call, forward_signature, locate_step, timestep_argument
-
-        call = bind_call(forward_signature(module), args, kwargs, type(module).__name__)
-        step, t = locate_step(self.pipe.scheduler, timestep_argument(call), type(module).__name__)
-        self.calls.append((step, t, tree_copy(call), _first_output(output).detach().float().cpu()))
+    info: StepInfo
+    inputs: dict
+    sample: torch.Tensor
 
 
-def _first_output(output: Any) -> torch.Tensor:
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    return getattr(output, "sample", output)
+def fp_call_tap(pipe, name: str, calls: list[FPCall]) -> DenoiserTap:
+    """A tap on denoiser ``name`` of ``pipe`` that appends every call to ``calls``."""
+
+    def after(call: TapCall) -> None:
+        calls.append(FPCall(call.info, tree_copy(call.inputs), call.sample.detach().float().cpu()))
+
+    return DenoiserTap(pipe, name, after=after)
 
 
 @torch.no_grad()
-def step_errors(model: nn.Module, calls: list, num_steps: int) -> list[float]:
+def step_errors(model: nn.Module, calls: list[FPCall], num_steps: int) -> list[float]:
     """Relative L2 error ``‖q(x) − fp(x)‖ / ‖fp(x)‖`` of ``model`` on recorded FP calls, averaged per step;
     a list of length ``num_steps`` (NaN for steps without a call)."""
     sums, counts = [0.0] * num_steps, [0] * num_steps
     device = next(model.parameters()).device
-    for step, _, call, ref in calls:
-        kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in call.items()}
-        out = _first_output(model(**kwargs)).float().cpu()
-        sums[step] += float((out - ref).norm() / ref.norm().clamp_min(1e-12))
+    for call in calls:
+        kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in call.inputs.items()}
+        out = output_sample(model(**kwargs)).float().cpu()
+        step = call.info.step_index
+        sums[step] += float((out - call.sample).norm() / call.sample.norm().clamp_min(1e-12))
         counts[step] += 1
     return [s / c if c else float("nan") for s, c in zip(sums, counts)]
 
@@ -205,13 +208,13 @@ def step_errors(model: nn.Module, calls: list, num_steps: int) -> list[float]:
 def _record_fp(pipe, name: str, fp: nn.Module, cfg: EvalConfig, progress: bool):
     """Generate the FP images; record the denoiser calls of the batches holding the first
     ``error_images`` images (the recording adds one copy of those inputs to the FP memory peak)."""
-    rec = CallRecorder(pipe, fp)
+    calls: list[FPCall] = []
     t0 = time.perf_counter()
     with PeakMemory(fp.device) as mem:
-        images = generate_images(pipe, cfg, "fp", progress, recorder=rec)
+        images = generate_images(pipe, cfg, "fp", progress, tap=fp_call_tap(pipe, name, calls))
     gen_s = time.perf_counter() - t0
     timesteps = [float(t) for t in pipe.scheduler.timesteps]
-    return images, rec.calls, timesteps, {"gen_s": gen_s, "gen_peak_mb": mem.peak_mb, "gen_delta_mb": mem.delta_mb}
+    return images, calls, timesteps, {"gen_s": gen_s, "gen_peak_mb": mem.peak_mb, "gen_delta_mb": mem.delta_mb}
 
 
 def calibration_loader(pipe, name: str, cfg: EvalConfig, progress: bool):
@@ -219,7 +222,7 @@ def calibration_loader(pipe, name: str, cfg: EvalConfig, progress: bool):
     from segquant.calib import UniformSampler, generate_calibrate_set
 
     prompts = list(cfg.calib_prompts or cfg.prompts)
-    sampler = UniformSampler(cfg.num_inference_steps, len(prompts), min(cfg.calib_steps or cfg.num_inference_steps, cfg.num_inference_steps))
+    sampler = UniformSampler(cfg.num_inference_steps, len(prompts), cfg.recorded_calib_steps())
     dataset = generate_calibrate_set(pipe, sampler, prompts, name, seed=cfg.seed + 100_000, progress=progress,
                                      num_inference_steps=cfg.num_inference_steps,
                                      guidance_scale=cfg.guidance_scale, **cfg.pipeline_kwargs)

@@ -59,6 +59,31 @@ COLUMNS = (
 )
 
 
+# FID/KID from fewer images than this per set are noisy and biased: marked as indicative.
+INDICATIVE_BELOW = 300
+
+
+def indicative_columns(result) -> tuple[str, ...]:
+    """``("fid", "kid")`` when the result's image sets are too small for stable FID/KID, else ``()``."""
+    n = result.settings.get("n_prompts")
+    return ("fid", "kid") if n is not None and n < INDICATIVE_BELOW else ()
+
+
+def result_notes(result) -> list[str]:
+    """Notes that belong under a result's table: the real calibration, and FID/KID caveats."""
+    s = result.settings
+    steps, recorded = s.get("num_inference_steps"), s.get("calib_steps_recorded")
+    every = " (every step)" if recorded == steps else ""
+    notes = [f"Calibration: {s.get('n_calib_prompts')} prompts × {recorded} of {steps} denoising steps recorded{every}."]
+    if any("fid" in r for r in result.rows):
+        if indicative_columns(result):
+            notes.append(f"FID/KID (†) from {s.get('n_prompts')} images per set are indicative only: they need a few hundred images "
+                         "or more to be stable; compare presets within this table, not with published numbers.")
+        notes.append("KID is the unbiased MMD² estimate: it can fall below 0 when the two sets are "
+                     "indistinguishable at this sample size; such values are shown as ≤0 (raw value in results.json).")
+    return notes
+
+
 def _fmt(value, fmt: str) -> str:
     if value is None:
         return "—"
@@ -72,10 +97,10 @@ def _fmt(value, fmt: str) -> str:
         return str(value)
 
 
-def markdown_table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict], indicative: tuple[str, ...] = ()) -> str:
     """GitHub Markdown table of result rows (columns of ``COLUMNS`` present in any row); failed rows
-    show their error."""
-    cols = [c for c in COLUMNS if any(c[0] in r for r in rows)]
+    show their error. Columns in ``indicative`` get a ``†`` in the header; a negative KID shows as ``≤0``."""
+    cols = [(k, h + " †" if k in indicative else h, f) for k, h, f in COLUMNS if any(k in r for r in rows)]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         if "error" in r:
@@ -83,7 +108,7 @@ def markdown_table(rows: list[dict]) -> str:
             continue
         cells = []
         for k, _, f in cols:
-            cell = _fmt(r.get(k), f)
+            cell = "≤0" if k == "kid" and isinstance(r.get(k), float) and r[k] < 0 else _fmt(r.get(k), f)
             delta = r.get(k.replace("_peak_mb", "_delta_mb")) if k.endswith("_peak_mb") else None
             if delta is not None and cell != "—":
                 cell += f" (+{delta:.0f})"
@@ -186,11 +211,10 @@ def markdown_section(result, title: str, image_prefix: str = "") -> str:
     s = result.settings
     lines = [f"## {title}", "",
              f"Denoiser `{s.get('denoiser_class')}` in `{s.get('pipeline')}`; {s.get('n_prompts')} prompts, "
-             f"seed {s.get('seed')}, {s.get('num_inference_steps')} steps, guidance {s.get('guidance_scale')}; "
-             f"calibration: {s.get('n_calib_prompts')} prompts × {s.get('calib_steps')} steps. "
+             f"seed {s.get('seed')}, {s.get('num_inference_steps')} steps, guidance {s.get('guidance_scale')}. "
              "PSNR/SSIM/FID/KID/cls-FD compare each preset with the full-precision (fp) images; "
              "ε rel.err is the mean relative denoiser-output error on the fp trajectory.", "",
-             markdown_table(result.rows), ""]
+             markdown_table(result.rows, indicative_columns(result)), "", *result_notes(result), ""]
     if result.skipped:
         lines += ["Skipped: " + "; ".join(result.skipped), ""]
     lines += [f"![grid]({image_prefix}grid.png)", "", f"![step error]({image_prefix}step_error.png)"]

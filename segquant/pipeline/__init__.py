@@ -1,5 +1,6 @@
-"""Diffusers pipeline integration: denoiser lookup and swap, fixed-seed generation, step location and
-the ``stepper`` hook point. Imports no diffusers code (pipelines are duck-typed)."""
+"""Diffusers pipeline integration: denoiser lookup and swap, fixed-seed generation, step location,
+the denoiser tap (every denoiser call with its step, inputs and output) and the ``stepper`` hook point
+built on it. Imports no diffusers code (pipelines are duck-typed)."""
 
 from segquant.pipeline.glue import (
     DENOISER_NAMES,
@@ -11,19 +12,25 @@ from segquant.pipeline.glue import (
     swap_denoiser,
     swapped_denoiser,
 )
-from segquant.pipeline.stepper import Stepper, install_stepper
+from segquant.pipeline.stepper import Stepper, install_stepper, remove_stepper
 from segquant.pipeline.steps import StepInfo, locate_step
+from segquant.pipeline.tap import DenoiserTap, TapCall, output_sample, replace_sample
 
 __all__ = [
     "DENOISER_NAMES",
+    "DenoiserTap",
     "StepInfo",
     "Stepper",
+    "TapCall",
     "find_denoisers",
     "generate",
     "get_denoiser",
     "install_stepper",
     "locate_step",
+    "output_sample",
     "pipeline_call_kwargs",
+    "remove_stepper",
+    "replace_sample",
     "resolve_layer",
     "swap_denoiser",
     "swapped_denoiser",

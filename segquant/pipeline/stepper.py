@@ -7,85 +7,78 @@ device as the model output) and ``info`` is a :class:`~segquant.pipeline.steps.S
 return a tensor of the same shape. The affiner (``ε' = K_t ⊙ ε̂ + b_t``) is such a callable, keyed
 by ``info.step_index`` or ``info.timestep``.
 
-:func:`install_stepper` attaches it with a forward hook on the denoiser, so the diffusers pipeline
-itself is untouched (no forked pipelines) and removing the hook restores it exactly. The hook sees
-both guidance branches of a batched CFG call; an affine map applied to both gives the same result as
-applying it after the guidance combination ``u + g (c - u)``, since the weights sum to one.
+:func:`install_stepper` attaches it through a :class:`~segquant.pipeline.tap.DenoiserTap`, so the
+diffusers pipeline itself is untouched (no forked pipelines) and removing it restores the pipeline
+exactly. The tap sees both guidance branches of a batched CFG call; an affine map applied to both
+gives the same result as applying it after the guidance combination ``u + g (c - u)``, since the
+weights sum to one.
+
+    handle = install_stepper(pipe, fn)     # installed now, until handle.remove() / remove_stepper(pipe)
+    with install_stepper(pipe, fn):        # or only inside the block
+        pipe(...)
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator
+import weakref
+from typing import Any, Callable
 
 from torch import Tensor, nn
 
-from segquant.pipeline.glue import get_denoiser, resolve_layer
-from segquant.pipeline.steps import (
-    CacheContextProbe,
-    StepInfo,
-    bind_call,
-    cfg_branches,
-    first_tensor,
-    forward_signature,
-    locate_step,
-    timestep_argument,
-)
+from segquant.pipeline.steps import StepInfo
+from segquant.pipeline.tap import DenoiserTap, TapCall
 
 Stepper = Callable[[Tensor, StepInfo], Tensor]
 
-
-def _apply_to_sample(output: Any, fn: Callable[[Tensor], Tensor], owner: str) -> Any:
-    """Apply ``fn`` to the sample in a denoiser output (a Tensor, a tuple ``(sample, ...)`` or a
-    diffusers ``BaseOutput``/dict whose first field is the sample) and return the same structure."""
-    if isinstance(output, Tensor):
-        return fn(output)
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
-        return type(output)([fn(output[0]), *output[1:]])
-    if isinstance(output, dict) and output:
-        key = next(iter(output))
-        if isinstance(output[key], Tensor):
-            output[key] = fn(output[key])  # diffusers BaseOutput keeps the attribute in sync
-            return output
-    raise TypeError(f"stepper on {owner}: cannot find the predicted sample in an output of type {type(output).__name__}")
+# Steppers installed on each pipeline (for remove_stepper); weak keys: a dropped pipeline is forgotten.
+_INSTALLED: "weakref.WeakKeyDictionary[Any, list[DenoiserTap]]" = weakref.WeakKeyDictionary()
 
 
-def _checked(stepper: Stepper, info: StepInfo, owner: str) -> Callable[[Tensor], Tensor]:
-    def run(sample: Tensor) -> Tensor:
-        new = stepper(sample, info)
+def _apply(stepper: Stepper, owner: str) -> Callable[[TapCall], Any]:
+    def after(call: TapCall) -> Any:
+        sample = call.sample
+        new = stepper(sample, call.info)
         if not isinstance(new, Tensor) or new.shape != sample.shape:
             got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
             raise ValueError(f"stepper on {owner} returned {got}; expected a tensor of shape {tuple(sample.shape)}")
-        return new
+        return call.with_sample(new)
 
-    return run
+    return after
 
 
-@contextlib.contextmanager
-def install_stepper(pipe: Any, stepper: Stepper, denoiser: str | nn.Module | None = None) -> Iterator[Any]:
-    """Context manager: run ``stepper`` on every output of ``pipe``'s denoiser while inside.
+class _StepperTap(DenoiserTap):
+    """A tap that forgets itself in ``_INSTALLED`` when removed."""
+
+    def remove(self) -> None:
+        super().remove()
+        taps = _INSTALLED.get(self.pipe, [])
+        if self in taps:
+            taps.remove(self)
+
+
+def install_stepper(pipe: Any, stepper: Stepper, denoiser: str | nn.Module | None = None) -> DenoiserTap:
+    """Run ``stepper`` on every output of ``pipe``'s denoiser, from now until removed.
 
     Args:
         pipe: a diffusers pipeline (anything with a ``scheduler`` and the denoiser as an attribute).
         stepper: ``stepper(output, info) -> output``, see the module docstring.
         denoiser: component name / dotted path / module; default: the main denoiser (``transformer``
             or ``unet``).
-    Yields:
-        ``pipe``.
+    Returns:
+        The installed tap: call ``.remove()`` (or :func:`remove_stepper`) to detach it, or use the call
+        as a context manager (``with install_stepper(pipe, fn): ...``), which detaches it on exit.
     """
-    name, module = get_denoiser(pipe) if denoiser is None else resolve_layer(pipe, denoiser)
-    sig = forward_signature(module)
-    probe = CacheContextProbe([module])
+    if not callable(stepper):
+        raise TypeError(f"install_stepper: stepper must be callable(output, info), got {type(stepper).__name__}")
+    tap = _StepperTap(pipe, denoiser)
+    tap.after = _apply(stepper, tap.name)
+    _INSTALLED.setdefault(pipe, []).append(tap.install())
+    return tap
 
-    def hook(_mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        call = bind_call(sig, args, kwargs, name)
-        step, timestep = locate_step(pipe.scheduler, timestep_argument(call), name)
-        info = StepInfo(step, timestep, cfg_branches(pipe, first_tensor(call), probe.name))
-        return _apply_to_sample(output, _checked(stepper, info, name), name)
 
-    handle = module.register_forward_hook(hook, with_kwargs=True)
-    try:
-        with probe:
-            yield pipe
-    finally:
-        handle.remove()
+def remove_stepper(pipe: Any) -> int:
+    """Detach every stepper installed on ``pipe`` with :func:`install_stepper`; returns how many."""
+    taps = list(_INSTALLED.get(pipe, []))
+    for tap in reversed(taps):
+        tap.remove()
+    return len(taps)

@@ -37,12 +37,59 @@ _MISSING = object()
 
 @dataclass(frozen=True)
 class StepInfo:
-    """Position of one denoiser call: ``step_index`` (0 = first step run), ``timestep`` (scheduler
-    scale, float) and ``branches``: the guidance branch of each batch row ("cond" or "uncond")."""
+    """Position of one denoiser call in a running pipeline.
+
+    Attributes:
+        step_index: denoising step of the pipeline loop, 0 = first (noisiest) step run.
+        timestep: the scheduler's timestep of that step (float; FLUX: the scheduler scale, not t/1000).
+        branches: guidance branch of each batch row of the call: "cond" or "uncond".
+        prompt_ids: prompt (trajectory) id of each batch row, from the ids the caller gave for the
+            pipeline call (``DenoiserTap.prompts``); ``()`` when none were given.
+        call_index: order of this call among the tapped module's calls in the same step (0 first;
+            FLUX true CFG calls the transformer twice per step).
+    """
 
     step_index: int
     timestep: float
     branches: tuple[str, ...]
+    prompt_ids: tuple[int, ...] = ()
+    call_index: int = 0
+
+    @property
+    def rows(self) -> int:
+        """Batch rows of the call."""
+        return len(self.branches)
+
+    @property
+    def prompt_id(self) -> int | None:
+        """The prompt id shared by every row, or ``None`` (no ids given, or rows of several prompts)."""
+        ids = set(self.prompt_ids)
+        return next(iter(ids)) if len(ids) == 1 else None
+
+
+def row_prompt_ids(ids: tuple[int, ...], branches: tuple[str, ...], owner: str = "denoiser") -> tuple[int, ...]:
+    """Prompt id of each batch row, given the ids of the pipeline call's prompts in order.
+
+    Rows come in one block per guidance branch (``branches``); inside a block, diffusers repeats each
+    prompt ``num_images_per_prompt`` times in a row, so a block of ``n`` rows holds each id
+    ``n / len(ids)`` times. Raises ``CalibrationError`` when a block size is not a multiple of ``len(ids)``.
+    """
+    if not ids:
+        return ()
+    out: list[int] = []
+    start = 0
+    while start < len(branches):
+        end = start
+        while end < len(branches) and branches[end] == branches[start]:
+            end += 1
+        if (end - start) % len(ids):
+            raise CalibrationError(
+                f"{owner}: a call with {end - start} {branches[start]!r} rows cannot hold the {len(ids)} prompts "
+                "given for this pipeline call"
+            )
+        out += [i for i in ids for _ in range((end - start) // len(ids))]
+        start = end
+    return tuple(out)
 
 
 def forward_signature(module: nn.Module) -> inspect.Signature:

@@ -243,3 +243,39 @@ def test_cli_calibrate(tmp_path, capsys):
     data = load_calibrate_set(tmp_path / "out")
     assert [data.info(i).step_index for i in range(4)] == [0, 3, 0, 3]
     assert float(data[0]["guidance"][0]) == 4.5
+
+
+def test_resume_across_processes_with_other_hash_seeds(tmp_path):
+    """Killed (SIGKILL, records buffered in an unwritten shard) under one PYTHONHASHSEED, resumed under
+    another, re-run when complete under a third: the same set as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    worker = Path(__file__).with_name("resume_worker.py")
+    root = Path(__file__).resolve().parents[2]
+
+    def run_worker(seed, *args):
+        env = {**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": str(root)}
+        return subprocess.run([sys.executable, str(worker), str(tmp_path), *map(str, args)], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    killed = run_worker(1, 16)  # prompt 2, step 3: 8 records made, 6 written in 2 shards, 2 buffered
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    manifest = read_manifest(tmp_path)
+    assert manifest["status"] == "incomplete" and manifest["num_records"] == 6
+    resumed = run_worker(2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_manifest(tmp_path)["status"] == "complete"
+    again = run_worker(3)  # the identical call on a complete set, in a new process
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.split()[-1] == resumed.stdout.split()[-1] == "12"
+    sys.path.insert(0, str(worker.parent))
+    try:
+        import resume_worker
+    finally:
+        sys.path.remove(str(worker.parent))
+    reference = resume_worker.run(build_tiny_pipeline("sd3"))
+    assert_same_sets(reference, load_calibrate_set(tmp_path))

@@ -32,6 +32,12 @@ def test_demo_defaults_and_quick_settings():
     assert a["presets"] == list(PRESETS) and a["models"] == ["unet"]
 
 
+def test_quick_calibrates_every_step_like_the_full_run():
+    full = demo_settings(_parse(add_demo_parser, ["demo"]))
+    quick = demo_settings(_parse(add_demo_parser, ["demo", "--quick"]))
+    assert full["calib_steps"] is None and quick["calib_steps"] is None  # None = every denoising step
+
+
 @needs_weights
 def test_segquant_demo_quick_writes_report(tmp_path, capsys):
     from segquant.cli import main

@@ -21,14 +21,6 @@ from segquant.pipeline import (
 pytest.importorskip("diffusers")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():  # tiny models: thread hand-offs dominate on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Scaled(nn.Module):
     """A denoiser wrapper that multiplies the predicted sample by ``factor`` (the stepper's twin)."""
 

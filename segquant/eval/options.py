@@ -1,0 +1,66 @@
+"""Command-line options shared by ``segquant eval`` and ``segquant demo``, checked before any work starts.
+
+Everything here is validated up front, so a typo fails in a second with a one-line ``ConfigError``
+(the ``segquant`` command prints it and exits 2) instead of after minutes of full-precision
+generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from pathlib import Path
+from typing import Iterable
+
+from segquant.errors import ConfigError
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Generation, calibration and metric options shared by ``segquant eval`` and ``segquant demo``."""
+    p.add_argument("--per-class", type=int, default=2, help="demo models: evaluation prompts per class (10 classes)")
+    p.add_argument("--steps", type=int, default=10, help="denoising steps")
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calib-prompts", type=int, default=8, help="calibration trajectories")
+    p.add_argument("--calib-steps", type=int, default=None,
+                   help="recorded steps per calibration trajectory (default: every step)")
+    p.add_argument("--no-fid", action="store_true", help="skip FID/KID (Inception on CPU is the slowest metric)")
+    p.add_argument("--weights-dir", default=None, help="folder with the demo weights (default: shipped)")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``known``, or ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_preset(entry: str) -> None:
+    """Raise ``ConfigError`` unless ``entry`` is a preset name or a valid config file (which is loaded)."""
+    from segquant.config import as_quant_config
+    from segquant.presets import PRESETS
+
+    if entry in PRESETS:
+        return
+    if Path(entry).suffix.lower() in CONFIG_SUFFIXES:
+        if not Path(entry).is_file():
+            raise ConfigError(f"--presets: config file {entry!r} not found")
+        as_quant_config(entry)  # a bad file raises its own ConfigError naming the key
+        return
+    raise ConfigError(f"--presets: unknown preset {entry!r}{did_you_mean(entry, PRESETS)}; "
+                      f"presets: {', '.join(PRESETS)}, 'all', or a YAML config path")
+
+
+def parse_presets(spec: str) -> list[str]:
+    """``"all"`` or a comma-separated list of preset names / YAML paths, each checked (``check_preset``)."""
+    from segquant.presets import PRESETS
+
+    if spec.strip() == "all":
+        return list(PRESETS)
+    entries = [p.strip() for p in spec.split(",") if p.strip()]
+    if not entries:
+        raise ConfigError(f"--presets: {spec!r} names no preset")
+    for entry in entries:
+        check_preset(entry)
+    return entries
