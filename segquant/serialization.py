@@ -12,6 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
+from segquant.conversion import check_backends, set_plan_backends
 from segquant.nn.seglinear import SegLinear
 from segquant.plan import QuantPlan
 
@@ -33,8 +34,12 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
-def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
-    """Turn the unquantized ``model`` into the quantized model saved at ``path`` (in place) and return it."""
+def load_quantized(model: nn.Module, path: str | Path, backend: str | None = None) -> nn.Module:
+    """Turn the unquantized ``model`` into the quantized model saved at ``path`` (in place) and return it.
+
+    Every ``SegLinear`` then runs on ``backend``, or on its backend from the saved plan (see
+    :func:`segquant.conversion.layer_backend`), which packs its own layout from the loaded buffers.
+    """
     from safetensors.torch import load_model
 
     path = Path(path)
@@ -42,6 +47,7 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
         if not (path / name).is_file():
             raise FileNotFoundError(f"{str(path / name)!r} is missing: is {str(path)!r} a save_quantized folder?")
     plan = QuantPlan.from_dict(json.loads((path / PLAN_NAME).read_text()))
+    check_backends(model, plan.enabled_layers(), backend)
     for layer in plan.enabled_layers():
         try:
             linear = model.get_submodule(layer.name)
@@ -54,5 +60,6 @@ def load_quantized(model: nn.Module, path: str | Path) -> nn.Module:
         model.set_submodule(layer.name, SegLinear(layer.spec(), device=linear.weight.device,
                                                   dtype=linear.weight.dtype))
     load_model(model, str(path / WEIGHTS_NAME), strict=True)
+    set_plan_backends(model, plan, backend)
     model.segquant_plan = plan
     return model
