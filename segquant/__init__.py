@@ -13,7 +13,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "quantize": "segquant.quantizer",
-    "convert": "segquant.quantizer",
+    "convert": "segquant.conversion",
+    "set_backend": "segquant.kernels.backend",
+    "available_backends": "segquant.kernels.backend",
     "calibrate": "segquant.calibration",
     "build_plan": "segquant.plan",
     "QuantPlan": "segquant.plan",
@@ -52,5 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from segquant.nn.seglinear import SegLinear
     from segquant.plan import LayerPlan, QuantPlan, build_plan
     from segquant.presets import PRESETS, get_preset, preset_dict
-    from segquant.quantizer import convert, quantize
+    from segquant.conversion import convert
+    from segquant.kernels.backend import available_backends, set_backend
+    from segquant.quantizer import quantize
     from segquant.serialization import load_quantized, save_quantized

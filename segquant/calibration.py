@@ -84,10 +84,12 @@ def first_batch(calib_data_loader: Iterable) -> Any:
 
 
 def make_observer(layer: LayerPlan, device: torch.device) -> InputObserver:
+    """The observer ``layer``'s conversion needs, computing on ``device`` (``cpu_storage``: GPTQ's Hessian
+    is accumulated in CPU memory, each batch's ``x xᵀ`` still computed on ``device``)."""
     calib, opt = layer.config.calib, layer.config.opt
     needs_rows = opt.search_alpha.enable or calib.type in (Calibrate.PERCENTILE, Calibrate.MSE)
     return InputObserver(layer.name, layer.in_features, device=device, hessian=calib.type is Calibrate.GPTQ,
-                         hessian_device="cpu" if calib.cpu_storage else device,
+                         hessian_storage="cpu" if calib.cpu_storage else "device",
                          max_sample_rows=SAMPLE_ROWS if needs_rows else 0)
 
 

@@ -18,7 +18,20 @@ class CorruptShardError(SegQuantError, OSError):
 
 
 class BackendUnavailableError(SegQuantError, RuntimeError):
-    """The requested kernel backend cannot run here (no GPU, kernel missing)."""
+    """The requested kernel backend cannot run a layer here (no GPU, kernel missing, unsupported format).
+
+    ``BackendUnavailableError(layer, backend, reason, alternative)`` writes a message naming all four
+    (also kept as attributes); a single argument is the whole message.
+    """
+
+    def __init__(self, layer: str, backend: str | None = None, reason: str | None = None,
+                 alternative: str | None = None) -> None:
+        self.layer, self.backend, self.reason, self.alternative = layer, backend, reason, alternative
+        if backend is None:
+            super().__init__(layer)
+        else:
+            super().__init__(f"layer {layer!r}: backend {backend!r} cannot run it: {reason}"
+                             + (f"; {alternative}" if alternative else ""))
 
 
 class CorruptCheckpointError(SegQuantError, OSError):

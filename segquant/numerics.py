@@ -168,18 +168,6 @@ def fake_quant(x: Tensor, scale: Tensor, dtype: DType, zero_point: Tensor | None
     return dequantize_codes(quantize_codes(x, scale, dtype, zero_point), scale, zero_point).to(x.dtype)
 
 
-def fake_quant_dualscale(x: Tensor, scale_pos: Tensor, scale_neg: Tensor, dtype: DType) -> Tensor:
-    """DualScale fake-quant: ``x = x⁺ + x⁻``, each side with its own scale.
-
-    Integers: ``q⁺ ∈ [0, qmax]`` and ``q⁻ ∈ [qmin, 0]``; FP8 saturates each side to the format's max.
-    ``scale_pos`` / ``scale_neg`` broadcast against ``x`` ``(..., K)``. Returns ``x.dtype``.
-    """
-    xf = x.float()
-    pos = quantize_codes(xf.clamp(min=0), scale_pos, dtype).float().clamp(min=0)
-    neg = quantize_codes(xf.clamp(max=0), scale_neg, dtype).float().clamp(max=0)
-    return (pos * scale_pos + neg * scale_neg).to(x.dtype)
-
-
 def dynamic_fake_quant(x: Tensor, dtype: DType, granularity: Granularity, symmetric: bool = True) -> Tensor:
     """Fake-quantize ``x`` ``(..., K)`` with scales computed from ``x`` itself (dynamic quantization)."""
     if dtype.is_passthrough:

@@ -1,8 +1,14 @@
-"""Running statistics of a linear layer's input, collected during calibration.
+"""Running statistics collected during calibration: every observer lives here.
 
-Memory does not grow with the number of calibration samples: per-channel signed min/max, an
-optional Hessian accumulator (GPTQ) and an optional bounded reservoir of input rows (alpha search,
-percentile/MSE clipping) whose size is fixed.
+Memory does not grow with the number of calibration samples:
+
+* :class:`InputObserver`: per-channel signed min/max of a linear layer's input, an optional bounded
+  reservoir of input rows (alpha search, percentile/MSE clipping) and an optional
+  :class:`HessianObserver`.
+* :class:`HessianObserver`: GPTQ's running Hessian. GPTQ (Frantar et al., 2022) minimises
+  ``||X Wᵀ − X Ŵᵀ||²`` row by row; the Hessian of that loss with respect to a row of ``W`` is ``H = 2 X Xᵀ``
+  (here with ``X`` as ``(n, K)`` rows: ``H = 2/n · Σ xᵢ xᵢᵀ``, normalised by the number of samples ``n`` as
+  in the GPTQ reference code), kept as a single ``(K, K)`` float32 running mean.
 """
 
 from __future__ import annotations
@@ -10,7 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from segquant.errors import CalibrationError, ConfigError
 from segquant.numerics import as_matrix, check_finite
+
+_STORAGES = ("device", "cpu")
 
 
 class InputObserver:
@@ -18,11 +27,11 @@ class InputObserver:
 
     Attributes (float32, on ``device``): ``min`` / ``max`` ``(K,)`` signed per-channel extrema,
     ``rows_seen`` (int), ``sample`` ``(<= max_sample_rows, K)`` a uniform reservoir sample of rows
-    (only when ``max_sample_rows > 0``), and a Hessian observer when ``hessian=True``.
+    (only when ``max_sample_rows > 0``), and a :class:`HessianObserver` when ``hessian=True``.
     """
 
     def __init__(self, name: str, k: int, device: torch.device | str = "cpu", hessian: bool = False,
-                 hessian_device: torch.device | str | None = None, max_sample_rows: int = 0, seed: int = 0):
+                 hessian_storage: str = "device", max_sample_rows: int = 0, seed: int = 0):
         self.name, self.k, self.device = name, k, torch.device(device)
         self.min = torch.full((k,), float("inf"), device=self.device)
         self.max = torch.full((k,), float("-inf"), device=self.device)
@@ -31,11 +40,9 @@ class InputObserver:
         self.sample: Tensor | None = None
         self._keys: Tensor | None = None
         self._generator = torch.Generator().manual_seed(seed)
-        self.hessian = None
-        if hessian:
-            from segquant.algorithms.hessian import HessianObserver
-
-            self.hessian = HessianObserver(k, device=hessian_device or self.device)
+        # x xᵀ is computed on ``device`` (where the inputs are moved); ``hessian_storage="cpu"`` only keeps
+        # the (K, K) accumulator in CPU memory (``calib.cpu_storage``).
+        self.hessian = HessianObserver(k, storage=hessian_storage) if hessian else None
 
     def update(self, x: Tensor) -> None:
         """Fold a batch of inputs ``x`` ``(..., K)`` (any float dtype) into the statistics."""
@@ -73,6 +80,71 @@ class InputObserver:
 
     def _require_data(self) -> None:
         if self.rows_seen == 0:
-            from segquant.errors import CalibrationError
-
             raise CalibrationError(f"layer {self.name!r} saw no calibration input; is it used in forward?")
+
+
+class HessianObserver:
+    """Accumulate ``H = 2/n · Σ x xᵀ`` over every row ``x`` (a token) of the inputs seen.
+
+    Args:
+        k: the feature dim ``K`` of the layer input.
+        device: where ``x xᵀ`` is computed (e.g. the calibration ``tmp_device``); ``None`` = the device
+            of each input.
+        storage: ``"device"`` keeps the ``(K, K)`` accumulator on the compute device; ``"cpu"`` keeps it
+            in CPU memory (``cpu_storage``) and only moves each batch's ``(K, K)`` product there.
+    """
+
+    def __init__(self, k: int, device: torch.device | str | None = None, storage: str = "device") -> None:
+        if not isinstance(k, int) or k <= 0:
+            raise ConfigError(f"k: {k!r} must be a positive integer (the layer's input features)")
+        if storage not in _STORAGES:
+            raise ConfigError(f"storage: {storage!r} is not valid; allowed: {', '.join(map(repr, _STORAGES))}")
+        self.k = k
+        self.device = torch.device(device) if device is not None else None
+        self.storage = storage
+        self.n_samples = 0
+        self._h: Tensor | None = None
+
+    def update(self, x: Tensor) -> None:
+        """Add the rows of ``x`` ``(..., K)`` (any float dtype) to the running Hessian.
+
+        Raises :class:`CalibrationError` on NaN/inf or a wrong feature dim.
+        """
+        if x.shape[-1] != self.k:
+            raise CalibrationError(f"HessianObserver: input has {x.shape[-1]} features, expected {self.k}")
+        check_finite(x, "HessianObserver input")
+        rows = as_matrix(x)
+        m = rows.shape[0]
+        if m == 0:
+            return
+        compute = self.device if self.device is not None else rows.device
+        rows = rows.to(device=compute, dtype=torch.float32)
+        outer = rows.T @ rows  # (K, K) float32, Σ x xᵀ over this batch
+        if self._h is None:
+            self._h = torch.zeros(self.k, self.k, dtype=torch.float32, device=self._home(compute))
+        total = self.n_samples + m
+        # running mean of 2·x xᵀ: H ← H·n/(n+m) + 2/(n+m)·Σ x xᵀ (bounded magnitude, as in GPTQ)
+        self._h.mul_(self.n_samples / total).add_(outer.to(self._h.device), alpha=2.0 / total)
+        self.n_samples = total
+
+    def _home(self, compute: torch.device) -> torch.device:
+        return torch.device("cpu") if self.storage == "cpu" else compute
+
+    def hessian(self) -> Tensor:
+        """The accumulated ``(K, K)`` float32 Hessian (a copy; the observer keeps accumulating)."""
+        if self._h is None:
+            raise CalibrationError("HessianObserver: no samples were observed; the layer never ran during calibration")
+        return self._h.clone()
+
+    def reset(self) -> None:
+        """Forget every sample (frees the accumulator)."""
+        self.n_samples = 0
+        self._h = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the accumulator (``4·K²`` once a sample was seen, else 0)."""
+        return 0 if self._h is None else self._h.numel() * self._h.element_size()
+
+    def __repr__(self) -> str:
+        return f"HessianObserver(k={self.k}, n_samples={self.n_samples}, storage={self.storage!r})"

@@ -16,11 +16,12 @@ from typing import Any
 
 from torch import nn
 
+from segquant.algorithms.dualscale import uses_dualscale
 from segquant.config import (LayerConfig, QuantConfig, as_quant_config, build_layer_config, layer_config_to_raw,
                              replace_config)
 from segquant.enums import Optimum, SegPattern
 from segquant.errors import ConfigError
-from segquant.nn.spec import SegLinearSpec
+from segquant.nn.spec import AlphaSearch, LayerSettings, SegLinearSpec
 from segquant.numerics import PerGroup
 
 logger = logging.getLogger("segquant.plan")
@@ -31,7 +32,8 @@ _INPUT_PATTERNS = {SegPattern.CONCAT2LINEAR, SegPattern.STACK2LINEAR, SegPattern
 
 @dataclass
 class LayerPlan:
-    """Everything decided about one linear layer. ``chosen`` is filled during conversion (alpha, rank...)."""
+    """Everything decided about one linear layer. ``chosen`` is filled by ``convert`` from the conversion's
+    record (alpha, rank, errors); :meth:`spec` and :meth:`settings` are the conversion's typed inputs."""
 
     name: str
     in_features: int
@@ -59,16 +61,25 @@ class LayerPlan:
             output_segments=self.output_segments or (self.out_features,), input_segments=input_segments,
             input_dtype=inp.dtype if inp.enable else None, input_dynamic=inp.dynamic,
             input_granularity=inp.granularity, input_symmetric=inp.symmetric,
-            dual_scale=self.dual_scale_activation is not None and inp.enable,
+            dual_scale=uses_dualscale(self.dual_scale_activation, inp.enable),
             weight_dtype=wq.dtype if wq.enable else None,
             weight_scale_columns=weight_scale_columns(input_segments, self.weight_group_size()),
             smooth=cfg.opt.type in (Optimum.SMOOTH, Optimum.SVD) and inp.enable and wq.enable,
             low_rank=cfg.opt.low_rank if cfg.opt.type is Optimum.SVD and wq.enable else 0,
             low_rank_precision=cfg.opt.precision, has_bias=self.has_bias)
 
+    def settings(self) -> LayerSettings:
+        """The algorithm settings of this layer's conversion (alpha or its search, clipping, GPTQ)."""
+        opt, calib, search = self.config.opt, self.config.calib, self.config.opt.search_alpha
+        return LayerSettings(
+            alpha=opt.alpha, alpha_search=AlphaSearch(search.min, search.max, search.step) if search.enable else None,
+            weight_method=calib.type, weight_granularity=self.config.weight_quant.granularity,
+            percentile=calib.percentile, gptq_blocksize=calib.blocksize, gptq_percdamp=calib.percdamp,
+            gptq_actorder=calib.actorder, gptq_static_groups=calib.static_groups)
+
     def weight_group_size(self) -> int | None:
-        granularity = self.config.weight_quant.granularity
-        return granularity.group_size if isinstance(granularity, PerGroup) else None
+        """The weight scales' group size, or None when they are not group-wise."""
+        return self.settings().weight_group_size
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "in_features": self.in_features, "out_features": self.out_features,

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from segquant.calibration import calibrate, first_batch, run_with_input_hooks
+from segquant.conversion import convert
 from segquant.plan import QuantPlan
 
 _NUMBERED = re.compile(r"^(.*?\.\d+)(\.|$)")
@@ -47,14 +48,13 @@ def blocks_in_order(model: nn.Module, plan: QuantPlan, example: Any) -> list[tup
 
 
 def calibrate_and_convert_sequentially(model: nn.Module, plan: QuantPlan, calib_data_loader: Iterable,
-                                       tmp_device: Any = None, verbose: bool = False) -> nn.Module:
+                                       tmp_device: Any = None, verbose: bool = False,
+                                       backend: str | None = None) -> nn.Module:
     """Calibrate and convert one block at a time (see module docstring); returns ``model``."""
-    from segquant.quantizer import convert
-
     modules = dict(model.named_modules())
     for block, names in tqdm(blocks_in_order(model, plan, first_batch(calib_data_loader)),
                              desc="sequential calibration", unit="block", disable=not verbose):
         stop_after = modules.get(block) if block not in names else None
         observers = calibrate(model, plan, calib_data_loader, tmp_device, layers=names, stop_after=stop_after)
-        convert(model, plan, observers, tmp_device, layers=names)
+        convert(model, plan, observers, tmp_device, layers=names, backend=backend)
     return model

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from segquant.conversion import check_backends, set_plan_backends
 from segquant.errors import CheckpointMismatchError, CorruptCheckpointError, MissingCheckpointFileError
 from segquant.nn.seglinear import SegLinear
 from segquant.plan import QuantPlan
@@ -62,11 +63,12 @@ def load_quantized(model: nn.Module, path: str | Path, backend: str | None = Non
     if verify:
         verify_checkpoint(path)
     plan = _read_plan(path / PLAN_NAME)
+    check_backends(model, plan.enabled_layers(), backend)  # fail before the model is changed
     for layer in plan.enabled_layers():
         _replace_with_seglinear(model, layer)
     _load_weights(model, path / WEIGHTS_NAME)
+    set_plan_backends(model, plan, backend)
     model.segquant_plan = plan
-    _set_backends(model, plan, backend)
     return model
 
 
@@ -140,18 +142,3 @@ def _load_weights(model: nn.Module, file: Path) -> None:
     except RuntimeError as err:
         raise CheckpointMismatchError(f"the tensors of {str(file)!r} do not fit the model rebuilt from the plan "
                                       f"(wrong architecture?): {err}") from err
-
-
-def _set_backends(model: nn.Module, plan: QuantPlan, backend: str | None) -> None:
-    """Apply ``backend`` to every SegLinear, or (``None``) each layer's configured backend where it is not
-    the default (a new SegLinear runs emulated)."""
-    if backend is not None:
-        targets = [(model, backend)]
-    else:
-        targets = [(model.get_submodule(layer.name), layer.config.backend) for layer in plan.enabled_layers()
-                   if layer.config.backend != "emulated"]
-    if targets:
-        from segquant.kernels.backend import set_backend
-
-        for module, name in targets:
-            set_backend(module, name)

@@ -1,8 +1,8 @@
 """Clipping calibrators: choose the amax (clip value) from which a scale ``amax / qmax`` is made.
 
 * AMAX: the largest magnitude — no clipping, every value representable, coarse steps if outliers.
-* Percentile: the ``p``-th percentile of ``|x|`` — clips the rarest outliers (for activations, a
-  bounded-memory running :class:`HistogramObserver`).
+* Percentile: the ``p``-th percentile of ``|x|`` — clips the rarest outliers (activations: of the
+  bounded reservoir sample that the calibration observer keeps).
 * MSE: the candidate ``c · amax`` (``c ∈ (lo, 1]``) minimising the fake-quantization MSE, per block.
 
 Every calibrator returns a float32 scale-shaped amax (see ``segquant.numerics``): ``(1, 1)`` per
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from segquant.enums import DType
-from segquant.errors import CalibrationError, ConfigError
+from segquant.errors import ConfigError
 from segquant.numerics import (
     Granularity,
     PerGroup,
@@ -52,20 +52,12 @@ def _blocks(x: Tensor, granularity: Granularity) -> tuple[Tensor, tuple[int, int
     return m, (rows, 1)
 
 
-def percentile_clip(x: Tensor | HistogramObserver, percentile: float, granularity: Granularity = PerTensor()) -> Tensor:
-    """The ``percentile``-th percentile of ``|x|`` per block (nearest rank), float32 scale-shaped.
-
-    ``x`` is a tensor ``(..., K)`` or a :class:`HistogramObserver` (per tensor only).
-    ``percentile`` is in ``(0, 100]``; 100 equals :func:`amax_clip`.
+def percentile_clip(x: Tensor, percentile: float, granularity: Granularity = PerTensor()) -> Tensor:
+    """The ``percentile``-th percentile of ``|x|`` per block of ``x`` ``(..., K)`` (nearest rank), float32
+    scale-shaped. ``percentile`` is in ``(0, 100]``; 100 equals :func:`amax_clip`.
     """
     if not 0.0 < float(percentile) <= 100.0:
         raise ConfigError(f"percentile: {percentile!r} must be in (0, 100]")
-    if isinstance(x, HistogramObserver):
-        if not isinstance(granularity, PerTensor):
-            raise ConfigError(
-                f"percentile_clip: a HistogramObserver is per tensor; granularity {granularity!r} is not possible"
-            )
-        return x.percentile(percentile).reshape(1, 1)
     check_finite(x, "percentile_clip input")
     blocks, shape = _blocks(x, granularity)
     kth = max(1, math.ceil(percentile / 100.0 * blocks.shape[1]))
@@ -108,75 +100,3 @@ def _block_sq_error(m: Tensor, amax: Tensor, dtype: DType, granularity: Granular
         return (grouped - fake_quant(grouped, scale.unsqueeze(-1), dtype)).pow(2).sum(-1)
     sq = (m - fake_quant(m, scale, dtype)).pow(2)
     return sq.sum().reshape(1, 1) if isinstance(granularity, PerTensor) else sq.sum(1, keepdim=True)
-
-
-class HistogramObserver:
-    """Running histogram of ``|x|`` over ``[0, hi]`` with ``bins`` equal bins; memory ``O(bins)``.
-
-    When a batch exceeds ``hi``, the range doubles (as often as needed) and adjacent bins are merged
-    pairwise, so earlier counts are kept exactly at the coarser resolution. Percentiles are linear
-    interpolations inside the bin that holds them (error below one bin width).
-    """
-
-    def __init__(self, bins: int = 2048) -> None:
-        if not isinstance(bins, int) or bins < 2 or bins & (bins - 1):
-            raise ConfigError(f"bins: {bins!r} must be a power of two >= 2")
-        self.bins = bins
-        self.hi = 0.0
-        self.counts = torch.zeros(bins, dtype=torch.float64)
-        self.n = 0
-
-    def update(self, x: Tensor) -> None:
-        """Add ``|x|`` of ``x`` (any shape, any float dtype); NaN/inf raise :class:`CalibrationError`."""
-        check_finite(x, "HistogramObserver input")
-        v = x.detach().reshape(-1).abs().float()
-        if v.numel() == 0:
-            return
-        amax = float(v.max())
-        if self.hi == 0.0:
-            self.hi = amax if amax > 0 else 0.0
-        elif amax > self.hi:
-            self._grow(amax)
-        if self.hi > 0:
-            idx = (v / self.hi * self.bins).long().clamp_(0, self.bins - 1)
-            self.counts += torch.bincount(idx, minlength=self.bins).to(device="cpu", dtype=torch.float64)
-        else:
-            self.counts[0] += v.numel()  # all zeros so far
-        self.n += v.numel()
-
-    def _grow(self, amax: float) -> None:
-        factor = 1
-        while self.hi * factor < amax:
-            factor *= 2
-        if factor >= self.bins:
-            merged = torch.zeros(self.bins, dtype=torch.float64)
-            merged[0] = self.counts.sum()
-        else:
-            merged = torch.cat(
-                [
-                    self.counts.reshape(-1, factor).sum(1),
-                    torch.zeros(self.bins - self.bins // factor, dtype=torch.float64),
-                ]
-            )
-        self.counts, self.hi = merged, self.hi * factor
-
-    def percentile(self, percentile: float) -> Tensor:
-        """The ``percentile``-th percentile of ``|x|`` seen so far, a 0-D float32 tensor."""
-        if self.n == 0:
-            raise CalibrationError("HistogramObserver: no samples were observed")
-        if self.hi == 0.0:
-            return torch.tensor(0.0)
-        target = percentile / 100.0 * self.n
-        cdf = torch.cumsum(self.counts, 0)
-        b = int(torch.searchsorted(cdf, torch.tensor([target], dtype=torch.float64)).clamp(max=self.bins - 1))
-        before = float(cdf[b - 1]) if b > 0 else 0.0
-        inside = float(self.counts[b])
-        frac = (target - before) / inside if inside > 0 else 1.0
-        width = self.hi / self.bins
-        return torch.tensor((b + min(max(frac, 0.0), 1.0)) * width, dtype=torch.float32)
-
-    def amax(self) -> Tensor:
-        """Upper edge of the highest non-empty bin (≥ the true max by less than one bin width)."""
-        nz = torch.nonzero(self.counts).flatten()
-        top = int(nz[-1]) + 1 if nz.numel() else 0
-        return torch.tensor(top * self.hi / self.bins, dtype=torch.float32)

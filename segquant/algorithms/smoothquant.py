@@ -19,18 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from segquant.enums import DType
 from segquant.errors import CalibrationError, ConfigError
-from segquant.numerics import (
-    Granularity,
-    PerChannel,
-    PerGroup,
-    PerTensor,
-    block_amax,
-    expand_scale,
-    fake_quant,
-    scale_from_amax,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -129,38 +118,3 @@ def search_alpha(
     best = min(finite)[1]
     logger.debug("search_alpha: errors %s -> alpha %s", dict(zip(grid, errors, strict=True)), grid[best])
     return float(grid[best]), errors
-
-
-def fake_quant_smoothed_layer(
-    x: Tensor,
-    weight: Tensor,
-    act_absmax: Tensor,
-    weight_dtype: DType,
-    act_dtype: DType,
-    weight_granularity: Granularity = PerChannel(),
-    act_granularity: Granularity = PerTensor(),
-) -> Callable[[float], Tensor]:
-    """A ready-made ``quantize_layer`` for :func:`search_alpha`: static RTN fake-quant of ``x / λ`` and ``W · λ``.
-
-    ``x`` ``(M, K)``, ``weight`` ``(N, K)``, ``act_absmax`` ``(K,)``. The activation scale is static,
-    from ``act_absmax / λ`` (what an observer would have seen); the weight scale is RTN abs-max.
-    The returned callable maps ``alpha`` to ``y_hat`` ``(M, N)`` float32.
-    """
-    if not isinstance(act_granularity, (PerTensor, PerGroup)):
-        raise ConfigError(
-            f"act_granularity: {act_granularity!r} is not a static activation granularity; use PerTensor or PerGroup"
-        )
-    k = weight.shape[1]
-
-    def quantize_layer(alpha: float) -> Tensor:
-        lam = smooth_factors(act_absmax, weight, alpha)
-        w = smooth_weight(weight.float(), lam)
-        w_hat = fake_quant(
-            w, expand_scale(scale_from_amax(block_amax(w, weight_granularity), weight_dtype), k), weight_dtype
-        )
-        xs = smooth_activation(x.float(), lam)
-        a_amax = block_amax((act_absmax.float() / lam).reshape(1, k), act_granularity)
-        x_hat = fake_quant(xs, expand_scale(scale_from_amax(a_amax, act_dtype), k), act_dtype)
-        return x_hat @ w_hat.T
-
-    return quantize_layer

@@ -54,11 +54,3 @@ def lowrank_branch(weight: Tensor, rank: int, compute_dtype: torch.dtype = torch
 def lowrank_residual(weight: Tensor, up: Tensor, down: Tensor) -> Tensor:
     """``R = W − up @ down`` ``(N, K)`` float32: the part of ``weight`` left to quantize."""
     return weight.float() - up.float() @ down.float()
-
-
-def lowrank_forward(x: Tensor, up: Tensor, down: Tensor) -> Tensor:
-    """The branch's output ``x downᵀ upᵀ``: ``x`` ``(..., K)`` -> ``(..., N)`` in ``x.dtype``.
-
-    Computed as two thin GEMMs (``K -> r -> N``), never by forming ``up @ down``.
-    """
-    return (x @ down.to(x.dtype).T) @ up.to(x.dtype).T

@@ -15,7 +15,8 @@ Every matcher takes one ``LinearCall`` of a ``CapturedGraph`` and returns a ``Ma
   ``(..., H, D) -> (..., H*D)`` (attention heads): H segments of D. Merges of a stacked tensor are
   left to ``match_stack_to_linear``; merges of three or more dims do not count.
 - ``match_activation_to_linear``: the input is an activation output (SiLU, GELU exact/tanh, Mish),
-  possibly multiplied elementwise by a same-shape gate (GEGLU/SwiGLU): DualScale.
+  possibly multiplied elementwise by a same-shape gate (GEGLU/SwiGLU): DualScale (the kinds are listed in
+  ``segquant.algorithms.dualscale``).
 
 Only segmentation along the last (feature) dim counts; transparent ops are those of
 ``segquant.graph.walk``.
@@ -30,6 +31,7 @@ from typing import Any, Callable
 
 from torch.fx import Node
 
+from segquant.algorithms.dualscale import ACTIVATION_OPS, GATED_KINDS
 from segquant.enums import SegPattern
 from segquant.graph.capture import CapturedGraph, LinearCall
 from segquant.graph.walk import (
@@ -45,9 +47,6 @@ from segquant.graph.walk import (
     step_forward,
     walk_back,
 )
-
-ACTIVATIONS = {"silu": "silu", "mish": "mish"}
-GATED_NAMES = {"gelu": "geglu", "gelu_tanh": "geglu_tanh", "silu": "swiglu"}
 
 
 @dataclass(frozen=True)
@@ -240,7 +239,7 @@ def activation_name(node: Node) -> str | None:
         return "gelu_tanh" if approx == "tanh" else "gelu"
     if name == "mul" and _is_decomposed_silu(node):
         return "silu"
-    return ACTIVATIONS.get(name)
+    return ACTIVATION_OPS.get(name)
 
 
 def _is_decomposed_silu(mul: Node) -> bool:
@@ -258,7 +257,7 @@ def _gated_activation(mul: Node) -> str | None:
     for operand in operands:
         act = activation_name(walk_back(operand))
         if act is not None:
-            return GATED_NAMES.get(act, f"{act}_gated")
+            return GATED_KINDS.get(act, f"{act}_gated")
     return None
 
 

@@ -30,8 +30,8 @@ class LayerSegments:
 
     ``output_segments``: sizes along ``out_features`` (sum == N), ``()`` = not segmented.
     ``input_segments``: sizes along ``in_features`` (sum == K), ``()`` = not segmented.
-    ``dual_scale_activation``: ``"silu"``, ``"gelu"``, ``"gelu_tanh"``, ``"mish"``, ``"geglu"``,
-    ``"geglu_tanh"``, ``"swiglu"`` (the activation that feeds the layer), or None.
+    ``dual_scale_activation``: the activation that feeds the layer, one of
+    ``segquant.algorithms.dualscale.ACTIVATION_KINDS`` (``"silu"``, ``"gelu"``, ``"geglu"``...), or None.
     ``matched``: the patterns that produced the above, in ``SegPattern`` order.
     """
 

@@ -1,1 +1,1 @@
-"""Quantized modules and the swap of nn.Linear for them."""
+"""Quantized modules (``SegLinear``), their typed layout/settings, and the conversion of one ``nn.Linear``."""

@@ -1,4 +1,4 @@
-"""``SegLinear``: the quantized replacement of ``nn.Linear`` (emulated forward).
+"""``SegLinear``: the quantized replacement of ``nn.Linear``; its forward runs on a kernel backend.
 
 ``y = x Wᵀ + b`` with ``W`` ``(N, K)``. Output rows are split into output segments (e.g. the chunks of an
 AdaLN modulation linear), input columns into input segments (e.g. attention heads, or the two parts of a
@@ -8,10 +8,12 @@ AdaLN modulation linear), input columns into input segments (e.g. attention head
 
 where ``j`` runs over input segments, ``Q`` is the input quantizer (static scale per ``(s, j)`` or dynamic;
 DualScale splits ``x = x⁺ + x⁻`` with one scale per sign) and ``Ŵ`` the dequantized weight (which already
-contains ``λ_s`` and is the residual after the low-rank branch).
+contains ``λ_s`` and is the residual after the low-rank branch). The math itself is
+:func:`segquant.kernels.reference.seglinear_forward`; ``forward`` hands the module to the backend named
+``backend_name`` (default ``"emulated"``; switch with :func:`segquant.kernels.set_backend`).
 
-Buffers (all registered, persistent; shapes with ``S`` output segments, ``J`` input segments, ``G`` weight
-scale columns, ``r`` rank):
+Canonical buffers (registered, persistent: what ``state_dict`` and save files hold; shapes with ``S``
+output segments, ``J`` input segments, ``G`` weight scale columns, ``r`` rank):
 
 =====================  ==================  ====================================================
 name                   shape               dtype / meaning
@@ -29,8 +31,9 @@ name                   shape               dtype / meaning
 ``lowrank_down``       (S, r, K)           16-bit low-rank branch ``D_s``
 =====================  ==================  ====================================================
 
-The float32 buffers and the codes keep their dtype under ``module.to(dtype)``; only ``bias`` and the
-low-rank branch follow it. The forward never modifies its input.
+A backend may add packed tensors of its own as non-persistent buffers (moved by ``.to()``, never saved).
+Under ``module.to(dtype)`` only ``bias`` and the low-rank branch follow the dtype; codes, float32
+scales and packed tensors keep theirs. The forward never modifies its input.
 """
 
 from __future__ import annotations
@@ -38,16 +41,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from segquant.kernels.backend import DEFAULT_BACKEND, get_backend
+from segquant.kernels.reference import SegLinearBuffers, dequantized_weight
 from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import (as_matrix, block_minmax, dequantize_codes, dynamic_fake_quant, expand_scale,
-                               fake_quant, fake_quant_dualscale, scale_from_amax)
 
-_KEEP_DTYPE = ("weight_codes", "weight_scale", "weight_col_group", "smooth", "input_scale", "input_scale_neg",
-               "input_zero_point")
+_FOLLOW_DTYPE = ("bias", "lowrank_up", "lowrank_down")
 
 
 class SegLinear(nn.Module):
-    """Segment-wise quantized linear layer. Build with :meth:`empty` and fill the buffers, or load a state."""
+    """Segment-wise quantized linear layer: build it from a spec and fill the buffers, or load a state."""
 
     def __init__(self, spec: SegLinearSpec, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32):
@@ -70,19 +72,25 @@ class SegLinear(nn.Module):
         branch = dict(device=device, dtype=spec.low_rank_dtype)
         self.register_buffer("lowrank_up", torch.zeros(n, spec.low_rank, **branch) if spec.low_rank else None)
         self.register_buffer("lowrank_down", torch.zeros(s, spec.low_rank, k, **branch) if spec.low_rank else None)
+        self.backend_name = DEFAULT_BACKEND
+        self._backend = get_backend(DEFAULT_BACKEND)
 
     def extra_repr(self) -> str:
         return self.spec.describe()
 
     def _apply(self, fn, recurse: bool = True):
-        """Move buffers with ``fn`` but keep the dtype of the codes and float32 scales (see module doc)."""
-        kept = {name: self._buffers[name] for name in _KEEP_DTYPE if self._buffers.get(name) is not None}
+        """Move buffers with ``fn``; only ``bias`` and the low-rank branch may change dtype (see module doc)."""
+        kept = {name: t for name, t in self._buffers.items() if t is not None and name not in _FOLLOW_DTYPE}
         super()._apply(fn, recurse)
         for name, original in kept.items():
             moved = self._buffers[name]
             if moved.dtype != original.dtype:
                 self._buffers[name] = original.to(moved.device)
         return self
+
+    def canonical_buffers(self) -> SegLinearBuffers:
+        """The canonical buffers (``None`` where the spec has none), as the reference functions take them."""
+        return SegLinearBuffers(*(getattr(self, name) for name in SegLinearBuffers._fields))
 
     @property
     def weight(self) -> Tensor:
@@ -91,62 +99,10 @@ class SegLinear(nn.Module):
 
     def dequantized_weight(self) -> Tensor:
         """``Ŵ`` ``(N, K)`` float32: codes times their row/column-group scale."""
-        if self.spec.weight_dtype is None:
-            return self.weight_codes.float()
-        return dequantize_codes(self.weight_codes, self.weight_scale[:, self.weight_col_group])
+        return dequantized_weight(self.canonical_buffers(), self.spec)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x`` ``(..., K)`` any float dtype -> ``(..., N)`` in ``x.dtype``."""
+        """``x`` ``(..., K)`` any float dtype -> ``(..., N)`` in ``x.dtype``, computed by the layer's backend."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"SegLinear expected {self.in_features} input features, got shape {tuple(x.shape)}")
-        rows = x.reshape(-1, self.in_features).float()
-        weight = self.dequantized_weight()
-        outputs, start = [], 0
-        quantized_input = None
-        for s, size in enumerate(self.spec.output_segments):
-            segment_input = rows / self.smooth[s] if self.smooth is not None else rows
-            if quantized_input is None or self.smooth is not None:
-                quantized_input = self._quantize_input(segment_input, s)
-            y = quantized_input @ weight[start:start + size].T
-            if self.lowrank_up is not None:
-                y = y + self._lowrank(segment_input, s, start, size)
-            outputs.append(y)
-            start += size
-        y = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]
-        if self.bias is not None:
-            y = y + self.bias.float()
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
-
-    def _lowrank(self, segment_input: Tensor, s: int, start: int, size: int) -> Tensor:
-        down = self.lowrank_down[s].float()
-        return (segment_input @ down.T) @ self.lowrank_up[start:start + size].float().T
-
-    def _quantize_input(self, rows: Tensor, s: int) -> Tensor:
-        """Fake-quantize ``rows`` ``(M, K)`` float32 for output segment ``s``, input segment by segment."""
-        spec = self.spec
-        if spec.input_dtype is None:
-            return rows
-        parts = rows.split(list(spec.input_segments), dim=-1)
-        return torch.cat([self._quantize_part(part, s, j) for j, part in enumerate(parts)], dim=-1)
-
-    def _quantize_part(self, part: Tensor, s: int, j: int) -> Tensor:
-        spec = self.spec
-        if spec.input_dynamic:
-            if spec.dual_scale:
-                return _dynamic_dualscale(part, spec)
-            return dynamic_fake_quant(part, spec.input_dtype, spec.input_granularity, spec.input_symmetric)
-        scale = self.input_scale[s, j]
-        if spec.dual_scale:
-            return fake_quant_dualscale(part, scale, self.input_scale_neg[s, j], spec.input_dtype)
-        zero_point = None if self.input_zero_point is None else self.input_zero_point[s, j]
-        return fake_quant(part, scale, spec.input_dtype, zero_point)
-
-
-def _dynamic_dualscale(part: Tensor, spec: SegLinearSpec) -> Tensor:
-    """DualScale with scales computed per call: one positive and one negative scale per block."""
-    m = as_matrix(part)
-    lo, hi = block_minmax(m, spec.input_granularity)
-    k = m.shape[-1]
-    pos = expand_scale(scale_from_amax(hi.clamp(min=0), spec.input_dtype), k)
-    neg = expand_scale(scale_from_amax(-lo.clamp(max=0), spec.input_dtype, negative=True), k)
-    return fake_quant_dualscale(m, pos, neg, spec.input_dtype).reshape(part.shape)
+        return self._backend.forward(self, x)

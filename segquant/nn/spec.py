@@ -1,29 +1,26 @@
-"""``SegLinearSpec``: the static layout of a ``SegLinear`` (shapes, segments, number formats).
+"""The typed inputs of one layer's conversion: ``SegLinearSpec`` and ``LayerSettings``.
 
-It is plain data: it decides which buffers a ``SegLinear`` has and how its forward runs, and it
-round-trips through JSON so a saved model can be rebuilt on an unquantized skeleton.
+``SegLinearSpec`` is the static layout of a ``SegLinear`` (shapes, segments, number formats);
+``LayerSettings`` the algorithm settings that choose its buffers (SmoothQuant alpha or its search,
+clipping method, GPTQ options). Both are plain frozen data, built by the caller (the plan) — ``nn/``
+knows nothing of configs or plans. A saved model stores the plan, from which the spec of every layer
+is derived again at load time.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
-from segquant.enums import DType
-from segquant.numerics import Granularity, PerChannel, PerGroup, PerTensor, PerToken
+from segquant.enums import Calibrate, DType
+from segquant.numerics import Granularity, PerChannel, PerGroup, PerTensor
 
 _PRECISION = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def granularity_to_str(granularity: Granularity) -> str:
     return f"group{granularity.group_size}" if isinstance(granularity, PerGroup) else granularity.name
-
-
-def granularity_from_str(text: str) -> Granularity:
-    if text.startswith("group"):
-        return PerGroup(int(text[5:]))
-    return {"tensor": PerTensor(), "channel": PerChannel(), "token": PerToken()}[text]
 
 
 @dataclass(frozen=True)
@@ -76,19 +73,35 @@ class SegLinearSpec:
             parts.append(f"rank={self.low_rank}")
         return ", ".join(parts)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["input_dtype"] = self.input_dtype.value if self.input_dtype else None
-        d["weight_dtype"] = self.weight_dtype.value if self.weight_dtype else None
-        d["input_granularity"] = granularity_to_str(self.input_granularity)
-        d["output_segments"], d["input_segments"] = list(self.output_segments), list(self.input_segments)
-        return d
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "SegLinearSpec":
-        d = dict(d)
-        d["input_dtype"] = DType(d["input_dtype"]) if d["input_dtype"] else None
-        d["weight_dtype"] = DType(d["weight_dtype"]) if d["weight_dtype"] else None
-        d["input_granularity"] = granularity_from_str(d["input_granularity"])
-        d["output_segments"], d["input_segments"] = tuple(d["output_segments"]), tuple(d["input_segments"])
-        return cls(**d)
+@dataclass(frozen=True)
+class AlphaSearch:
+    """Candidate alphas ``min, min+step, …, max`` (both ends included)."""
+
+    min: float = 0.0
+    max: float = 1.0
+    step: float = 0.1
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """The algorithm settings of one layer (what its ``SegLinearSpec`` does not say).
+
+    ``alpha``: SmoothQuant strength (used when ``spec.smooth`` and no ``alpha_search``).
+    ``weight_method``: AMAX / PERCENTILE / MSE clipping (the latter two also clip static input ranges)
+    or GPTQ. ``weight_granularity``: ``PerTensor`` / ``PerChannel`` / ``PerGroup(g)`` of the weight scales.
+    """
+
+    alpha: float = 0.5
+    alpha_search: AlphaSearch | None = None
+    weight_method: Calibrate = Calibrate.AMAX
+    weight_granularity: Granularity = field(default_factory=PerChannel)
+    percentile: float = 99.99
+    gptq_blocksize: int = 128
+    gptq_percdamp: float = 0.01
+    gptq_actorder: bool = False
+    gptq_static_groups: bool = False
+
+    @property
+    def weight_group_size(self) -> int | None:
+        return self.weight_granularity.group_size if isinstance(self.weight_granularity, PerGroup) else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segquant.algorithms.clipping import HistogramObserver, amax_clip, mse_clip, percentile_clip
+from segquant.algorithms.clipping import amax_clip, mse_clip, percentile_clip
 from segquant.enums import DType
 from segquant.errors import CalibrationError, ConfigError
 from segquant.numerics import PerChannel, PerGroup, PerTensor, block_amax, expand_scale, fake_quant, scale_from_amax
@@ -43,37 +43,6 @@ def test_percentile_of_tensor():
     assert torch.all(pc <= amax_clip(m, PerChannel()))
     with pytest.raises(ConfigError, match="percentile"):
         percentile_clip(m, 0.0)
-
-
-def test_histogram_observer_tracks_percentiles_with_growing_range():
-    obs = HistogramObserver(bins=1024)
-    batches = [_heavy_tailed((4000,), seed=s) * (1 + s) for s in range(6)]  # range grows batch by batch
-    for b in batches:
-        obs.update(b)
-    allv = torch.cat(batches).abs()
-    assert obs.n == allv.numel() and obs.counts.sum().item() == allv.numel()
-    width = obs.hi / obs.bins
-    for p in (50.0, 99.0, 99.9):
-        exact = allv.quantile(p / 100).item()
-        assert abs(percentile_clip(obs, p).item() - exact) <= 2 * width
-    assert 0 <= obs.amax().item() - allv.max().item() <= width
-    assert obs.counts.numel() == 1024  # bounded memory
-    with pytest.raises(ConfigError, match="per tensor"):
-        percentile_clip(obs, 99.0, PerChannel())
-
-
-def test_histogram_observer_errors():
-    obs = HistogramObserver(bins=64)
-    with pytest.raises(CalibrationError, match="no samples"):
-        obs.percentile(99)
-    with pytest.raises(CalibrationError, match="NaN"):
-        obs.update(torch.tensor([1.0, float("nan")]))
-    obs.update(torch.zeros(10))
-    assert obs.percentile(99).item() == 0.0
-    obs.update(torch.tensor([4.0]))
-    assert obs.percentile(100).item() == pytest.approx(4.0, rel=0.02)
-    with pytest.raises(ConfigError, match="bins"):
-        HistogramObserver(bins=100)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segquant.algorithms.gptq import GPTQResult, gptq_quantize
-from segquant.algorithms.hessian import HessianObserver
+from segquant.observers import HessianObserver
 from segquant.enums import DType
 from segquant.errors import CalibrationError, ConfigError
 from segquant.numerics import PerChannel, PerGroup, PerTensor, block_amax, expand_scale, fake_quant, scale_from_amax

@@ -7,7 +7,6 @@ import torch
 
 from segquant.algorithms.smoothquant import (
     alpha_grid,
-    fake_quant_smoothed_layer,
     search_alpha,
     smooth_activation,
     smooth_factors,
@@ -15,7 +14,7 @@ from segquant.algorithms.smoothquant import (
 )
 from segquant.enums import DType
 from segquant.errors import CalibrationError, ConfigError
-from segquant.numerics import PerChannel, PerTensor, PerToken, dynamic_fake_quant
+from segquant.numerics import PerChannel, PerTensor, block_amax, dynamic_fake_quant, fake_quant, scale_from_amax
 
 
 def _outlier_layer(seed=0, m=256, k=64, n=48):
@@ -110,6 +109,21 @@ def test_search_evaluates_every_candidate_and_breaks_ties_early():
         search_alpha(x, w, [0.1], lambda a: ref[:, :2])
 
 
+def fake_quant_smoothed_layer(x, weight, act_absmax, weight_dtype, act_dtype, weight_granularity, act_granularity):
+    """``alpha -> y_hat`` ``(M, N)`` for :func:`search_alpha`: static RTN fake-quant of ``x / λ`` and ``W · λ``,
+    the activation scale from ``act_absmax / λ`` (what an observer would have seen)."""
+    k = weight.shape[1]
+
+    def quantize_layer(alpha):
+        lam = smooth_factors(act_absmax, weight, alpha)
+        w = smooth_weight(weight.float(), lam)
+        w_hat = fake_quant(w, scale_from_amax(block_amax(w, weight_granularity), weight_dtype), weight_dtype)
+        a_amax = block_amax((act_absmax.float() / lam).reshape(1, k), act_granularity)
+        return fake_quant(smooth_activation(x.float(), lam), scale_from_amax(a_amax, act_dtype), act_dtype) @ w_hat.T
+
+    return quantize_layer
+
+
 def _w8a8_err(x, w, alpha):
     """Output MSE of per-tensor INT8 weights and activations after smoothing with ``alpha`` (None: plain RTN)."""
     ref = x @ w.T
@@ -139,9 +153,3 @@ def test_search_never_worse_than_half(seed):
     assert errors[grid.index(best)] == min(errors)
     # the search's errors are the layer's true output MSE
     assert errors[grid.index(0.5)] == pytest.approx(float((layer(0.5) - x @ w.T).pow(2).mean()), rel=1e-6)
-
-
-def test_static_activation_granularity_only():
-    x, w = _outlier_layer(0, m=4, k=8, n=2)
-    with pytest.raises(ConfigError, match="act_granularity"):
-        fake_quant_smoothed_layer(x, w, x.abs().amax(0), DType.INT8, DType.INT8, act_granularity=PerToken())

@@ -8,8 +8,7 @@ import torch
 from segquant.enums import DType
 from segquant.errors import CalibrationError
 from segquant.numerics import (PerChannel, PerGroup, PerTensor, PerToken, asymmetric_params, block_amax,
-                               check_finite, dynamic_fake_quant, expand_scale, fake_quant, fake_quant_dualscale,
-                               scale_from_amax)
+                               check_finite, dynamic_fake_quant, expand_scale, fake_quant, scale_from_amax)
 
 QUANT_DTYPES = [DType.INT4, DType.INT6, DType.INT8, DType.INT16, DType.FP8E4M3, DType.FP8E5M2]
 GRANULARITIES = [PerTensor(), PerChannel(), PerToken(), PerGroup(8)]
@@ -134,19 +133,6 @@ def test_asymmetric_uses_zero_point_and_represents_zero(dtype):
     assert (asymmetric - x).abs().max() < (symmetric - x).abs().max()
     scale, zero_point = asymmetric_params(torch.tensor(0.0), torch.tensor(3.0), dtype)
     assert fake_quant(torch.tensor(0.0), scale, dtype, zero_point) == 0.0
-
-
-def test_dualscale_uses_full_negative_range_and_separate_scales():
-    x = torch.tensor([-0.2, -0.1, 0.0, 1.0, 4.0])
-    pos, neg = scale_from_amax(torch.tensor(4.0), DType.INT8), scale_from_amax(torch.tensor(0.2), DType.INT8,
-                                                                               negative=True)
-    assert neg == pytest.approx(0.2 / 128)
-    out = fake_quant_dualscale(x, pos, neg, DType.INT8)
-    single = fake_quant(x, scale_from_amax(torch.tensor(4.0), DType.INT8), DType.INT8)
-    dual_error, single_error = (out[:2] - x[:2]).abs().max(), (single[:2] - x[:2]).abs().max()
-    assert dual_error <= float(neg) / 2 + 1e-7  # the negative side gets its own fine step
-    assert dual_error * 10 < single_error
-    assert out[3:].tolist() == single[3:].tolist()  # positive side unchanged
 
 
 def test_group_must_divide_features():

@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 from segquant.enums import DType
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import PerToken, dynamic_fake_quant, fake_quant, fake_quant_dualscale
+from segquant.algorithms.dualscale import fake_quant_dualscale
+from segquant.numerics import PerToken, dynamic_fake_quant, fake_quant
 
 
 def filled(spec: SegLinearSpec, seed: int = 0) -> SegLinear:
@@ -119,8 +120,6 @@ def test_wrong_input_width_is_a_clear_error():
         filled(SPECS["plain"])(torch.randn(2, 15))
 
 
-def test_spec_round_trips_through_dict():
-    for spec in SPECS.values():
-        assert SegLinearSpec.from_dict(spec.to_dict()) == spec
+def test_spec_segments_must_add_up():
     with pytest.raises(ValueError, match="do not add up"):
         SegLinearSpec(16, 12, (5, 5), (16,), DType.INT8)

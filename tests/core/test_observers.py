@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segquant.algorithms.hessian import HessianObserver
+from segquant.observers import HessianObserver
 from segquant.errors import CalibrationError, ConfigError
 
 
@@ -68,3 +68,18 @@ def test_errors_and_reset():
         HessianObserver(8, storage="disk")
     with pytest.raises(ConfigError, match="k"):
         HessianObserver(0)
+
+
+def test_cpu_storage_only_stores_on_the_cpu():
+    """``calib.cpu_storage``: x xᵀ is computed where the inputs are (the calibration device); only the
+    (K, K) accumulator lives in CPU memory."""
+    from segquant.calibration import make_observer
+    from segquant.config import QuantConfig
+    from segquant.plan import LayerPlan
+
+    config = QuantConfig.from_dict({"default": {"calib": {"type": "gptq", "cpu_storage": True}}}).for_layer("fc")
+    observer = make_observer(LayerPlan("fc", 8, 4, True, config), torch.device("cpu"))
+    assert observer.hessian.device is None  # compute on each input's device
+    assert observer.hessian.storage == "cpu"
+    observer.update(torch.randn(5, 8))
+    assert observer.hessian.hessian().device.type == "cpu"

@@ -1,0 +1,96 @@
+"""The SegLinear math as pure functions of (input, buffers, spec): the numerics oracle of every kernel.
+
+``y = x Wᵀ + b`` with ``W`` ``(N, K)``; for output segment ``s`` with SmoothQuant divisor ``λ_s`` ``(K,)``:
+
+    y_s = Σ_j Q(x_j / λ_s,j) · Ŵ[s, j]ᵀ  (+ (x / λ_s) · D_sᵀ · U_sᵀ  the low-rank branch)
+
+``j`` runs over input segments; ``Q`` is the input fake-quantizer (static scale per ``(s, j)`` or dynamic;
+DualScale: one scale per sign, see :mod:`segquant.algorithms.dualscale`); ``Ŵ`` is the dequantized weight.
+Everything is computed in float32 and the result is cast to ``x.dtype``. The buffers are those of
+:class:`segquant.nn.seglinear.SegLinear` (its docstring lists shapes and dtypes), gathered in
+:class:`SegLinearBuffers`. Nothing here modifies its inputs. The emulated backend runs exactly these
+functions; a kernel is correct when it matches them (bitwise where it computes the same float32 ops).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from segquant.algorithms.dualscale import dynamic_fake_quant_dualscale, fake_quant_dualscale
+from segquant.nn.spec import SegLinearSpec
+from segquant.numerics import dequantize_codes, dynamic_fake_quant, fake_quant
+
+
+class SegLinearBuffers(NamedTuple):
+    """The canonical buffers of a ``SegLinear`` (what save/load writes); ``None`` where the spec has none."""
+
+    weight_codes: Tensor                 # (N, K) int8/int16/float8 codes, or the float weight
+    weight_scale: Tensor                 # (N, G) float32
+    weight_col_group: Tensor             # (K,) int64: scale column of every weight column
+    bias: Tensor | None = None           # (N,)
+    smooth: Tensor | None = None         # (S, K) float32 SmoothQuant divisor
+    input_scale: Tensor | None = None    # (S, J) float32 static input scale (DualScale: positive side)
+    input_scale_neg: Tensor | None = None    # (S, J) float32 static DualScale negative-side scale
+    input_zero_point: Tensor | None = None   # (S, J) float32 static asymmetric zero point
+    lowrank_up: Tensor | None = None     # (N, r) 16-bit
+    lowrank_down: Tensor | None = None   # (S, r, K) 16-bit
+
+
+def dequantized_weight(b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
+    """``Ŵ`` ``(N, K)`` float32: codes times their row/column-group scale (without the low-rank branch)."""
+    if spec.weight_dtype is None:
+        return b.weight_codes.float()
+    return dequantize_codes(b.weight_codes, b.weight_scale[:, b.weight_col_group])
+
+
+def quantize_input_part(part: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: int, j: int) -> Tensor:
+    """Fake-quantize input segment ``j`` ``(M, K_j)`` float32 for output segment ``s``."""
+    if spec.input_dynamic:
+        if spec.dual_scale:
+            return dynamic_fake_quant_dualscale(part, spec.input_dtype, spec.input_granularity)
+        return dynamic_fake_quant(part, spec.input_dtype, spec.input_granularity, spec.input_symmetric)
+    scale = b.input_scale[s, j]
+    if spec.dual_scale:
+        return fake_quant_dualscale(part, scale, b.input_scale_neg[s, j], spec.input_dtype)
+    zero_point = None if b.input_zero_point is None else b.input_zero_point[s, j]
+    return fake_quant(part, scale, spec.input_dtype, zero_point)
+
+
+def quantize_input(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: int) -> Tensor:
+    """Fake-quantize ``rows`` ``(M, K)`` float32 for output segment ``s``, input segment by segment."""
+    if spec.input_dtype is None:
+        return rows
+    parts = rows.split(list(spec.input_segments), dim=-1)
+    return torch.cat([quantize_input_part(part, b, spec, s, j) for j, part in enumerate(parts)], dim=-1)
+
+
+def lowrank_output(segment_input: Tensor, b: SegLinearBuffers, s: int, rows: slice) -> Tensor:
+    """The 16-bit branch of output segment ``s``: ``(x / λ_s) D_sᵀ U_sᵀ`` ``(M, n_s)`` float32."""
+    return (segment_input @ b.lowrank_down[s].float().T) @ b.lowrank_up[rows].float().T
+
+
+def seglinear_forward(x: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
+    """``x`` ``(..., K)`` any float dtype -> ``(..., N)`` in ``x.dtype`` (see the module docstring).
+
+    Without smoothing, every output segment sees the same quantized input, so it is quantized once.
+    """
+    rows = x.reshape(-1, spec.in_features).float()
+    weight = dequantized_weight(b, spec)
+    outputs, start = [], 0
+    quantized_input = None
+    for s, size in enumerate(spec.output_segments):
+        segment_input = rows / b.smooth[s] if b.smooth is not None else rows
+        if quantized_input is None or b.smooth is not None:
+            quantized_input = quantize_input(segment_input, b, spec, s)
+        y = quantized_input @ weight[start:start + size].T
+        if b.lowrank_up is not None:
+            y = y + lowrank_output(segment_input, b, s, slice(start, start + size))
+        outputs.append(y)
+        start += size
+    y = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]
+    if b.bias is not None:
+        y = y + b.bias.float()
+    return y.to(x.dtype).reshape(*x.shape[:-1], spec.out_features)
