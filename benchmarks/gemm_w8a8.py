@@ -121,8 +121,8 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
     if fmt_name == "fp8" and ops.USE_SCALED_MM["enabled"]:
         ops.USE_SCALED_MM["enabled"] = False
         row["gemm_triton_us"] = bench([lambda mod=mod, q=q: _gemm(mod, q) for (mod, _), q in zip(pairs, quantized)])
-        ops.USE_SCALED_MM["enabled"] = True
         row["rel_err_triton"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
+        ops.USE_SCALED_MM["enabled"] = True
     row["quant_only_us"] = bench([lambda mod=mod, x=x: quantize_input(mod, x) for mod, x in pairs])
     row["rel_err_vs_twin"] = _rel(backend.forward(modules[0], xs[0]), ref_of(modules[0], quantized[0]))
     row["best_config"] = "; ".join(_tuned()[key] for key in _tuned() if key not in tuned_before) or "cuBLASLt"
