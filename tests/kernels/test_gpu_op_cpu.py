@@ -61,3 +61,16 @@ def test_check_rejects_mixed_formats_and_misaligned_segments():
     else:
         with pytest.raises(BackendUnavailableError, match="CUDA is not available"):
             GpuBackend().check(filled(SPECS["plain"]), "plain")
+
+
+@pytest.mark.parametrize("name", ["heads", "dual_fp8_segments", "adaln", "dynamic_segments_smooth"])
+def test_backend_pack_and_forward_on_cpu_match_emulated(name):
+    """pack() registers non-persistent buffers only; forward (the op's CPU kernel is the twin) matches."""
+    from segquant.kernels.gpu.backend import GpuBackend
+
+    module = filled(SPECS[name])
+    saved = set(module.state_dict())
+    GpuBackend().pack(module)
+    assert set(module.state_dict()) == saved and module._non_persistent_buffers_set
+    x = torch.randn(2, 5, SPECS[name].in_features)
+    assert rel_err(GpuBackend().forward(module, x), module(x)) <= 1e-3
