@@ -1,0 +1,223 @@
+"""GEMM-level benchmark of the "gpu" SegLinear backend at FLUX.1-dev shapes (activation quantization included).
+
+For every layer and format (FP8 E4M3, INT8) it times, on random data, in one process:
+bf16 ``F.linear`` (torch.mm) and its ``torch.compile``; the gpu backend's forward (quantize + W8A8 GEMM) in
+eager and under ``torch.compile``; the GEMM alone on pre-quantized codes; and checks the output against
+the pure-torch twin. Prints a table last and writes ``w8a8_gemm.md`` / ``.json`` to ``--out``.
+
+    python benchmarks/gemm_w8a8.py --out /tmp/bench [--layers ff_up,ff_down_dual] [--compile-layers ff_up]
+
+``--smoke`` runs tiny shapes on the CPU (the op's CPU kernel is the twin) to check the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from segquant.enums import DType
+from segquant.kernels.gemm_reference import w8a8_gemm_reference
+from segquant.kernels.gpu import ops
+from segquant.kernels.gpu.backend import GpuBackend
+from segquant.kernels.gpu.plan import quantize_input
+from segquant.nn.seglinear import SegLinear
+from segquant.nn.spec import SegLinearSpec
+
+PEAK_8BIT = 1979.0  # dense FP8 / INT8 TFLOP/s of an H100/H200 SXM
+TOKENS = 4096 + 512
+# name: (M, K, N, input segments, output segments, dual_scale, smooth)
+LAYERS = {
+    "qkv_fused": (TOKENS, 3072, 9216, (3072,), (9216,), False, False),
+    "out_proj_plain": (TOKENS, 3072, 3072, (3072,), (3072,), False, False),
+    "out_proj_heads": (TOKENS, 3072, 3072, (128,) * 24, (3072,), False, False),
+    "ff_up": (TOKENS, 3072, 12288, (3072,), (12288,), False, False),
+    "ff_down_plain": (TOKENS, 12288, 3072, (12288,), (3072,), False, False),
+    "ff_down_dual": (TOKENS, 12288, 3072, (12288,), (3072,), True, False),
+    "proj_out_plain": (TOKENS, 15360, 3072, (15360,), (3072,), False, False),
+    "proj_out_cat": (TOKENS, 15360, 3072, (3072, 12288), (3072,), False, False),
+    "adaln_plain": (1, 3072, 18432, (3072,), (18432,), False, False),
+    "adaln_seg6": (1, 3072, 18432, (3072,), (3072,) * 6, False, True),
+    "adaln_seg6_dual": (1, 3072, 18432, (3072,), (3072,) * 6, True, True),
+}
+SMOKE_LAYERS = {  # tiny versions of the same kinds of layer, for --smoke on the CPU
+    "heads": (33, 128, 64, (32,) * 4, (64,), False, False),
+    "dual": (33, 256, 64, (256,), (64,), True, False),
+    "adaln": (1, 64, 192, (64,), (32,) * 6, True, True),
+}
+FORMATS = {"fp8": DType.FP8E4M3, "int8": DType.INT8}
+DEVICE = {"name": "cuda"}
+
+
+def random_module(spec: SegLinearSpec, seed: int) -> SegLinear:
+    """A SegLinear on the GPU with random codes and scales (never zeros), packed for the gpu backend."""
+    dev = DEVICE["name"]
+    g = torch.Generator(device=dev).manual_seed(seed)
+    module = SegLinear(spec, device=dev, dtype=torch.bfloat16)
+    n, k = spec.out_features, spec.in_features
+    if spec.weight_dtype is DType.INT8:
+        module.weight_codes.copy_(torch.randint(-127, 128, (n, k), device=dev, generator=g))
+    else:
+        module.weight_codes.copy_(torch.randn(n, k, device=dev, generator=g).mul(64).clamp(-448, 448))
+    module.weight_scale.uniform_(1e-3, 2e-3, generator=g)
+    segments = torch.tensor(spec.input_segments, device=dev)
+    module.weight_col_group.copy_(torch.arange(len(segments), device=dev).repeat_interleave(segments))
+    module.bias.normal_(generator=g)
+    for buf in (module.input_scale, module.input_scale_neg, module.smooth):
+        if buf is not None:
+            buf.uniform_(0.02, 0.04, generator=g)
+    GpuBackend().pack(module)
+    return module
+
+
+def spec_of(layer: str, fmt: DType) -> SegLinearSpec:
+    _, k, n, in_segs, out_segs, dual, smooth = LAYERS[layer]
+    return SegLinearSpec(k, n, out_segs, in_segs, fmt, weight_dtype=fmt, dual_scale=dual, smooth=smooth,
+                         weight_scale_columns=len(in_segs))
+
+
+def bench(fns) -> float:
+    """Median µs of calling the functions in turn (rotating inputs/weights bigger than L2)."""
+    state = {"i": 0}
+
+    def step():
+        state["i"] += 1
+        return fns[state["i"] % len(fns)]()
+
+    if DEVICE["name"] == "cpu":
+        started = time.perf_counter()
+        step()
+        return (time.perf_counter() - started) * 1e6
+    return triton.testing.do_bench(step, warmup=25, rep=150, return_mode="median") * 1e3
+
+
+def rotation(m: int, k: int, n: int) -> int:
+    """How many input/weight copies to rotate so that one pass does not fit in the 60 MB L2."""
+    return max(1, min(4, -(-3 * 60_000_000 // (m * k * 2 + n * k))))
+
+
+def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
+    """One row of the table: timings (µs), TFLOP/s, speed-ups, error against the twin, tuned configs."""
+    m, k, n, in_segs, out_segs, dual, _ = LAYERS[layer]
+    dev = DEVICE["name"]
+    copies = rotation(m, k, n)
+    modules = [random_module(spec_of(layer, FORMATS[fmt_name]), seed) for seed in range(copies)]
+    xs = [torch.randn(m, k, device=dev, dtype=torch.bfloat16) for _ in range(copies)]
+    weights = [mod.dequantized_weight().to(torch.bfloat16) for mod in modules]
+    backend = GpuBackend()
+    row = dict(layer=layer, fmt=fmt_name, M=m, K=k, N=n, segments=len(in_segs), out_segments=len(out_segs),
+               dual=dual, copies=copies)
+    pairs = list(zip(modules, xs))
+    tuned_before = set(_tuned())
+    row["bf16_mm_us"] = bench([lambda w=w, x=x, mod=mod: F.linear(x, w, mod.bias) for (mod, x), w in zip(pairs, weights)])
+    row["ours_eager_us"] = bench([lambda mod=mod, x=x: backend.forward(mod, x) for mod, x in pairs])
+    quantized = [quantize_input(mod, x) for mod, x in pairs]
+    row["gemm_only_us"] = bench([lambda mod=mod, q=q: _gemm(mod, q) for (mod, _), q in zip(pairs, quantized)])
+    if fmt_name == "fp8" and ops.USE_SCALED_MM["enabled"]:
+        ops.USE_SCALED_MM["enabled"] = False
+        row["gemm_triton_us"] = bench([lambda mod=mod, q=q: _gemm(mod, q) for (mod, _), q in zip(pairs, quantized)])
+        row["rel_err_triton"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
+        ops.USE_SCALED_MM["enabled"] = True
+    row["quant_only_us"] = bench([lambda mod=mod, x=x: quantize_input(mod, x) for mod, x in pairs])
+    row["rel_err_vs_twin"] = _rel(backend.forward(modules[0], xs[0]), ref_of(modules[0], quantized[0]))
+    row["best_config"] = "; ".join(_tuned()[key] for key in _tuned() if key not in tuned_before) or "cuBLASLt"
+    if compile_:  # one module (the weights of these layers stay far from L2-bound), rotating inputs
+        lin = torch.compile(F.linear)
+        mod0, w0 = modules[0], weights[0]
+        row["bf16_compiled_us"] = bench([lambda x=x: lin(x, w0, mod0.bias) for x in xs])
+        fwd = torch.compile(lambda x: backend.forward(mod0, x))
+        row["ours_compiled_us"] = bench([lambda x=x: fwd(x) for x in xs])
+    flops = 2.0 * m * k * n
+    row["tflops_eager"] = flops / row["ours_eager_us"] / 1e6
+    row["tflops_gemm"] = flops / row["gemm_only_us"] / 1e6
+    row["peak_frac_gemm"] = row["tflops_gemm"] / PEAK_8BIT
+    row["speedup_eager"] = row["bf16_mm_us"] / row["ours_eager_us"]
+    if compile_:
+        row["speedup_compiled_vs_mm"] = row["bf16_mm_us"] / row["ours_compiled_us"]
+        row["speedup_compiled_vs_compiled"] = row["bf16_compiled_us"] / row["ours_compiled_us"]
+    return row
+
+
+def _gemm_args(mod, quantized):
+    codes, a_scale, a_scale_neg = quantized
+    lay = mod.gpu_layout
+    return (codes, mod.weight_codes, a_scale, a_scale_neg, mod.weight_scale, mod.gpu_a_col, mod.gpu_w_col, mod.bias,
+            lay.out_segment, lay.scale_mode, lay.k_align)
+
+
+def _gemm(mod, quantized):
+    return ops.w8a8_gemm(*_gemm_args(mod, quantized), torch.bfloat16)
+
+
+def _rel(a, b) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def ref_of(mod, quantized):
+    return w8a8_gemm_reference(*_gemm_args(mod, quantized), torch.bfloat16)
+
+
+def _tuned() -> dict:
+    """Autotuner choices so far: key -> "BMxBNxBK w<warps> s<stages>" (empty off CUDA)."""
+    if DEVICE["name"] != "cuda":
+        return {}
+    from segquant.kernels.gpu.triton_gemm import _w8a8_kernel
+
+    return {key: f"{c.kwargs['BM']}x{c.kwargs['BN']}x{c.kwargs['BK']} w{c.num_warps} s{c.num_stages}"
+            for key, c in _w8a8_kernel.cache.items()}
+
+
+COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
+           "gemm_only_us", "gemm_triton_us", "quant_only_us", "tflops_gemm", "peak_frac_gemm", "speedup_eager",
+           "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled", "rel_err_vs_twin", "best_config"]
+
+
+def table(rows: list[dict]) -> str:
+    def fmt(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "-")) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--layers", default=",".join(LAYERS))
+    parser.add_argument("--formats", default="fp8,int8")
+    parser.add_argument("--compile-layers", default="ff_up,ff_down_dual,adaln_seg6",
+                        help="layers also timed under torch.compile (each costs a compilation)")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, to test this script")
+    parser.add_argument("--triton-fp8", action="store_true", help="plain FP8 layers on Triton, not _scaled_mm")
+    args = parser.parse_args()
+    ops.USE_SCALED_MM["enabled"] = not args.triton_fp8
+    if args.smoke:
+        DEVICE["name"] = "cpu"
+        LAYERS.clear()
+        LAYERS.update(SMOKE_LAYERS)
+        args.layers, args.compile_layers = ",".join(SMOKE_LAYERS), "dual"
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, started = [], time.time()
+    for layer in args.layers.split(","):
+        for fmt_name in args.formats.split(","):
+            rows.append(measure(layer, fmt_name, layer in args.compile_layers.split(",")))
+            print(json.dumps(rows[-1]), flush=True)
+            with open(args.out / "w8a8_gemm.jsonl", "a") as log:
+                log.write(json.dumps(rows[-1]) + "\n")
+    device = torch.cuda.get_device_name() if DEVICE["name"] == "cuda" else "cpu (smoke)"
+    header = (f"device: {device}, torch {torch.__version__}, triton {triton.__version__}, "
+              f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.time() - started:.0f} s")
+    (args.out / "w8a8_gemm.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "w8a8_gemm.md").write_text(header + "\n\n" + table(rows) + "\n")
+    print(header)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Pure-torch twin of the ``segquant::w8a8_gemm`` op (same arguments, any device, float32 math).
+
+For output row ``n`` of output segment ``s(n)`` and input channel ``k``:
+
+    y[m, n] = Σ_k a_scale[s, m, ac(k)] · w_scale[n, wc(k)] · a[s, m, k] · b[n, k]
+              (+ Σ_k a_scale_neg[s, m, ac(k)] · w_scale[n, wc(k)] · a[s, m, K + k] · b[n, k])  (+ bias[n])
+
+``a`` ``(Sa, M, K·(1+dual))`` int8 / float8 codes (DualScale: ``[q⁺ | q⁻]``), ``b`` ``(N, K)`` codes,
+``a_scale`` ``(Sa, M|1, JA)`` float32, ``w_scale`` ``(N, G)`` float32, ``a_col`` / ``w_col`` ``(K,)`` the
+scale columns, ``out_segment`` rows per output segment when ``Sa > 1``. The GPU kernel computes the same
+sum, in int32 (INT8) or float32 (FP8) per K tile, so it differs from this only by accumulation order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def dequantized_input(a: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, a_col: Tensor, k: int) -> Tensor:
+    """``(Sa, M, K)`` float32: the input the GEMM multiplies, ``q · scale`` (DualScale: both sides summed)."""
+    cols = a_col.long()
+    x = a[..., :k].float() * a_scale[..., cols]
+    if a_scale_neg is not None:
+        x = x + a[..., k:].float() * a_scale_neg[..., cols]
+    return x
+
+
+def w8a8_gemm_reference(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, w_scale: Tensor,
+                        a_col: Tensor, w_col: Tensor, bias: Tensor | None, out_segment: int, scale_mode: int,
+                        k_align: int, out_dtype: torch.dtype) -> Tensor:
+    """The op's math (module doc) -> ``(M, N)`` in ``out_dtype``. ``scale_mode`` (0: scales constant along K,
+    1: input scales vary along K, 2: weight scales too) and ``k_align`` only steer the kernel."""
+    n, k = b.shape
+    x = dequantized_input(a, a_scale, a_scale_neg, a_col, k)
+    w = b.float() * w_scale[:, w_col.long()]
+    if x.shape[0] == 1:
+        y = x[0] @ w.T
+    else:
+        y = torch.cat([x[s] @ w[s * out_segment:(s + 1) * out_segment].T for s in range(x.shape[0])], dim=-1)
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_dtype)

@@ -1,0 +1,140 @@
+"""What the W8A8 GEMM needs from a ``SegLinear``: its layout, the packed tensors, and the forward data flow.
+
+Packing (:func:`pack_tensors`, pure torch, any device) reads the canonical buffers and builds:
+
+====================  ================  =====================================================
+name                  shape / dtype     meaning
+====================  ================  =====================================================
+``gpu_in_mul``        (Sa, K) float32   static inputs: ``c = 1 / (λ_s · input_scale[s, j(k)])``
+``gpu_in_mul_neg``    (Sa, K) float32   static DualScale: the same with ``input_scale_neg``
+``gpu_a_scale``       (Sa, 1, J)        static input scales applied by the GEMM
+``gpu_a_scale_neg``   (Sa, 1, J)        static DualScale negative-side scales
+``gpu_a_col``         (K,) int32        input-scale column of every input channel
+``gpu_w_col``         (K,) int32        weight-scale column of every input channel (all 0 when
+                                        every column of ``weight_scale`` holds the same values)
+====================  ================  =====================================================
+
+``Sa`` is the number of differently quantized inputs: ``S`` with per-output-segment smoothing, else 1
+(without smoothing the emulated forward quantizes once, with segment 0's scales). The weight codes
+``(N, K)`` (K-major, as the tensor cores want 8-bit operands) and ``weight_scale`` are used as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from segquant.nn.spec import SegLinearSpec
+from segquant.numerics import PerGroup
+from segquant.kernels.gpu.quant import quantize_dynamic, quantize_static, quantize_static_dual
+
+PACKED = ("gpu_in_mul", "gpu_in_mul_neg", "gpu_a_scale", "gpu_a_scale_neg", "gpu_a_col", "gpu_w_col")
+
+
+@dataclass(frozen=True)
+class GemmLayout:
+    """Static facts of one packed layer that choose the kernel variant.
+
+    ``scale_mode``: 0 = scales constant along K; 1 = the input scale varies along K (input segments,
+    groups); 2 = the weight scale too. ``k_align``: gcd of the positions where a scale changes (a K tile
+    must divide it; 0 = never); ``out_segment``: rows per output segment when each has its own input
+    (``Sa > 1``), else ``N``.
+    """
+
+    spec: SegLinearSpec
+    per_segment_input: bool
+    scale_mode: int
+    k_align: int
+    out_segment: int
+
+
+def input_columns(spec: SegLinearSpec) -> Tensor:
+    """``(K,)`` int32: the input-scale column of each input channel (segment, or group of a segment)."""
+    cols, start = [], 0
+    for size in spec.input_segments:
+        width = spec.input_granularity.group_size if spec.input_dynamic and isinstance(
+            spec.input_granularity, PerGroup) else size
+        cols.append(start + torch.arange(size) // width)
+        start += size // width
+    return torch.cat(cols).to(torch.int32)
+
+
+def weight_columns(module) -> Tensor:
+    """``(K,)`` int32 weight-scale column per input channel; all 0 if the scale columns are identical."""
+    scale = module.weight_scale
+    if bool((scale == scale[:, :1]).all()):
+        return torch.zeros_like(module.weight_col_group, dtype=torch.int32)
+    return module.weight_col_group.to(torch.int32)
+
+
+def _changes(col: Tensor) -> list[int]:
+    return (torch.nonzero(col[1:] != col[:-1]).flatten() + 1).tolist()
+
+
+def layout_of(module) -> GemmLayout:
+    """The :class:`GemmLayout` of a ``SegLinear`` (reads ``weight_scale`` and ``weight_col_group``)."""
+    spec = module.spec
+    a_changes, w_changes = _changes(input_columns(spec)), _changes(weight_columns(module).cpu())
+    mode = 2 if w_changes else (1 if a_changes else 0)
+    per_segment = spec.smooth and len(spec.output_segments) > 1
+    return GemmLayout(spec, per_segment, scale_mode=mode, k_align=math.gcd(*a_changes, *w_changes, 0),
+                      out_segment=spec.output_segments[0] if per_segment else spec.out_features)
+
+
+def pack_tensors(module) -> dict[str, Tensor]:
+    """The packed tensors of the table above, on the module's device."""
+    spec, device = module.spec, module.weight_codes.device
+    sa = len(spec.output_segments) if spec.smooth else 1
+    packed = {"gpu_a_col": input_columns(spec).to(device),
+              "gpu_w_col": weight_columns(module).to(device)}
+    if spec.input_dynamic:
+        return packed
+    sides = [("", module.input_scale)] + ([("_neg", module.input_scale_neg)] if spec.dual_scale else [])
+    for suffix, scale in sides:
+        per_channel = scale[:sa].repeat_interleave(torch.tensor(spec.input_segments, device=device), dim=1)
+        lam = module.smooth if module.smooth is not None else torch.ones_like(per_channel)
+        packed["gpu_in_mul" + suffix] = 1.0 / (lam * per_channel)
+        packed["gpu_a_scale" + suffix] = scale[:sa].unsqueeze(1).contiguous()
+    return packed
+
+
+GemmFn = Callable[..., Tensor]
+
+
+def quantize_input(module, rows: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``rows`` ``(M, K)`` -> codes ``(Sa, M, K·(1+dual))``, scales ``(Sa, M|1, JA)``, negative scales."""
+    spec = module.spec
+    if spec.input_dynamic:
+        return quantize_dynamic(rows, module.smooth, spec.input_segments, spec.input_dtype,
+                                spec.input_granularity, spec.dual_scale)
+    if spec.dual_scale:
+        codes = quantize_static_dual(rows, module.gpu_in_mul, module.gpu_in_mul_neg, spec.input_dtype)
+        return codes, module.gpu_a_scale, module.gpu_a_scale_neg
+    return quantize_static(rows, module.gpu_in_mul, spec.input_dtype), module.gpu_a_scale, None
+
+
+def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Tensor:
+    """``x`` ``(..., K)`` -> ``(..., N)`` in ``x.dtype``: quantize, one W8A8 GEMM, low-rank branch."""
+    rows = x.reshape(-1, module.in_features)
+    codes, a_scale, a_scale_neg = quantize_input(module, rows)
+    lowrank = module.lowrank_up is not None  # added in float32 before the one rounding to x.dtype
+    y = gemm(codes, module.weight_codes, a_scale, a_scale_neg, module.weight_scale, module.gpu_a_col,
+             module.gpu_w_col, module.bias, layout.out_segment, layout.scale_mode, layout.k_align,
+             torch.float32 if lowrank else x.dtype)
+    if lowrank:
+        y = (y + lowrank_branch(module, rows).float()).to(x.dtype)
+    return y.reshape(*x.shape[:-1], module.out_features)
+
+
+def lowrank_branch(module, rows: Tensor) -> Tensor:
+    """``Σ_s ((x / λ_s) D_sᵀ) U_sᵀ`` in the branch's 16-bit dtype, ``(M, N)``."""
+    dtype, outputs, start = module.lowrank_up.dtype, [], 0
+    for s, size in enumerate(module.spec.output_segments):
+        xs = rows.float() / module.smooth[s] if module.smooth is not None else rows
+        outputs.append((xs.to(dtype) @ module.lowrank_down[s].T) @ module.lowrank_up[start:start + size].T)
+        start += size
+    return torch.cat(outputs, dim=-1)

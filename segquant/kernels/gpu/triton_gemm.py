@@ -1,0 +1,166 @@
+"""Triton W8A8 GEMM: INT8 x INT8 (int32 accumulate) or FP8 E4M3 x FP8 E4M3 (float32), with scales.
+
+One kernel, constexpr switches (see :mod:`segquant.kernels.gemm_reference` for the math):
+
+- ``MODE`` (the op's ``scale_mode``): 0 = the scales are constant along K (fast path: the whole K
+  accumulates in int32 / float32, scales once in the epilogue); 1 = the input scale varies along K
+  (input segments / groups), 2 = the weight scale too. With 1 / 2, each K tile (BK divides ``k_align``, so
+  a tile never straddles a scale boundary) is accumulated exactly and added as
+  ``tile · a_scale[:, j] (· w_scale[:, g])`` into a float32 accumulator. (A nested loop that accumulates
+  each long group in int32 and scales once per group measured 3.5-6x slower on an H200: Triton does not
+  pipeline the inner loop there; see benchmarks/NOTES_w8a8.md.)
+- ``DUAL``: DualScale; ``a`` holds ``[q⁺ | q⁻]`` along K. Each B tile is loaded once and feeds two
+  products (two accumulators on the fast path).
+- Output segments with their own input: ``a`` is ``(Sa, M, KA)`` and each N tile reads the A of its
+  segment (``seg = n0 // OUT_SEG``; BN divides ``OUT_SEG``), so S segments are one launch.
+- ``HAS_BIAS``.
+
+Weights ``b`` ``(N, K)`` are K-major, as Hopper's wgmma wants for 8-bit operands.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# (BM, BN, BK, num_warps, num_stages); for each launch only the configs with the largest legal BK compete
+_BIG = [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4), (128, 256, 64, 8, 4),
+        (128, 128, 64, 4, 5), (128, 128, 32, 4, 6)]
+_SMALL = [(16, 64, 128, 4, 4), (16, 32, 128, 4, 4), (16, 32, 256, 4, 3), (64, 128, 128, 4, 4), (16, 64, 64, 4, 5),
+          (16, 32, 32, 4, 6)]
+_NO_SEGMENT = 2 ** 30  # OUT_SEG when all N tiles read one A: every N tile is in segment 0
+CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=w, num_stages=st)
+           for bm, bn, bk, w, st in _BIG + _SMALL]
+
+
+def legal_configs(configs, named_args, **kwargs):
+    """Configs whose BK divides ``k_align`` (scaled tiles) and BN divides ``OUT_SEG``, sized for M, BK >= 128
+    where legal (narrower K tiles only compete where the segments force them)."""
+    args = {**named_args, **kwargs}
+    m, k_align, out_seg, tile = args["M"], args["K_ALIGN"], args["OUT_SEG"], args["MODE"] > 0
+    fits = [c for c in configs if (not tile or k_align % c.kwargs["BK"] == 0)
+            and out_seg % c.kwargs["BN"] == 0 and c.kwargs["BK"] <= max(32, triton.next_power_of_2(args["K"]))]
+    sized = [c for c in fits if (c.kwargs["BM"] <= 64) == (m <= 64)] or fits
+    widest = min(128, max(c.kwargs["BK"] for c in sized))
+    return [c for c in sized if c.kwargs["BK"] >= widest]
+
+
+@triton.jit
+def _load(a_ptrs, b_ptrs, k0, K, BK: tl.constexpr, DUAL: tl.constexpr, EVEN_K: tl.constexpr):
+    """The A tile (and DualScale's negative A tile, else A again) and the B tile at ``k0``."""
+    if EVEN_K:
+        a, b = tl.load(a_ptrs), tl.load(b_ptrs)
+        a_neg = tl.load(a_ptrs + K) if DUAL else a
+    else:
+        k_ok = tl.arange(0, BK) < K - k0
+        a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
+        a_neg = tl.load(a_ptrs + K, mask=k_ok[None, :], other=0.0) if DUAL else a
+    return a, b, a_neg
+
+
+@triton.jit
+def _dot(a, b, acc, IS_INT: tl.constexpr, BK: tl.constexpr):
+    """``acc += a @ b``: int32 for INT8; FP8 promotes to float32 after every BK (Hopper's fast FP8
+    accumulation alone loses ~1e-3 relative over long K)."""
+    if IS_INT:
+        out = tl.dot(a, b, acc, out_dtype=tl.int32)
+    else:
+        out = tl.dot(a, b, acc, max_num_imprecise_acc=BK)
+    return out
+
+
+@triton.jit
+def _mainloop(a_ptrs, b_ptrs, k_lo, k_hi, K, acc, acc_neg, BK: tl.constexpr, DUAL: tl.constexpr,
+              EVEN_K: tl.constexpr, IS_INT: tl.constexpr):
+    """Accumulate K range ``[k_lo, k_hi)`` into ``acc`` (and DualScale's ``acc_neg``); advance the pointers."""
+    for k0 in range(k_lo, k_hi, BK):
+        a, b, a_neg = _load(a_ptrs, b_ptrs, k0, K, BK, DUAL, EVEN_K)
+        acc = _dot(a, b, acc, IS_INT, BK)
+        if DUAL:
+            acc_neg = _dot(a_neg, b, acc_neg, IS_INT, BK)
+        a_ptrs += BK
+        b_ptrs += BK
+    return acc, acc_neg, a_ptrs, b_ptrs
+
+
+@triton.jit
+def _scaled(part, part_neg, s_rows, sn_rows, j, DUAL: tl.constexpr):
+    """``part · a_scale[:, j]`` (+ the negative side) as float32."""
+    out = part.to(tl.float32) * tl.load(s_rows + j)[:, None]
+    if DUAL:
+        out += part_neg.to(tl.float32) * tl.load(sn_rows + j)[:, None]
+    return out
+
+
+@triton.autotune(configs=CONFIGS, key=["M_BUCKET", "N", "K", "K_ALIGN", "OUT_SEG", "MODE", "DUAL", "SA_ROWS"],
+                 prune_configs_by={"early_config_prune": legal_configs})
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BK"] == 0})
+@triton.jit
+def _w8a8_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, wcol_ptr, bias_ptr,
+                 M, N, K, M_BUCKET, K_ALIGN, OUT_SEG, SA_ROWS,
+                 stride_as, stride_am, stride_bn, stride_cm, stride_ss, stride_sm, stride_wn,
+                 MODE: tl.constexpr, DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, IS_INT: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+                 EVEN_K: tl.constexpr):
+    pid = tl.program_id(0)
+    num_m, num_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
+    group = GROUP_M * num_n
+    first_m = (pid // group) * GROUP_M
+    group_rows = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % group_rows
+    pid_n = (pid % group) // group_rows
+    seg = (pid_n * BN) // OUT_SEG
+    offs_m, offs_n = pid_m * BM + tl.arange(0, BM), pid_n * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    rm, rn = tl.where(offs_m < M, offs_m, 0), tl.where(offs_n < N, offs_n, 0)
+    a_ptrs = a_ptr + seg * stride_as + rm[:, None] * stride_am + offs_k[None, :]
+    b_ptrs = b_ptr + rn[None, :] * stride_bn + offs_k[:, None]
+    s_rows = as_ptr + seg * stride_ss + rm * stride_sm
+    sn_rows = asn_ptr + seg * stride_ss + rm * stride_sm
+    w_rows = ws_ptr + rn * stride_wn
+    acc_t = tl.int32 if IS_INT else tl.float32
+    zero = tl.zeros((BM, BN), acc_t)
+    if MODE == 0:  # scales constant along K: one accumulation, scales in the epilogue
+        acc, acc_neg, a_ptrs, b_ptrs = _mainloop(a_ptrs, b_ptrs, 0, K, K, zero, zero, BK, DUAL, EVEN_K, IS_INT)
+        out = _scaled(acc, acc_neg, s_rows, sn_rows, tl.load(acol_ptr), DUAL)
+    else:  # the scale changes along K: accumulate each K tile exactly, scale it, add it in float32
+        out = tl.zeros((BM, BN), tl.float32)
+        for k0 in range(0, K, BK):
+            a, b, a_neg = _load(a_ptrs, b_ptrs, k0, K, BK, DUAL, EVEN_K)
+            part_neg = tl.dot(a_neg, b, out_dtype=acc_t) if DUAL else zero
+            part = _scaled(tl.dot(a, b, out_dtype=acc_t), part_neg, s_rows, sn_rows, tl.load(acol_ptr + k0), DUAL)
+            if MODE == 2:
+                part = part * tl.load(w_rows + tl.load(wcol_ptr + k0))[None, :]
+            out += part
+            a_ptrs += BK
+            b_ptrs += BK
+    if MODE != 2:
+        out = out * tl.load(w_rows + tl.load(wcol_ptr))[None, :]
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + rn).to(tl.float32)[None, :]
+    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
+    tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
+
+
+def w8a8_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, out_segment: int,
+                     scale_mode: int, k_align: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """Launch the kernel; arguments as :func:`segquant.kernels.gemm_reference.w8a8_gemm_reference`."""
+    sa, m, _ = a.shape
+    n, k = b.shape
+    a, b = a.contiguous(), b.contiguous()
+    out = torch.empty(m, n, device=a.device, dtype=out_dtype)
+    if m == 0:
+        return out
+    ws, a_scale = w_scale.contiguous(), a_scale.contiguous()
+    neg = a_scale_neg.contiguous() if a_scale_neg is not None else a_scale
+    seg_stride = a_scale.stride(0) if a_scale.shape[0] > 1 else 0
+    row_stride = a_scale.stride(1) if a_scale.shape[1] > 1 else 0
+    grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)  # noqa: E731
+    _w8a8_kernel[grid](
+        a, b, out, a_scale, neg, ws, a_col, w_col, bias if bias is not None else ws,
+        m, n, k, triton.next_power_of_2(m), k_align, out_segment if sa > 1 else _NO_SEGMENT, a_scale.shape[1],
+        a.stride(0) if sa > 1 else 0, a.stride(1), b.stride(0), out.stride(0), seg_stride, row_stride, ws.stride(0),
+        MODE=scale_mode, DUAL=a_scale_neg is not None, HAS_BIAS=bias is not None, IS_INT=not b.dtype.is_floating_point)
+    return out

@@ -1,0 +1,98 @@
+"""CPU twin of the GPU W8A8 path (packing + quantizer + reference GEMM) against the emulated SegLinear."""
+
+import pytest
+import torch
+
+from segquant.enums import DType
+from segquant.kernels.gemm_reference import w8a8_gemm_reference
+from segquant.kernels.gpu.plan import layout_of, pack_tensors, seglinear_forward
+from segquant.nn.seglinear import SegLinear
+from segquant.nn.spec import SegLinearSpec
+from segquant.numerics import PerGroup, PerTensor, PerToken
+from tests.core.test_seglinear import filled as filled_int8
+
+
+def filled(spec: SegLinearSpec, seed: int = 0) -> SegLinear:
+    """A SegLinear with random codes and buffers (never zeros): the core tests' filler, plus FP8 codes,
+    per-input-segment weight scale columns and a smaller low-rank branch."""
+    module = filled_int8(spec, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    n, k = spec.out_features, spec.in_features
+    if spec.weight_dtype is DType.FP8E4M3:
+        module.weight_codes.copy_((torch.randn(n, k, generator=g) * 100).clamp(-448, 448).to(torch.float8_e4m3fn))
+    segments = torch.tensor(spec.input_segments)
+    if spec.weight_scale_columns == len(segments):  # per-channel scales of each input segment
+        module.weight_col_group.copy_(torch.arange(len(segments)).repeat_interleave(segments))
+    if module.lowrank_down is not None:
+        module.lowrank_down.mul_(0.1)
+    return module
+
+
+def pack(module: SegLinear) -> SegLinear:
+    for name, tensor in pack_tensors(module).items():
+        module.register_buffer(name, tensor, persistent=False)
+    return module
+
+
+I8, F8 = DType.INT8, DType.FP8E4M3
+SPECS = {
+    "plain": SegLinearSpec(96, 40, (40,), (96,), I8),
+    "plain_fp8": SegLinearSpec(96, 40, (40,), (96,), F8, weight_dtype=F8),
+    "heads": SegLinearSpec(128, 24, (24,), (32,) * 4, I8, weight_scale_columns=4),
+    "cat_unequal": SegLinearSpec(96, 16, (16,), (32, 64), F8, weight_dtype=F8, weight_scale_columns=2),
+    "dual": SegLinearSpec(64, 20, (20,), (64,), I8, dual_scale=True),
+    "dual_fp8_segments": SegLinearSpec(64, 20, (20,), (32, 32), F8, weight_dtype=F8, dual_scale=True),
+    "adaln": SegLinearSpec(32, 48, (16, 16, 16), (32,), I8, smooth=True, low_rank=3),
+    "out_segments_nosmooth": SegLinearSpec(32, 48, (16, 32), (32,), I8),
+    "dynamic": SegLinearSpec(64, 20, (20,), (64,), I8, input_dynamic=True, input_granularity=PerToken()),
+    "dynamic_segments_smooth": SegLinearSpec(64, 32, (16, 16), (32, 32), F8, weight_dtype=F8, input_dynamic=True,
+                                             input_granularity=PerToken(), smooth=True, weight_scale_columns=2),
+    "dynamic_dual": SegLinearSpec(64, 20, (20,), (64,), I8, input_dynamic=True, input_granularity=PerToken(),
+                                  dual_scale=True),
+    "dynamic_tensor": SegLinearSpec(64, 20, (20,), (32, 32), I8, input_dynamic=True, input_granularity=PerTensor()),
+    "dynamic_group": SegLinearSpec(64, 20, (20,), (64,), I8, input_dynamic=True, input_granularity=PerGroup(32)),
+    "no_bias": SegLinearSpec(64, 20, (20,), (64,), I8, has_bias=False),
+}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_twin_matches_emulated_seglinear(name):
+    module = pack(filled(SPECS[name]))
+    x = torch.randn(3, 7, SPECS[name].in_features) * 2
+    y = seglinear_forward(module, layout_of(module), x, w8a8_gemm_reference)
+    assert y.shape == (3, 7, SPECS[name].out_features) and y.dtype == x.dtype
+    assert rel_err(y, module(x)) <= 1e-3
+
+
+@pytest.mark.parametrize("name", ["dynamic", "dynamic_dual", "dynamic_group", "dynamic_segments_smooth"])
+def test_dynamic_twin_is_bitwise_emulated(name):
+    """Dynamic codes are computed with the emulated divisions: identical up to matmul rounding."""
+    module = pack(filled(SPECS[name]))
+    x = torch.randn(5, SPECS[name].in_features)
+    y = seglinear_forward(module, layout_of(module), x, w8a8_gemm_reference)
+    torch.testing.assert_close(y, module(x), rtol=1e-5, atol=1e-4)
+
+
+def test_layout_scales_per_tile_only_where_the_scale_varies_along_k():
+    assert layout_of(filled(SPECS["plain"])).scale_mode == 0
+    assert layout_of(filled(SPECS["dual"])).scale_mode == 0
+    heads = filled(SPECS["heads"])
+    assert layout_of(heads).scale_mode == 2 and layout_of(heads).k_align == 32
+    heads.weight_scale.copy_(heads.weight_scale[:, :1].expand(-1, 4))  # replicated per-channel scales
+    assert layout_of(heads).scale_mode == 1 and not pack_tensors(heads)["gpu_w_col"].any()
+    assert layout_of(filled(SPECS["cat_unequal"])).k_align == 32
+    adaln = layout_of(filled(SPECS["adaln"]))
+    assert adaln.per_segment_input and adaln.out_segment == 16
+    assert not layout_of(filled(SPECS["out_segments_nosmooth"])).per_segment_input
+
+
+def test_static_multiplier_folds_smoothing_and_segment_scales():
+    module = filled(SegLinearSpec(64, 8, (4, 4), (32, 32), I8, smooth=True))
+    packed = pack_tensors(module)
+    expected = 1.0 / (module.smooth * module.input_scale.repeat_interleave(32, dim=1))
+    torch.testing.assert_close(packed["gpu_in_mul"], expected)
+    assert packed["gpu_a_scale"].shape == (2, 1, 2)

@@ -1,0 +1,76 @@
+"""The custom op ``segquant::w8a8_gemm`` on CPU: schema / fake implementation, no graph breaks, the backend's
+clear error on a machine without CUDA. (File name: ``test_gpu_*`` because it tests the GPU backend's op.)"""
+
+import pytest
+import torch
+
+from segquant.enums import DType
+from segquant.errors import BackendUnavailableError
+from segquant.kernels.gpu.ops import w8a8_gemm
+from segquant.kernels.gpu.plan import layout_of, seglinear_forward
+from segquant.nn.spec import SegLinearSpec
+from tests.kernels.test_gemm_reference import SPECS, filled, pack, rel_err
+
+
+def _op_args(dual: bool, sa: int = 1):
+    m, n, k = 5, 32, 64
+    a = torch.randint(-128, 128, (sa, m, 2 * k if dual else k), dtype=torch.int8)
+    b = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    scale = torch.rand(sa, m, 2) + 0.1
+    neg = torch.rand(sa, m, 2) + 0.1 if dual else None
+    col = (torch.arange(k) >= 32).to(torch.int32)
+    return (a, b, scale, neg, torch.rand(n, 2), col, col.clone(), torch.randn(n), n // sa, 2, 32, torch.float32)
+
+
+@pytest.mark.parametrize("dual,sa", [(False, 1), (True, 2)])
+def test_op_schema_and_fake_implementation(dual, sa):
+    torch.library.opcheck(w8a8_gemm, _op_args(dual, sa))
+
+
+@pytest.mark.parametrize("name", ["plain", "heads", "dual", "adaln", "dynamic_dual"])
+def test_forward_through_the_op_compiles_without_graph_breaks(name):
+    module = pack(filled(SPECS[name]))
+    layout = layout_of(module)
+    x = torch.randn(4, SPECS[name].in_features)
+    eager = seglinear_forward(module, layout, x, w8a8_gemm)
+    compiled = torch.compile(lambda t: seglinear_forward(module, layout, t, w8a8_gemm), backend="aot_eager",
+                             fullgraph=True)
+    torch.testing.assert_close(compiled(x), eager)
+    assert rel_err(eager, module(x)) <= 1e-3
+
+
+def test_check_names_layer_backend_and_reason():
+    from segquant.kernels.gpu.backend import GpuBackend
+
+    module = filled(SegLinearSpec(64, 16, (16,), (64,), DType.INT8, input_symmetric=False))
+    with pytest.raises(BackendUnavailableError, match="blocks.3.ff") as err:
+        GpuBackend().check(module, "blocks.3.ff")
+    assert "gpu" in str(err.value) and "asymmetric" in str(err.value) and "emulated" in str(err.value)
+
+
+def test_check_rejects_mixed_formats_and_misaligned_segments():
+    from segquant.kernels.gpu.backend import GpuBackend
+
+    mixed = filled(SegLinearSpec(64, 16, (16,), (64,), DType.FP8E4M3))
+    with pytest.raises(BackendUnavailableError, match="int8 x fpe4m3|no 8-bit kernel"):
+        GpuBackend().check(mixed, "mixed")
+    if torch.cuda.is_available():
+        odd = filled(SegLinearSpec(48, 16, (16,), (24, 24), DType.INT8))
+        with pytest.raises(BackendUnavailableError, match="multiples of 32"):
+            GpuBackend().check(odd, "odd")
+    else:
+        with pytest.raises(BackendUnavailableError, match="CUDA is not available"):
+            GpuBackend().check(filled(SPECS["plain"]), "plain")
+
+
+@pytest.mark.parametrize("name", ["heads", "dual_fp8_segments", "adaln", "dynamic_segments_smooth"])
+def test_backend_pack_and_forward_on_cpu_match_emulated(name):
+    """pack() registers non-persistent buffers only; forward (the op's CPU kernel is the twin) matches."""
+    from segquant.kernels.gpu.backend import GpuBackend
+
+    module = filled(SPECS[name])
+    saved = set(module.state_dict())
+    GpuBackend().pack(module)
+    assert set(module.state_dict()) == saved and module._non_persistent_buffers_set
+    x = torch.randn(2, 5, SPECS[name].in_features)
+    assert rel_err(GpuBackend().forward(module, x), module(x)) <= 1e-3

@@ -1,0 +1,142 @@
+"""GPU W8A8 path on CUDA: quantizer codes, the Triton/cuBLASLt GEMM against its pure-torch twin, the backend
+against the emulated SegLinear, and torch.compile without graph breaks. Skipped without CUDA; the CPU twin
+is tested in ``test_gemm_reference.py``."""
+
+import math
+
+import pytest
+import torch
+
+from segquant.enums import DType
+from segquant.kernels.gemm_reference import w8a8_gemm_reference
+from segquant.kernels.gpu import ops
+from segquant.kernels.gpu.plan import layout_of, quantize_input
+from segquant.nn.spec import SegLinearSpec
+from segquant.numerics import PerToken
+from tests.kernels.test_gemm_reference import SPECS, filled, pack, rel_err
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+CODES = {DType.INT8: torch.int8, DType.FP8E4M3: torch.float8_e4m3fn}
+
+
+def poison_allocator() -> None:
+    """Fill freed cached memory with NaN so that an output element the kernel never writes shows up."""
+    junk = torch.full((64 * 1024 * 1024,), float("nan"), device="cuda")
+    del junk
+
+
+def random_codes(shape, fmt: DType) -> torch.Tensor:
+    if fmt is DType.INT8:
+        return torch.randint(-128, 128, shape, dtype=torch.int8, device="cuda")
+    return (torch.randn(shape, device="cuda") * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
+
+
+def op_case(fmt, m, n, k, segments=(), dual=False, rows=False, sa=1, bias=True):
+    """Random op arguments: ``segments`` = input segment sizes (empty: one segment, fast path)."""
+    segs = segments or (k,)
+    cols = torch.arange(len(segs), device="cuda").repeat_interleave(torch.tensor(segs, device="cuda")).int()
+    a = random_codes((sa, m, 2 * k if dual else k), fmt)
+    scale = lambda: torch.rand(sa, m if rows else 1, len(segs), device="cuda") * 0.01 + 1e-3  # noqa: E731
+    k_align = 0 if len(segs) == 1 else math.gcd(*torch.tensor(segs).cumsum(0)[:-1].tolist())
+    return dict(a=a, b=random_codes((n, k), fmt), a_scale=scale(), a_scale_neg=scale() if dual else None,
+                w_scale=torch.rand(n, len(segs), device="cuda") * 0.01 + 1e-3, a_col=cols, w_col=cols.clone(),
+                bias=torch.randn(n, device="cuda", dtype=torch.bfloat16) if bias else None, out_segment=n // sa,
+                scale_mode=2 if len(segs) > 1 else 0, k_align=k_align)
+
+
+CASES = [  # (m, n, k, segments, dual, rows, sa)
+    (1, 64, 128, (), False, False, 1), (2, 40, 96, (), False, True, 1), (7, 3072, 256, (), True, False, 1),
+    (333, 200, 512, (), False, True, 1), (4608, 256, 3072, (), False, False, 1), (333, 264, 1024, (), True, True, 1),
+    (64, 256, 512, (128,) * 4, False, False, 1), (333, 136, 512, (64,) * 8, True, True, 1),
+    (129, 192, 480, (96, 384), False, False, 1), (1, 384, 256, (), False, False, 6), (3, 96, 128, (), True, True, 3),
+    (4608, 512, 3072, (128,) * 24, False, True, 1), (4608, 256, 4096, (), True, False, 1),
+]
+
+
+@pytest.mark.parametrize("fmt", [DType.INT8, DType.FP8E4M3])
+@pytest.mark.parametrize("case", CASES, ids=[f"m{c[0]}n{c[1]}k{c[2]}s{len(c[3])}d{int(c[4])}r{int(c[5])}sa{c[6]}"
+                                             for c in CASES])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_gemm_matches_twin(fmt, case, out_dtype):
+    m, n, k, segments, dual, rows, sa = case
+    args = op_case(fmt, m, n, k, segments, dual, rows, sa)
+    poison_allocator()
+    y = ops.w8a8_gemm(**args, out_dtype=out_dtype)
+    ref = w8a8_gemm_reference(**args, out_dtype=torch.float32)
+    assert y.shape == (m, n) and y.dtype == out_dtype and torch.isfinite(y).all()
+    assert rel_err(y, ref) <= within_rounding(ref, out_dtype)
+
+
+def within_rounding(ref: torch.Tensor, dtype: torch.dtype) -> float:
+    """1e-3 plus the error of rounding the float32 reference itself to ``dtype`` (~1.1e-3 for bf16)."""
+    return 1e-3 + rel_err(ref.to(dtype), ref)
+
+
+@pytest.mark.parametrize("scaled_mm", [True, False])
+def test_fp8_plain_paths_agree(scaled_mm, monkeypatch):
+    monkeypatch.setitem(ops.USE_SCALED_MM, "enabled", scaled_mm)
+    args = op_case(DType.FP8E4M3, 333, 512, 1024, rows=True)
+    y = ops.w8a8_gemm(**args, out_dtype=torch.bfloat16)
+    ref = w8a8_gemm_reference(**args, out_dtype=torch.float32)
+    assert rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
+
+
+GPU_SPECS = dict(SPECS, big_heads=SegLinearSpec(1024, 384, (384,), (128,) * 8, DType.INT8, weight_scale_columns=8),
+                 big_dual_fp8=SegLinearSpec(1024, 256, (256,), (1024,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3,
+                                            dual_scale=True, smooth=True),
+                 adaln6=SegLinearSpec(256, 6 * 64, (64,) * 6, (256,), DType.INT8, smooth=True, low_rank=4),
+                 dyn_fp8=SegLinearSpec(512, 128, (128,), (512,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3,
+                                       input_dynamic=True, input_granularity=PerToken()))
+RUNNABLE = [name for name, s in GPU_SPECS.items() if s.in_features % 32 == 0 and all(
+    size % 32 == 0 for size in s.input_segments) and not (s.smooth and s.output_segments[0] % 32)]
+
+
+def as_ints(codes: torch.Tensor) -> torch.Tensor:
+    return (codes.view(torch.uint8) if codes.dtype == torch.float8_e4m3fn else codes).cpu().int()
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_quantizer_codes_on_gpu_equal_cpu(name):
+    """Static codes are bitwise those of the CPU. Dynamic scales may differ by an ulp (CUDA divides by a
+    scalar as a multiplication by its reciprocal), so a code may move by one step, rarely."""
+    module = pack(filled(GPU_SPECS[name]))
+    x = torch.randn(9, GPU_SPECS[name].in_features) * 3
+    cpu = quantize_input(module, x)
+    gpu = quantize_input(pack(module.cuda()), x.cuda())
+    if not GPU_SPECS[name].input_dynamic:
+        assert torch.equal(as_ints(cpu[0]), as_ints(gpu[0]))
+        return
+    for c, g in zip(cpu[1:], gpu[1:]):
+        if c is not None:
+            torch.testing.assert_close(g.cpu(), c, rtol=1e-6, atol=0)
+    moved = (as_ints(cpu[0]) != as_ints(gpu[0])).float().mean().item()
+    assert moved <= 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_backend_matches_emulated(name, dtype):
+    from segquant.kernels.gpu.backend import GpuBackend
+
+    module = filled(GPU_SPECS[name]).cuda()
+    backend = GpuBackend()
+    backend.check(module, name)
+    backend.pack(module)
+    x = (torch.randn(2, 333, GPU_SPECS[name].in_features, device="cuda") * 2).to(dtype)
+    y = backend.forward(module, x)
+    ref = module(x.float())
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert rel_err(y, ref) <= within_rounding(ref, dtype)
+
+
+@pytest.mark.parametrize("name", ["big_heads", "big_dual_fp8", "adaln6", "dyn_fp8"])
+def test_compiled_backend_has_no_graph_breaks(name):
+    from segquant.kernels.gpu.backend import GpuBackend
+
+    module = filled(GPU_SPECS[name]).cuda()
+    backend = GpuBackend()
+    backend.pack(module)
+    x = torch.randn(77, GPU_SPECS[name].in_features, device="cuda", dtype=torch.bfloat16)
+    compiled = torch.compile(lambda t: backend.forward(module, t), fullgraph=True)
+    eager = backend.forward(module, x.float())
+    assert rel_err(compiled(x), eager) <= within_rounding(eager, torch.bfloat16)
