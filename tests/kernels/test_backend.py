@@ -12,6 +12,7 @@ from torch import nn
 from segquant import load_quantized, preset_dict, quantize, save_quantized
 from segquant.conversion import convert, layer_backend
 from segquant.calibration import calibrate
+from segquant.config_schema import build_layer_config
 from segquant.errors import BackendUnavailableError
 from segquant.kernels import backend as registry
 from segquant.kernels.backend import Backend, available_backends, get_backend, set_backend
@@ -193,11 +194,12 @@ def test_load_puts_layers_on_the_asked_backend(test_backends, tmp_path):
 
 
 def test_layer_backend_precedence():
-    def layer(**config):
-        return types.SimpleNamespace(config=types.SimpleNamespace(**{"real_quant": False, **config}))
+    """The argument wins over the layer's config; ``real_quant: true`` is the config's alias for 'gpu'."""
+    def layer(**raw):
+        return types.SimpleNamespace(config=build_layer_config(raw))
 
     assert layer_backend(layer()) == "emulated"
     assert layer_backend(layer(real_quant=True)) == "gpu"
-    assert layer_backend(layer(real_quant=True, backend="emulated")) == "emulated"
+    assert layer_backend(layer(real_quant=False, backend="emulated")) == "emulated"
     assert layer_backend(layer(backend="gpu")) == "gpu"
     assert layer_backend(layer(backend="gpu"), backend="emulated") == "emulated"
