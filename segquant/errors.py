@@ -32,3 +32,14 @@ class BackendUnavailableError(SegQuantError, RuntimeError):
         else:
             super().__init__(f"layer {layer!r}: backend {backend!r} cannot run it: {reason}"
                              + (f"; {alternative}" if alternative else ""))
+
+
+class AlreadyQuantizedError(SegQuantError, ValueError):
+    """``quantize`` was called on a model that already holds quantized (``SegLinear``) layers."""
+
+
+class UnknownLayerError(ConfigError, KeyError):
+    """A layer name that the model or plan does not have (the message suggests close matches)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
