@@ -7,6 +7,7 @@ running (see :mod:`segquant.observers`), so memory does not grow with the amount
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -16,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from segquant.enums import Calibrate
-from segquant.errors import CalibrationError
+from segquant.errors import CalibrationError, SegQuantError
 from segquant.observers import InputObserver
 from segquant.plan import LayerPlan, QuantPlan
 
@@ -77,10 +78,27 @@ def run_with_input_hooks(model: nn.Module, names: list[str], batch: Any,
 
 
 def first_batch(calib_data_loader: Iterable) -> Any:
-    """The first batch of the loader (used as the graph-capture example when none is given)."""
+    """The first batch of a re-iterable loader (see :func:`split_first_batch` for one-shot iterators)."""
     for batch in calib_data_loader:
         return batch
     raise CalibrationError("the calibration loader is empty")
+
+
+def is_one_shot(calib_data_loader: Iterable) -> bool:
+    """True for an iterator or generator, which yields its batches only once (a list or DataLoader does not)."""
+    return iter(calib_data_loader) is calib_data_loader
+
+
+def split_first_batch(calib_data_loader: Iterable) -> tuple[Any, Iterable]:
+    """``(first batch, loader)``, where the loader still yields every batch: a one-shot iterator gets its
+    first batch put back in front, so graph capture never costs calibration a batch."""
+    if not is_one_shot(calib_data_loader):
+        return first_batch(calib_data_loader), calib_data_loader
+    try:
+        first = next(calib_data_loader)
+    except StopIteration:
+        raise CalibrationError("the calibration loader is empty") from None
+    return first, itertools.chain([first], calib_data_loader)
 
 
 def make_observer(layer: LayerPlan, device: torch.device) -> InputObserver:
@@ -104,41 +122,90 @@ def calibrate(model: nn.Module, plan: QuantPlan, calib_data_loader: Iterable, tm
 
     Statistics live on ``tmp_device`` when given, else on each layer's device. ``layers`` restricts
     calibration to those layer names and ``stop_after`` ends each forward pass after that module ran
-    (both used by sequential calibration).
+    (both used by sequential calibration). A batch the model fails on raises :class:`CalibrationError`
+    naming the batch, its shapes and the last quantized layer reached; layers whose inputs were all
+    zero are logged as a warning (their scales would be meaningless).
     """
     names = [layer.name for layer in plan.enabled_layers() if layers is None or layer.name in layers]
     modules = dict(model.named_modules())
-    observers, handles = {}, []
+    observers, handles, reached = {}, [], {"layer": None}
     for name in names:
         device = torch.device(tmp_device) if tmp_device is not None else modules[name].weight.device
         observer = observers[name] = make_observer(plan.layers[name], device)
-        handles.append(modules[name].register_forward_pre_hook(_record(observer)))
+        handles.append(modules[name].register_forward_pre_hook(_record(observer, reached)))
     if stop_after is not None:
         handles.append(stop_after.register_forward_hook(_stop))
-    batches = 0
     try:
-        with torch.no_grad():
-            for batch in tqdm(calib_data_loader, desc="calibrating", unit="batch", disable=not verbose):
-                try:
-                    run_batch(model, batch)
-                except _StopForward:
-                    pass
-                batches += 1
+        batches = _run_batches(model, calib_data_loader, verbose, reached)
     finally:
         for handle in handles:
             handle.remove()
     if batches == 0:
         raise CalibrationError("the calibration loader yielded no batch")
+    _warn_degenerate(observers)
     logger.info("calibrated %d layers on %d batches", len(observers), batches)
     return observers
+
+
+def _run_batches(model: nn.Module, calib_data_loader: Iterable, verbose: bool, reached: dict) -> int:
+    """Run every batch (without gradients); returns how many ran."""
+    batches, first_shapes = 0, None
+    with torch.no_grad():
+        for index, batch in enumerate(tqdm(calib_data_loader, desc="calibrating", unit="batch",
+                                           disable=not verbose)):
+            reached["layer"] = None
+            try:
+                run_batch(model, batch)
+            except _StopForward:
+                pass
+            except CalibrationError as exc:
+                raise CalibrationError(f"calibration batch {index}: {exc}") from exc
+            except SegQuantError:
+                raise
+            except Exception as exc:
+                raise CalibrationError(_failure_message(model, index, batch, first_shapes, reached["layer"], exc)
+                                       ) from exc
+            first_shapes = first_shapes or batch_shapes(batch)
+            batches += 1
+    return batches
+
+
+def batch_shapes(batch: Any) -> Any:
+    """The shapes inside a batch (nested like the batch; non-tensors by type name), for messages."""
+    if isinstance(batch, torch.Tensor):
+        return tuple(batch.shape)
+    if isinstance(batch, Mapping):
+        return {k: batch_shapes(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return [batch_shapes(v) for v in batch]
+    return type(batch).__name__
+
+
+def _failure_message(model: nn.Module, index: int, batch: Any, first_shapes: Any, layer: str | None,
+                     exc: Exception) -> str:
+    where = (f"after the quantized layer {layer!r} ran" if layer else "before any quantized layer ran")
+    expected = f"; batch 0 had shapes {first_shapes}" if first_shapes is not None else ""
+    return (f"calibration batch {index} (shapes {batch_shapes(batch)}) failed in {type(model).__name__} {where}: "
+            f"{type(exc).__name__}: {exc}{expected}")
+
+
+def _warn_degenerate(observers: dict[str, InputObserver]) -> None:
+    zero = [name for name, o in observers.items()
+            if o.rows_seen and not (o.max.abs().amax() > 0 or o.min.abs().amax() > 0)]
+    if zero:
+        shown = ", ".join(zero[:5]) + (f" and {len(zero) - 5} more" if len(zero) > 5 else "")
+        logger.warning("the calibration inputs of %d layer(s) are all zero, so their input scales carry no "
+                       "information (the quantized model will be far off on real inputs): %s; check the "
+                       "calibration data", len(zero), shown)
 
 
 def _stop(*_args: Any) -> None:
     raise _StopForward
 
 
-def _record(observer: InputObserver):
+def _record(observer: InputObserver, reached: dict):
     def hook(_module: nn.Module, args: tuple) -> None:
         observer.update(args[0])
+        reached["layer"] = observer.name
 
     return hook

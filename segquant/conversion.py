@@ -62,6 +62,7 @@ def convert(model: nn.Module, plan: QuantPlan, observers: dict[str, InputObserve
     the layer it replaces and runs on its backend (see module docstring). With ``report_inputs`` (layer
     name -> an input ``(..., K)``), each layer's relative output error on that input is recorded and
     logged for plain round-to-nearest and for the plan (``layer.chosen["rtn_error"]``, ``["error"]``).
+    The plan is attached as ``model.segquant_plan`` (so ``save_quantized`` works after the three steps).
     """
     enabled = [layer for layer in plan.enabled_layers() if layers is None or layer.name in layers]
     backends = check_backends(model, enabled, backend)
@@ -78,6 +79,7 @@ def convert(model: nn.Module, plan: QuantPlan, observers: dict[str, InputObserve
         quantized = quantized.to(linear.weight.device)
         attach(quantized, backends[layer.name])
         model.set_submodule(layer.name, quantized)
+    model.segquant_plan = plan
     return model
 
 

@@ -44,3 +44,14 @@ class MissingCheckpointFileError(CorruptCheckpointError, FileNotFoundError):
 
 class CheckpointMismatchError(SegQuantError, ValueError):
     """A saved quantized model that does not fit the model it is loaded into (wrong architecture)."""
+
+
+class AlreadyQuantizedError(SegQuantError, ValueError):
+    """``quantize`` was called on a model that already holds quantized (``SegLinear``) layers."""
+
+
+class UnknownLayerError(ConfigError, KeyError):
+    """A layer name that the model or plan does not have (the message suggests close matches)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -48,7 +48,7 @@ class InputObserver:
         """Fold a batch of inputs ``x`` ``(..., K)`` (any float dtype) into the statistics."""
         m = as_matrix(x.detach()).to(self.device, torch.float32)
         if m.shape[-1] != self.k:
-            raise ValueError(f"{self.name}: input has {m.shape[-1]} features, expected {self.k}")
+            raise CalibrationError(f"layer {self.name!r}: input has {m.shape[-1]} features, expected {self.k}")
         check_finite(m, f"input of layer {self.name!r}")
         self.min = torch.minimum(self.min, m.amin(dim=0))
         self.max = torch.maximum(self.max, m.amax(dim=0))

@@ -8,6 +8,7 @@ user (``plan.override(name, ...)``) before calibration and conversion.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from dataclasses import dataclass, field, replace
@@ -17,10 +18,11 @@ from typing import Any
 from torch import nn
 
 from segquant.algorithms.dualscale import uses_dualscale
+from segquant.algorithms.svd import max_useful_rank
 from segquant.config import (LayerConfig, QuantConfig, as_quant_config, build_layer_config, layer_config_to_raw,
                              replace_config)
 from segquant.enums import Optimum, SegPattern
-from segquant.errors import ConfigError
+from segquant.errors import ConfigError, UnknownLayerError
 from segquant.nn.spec import AlphaSearch, LayerSettings, SegLinearSpec
 from segquant.numerics import PerGroup
 
@@ -56,16 +58,17 @@ class LayerPlan:
         """The layout of the ``SegLinear`` this layer becomes."""
         cfg, inp, wq = self.config, self.config.input_quant, self.config.weight_quant
         input_segments = self.input_segments or (self.in_features,)
+        output_segments = self.output_segments or (self.out_features,)
         return SegLinearSpec(
             in_features=self.in_features, out_features=self.out_features,
-            output_segments=self.output_segments or (self.out_features,), input_segments=input_segments,
+            output_segments=output_segments, input_segments=input_segments,
             input_dtype=inp.dtype if inp.enable else None, input_dynamic=inp.dynamic,
             input_granularity=inp.granularity, input_symmetric=inp.symmetric,
             dual_scale=uses_dualscale(self.dual_scale_activation, inp.enable),
             weight_dtype=wq.dtype if wq.enable else None,
             weight_scale_columns=weight_scale_columns(input_segments, self.weight_group_size()),
             smooth=cfg.opt.type in (Optimum.SMOOTH, Optimum.SVD) and inp.enable and wq.enable,
-            low_rank=cfg.opt.low_rank if cfg.opt.type is Optimum.SVD and wq.enable else 0,
+            low_rank=self.low_rank(),
             low_rank_precision=cfg.opt.precision, has_bias=self.has_bias)
 
     def settings(self) -> LayerSettings:
@@ -76,6 +79,14 @@ class LayerPlan:
             weight_method=calib.type, weight_granularity=self.config.weight_quant.granularity,
             percentile=calib.percentile, gptq_blocksize=calib.blocksize, gptq_percdamp=calib.percdamp,
             gptq_actorder=calib.actorder, gptq_static_groups=calib.static_groups)
+
+    def low_rank(self) -> int:
+        """Rank of the SVD branch: the configured one, capped per output segment by
+        :func:`~segquant.algorithms.svd.max_useful_rank` (0: no branch)."""
+        if self.config.opt.type is not Optimum.SVD or not self.config.weight_quant.enable:
+            return 0
+        narrowest = min(self.output_segments or (self.out_features,))
+        return min(self.config.opt.low_rank, max_useful_rank(narrowest, self.in_features))
 
     def weight_group_size(self) -> int | None:
         """The weight scales' group size, or None when they are not group-wise."""
@@ -118,7 +129,9 @@ class QuantPlan:
     def override(self, name: str, **config_changes: Any) -> None:
         """Change one layer's config before conversion, e.g. ``plan.override("proj_out", enable=False)``."""
         if name not in self.layers:
-            raise KeyError(f"no linear layer named {name!r} in the plan")
+            close = difflib.get_close_matches(name, list(self.layers), n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else f" ({len(self.layers)} layers)"
+            raise UnknownLayerError(f"plan.override: no linear layer named {name!r} in the plan{hint}")
         layer = self.layers[name]
         config = replace_config(layer.config, config_changes, name)
         self.layers[name] = _fit_to_layer(replace(layer, config=config))
@@ -201,6 +214,9 @@ def build_plan(model: nn.Module, config: "QuantConfig | dict | str | None" = Non
     """Resolve every linear layer's config and (when an example input is given) its graph segments."""
     config = as_quant_config(config)
     linears = linear_layers(model)
+    if not linears:
+        logger.warning("%s has no nn.Linear layer: the plan is empty and nothing will be quantized",
+                       type(model).__name__)
     for rule in config.check_rules(list(linears)):
         logger.warning("config rule %r matches no linear layer of %s", rule, type(model).__name__)
     layers = {name: LayerPlan(name, m.in_features, m.out_features, m.bias is not None, config.for_layer(name),
@@ -236,7 +252,7 @@ def _apply_segments(layer: LayerPlan, segments: Any) -> LayerPlan:
 
 def _fit_to_layer(layer: LayerPlan) -> LayerPlan:
     """Replace group sizes that do not divide every input segment (weights: per-channel; inputs:
-    per-token scales), with a note."""
+    per-token scales), with a note; note an SVD rank capped for a narrow layer (see ``LayerPlan.low_rank``)."""
     segments = layer.input_segments or (layer.in_features,)
     for tensor, fallback in (("weight_quant", "channel"), ("input_quant", "token")):
         granularity = getattr(layer.config, tensor).granularity
@@ -245,5 +261,12 @@ def _fit_to_layer(layer: LayerPlan) -> LayerPlan:
                     f"{list(segments)}: per-{fallback}")
             config = replace_config(layer.config, {tensor: {"granularity": fallback}}, layer.name)
             layer = replace(layer, config=config, notes=[*layer.notes, note])
+    cfg = layer.config
+    if layer.enabled and cfg.opt.type is Optimum.SVD and cfg.weight_quant.enable and layer.low_rank() < cfg.opt.low_rank:
+        narrowest = min(layer.output_segments or (layer.out_features,))
+        effect = f"rank {layer.low_rank()}" if layer.low_rank() else "no SVD branch"
+        note = (f"svd rank {cfg.opt.low_rank} is too high for a {narrowest}x{layer.in_features} weight (segment) to "
+                f"stay quantized: {effect} (at most min(n, K) // 4)")
+        layer = replace(layer, notes=[*layer.notes, note])
     return layer
 

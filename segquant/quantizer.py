@@ -16,9 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from segquant.calibration import calibrate, first_batch, run_with_input_hooks
+from segquant.calibration import calibrate, run_with_input_hooks, split_first_batch
 from segquant.config import QuantConfig
 from segquant.conversion import check_backends, convert
+from segquant.errors import AlreadyQuantizedError
+from segquant.kernels.backend import seglinear_modules
 from segquant.plan import QuantPlan, build_plan
 from segquant.sequential import calibrate_and_convert_sequentially
 
@@ -44,8 +46,9 @@ def quantize(model: nn.Module, calib_data_loader: Iterable, config: "QuantConfig
     """
     if verbose:
         show_log_messages()
+    _refuse_quantized(model)
     if example is None:
-        example = first_batch(calib_data_loader)
+        example, calib_data_loader = split_first_batch(calib_data_loader)
     plan = build_plan(model, config, example)
     check_backends(model, plan.enabled_layers(), backend)
     model.eval()
@@ -57,6 +60,15 @@ def quantize(model: nn.Module, calib_data_loader: Iterable, config: "QuantConfig
         convert(model, plan, observers, tmp_device, verbose, report_inputs=report_inputs, backend=backend)
     model.segquant_plan = plan
     return model
+
+
+def _refuse_quantized(model: nn.Module) -> None:
+    """Quantizing twice would plan an empty model and lose the saved plan: refuse, naming a layer."""
+    quantized = [name for name, _module in seglinear_modules(model)]
+    if quantized:
+        raise AlreadyQuantizedError(
+            f"{type(model).__name__} is already quantized ({len(quantized)} SegLinear layers, e.g. {quantized[0]!r}); "
+            "quantize the original model: reload it, or keep a copy.deepcopy() made before quantize()")
 
 
 def show_log_messages() -> None:

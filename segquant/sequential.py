@@ -18,8 +18,9 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from segquant.calibration import calibrate, first_batch, run_with_input_hooks
+from segquant.calibration import calibrate, first_batch, is_one_shot, run_with_input_hooks
 from segquant.conversion import convert
+from segquant.errors import CalibrationError
 from segquant.plan import QuantPlan
 
 _NUMBERED = re.compile(r"^(.*?\.\d+)(\.|$)")
@@ -51,6 +52,9 @@ def calibrate_and_convert_sequentially(model: nn.Module, plan: QuantPlan, calib_
                                        tmp_device: Any = None, verbose: bool = False,
                                        backend: str | None = None) -> nn.Module:
     """Calibrate and convert one block at a time (see module docstring); returns ``model``."""
+    if is_one_shot(calib_data_loader):
+        raise CalibrationError("sequential calibration passes over the calibration data once per block: give a "
+                               "re-iterable loader (a list or a DataLoader), not a one-shot iterator or generator")
     modules = dict(model.named_modules())
     for block, names in tqdm(blocks_in_order(model, plan, first_batch(calib_data_loader)),
                              desc="sequential calibration", unit="block", disable=not verbose):

@@ -54,3 +54,14 @@ def lowrank_branch(weight: Tensor, rank: int, compute_dtype: torch.dtype = torch
 def lowrank_residual(weight: Tensor, up: Tensor, down: Tensor) -> Tensor:
     """``R = W − up @ down`` ``(N, K)`` float32: the part of ``weight`` left to quantize."""
     return weight.float() - up.float() @ down.float()
+
+
+def max_useful_rank(n: int, k: int) -> int:
+    """The largest branch rank that leaves an ``(n, K)`` weight (segment) really quantized: ``min(n, K) // 4``.
+
+    At rank ``min(n, K)`` the branch is the whole weight and the quantized residual is zero: the layer
+    runs in 16-bit while a plan would call it int4. Capping at a quarter keeps at least three quarters of
+    the singular directions in the quantized residual, and the branch's ``r (n + K)`` 16-bit values at no
+    more than half the weight's ``n K`` (SVDQuant's rank 32 on 3072-wide layers is about 1%).
+    """
+    return min(n, k) // 4
