@@ -116,6 +116,8 @@ class StepCorrector:
         grid = to_grid(pred_q, self.packed_grid)
         self._check_grid(grid, fitting=False)
         rows = self.rows(info)
+        if len(rows) == grid.shape[0]:
+            return from_grid(self.correct(step, grid.float()).to(grid.dtype), pred_q)
         out = grid.clone()
         out[rows] = self.correct(step, grid[rows].float()).to(grid.dtype)
         return from_grid(out, pred_q)
