@@ -35,6 +35,9 @@ _EXPORTS = {
     "load_calibrate_set": "segquant.calib",
     "UniformSampler": "segquant.calib",
     "NormalSampler": "segquant.calib",
+    "process_affiner": "segquant.affiner",
+    "load_correction": "segquant.affiner",
+    "save_correction": "segquant.affiner",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -47,6 +50,7 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from segquant.affiner import load_correction, process_affiner, save_correction
     from segquant.calib import NormalSampler, UniformSampler, generate_calibrate_set, load_calibrate_set
     from segquant.calibration import calibrate
     from segquant.config import QuantConfig

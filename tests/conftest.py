@@ -7,7 +7,7 @@ intra-op threads make the millisecond-sized ops of tiny pipelines ~30x slower (t
 import pytest
 import torch
 
-_SINGLE_THREAD_DIRS = ("calib", "pipeline")
+_SINGLE_THREAD_DIRS = ("calib", "pipeline", "affiner")
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ from typing import Any
 from segquant.demo.models import MODEL_NAMES
 from segquant.errors import ConfigError
 from segquant.eval.cli import ModelSuite, print_results
+from segquant.eval.corrections import parse_corrections
 from segquant.eval.options import add_run_arguments, did_you_mean, parse_presets
 
 # The plain round-to-nearest baselines and SegQuant at W8A8 and W4A8 (fits the 5-minute CPU budget);
@@ -59,7 +60,8 @@ def demo_settings(args: argparse.Namespace) -> dict:
     presets = list(DEMO_PRESETS) if args.presets is None else parse_presets(args.presets)
     s = {"models": demo_models(args.models), "presets": presets,
          "per_class": args.per_class, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
-         "calib_prompts": args.calib_prompts, "calib_steps": args.calib_steps, "fid": not args.no_fid}
+         "calib_prompts": args.calib_prompts, "calib_steps": args.calib_steps, "fid": not args.no_fid,
+         "corrections": list(parse_corrections(args.correction))}
     if args.quick:
         s.update(models=["mmdit"], presets=list(QUICK_PRESETS) if args.presets is None else presets,
                  per_class=1, steps=4, calib_prompts=2, fid=False)  # calib_steps as given: every step
@@ -91,7 +93,8 @@ def evaluate_demo_models(settings: dict, out: str | Path, weights_dir=None, prog
                          num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
                          batch_size=10, calib_prompts=calib, calib_steps=settings["calib_steps"],
                          calib_batch_size=max(1, len(calib)), error_images=10, fid=settings["fid"],
-                         classifier=classifier, optional_weights=optional_weights or {})
+                         classifier=classifier, optional_weights=optional_weights or {},
+                         corrections=tuple(settings.get("corrections", ())))
         results[name] = evaluate(pipe, settings["presets"], cfg, progress=progress)
         write_report(results[name], out / name, title=f"{name} ({results[name].settings['denoiser_class']})")
     write_summary(results, out, settings, time.perf_counter() - t0)
@@ -131,7 +134,8 @@ def _evaluate_named(models: list[str], presets: list[str], args: argparse.Namesp
     """``ModelSuite.evaluate`` of the demo models (``segquant eval mmdit ...``)."""
     settings = {"models": models, "presets": presets, "per_class": args.per_class, "steps": args.steps,
                 "guidance": args.guidance, "seed": args.seed, "calib_prompts": args.calib_prompts,
-                "calib_steps": args.calib_steps, "fid": not args.no_fid}
+                "calib_steps": args.calib_steps, "fid": not args.no_fid,
+                "corrections": list(parse_corrections(args.correction))}
     return evaluate_demo_models(settings, out, args.weights_dir, optional_weights=optional_weights)
 
 

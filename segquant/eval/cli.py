@@ -6,6 +6,7 @@ shipped weights, class prompts, class accuracy by the shipped classifier). This 
 suite itself, so the generic evaluation does not depend on the demo. Example (the BENCHMARKS table)::
 
     segquant eval mmdit flux unet --presets all --per-class 10 --steps 20 --out bench-report
+    segquant eval mmdit --presets w8a8,w4a8 --correction none,affiner,ptqd,tac --no-fid
 
 Presets and model names are checked before any generation starts.
 """
@@ -59,7 +60,10 @@ def add_eval_parser(subparsers: Any, suite: ModelSuite | None = None) -> argpars
 
 def run_eval(args: argparse.Namespace, suite: ModelSuite | None = None) -> int:
     """Entry point of ``segquant eval``: check presets and models, then evaluate."""
+    from segquant.eval.corrections import parse_corrections
+
     presets, out, t0 = parse_presets(args.presets), Path(args.out), time.perf_counter()
+    parse_corrections(args.correction)
     named = [m for m in args.models if suite and m in suite.names]
     folders = [m for m in args.models if m not in named]
     for folder in folders:
@@ -100,6 +104,7 @@ def _eval_folder(folder: str, presets: list[str], args, out: Path, weights: dict
     from diffusers import DiffusionPipeline
 
     from segquant.data.prompts import load_prompts
+    from segquant.eval.corrections import parse_corrections
     from segquant.eval.harness import EvalConfig, evaluate
     from segquant.eval.report import write_report
 
@@ -109,7 +114,7 @@ def _eval_folder(folder: str, presets: list[str], args, out: Path, weights: dict
     n_cal = min(args.calib_prompts, len(prompts))
     cfg = EvalConfig(prompts=prompts, seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance,
                      batch_size=args.batch_size or 4, calib_prompts=prompts[-n_cal:], calib_steps=args.calib_steps,
-                     fid=not args.no_fid, optional_weights=weights)
+                     fid=not args.no_fid, optional_weights=weights, corrections=parse_corrections(args.correction))
     result = evaluate(pipe, presets, cfg)
     sub = out / Path(folder).name
     write_report(result, sub, title=Path(folder).name)

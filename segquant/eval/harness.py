@@ -44,7 +44,10 @@ class EvalConfig:
     (uniform; default ``None`` = every step: static SmoothQuant factors calibrated on a few timesteps do not
     transfer to the others); ``error_images``: the FP denoiser calls of the batches holding the first ``error_images``
     images are replayed through each quantized model for the per-step error;
-    ``fid``: compute FID/KID with Inception; ``optional_weights``: see ``metrics.optional_metrics``.
+    ``fid``: compute FID/KID with Inception; ``optional_weights``: see ``metrics.optional_metrics``;
+    ``corrections``: per-step corrections ("affiner", "ptqd", "tac") fitted on the calibration prompts and
+    shown on top of each preset (``segquant.eval.corrections``), ``correction_config``: method -> settings
+    overriding ``process_affiner``'s defaults.
     """
 
     prompts: list[str]
@@ -62,6 +65,8 @@ class EvalConfig:
     optional_weights: dict = field(default_factory=dict)
     pipeline_kwargs: dict = field(default_factory=dict)
     denoiser: str | None = None
+    corrections: tuple[str, ...] = ()
+    correction_config: dict = field(default_factory=dict)
 
     def recorded_calib_steps(self) -> int:
         """Steps recorded per calibration trajectory (``calib_steps``, default every step)."""
@@ -70,7 +75,7 @@ class EvalConfig:
     def settings(self) -> dict:
         """JSON-able summary of the settings."""
         keep = ("seed", "num_inference_steps", "guidance_scale", "batch_size", "calib_steps",
-                "calib_batch_size", "error_images", "fid", "denoiser")
+                "calib_batch_size", "error_images", "fid", "denoiser", "corrections", "correction_config")
         out = {k: getattr(self, k) for k in keep}
         out.update(n_prompts=len(self.prompts), n_calib_prompts=len(self.calib_prompts or self.prompts),
                    calib_steps_recorded=self.recorded_calib_steps(),
@@ -191,14 +196,16 @@ def fp_call_tap(pipe, name: str, calls: list[FPCall]) -> DenoiserTap:
 
 
 @torch.no_grad()
-def step_errors(model: nn.Module, calls: list[FPCall], num_steps: int) -> list[float]:
+def step_errors(model: nn.Module, calls: list[FPCall], num_steps: int, correction=None) -> list[float]:
     """Relative L2 error ``‖q(x) − fp(x)‖ / ‖fp(x)‖`` of ``model`` on recorded FP calls, averaged per step;
-    a list of length ``num_steps`` (NaN for steps without a call)."""
+    a list of length ``num_steps`` (NaN for steps without a call). ``correction``: a stepper applied to
+    ``q(x)`` first (``correction(q(x), info)``)."""
     sums, counts = [0.0] * num_steps, [0] * num_steps
     device = next(model.parameters()).device
     for call in calls:
         kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in call.inputs.items()}
-        out = output_sample(model(**kwargs)).float().cpu()
+        out = output_sample(model(**kwargs))
+        out = (out if correction is None else correction(out, call.info)).float().cpu()
         step = call.info.step_index
         sums[step] += float((out - call.sample).norm() / call.sample.norm().clamp_min(1e-12))
         counts[step] += 1
@@ -248,18 +255,20 @@ def evaluate(pipe, presets: list, cfg: EvalConfig, calib_loader=None, progress: 
         label, config = preset_label(preset, i)
         logger.info("evaluating %s", label)
         try:
-            row, imgs, errs = _run_preset(pipe, name, fp, config, loader, cfg, calls, ref, progress, label)
+            results = _run_preset(pipe, name, fp, config, loader, cfg, calls, ref, progress, label)
         except Exception as exc:  # keep the other presets; the failure is in the table
             logger.exception("preset %s failed", label)
-            row, imgs, errs = {"error": f"{type(exc).__name__}: {exc}"}, None, None
-        rows.append({"config": label, "calib_s": calib_s, **row})
-        if imgs is not None:
-            images[label], errors[label] = imgs, errs
+            results = [(label, {"error": f"{type(exc).__name__}: {exc}"}, None, None)]
+        for row_label, row, imgs, errs in results:
+            rows.append({"config": row_label, "calib_s": calib_s, **row})
+            if imgs is not None:
+                images[row_label], errors[row_label] = imgs, errs
     settings = {**cfg.settings(), "denoiser_class": type(fp).__name__, "pipeline": type(pipe).__name__}
     return EvalResult(rows, images, errors, timesteps, list(cfg.prompts), settings, ref.skipped)
 
 
 def _run_preset(pipe, name, fp, config, loader, cfg, calls, ref, progress, label):
+    """``[(label, row, images, step_errors)]``: the preset, then the preset with each correction."""
     from segquant import quantize
     from segquant.eval.metrics import score_preset
     from segquant.pipeline.glue import swapped_denoiser
@@ -279,8 +288,31 @@ def _run_preset(pipe, name, fp, config, loader, cfg, calls, ref, progress, label
     row = {"quant_s": quant_s, "quant_peak_mb": qmem.peak_mb, "quant_delta_mb": qmem.delta_mb,
            "gen_s": gen_s, "gen_peak_mb": gmem.peak_mb, "gen_delta_mb": gmem.delta_mb,
            "quantized_layers": n_seg, "mean_step_error": _nanmean(errs), **score_preset(images, ref, cfg)}
+    corrected = correction_rows(pipe, name, qmodel, cfg, calls, ref, progress, label) if cfg.corrections else []
     del qmodel
-    return row, images, errs
+    return [(label, row, images, errs), *corrected]
+
+
+def correction_rows(pipe, name, qmodel, cfg, calls, ref, progress, label) -> list[tuple]:
+    """``[(label+method, row, images, step_errors)]`` for each of ``cfg.corrections`` on ``qmodel``
+    (see ``segquant.eval.corrections``): fit time, metrics, per-step error after correction."""
+    from segquant.affiner import installed
+    from segquant.eval.corrections import fit_correction
+    from segquant.eval.metrics import score_preset
+    from segquant.pipeline.glue import swapped_denoiser
+
+    out = []
+    for method in cfg.corrections:
+        corr, fit_s = fit_correction(pipe, qmodel, method, cfg)
+        with swapped_denoiser(pipe, qmodel, name), installed(pipe, corr):
+            t0 = time.perf_counter()
+            images = generate_images(pipe, cfg, f"{label}+{method}", progress)
+            gen_s = time.perf_counter() - t0
+        errs = step_errors(qmodel, calls, cfg.num_inference_steps, correction=corr)
+        logger.info("%s+%s: fitted in %.1f s", label, method, fit_s)
+        row = {"fit_s": fit_s, "gen_s": gen_s, "mean_step_error": _nanmean(errs), **score_preset(images, ref, cfg)}
+        out.append((f"{label}+{method}", row, images, errs))
+    return out
 
 
 def _nanmean(values: list[float]) -> float:

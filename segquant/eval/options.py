@@ -28,6 +28,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="recorded steps per calibration trajectory (default: every step)")
     p.add_argument("--no-fid", action="store_true", help="skip FID/KID (Inception on CPU is the slowest metric)")
     p.add_argument("--weights-dir", default=None, help="folder with the demo weights (default: shipped)")
+    p.add_argument("--correction", default="none",
+                   help="comma-separated per-step corrections shown on top of each preset: none, affiner, ptqd, "
+                        "tac (fitted on the calibration prompts; the uncorrected row is always shown)")
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

