@@ -44,3 +44,7 @@ class MissingCheckpointFileError(CorruptCheckpointError, FileNotFoundError):
 
 class CheckpointMismatchError(SegQuantError, ValueError):
     """A saved quantized model that does not fit the model it is loaded into (wrong architecture)."""
+
+
+class CheckpointVersionError(CheckpointMismatchError):
+    """A saved quantized model written in a newer checkpoint format version than this segquant reads."""
