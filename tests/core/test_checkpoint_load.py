@@ -139,3 +139,13 @@ def test_loaded_model_drops_into_a_pipeline_slot(saved):
                                     tokenizer_3=None)
     pipe.transformer = restored
     assert pipe.transformer is restored
+
+
+def test_cli_takes_a_quantized_folder_where_a_model_is_expected(saved, capsys):
+    from segquant.cli import load_denoiser, main
+
+    model, example = load_denoiser(str(saved[0]))
+    assert isinstance(model.transformer_blocks[0].attn.to_q, SegLinear)
+    assert output(model, example).shape == output(saved[1], example).shape
+    assert main(["inspect", str(saved[0])]) == 0
+    assert saved[1].segquant_plan.table() in capsys.readouterr().out
