@@ -158,7 +158,8 @@ def _planned_linear(model: nn.Module, layer: Any) -> nn.Linear:
     if not isinstance(linear, nn.Linear) or (linear.out_features, linear.in_features) != (
             layer.out_features, layer.in_features):
         raise CheckpointMismatchError(f"layer {layer.name!r} is {linear} in the model but "
-                                      f"{layer.out_features}x{layer.in_features} linear in the saved plan: wrong architecture?")
+                                      f"{layer.out_features}x{layer.in_features} linear in the saved plan: "
+                                      "wrong architecture?")
     return linear
 
 
