@@ -5,6 +5,11 @@ Cases: the tiny SD3 / FLUX / UNet testbeds, and one full-size SD3.5-medium joint
 image), random weights. Each case runs in its own subprocess so its peak RSS is its own.
 
     python benchmarks/quantize_cost.py [--presets w8a8 w4a8] [--batches 2]
+    python benchmarks/quantize_cost.py --factor 1536 6144   # GPTQ inverse-Hessian factor, old vs new
+
+``--factor`` times, in one process on the same damped random Hessians, the upper Cholesky factor of
+``H⁻¹`` as GPTQ computes it (a flipped Cholesky and one triangular solve) against the former
+``cholesky(cholesky_inverse(cholesky(H)), upper=True)``, and their relative difference.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant, not an installed one
 
 CASES = ("sd3", "flux", "unet", "sd35_block")
 
@@ -50,13 +58,41 @@ def run_case(case: str, preset: str, batches: int) -> dict:
             "rss_before_mib": round(rss_before)}
 
 
+def time_factor(k: int) -> dict:
+    """Seconds of the new and the former inverse-Hessian factor for a ``(k, k)`` Hessian (float32)."""
+    import torch
+
+    from segquant.algorithms.gptq import _inverse_hessian_cholesky
+
+    torch.manual_seed(0)
+    x = torch.randn(2 * k, k)
+    h = 2 * x.T @ x / x.shape[0]
+    start = time.perf_counter()
+    new = _inverse_hessian_cholesky(h, 0.01)
+    new_s = time.perf_counter() - start
+    start = time.perf_counter()
+    damped = h + 0.01 * torch.diag(h).mean() * torch.eye(k)
+    old = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
+    old_s = time.perf_counter() - start
+    return {"k": k, "new_s": round(new_s, 2), "old_s": round(old_s, 2),
+            "rel_diff": float((new - old).norm() / old.norm())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--presets", nargs="+", default=["w8a8", "w4a8"])
     parser.add_argument("--cases", nargs="+", default=list(CASES))
     parser.add_argument("--batches", type=int, default=2)
+    parser.add_argument("--factor", nargs="+", type=int, help="time the GPTQ factor at these Hessian sizes")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.factor:
+        print("| K | new factor (s) | cholesky_inverse + cholesky (s) | relative difference |")
+        print("| --- | --- | --- | --- |")
+        for k in args.factor:
+            r = time_factor(k)
+            print(f"| {k} | {r['new_s']} | {r['old_s']} | {r['rel_diff']:.1e} |", flush=True)
+        return
     if args.child:
         print(json.dumps(run_case(args.child[0], args.child[1], args.batches)))
         return

@@ -13,7 +13,8 @@ from segquant.errors import SegQuantError
 
 
 def load_denoiser(source: str, seed: int = 0):
-    """A built-in tiny denoiser (``sd3`` or ``tiny-sd3``, ...) or a local diffusers model folder, and an example.
+    """A built-in tiny denoiser (``sd3`` or ``tiny-sd3``, ...), a local diffusers model folder or a
+    ``save_quantized`` folder (loaded without its full-precision model), and an example.
 
     Returns ``(model, example_kwargs)``. Folders are loaded with ``local_files_only=True`` (no download).
     """
@@ -21,6 +22,11 @@ def load_denoiser(source: str, seed: int = 0):
     from segquant.models.loading import load_model_folder
     from segquant.models.tiny import TINY_MODELS, build_tiny_denoiser, tiny_example_inputs
 
+    if (Path(source) / "segquant_plan.json").is_file():  # a save_quantized folder: the quantized model
+        from segquant.serialization import load_quantized
+
+        model = load_quantized(source)
+        return model, example_inputs_for(model, batch=1)
     name = source.removeprefix("tiny-").replace("sdxl", "unet")
     if name in TINY_MODELS:  # "sd3" or the calibrate command's "tiny-sd3" name the same denoiser
         return build_tiny_denoiser(name, seed=seed), tiny_example_inputs(name, batch=1, seed=seed)
@@ -35,7 +41,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from segquant.plan import build_plan
 
     model, example = load_denoiser(args.model)
-    plan = build_plan(model, args.config, example)
+    plan = getattr(model, "segquant_plan", None) or build_plan(model, args.config, example)
     print(plan.table())
     enabled = plan.enabled_layers()
     segmented = sum(1 for layer in enabled if layer.output_segments or layer.input_segments)
@@ -69,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="command")
 
     inspect = sub.add_parser("inspect", help="show the quantization plan of a model (patterns, segments, formats)")
-    inspect.add_argument("model", help="built-in tiny model (sd3, flux, unet, pixart, ...) or a diffusers folder")
+    inspect.add_argument("model", help="built-in tiny model (sd3, flux, unet, pixart, ...), a diffusers folder or "
+                         "a quantized folder (its saved plan)")
     inspect.add_argument("--config", default="w8a8", help="preset name or YAML config (default: w8a8)")
     inspect.add_argument("--json", help="also write the plan to this JSON file")
     inspect.set_defaults(func=_inspect)

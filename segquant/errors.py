@@ -46,6 +46,10 @@ class CheckpointMismatchError(SegQuantError, ValueError):
     """A saved quantized model that does not fit the model it is loaded into (wrong architecture)."""
 
 
+class CheckpointVersionError(CheckpointMismatchError):
+    """A saved quantized model written in a newer checkpoint format version than this segquant reads."""
+
+
 class AlreadyQuantizedError(SegQuantError, ValueError):
     """``quantize`` was called on a model that already holds quantized (``SegLinear``) layers."""
 

@@ -187,3 +187,35 @@ def check_finite(x: Tensor, what: str) -> None:
     if x.is_floating_point() and not torch.isfinite(x).all():
         bad = "NaN" if torch.isnan(x).any() else "inf"
         raise CalibrationError(f"{what}: calibration data contains {bad}; clean the data or the model first")
+
+
+def pack_int4(codes: Tensor) -> Tensor:
+    """Pack int4 codes ``(..., K)`` (any integer dtype, values in ``[-8, 7]``) into uint8 ``(..., ⌈K/2⌉)``.
+
+    Layout (the saved format of 4-bit weights): byte ``i`` of a row holds code ``2i`` in its low nibble
+    and code ``2i + 1`` in its high nibble, each as a 4-bit two's complement; an odd ``K`` leaves the
+    last high nibble 0.
+    """
+    nibbles = (codes.to(torch.int16) & 0xF).to(torch.uint8)
+    if nibbles.shape[-1] % 2:
+        nibbles = torch.nn.functional.pad(nibbles, (0, 1))
+    return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)
+
+
+def unpack_int4(packed: Tensor, k: int) -> Tensor:
+    """Inverse of :func:`pack_int4`: uint8 ``(..., ⌈K/2⌉)`` -> int8 codes ``(..., K)`` in ``[-8, 7]``."""
+    if packed.dtype != torch.uint8 or packed.shape[-1] != (k + 1) // 2:
+        raise ValueError(f"unpack_int4: expected uint8 (..., {(k + 1) // 2}) for K={k}, got "
+                         f"{packed.dtype} {tuple(packed.shape)}")
+    nibbles = torch.stack((packed & 0xF, packed >> 4), dim=-1).flatten(-2)[..., :k].to(torch.int8)
+    return nibbles - ((nibbles >> 3) << 4)  # sign-extend: 8..15 -> -8..-1
+
+
+def stored_codes(codes: Tensor, dtype: DType) -> Tensor:
+    """Weight codes ``(N, K)`` as the canonical ``weight_codes`` buffer stores them (int4: packed)."""
+    return pack_int4(codes) if dtype is DType.INT4 else codes
+
+
+def codes_of_storage(stored: Tensor, dtype: DType, k: int) -> Tensor:
+    """Inverse of :func:`stored_codes`: the codes ``(N, K)`` of the ``weight_codes`` buffer."""
+    return unpack_int4(stored, k) if dtype is DType.INT4 else stored

@@ -1,32 +1,40 @@
-"""Save and load quantized models: a folder with ``model.safetensors`` (the canonical SegLinear buffers and
-every other tensor), ``segquant_plan.json`` and ``segquant_manifest.json`` (the SHA-256 of the other two).
+"""Save and load quantized models (the folder's files: :mod:`segquant.checkpoint_files`).
 
-``load_quantized(skeleton, path)`` rebuilds the ``SegLinear`` layers of the plan on an unquantized model
-of the same architecture (e.g. built from its config, random or original weights) and loads every
-tensor, so outputs are bitwise identical to the saved model's. By default it first checks both files
-against the manifest (``verify=False`` skips this, e.g. for a folder saved without a manifest). Every
-failure raises a named error (:mod:`segquant.errors`) naming the file and what was expected.
+    save_quantized(quantized, "ckpt")             # weights, plan, model class + config, manifest
+    model = load_quantized("ckpt")                # no model needed: rebuilt on the meta device
+    model = load_quantized(skeleton, "ckpt")      # or into an unquantized model of the same architecture
+    pipe.transformer = model                      # drops into a stock diffusers pipeline
+
+Without a model, the diffusers class named in ``segquant_model.json`` is built from its config on the
+meta device (no memory, no init), its planned ``nn.Linear`` layers become meta ``SegLinear`` layers, and
+every tensor of ``model.safetensors`` is read one by one straight onto ``device`` and assigned: peak
+host memory stays near the checkpoint size. With a model, every check runs before it is changed, so a
+failure leaves it untouched. Outputs are bitwise identical to the saved model's. Every failure raises a
+named error (:mod:`segquant.errors`) naming the file and what was expected: missing file, damaged file
+(SHA-256 manifest, ``verify=False`` skips the check), newer format version, mismatched architecture.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from segquant.checkpoint_files import (FORMAT_VERSION, MANIFEST_NAME, MODEL_NAME, PLAN_NAME, WEIGHTS_NAME,
+                                       check_folder, read_json, read_tensors, tensor_shapes, verify_checkpoint,
+                                       write_manifest)
 from segquant.conversion import check_backends, set_plan_backends
-from segquant.errors import CheckpointMismatchError, CorruptCheckpointError, MissingCheckpointFileError
+from segquant.enums import DType
+from segquant.errors import CheckpointMismatchError, CorruptCheckpointError
 from segquant.nn.seglinear import SegLinear
+from segquant.numerics import pack_int4
 from segquant.plan import QuantPlan
 
-WEIGHTS_NAME = "model.safetensors"
-PLAN_NAME = "segquant_plan.json"
-MANIFEST_NAME = "segquant_manifest.json"
-MANIFEST_FORMAT = "segquant-checkpoint/1"
-_CHECKED = (WEIGHTS_NAME, PLAN_NAME)
+__all__ = ["MANIFEST_NAME", "MODEL_NAME", "PLAN_NAME", "WEIGHTS_NAME", "load_quantized", "save_quantized",
+           "verify_checkpoint"]
 
 
 def save_quantized(model: nn.Module, path: str | Path) -> Path:
@@ -40,75 +48,76 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     save_model(model, str(path / WEIGHTS_NAME))
     plan.save_json(path / PLAN_NAME)
-    manifest = {"format": MANIFEST_FORMAT, "sha256": {name: _sha256(path / name) for name in _CHECKED}}
-    (path / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+    (path / MODEL_NAME).write_text(json.dumps(_model_description(model), indent=1))
+    write_manifest(path)
     return path
 
 
-def load_quantized(model: nn.Module, path: str | Path, backend: str | None = None, verify: bool = True,
-                   ) -> nn.Module:
-    """Turn the unquantized ``model`` into the quantized model saved at ``path`` (in place) and return it.
+def load_quantized(model: nn.Module | str | Path, path: str | Path | None = None, backend: str | None = None,
+                   verify: bool = True, device: torch.device | str = "cpu") -> nn.Module:
+    """The quantized model saved at ``path``: ``load_quantized(folder)`` or ``load_quantized(model, folder)``.
 
-    ``verify``: check the SHA-256 of the weights and the plan against the folder's manifest first (a
-    mismatch raises :class:`CorruptCheckpointError` naming the file); ``False`` skips the check.
-    ``backend``: run every SegLinear with this kernel backend (``"emulated"``, ``"gpu"``); ``None`` keeps
-    each layer's configured ``backend``.
+    ``model``: an unquantized model of the saved architecture, turned into the quantized one in place
+    (tensors keep its devices and dtypes); omitted, the model is rebuilt from the folder with its tensors
+    on ``device`` in their saved dtypes. ``verify``: check the SHA-256 of the files against the manifest
+    first; ``backend``: run every SegLinear with this kernel backend (``None``: each layer's configured one).
     """
+    if path is None:
+        model, path = None, model
     path = Path(path)
-    for name in (*_CHECKED, MANIFEST_NAME) if verify else _CHECKED:
-        if not (path / name).is_file():
-            hint = "; pass verify=False to load without checksums" if name == MANIFEST_NAME else ""
-            raise MissingCheckpointFileError(f"{str(path / name)!r} is missing: is {str(path)!r} a save_quantized "
-                                             f"folder?{hint}")
-    if verify:
-        verify_checkpoint(path)
+    version = check_folder(path, verify)
     plan = _read_plan(path / PLAN_NAME)
-    check_backends(model, plan.enabled_layers(), backend)  # fail before the model is changed
+    target = _build_empty_model(path, version) if model is None else model
+    _check_tensors(target, plan, tensor_shapes(path / WEIGHTS_NAME), version, path / WEIGHTS_NAME)
+    check_backends(target, plan.enabled_layers(), backend)  # fail before the model is changed
+    tensors = read_tensors(path / WEIGHTS_NAME, device if model is None else "cpu")
+    if version < 2:
+        _pack_legacy_int4(tensors, plan)
     for layer in plan.enabled_layers():
-        _replace_with_seglinear(model, layer)
-    _load_weights(model, path / WEIGHTS_NAME)
-    set_plan_backends(model, plan, backend)
-    model.segquant_plan = plan
-    return model
+        linear = target.get_submodule(layer.name)
+        target.set_submodule(layer.name, SegLinear(layer.spec(), device=linear.weight.device,
+                                                   dtype=linear.weight.dtype))
+    target.load_state_dict(tensors, strict=True, assign=model is None)
+    _check_materialized(target, path)
+    set_plan_backends(target, plan, backend)
+    target.segquant_plan = plan
+    return target
 
 
-def verify_checkpoint(path: str | Path) -> None:
-    """Raise :class:`CorruptCheckpointError` naming the first file of the folder ``path`` whose SHA-256
-    differs from its manifest."""
-    path = Path(path)
-    manifest = _read_json(path / MANIFEST_NAME, f"a {MANIFEST_FORMAT} manifest written by save_quantized")
-    expected = manifest.get("sha256") if isinstance(manifest, dict) else None
-    if not (isinstance(expected, dict) and all(isinstance(expected.get(name), str) for name in _CHECKED)):
-        raise CorruptCheckpointError(f"{str(path / MANIFEST_NAME)!r}: expected a 'sha256' entry for each of "
-                                     f"{', '.join(_CHECKED)}, got {manifest!r:.200}")
-    for name in _CHECKED:
-        actual = _sha256(path / name)
-        if actual != expected[name]:
-            raise CorruptCheckpointError(f"{str(path / name)!r} has SHA-256 {actual[:16]}..., but the manifest "
-                                         f"says {expected[name][:16]}...: the file changed or was damaged after "
-                                         "saving (load_quantized(..., verify=False) loads it anyway)")
+def _model_description(model: nn.Module) -> dict[str, Any]:
+    """``segquant_model.json``: the diffusers class name and config, or ``class: None`` for other models."""
+    config = getattr(model, "config", None)
+    if not (hasattr(type(model), "from_config") and hasattr(model, "to_json_string") and config is not None):
+        return {"format_version": FORMAT_VERSION, "class": None, "config": None}
+    return {"format_version": FORMAT_VERSION, "class": type(model).__name__,
+            "config": json.loads(model.to_json_string())}
 
 
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with file.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _build_empty_model(path: Path, version: int) -> nn.Module:
+    """The diffusers model described by the folder's ``segquant_model.json``, parameters on the meta device."""
+    file = path / MODEL_NAME
+    description = read_json(file, "the model description written by save_quantized") if version >= 2 else {}
+    name = description.get("class") if isinstance(description, dict) else None
+    if name is None:
+        raise CheckpointMismatchError(f"{str(path)!r} does not say how to build its model (not a diffusers model, "
+                                      "or saved by an older segquant): pass the unquantized model, "
+                                      "load_quantized(model, folder)")
+    import diffusers
 
-
-def _read_json(file: Path, expected: str) -> Any:
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and hasattr(cls, "from_config")):
+        raise CheckpointMismatchError(f"{str(file)!r} names model class {name!r}, which this diffusers "
+                                      f"{diffusers.__version__} does not have")
     try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise CorruptCheckpointError(f"{str(file)!r} is not valid JSON (line {err.lineno}, column {err.colno}: "
-                                     f"{err.msg}; truncated?); expected {expected}") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise CorruptCheckpointError(f"{str(file)!r} cannot be read as text ({err}); expected {expected}") from err
+        with torch.device("meta"):
+            return cls.from_config(description["config"]).eval()
+    except (TypeError, ValueError, KeyError) as err:
+        raise CorruptCheckpointError(f"{str(file)!r}: cannot build {name} from the saved config "
+                                     f"({type(err).__name__}: {err})") from err
 
 
 def _read_plan(file: Path) -> QuantPlan:
-    data = _read_json(file, "the plan written by save_quantized")
+    data = read_json(file, "the plan written by save_quantized")
     try:
         return QuantPlan.from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
@@ -116,8 +125,31 @@ def _read_plan(file: Path) -> QuantPlan:
                                      "expected the plan written by save_quantized") from err
 
 
-def _replace_with_seglinear(model: nn.Module, layer: Any) -> None:
-    """Put an (empty) SegLinear of the plan's ``layer`` where the model has the matching ``nn.Linear``."""
+def _check_tensors(model: nn.Module, plan: QuantPlan, saved: dict[str, tuple[int, ...]], version: int,
+                   file: Path) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``saved`` (name -> shape) is exactly the state of
+    ``model`` with the plan's SegLinear layers: nothing is changed before this passes."""
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for layer in plan.enabled_layers():
+        linear = _planned_linear(model, layer)
+        expected = {name: shape for name, shape in expected.items() if not name.startswith(layer.name + ".")}
+        skeleton = SegLinear(layer.spec(), device="meta")
+        if version < 2 and layer.spec().weight_dtype is DType.INT4:
+            skeleton.weight_codes = torch.empty(linear.out_features, linear.in_features, device="meta")
+        expected.update({f"{layer.name}.{name}": tuple(t.shape) for name, t in skeleton.state_dict().items()})
+    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    wrong = sorted(name for name in set(expected) & set(saved) if expected[name] != saved[name])
+    if missing or unexpected or wrong:
+        details = [f"{what}: {names[:5]}{' ...' if len(names) > 5 else ''}" for what, names in
+                   (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if names]
+        shapes = "; ".join(f"{name}: saved {saved[name]}, model {expected[name]}" for name in wrong[:3])
+        raise CheckpointMismatchError(f"the tensors of {str(file)!r} do not fit the model rebuilt from the plan "
+                                      f"(wrong architecture?): {'; '.join(details)}" + (f" ({shapes})" if shapes
+                                                                                        else ""))
+
+
+def _planned_linear(model: nn.Module, layer: Any) -> nn.Linear:
+    """The model's ``nn.Linear`` that the plan's ``layer`` quantizes (checked against the plan)."""
     try:
         linear = model.get_submodule(layer.name)
     except AttributeError as err:
@@ -126,19 +158,22 @@ def _replace_with_seglinear(model: nn.Module, layer: Any) -> None:
     if not isinstance(linear, nn.Linear) or (linear.out_features, linear.in_features) != (
             layer.out_features, layer.in_features):
         raise CheckpointMismatchError(f"layer {layer.name!r} is {linear} in the model but "
-                                      f"{layer.out_features}x{layer.in_features} linear in the saved plan")
-    model.set_submodule(layer.name, SegLinear(layer.spec(), device=linear.weight.device, dtype=linear.weight.dtype))
+                                      f"{layer.out_features}x{layer.in_features} linear in the saved plan: "
+                                      "wrong architecture?")
+    return linear
 
 
-def _load_weights(model: nn.Module, file: Path) -> None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model
+def _pack_legacy_int4(tensors: dict[str, torch.Tensor], plan: QuantPlan) -> None:
+    """Format 1 held int4 codes unpacked in int8 ``(N, K)``: pack them (in place) to ``(N, ⌈K/2⌉)`` uint8."""
+    for layer in plan.enabled_layers():
+        if layer.spec().weight_dtype is DType.INT4:
+            key = f"{layer.name}.weight_codes"
+            tensors[key] = pack_int4(tensors[key])
 
-    try:
-        load_model(model, str(file), strict=True)
-    except SafetensorError as err:
-        raise CorruptCheckpointError(f"{str(file)!r} is not a readable safetensors file ({err}): truncated or "
-                                     "header corrupted? expected the tensors written by save_quantized") from err
-    except RuntimeError as err:
-        raise CheckpointMismatchError(f"the tensors of {str(file)!r} do not fit the model rebuilt from the plan "
-                                      f"(wrong architecture?): {err}") from err
+
+def _check_materialized(model: nn.Module, path: Path) -> None:
+    """Raise if a tensor of the rebuilt model is still on the meta device (a buffer the file cannot hold)."""
+    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointMismatchError(f"{str(path)!r}: {left[:5]} are not in the checkpoint (non-persistent "
+                                      "buffers?): pass the unquantized model, load_quantized(model, folder)")

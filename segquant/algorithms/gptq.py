@@ -164,17 +164,25 @@ def _position_groups(order: Tensor, group: int | None, static_groups: bool) -> T
 
 
 def _inverse_hessian_cholesky(h: Tensor, percdamp: float) -> Tensor:
-    """Upper Cholesky factor ``U`` of ``(H + damp·I)⁻¹`` (``(H + damp·I)⁻¹ = Uᵀ U``), same dtype as ``h``."""
+    """Upper Cholesky factor ``U`` of ``(H + damp·I)⁻¹`` (``(H + damp·I)⁻¹ = Uᵀ U``), same dtype as ``h``.
+
+    No explicit inverse: with ``J`` the reversal permutation, let ``J H J = L' L'ᵀ`` (lower Cholesky).
+    Then ``H = R Rᵀ`` with ``R = J L' J`` upper triangular, so ``H⁻¹ = R⁻ᵀ R⁻¹ = Uᵀ U`` with
+    ``U = R⁻¹ = J L'⁻¹ J`` upper triangular with a positive diagonal: by uniqueness it is the Cholesky
+    factor. ``L'⁻¹`` is one triangular solve (``O(K³/3)``), several times faster than
+    ``cholesky_inverse`` followed by a second Cholesky.
+    """
     damp = percdamp * torch.diag(h).mean()
     h = h + damp * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    lower, info = torch.linalg.cholesky_ex(h)
+    lower_flipped, info = torch.linalg.cholesky_ex(h.flip(0, 1))
     if int(info) != 0:
         raise CalibrationError(
             f"gptq: the damped Hessian is not positive definite (percdamp={percdamp}); increase percdamp "
             "or calibrate on more samples"
         )
-    upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
-    if int(info) != 0:
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    upper = torch.linalg.solve_triangular(lower_flipped, eye, upper=False).flip(0, 1)
+    if not bool(torch.isfinite(torch.diagonal(upper)).all()):
         raise CalibrationError(
             f"gptq: the inverse Hessian is numerically singular (percdamp={percdamp}); increase percdamp"
         )

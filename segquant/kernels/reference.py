@@ -21,13 +21,13 @@ from torch import Tensor
 
 from segquant.algorithms.dualscale import dynamic_fake_quant_dualscale, fake_quant_dualscale
 from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import dequantize_codes, dynamic_fake_quant, fake_quant
+from segquant.numerics import codes_of_storage, dequantize_codes, dynamic_fake_quant, fake_quant
 
 
 class SegLinearBuffers(NamedTuple):
     """The canonical buffers of a ``SegLinear`` (what save/load writes); ``None`` where the spec has none."""
 
-    weight_codes: Tensor                 # (N, K) int8/int16/float8 codes, or the float weight
+    weight_codes: Tensor                 # (N, K) int8/int16/float8 codes, or the float weight; int4: (N, ⌈K/2⌉) uint8
     weight_scale: Tensor                 # (N, G) float32
     weight_col_group: Tensor             # (K,) int64: scale column of every weight column
     bias: Tensor | None = None           # (N,)
@@ -43,7 +43,8 @@ def dequantized_weight(b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
     """``Ŵ`` ``(N, K)`` float32: codes times their row/column-group scale (without the low-rank branch)."""
     if spec.weight_dtype is None:
         return b.weight_codes.float()
-    return dequantize_codes(b.weight_codes, b.weight_scale[:, b.weight_col_group])
+    codes = codes_of_storage(b.weight_codes, spec.weight_dtype, spec.in_features)
+    return dequantize_codes(codes, b.weight_scale[:, b.weight_col_group])
 
 
 def quantize_input_part(part: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: int, j: int) -> Tensor:

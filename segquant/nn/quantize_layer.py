@@ -28,7 +28,7 @@ from segquant.enums import Calibrate
 from segquant.errors import CalibrationError
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import LayerSettings, SegLinearSpec
-from segquant.numerics import PerTensor, asymmetric_params, block_amax, quantize_codes, scale_from_amax
+from segquant.numerics import PerTensor, asymmetric_params, block_amax, quantize_codes, scale_from_amax, stored_codes
 from segquant.observers import InputObserver
 
 MAX_SEARCH_ROWS = 512
@@ -88,7 +88,7 @@ def quantize_linear(linear: nn.Linear, spec: SegLinearSpec, settings: LayerSetti
 
 
 def _store_segment(module: SegLinear, s: int, rows: slice, segment: dict[str, Tensor]) -> None:
-    module.weight_codes[rows] = segment["codes"]
+    module.weight_codes[rows] = stored_codes(segment["codes"], module.spec.weight_dtype)
     module.weight_scale[rows] = segment["scale"]
     for name in ("smooth", "input_scale", "input_scale_neg", "input_zero_point", "lowrank_down"):
         if getattr(module, name) is not None:

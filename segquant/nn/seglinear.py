@@ -20,6 +20,8 @@ name                   shape               dtype / meaning
 =====================  ==================  ====================================================
 ``weight_codes``       (N, K)              int8 / int16 / float8 codes, or the float weight
                                            itself when weights are not quantized
+                       (N, ⌈K/2⌉)          uint8 for int4 weights: two codes per byte along K,
+                                           low nibble first (:func:`segquant.numerics.pack_int4`)
 ``weight_scale``       (N, G)              float32 scale of each row and scale column
 ``weight_col_group``   (K,)                int64: scale column of every weight column
 ``bias``               (N,)                the original bias (only if the layer had one)
@@ -41,11 +43,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from segquant.enums import DType
 from segquant.kernels.backend import DEFAULT_BACKEND, get_backend
 from segquant.kernels.reference import SegLinearBuffers, dequantized_weight
 from segquant.nn.spec import SegLinearSpec
 
 _FOLLOW_DTYPE = ("bias", "lowrank_up", "lowrank_down")
+
+
+def _codes_layout(spec: SegLinearSpec, dtype: torch.dtype) -> tuple[int, torch.dtype]:
+    """``(columns, dtype)`` of the ``weight_codes`` buffer (see the module docstring)."""
+    if spec.weight_dtype is DType.INT4:
+        return (spec.in_features + 1) // 2, torch.uint8
+    return spec.in_features, spec.weight_dtype.torch_dtype if spec.weight_dtype else dtype
 
 
 class SegLinear(nn.Module):
@@ -58,8 +68,8 @@ class SegLinear(nn.Module):
         self.in_features, self.out_features = spec.in_features, spec.out_features
         n, k, s, j = spec.out_features, spec.in_features, len(spec.output_segments), len(spec.input_segments)
         f32 = dict(device=device, dtype=torch.float32)
-        code_dtype = spec.weight_dtype.torch_dtype if spec.weight_dtype else dtype
-        self.register_buffer("weight_codes", torch.zeros(n, k, device=device, dtype=code_dtype))
+        columns, code_dtype = _codes_layout(spec, dtype)
+        self.register_buffer("weight_codes", torch.zeros(n, columns, device=device, dtype=code_dtype))
         self.register_buffer("weight_scale", torch.ones(n, spec.weight_scale_columns, **f32))
         self.register_buffer("weight_col_group", torch.zeros(k, device=device, dtype=torch.int64))
         self.register_buffer("bias", torch.zeros(n, device=device, dtype=dtype) if spec.has_bias else None)

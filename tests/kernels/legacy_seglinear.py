@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from segquant.enums import DType
-from segquant.numerics import PerChannel, PerTensor, PerToken
+from segquant.numerics import PerChannel, PerTensor, PerToken, codes_of_storage
 
 
 def _as_matrix(x: Tensor) -> Tensor:
@@ -148,7 +148,8 @@ def legacy_forward(b: dict, spec, x: Tensor) -> Tensor:
     if spec.weight_dtype is None:
         weight = b["weight_codes"].float()
     else:
-        weight = _dequantize_codes(b["weight_codes"], b["weight_scale"][:, b["weight_col_group"]])
+        codes = codes_of_storage(b["weight_codes"], spec.weight_dtype, in_features)  # int4 is now packed
+        weight = _dequantize_codes(codes, b["weight_scale"][:, b["weight_col_group"]])
     outputs, start = [], 0
     quantized_input = None
     smooth, up, down = b["smooth"], b["lowrank_up"], b["lowrank_down"]

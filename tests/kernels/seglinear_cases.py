@@ -13,7 +13,7 @@ import torch
 
 from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import PerChannel, PerGroup, PerTensor, PerToken
+from segquant.numerics import PerChannel, PerGroup, PerTensor, PerToken, stored_codes
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ CASES = [
     Case("weight_groups", _spec(24, 10, group=8), (3, 24), group_size=8),
     Case("weight_groups_in_segments", _spec(32, 6, inp=(16, 16), group=8), (2, 32), group_size=8),
     Case("int4_weights", _spec(16, 9, weight=DType.INT4, group=4), (3, 16), group_size=4),
+    Case("int4_weights_odd_k", _spec(15, 5, weight=DType.INT4), (2, 15)),
     Case("fp8", _spec(13, 11, dtype=DType.FP8E4M3, weight=DType.FP8E4M3), (5, 13)),
     Case("fp8_e5m2_dual", _spec(10, 4, dtype=DType.FP8E5M2, weight=DType.FP8E4M3, dual_scale=True), (6, 10)),
     Case("weight_only", _spec(15, 7, dtype=None), (4, 15)),
@@ -90,7 +91,7 @@ def random_buffers(case: Case, seed: int = 0) -> dict[str, torch.Tensor | None]:
     else:
         col_group = torch.repeat_interleave(torch.arange(j), torch.tensor(spec.input_segments))
     b = {
-        "weight_codes": _codes(spec.weight_dtype, (n, k), g),
+        "weight_codes": stored_codes(_codes(spec.weight_dtype, (n, k), g), spec.weight_dtype),
         "weight_scale": torch.rand(n, spec.weight_scale_columns, generator=g) * 0.01 + 0.001,
         "weight_col_group": col_group,
         "bias": torch.randn(n, generator=g) if spec.has_bias else None,
