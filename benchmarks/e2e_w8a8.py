@@ -5,10 +5,13 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``bf16``          eager bf16
 - ``bf16_compiled`` bf16, repeated blocks compiled (regional compilation)
 - ``torchao_fp8``   torchao ``Float8DynamicActivationFloat8WeightConfig(PerRow())``, compiled the same way
-- ``sq_fp8``        segquant FP8 E4M3 W8A8 (per-channel weights, static per-tensor inputs, SmoothQuant),
-                    backend "gpu", compiled the same way
-- ``sq_int8``       the same in INT8 (with SegQuant's segments and DualScale)
-- ``sq_int8_nods``  INT8 without DualScale (the ``activation_to_linear`` pattern off)
+- ``sq_fp8``        segquant FP8 E4M3 W8A8 (per-channel weights, static per-tensor inputs, SmoothQuant per
+                    output segment: the AdaLN chunks), backend "gpu", compiled the same way
+- ``sq_int8``       the same in INT8
+- ``sq_int8_dyn``   INT8 with dynamic per-token inputs (scale computed per call), otherwise as ``sq_int8``
+                    (the ``w8a8_fast`` preset)
+- ``sq_int8_full``  INT8 with all six SegPatterns: also per-head / per-``cat``-input scales (per-K-tile scaled
+                    GEMM) and DualScale (two products per weight tile)
 
     PYTHONPATH=. python benchmarks/e2e_w8a8.py --model sd35 --variants all --json out.json
 
@@ -31,18 +34,21 @@ import torch
 
 from fullsize import build
 
-VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "sq_fp8", "sq_int8", "sq_int8_nods")
+VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "sq_fp8", "sq_int8", "sq_int8_dyn", "sq_int8_full")
 _ALL_PATTERNS = ["linear_to_chunk", "linear_to_split", "concat_to_linear", "stack_to_linear",
                  "reshape_to_linear", "activation_to_linear"]
 
 
 def segquant_config(variant: str) -> dict:
-    """The segquant config of a ``sq_*`` variant (static per-tensor inputs, per-channel weights)."""
-    fmt = "fpe4m3" if variant == "sq_fp8" else "int8"
-    patterns = _ALL_PATTERNS if variant == "sq_int8" else _ALL_PATTERNS[:-1]
+    """The segquant config of a ``sq_*`` variant (per-channel weights; static per-tensor inputs unless
+    ``_dyn``: dynamic per-token)."""
+    fmt = "fpe4m3" if variant.startswith("sq_fp8") else "int8"
+    patterns = _ALL_PATTERNS if variant.endswith("_full") else _ALL_PATTERNS[:2]
+    dynamic = variant.endswith("_dyn")
     return {"default": {"search_patterns": patterns, "opt": {"type": "smooth", "alpha": 0.5},
                         "calib": {"type": "amax"},
-                        "input_quant": {"type": fmt, "granularity": "tensor", "dynamic": False},
+                        "input_quant": {"type": fmt, "granularity": "token" if dynamic else "tensor",
+                                        "dynamic": dynamic},
                         "weight_quant": {"type": fmt, "granularity": "channel"}}}
 
 
@@ -116,15 +122,44 @@ def run_variant(name: str, variant: str, iters: int) -> dict:
     return result
 
 
+def smoke(name: str, variants: list[str]) -> None:
+    """CPU check of the segquant variants on the small config: quantize, the "gpu" backend's layout and op
+    (its CPU kernel is the pure-torch twin; the CUDA check is bypassed) against the emulated backend, and
+    a fullgraph regional compile (dynamo only)."""
+    from unittest import mock
+
+    from segquant import quantize
+    from segquant.kernels.backend import set_backend
+    from segquant.pipeline.regional_compile import compile_repeated_blocks
+
+    for variant in [v for v in variants if v.startswith("sq_")]:
+        model, example = build(name, "cpu", torch.float32, small=True)
+        with torch.inference_mode():
+            quantize(model, [example], segquant_config(variant), example=example)
+            emulated = model(**example)[0]
+            with mock.patch("segquant.kernels.gpu.backend._device_problem", return_value=None):
+                set_backend(model, "gpu")
+            gpu_twin = model(**example)[0]
+            compile_repeated_blocks(model, fullgraph=True, backend="eager")
+            compiled = model(**example)[0]
+        torch._dynamo.reset()
+        rel = float((gpu_twin - emulated).norm() / emulated.norm())
+        print(f"smoke {name} {variant}: gpu layout (CPU twin) vs emulated rel.err {rel:.2e}; "
+              f"compiled vs eager max diff {float((compiled - gpu_twin).abs().max()):.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["sd35", "flux"], default="sd35")
     parser.add_argument("--variants", default="all", help=f"comma list of {VARIANTS} or 'all'")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--smoke", action="store_true", help="CPU check of the sq_* variants on a small config")
     opts = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     variants = VARIANTS if opts.variants == "all" else opts.variants.split(",")
+    if opts.smoke:
+        return smoke(opts.model, variants)
     results = []
     for variant in variants:
         try:

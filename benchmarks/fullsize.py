@@ -22,36 +22,49 @@ FLUX1_DEV = dict(
 )
 
 
-def sd35_inputs(device, dtype, batch: int = 2, latent: int = 128, text_tokens: int = 333) -> dict:
-    """SD3.5 transformer kwargs: latents ``(B, 16, latent, latent)``, text ``(B, T, 4096)``, pooled ``(B, 2048)``."""
+# Small versions of the same architectures (same code paths, CPU-sized) for a smoke test of a benchmark.
+SMALL = {"sd35": dict(SD35_MEDIUM, num_layers=2, num_attention_heads=2, joint_attention_dim=128,
+                      caption_projection_dim=128, pooled_projection_dim=64, dual_attention_layers=(0,)),
+         "flux": dict(FLUX1_DEV, num_layers=1, num_single_layers=2, num_attention_heads=2,
+                      joint_attention_dim=128, pooled_projection_dim=64)}
+
+
+def sd35_inputs(config: dict, device, dtype, batch: int = 2, latent: int = 128, text_tokens: int = 333) -> dict:
+    """SD3.5 transformer kwargs: latents ``(B, 16, latent, latent)``, text ``(B, T, joint dim)``, pooled."""
     return dict(hidden_states=torch.randn(batch, 16, latent, latent, device=device, dtype=dtype),
-                encoder_hidden_states=torch.randn(batch, text_tokens, 4096, device=device, dtype=dtype),
-                pooled_projections=torch.randn(batch, 2048, device=device, dtype=dtype),
+                encoder_hidden_states=torch.randn(batch, text_tokens, config["joint_attention_dim"], device=device,
+                                                  dtype=dtype),
+                pooled_projections=torch.randn(batch, config["pooled_projection_dim"], device=device, dtype=dtype),
                 timestep=torch.full((batch,), 500.0, device=device), return_dict=False)
 
 
-def flux_inputs(device, dtype, batch: int = 1, latent: int = 128, text_tokens: int = 512) -> dict:
-    """FLUX kwargs: packed latents ``(B, (latent/2)², 64)``, text ``(B, T, 4096)``, pooled ``(B, 768)``."""
+def flux_inputs(config: dict, device, dtype, batch: int = 1, latent: int = 128, text_tokens: int = 512) -> dict:
+    """FLUX kwargs: packed latents ``(B, (latent/2)², 64)``, text ``(B, T, joint dim)``, pooled, ids, guidance."""
     tokens = (latent // 2) ** 2
     side = torch.arange(latent // 2, device=device)
     img_ids = torch.stack([torch.zeros_like(side).repeat_interleave(latent // 2),
                            side.repeat_interleave(latent // 2), side.repeat(latent // 2)], dim=-1).to(dtype)
     return dict(hidden_states=torch.randn(batch, tokens, 64, device=device, dtype=dtype),
-                encoder_hidden_states=torch.randn(batch, text_tokens, 4096, device=device, dtype=dtype),
-                pooled_projections=torch.randn(batch, 768, device=device, dtype=dtype),
+                encoder_hidden_states=torch.randn(batch, text_tokens, config["joint_attention_dim"], device=device,
+                                                  dtype=dtype),
+                pooled_projections=torch.randn(batch, config["pooled_projection_dim"], device=device, dtype=dtype),
                 timestep=torch.full((batch,), 0.5, device=device),
                 guidance=torch.full((batch,), 3.5, device=device),
                 img_ids=img_ids, txt_ids=torch.zeros(text_tokens, 3, device=device, dtype=dtype),
                 return_dict=False)
 
 
-def build(name: str, device="cuda", dtype=torch.bfloat16, seed: int = 0):
-    """``(model, example_kwargs)`` for ``sd35`` or ``flux`` with random weights, in eval mode."""
+def build(name: str, device="cuda", dtype=torch.bfloat16, seed: int = 0, small: bool = False):
+    """``(model, example_kwargs)`` for ``sd35`` or ``flux`` with random weights, in eval mode.
+
+    ``small``: the CPU-sized config of :data:`SMALL` with a 32² latent (for smoke tests of a benchmark).
+    """
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
     torch.manual_seed(seed)
     cls, config, inputs = {"sd35": (SD3Transformer2DModel, SD35_MEDIUM, sd35_inputs),
                            "flux": (FluxTransformer2DModel, FLUX1_DEV, flux_inputs)}[name]
+    config = SMALL[name] if small else config
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -59,4 +72,5 @@ def build(name: str, device="cuda", dtype=torch.bfloat16, seed: int = 0):
             model = cls(**config)
     finally:
         torch.set_default_dtype(previous)
-    return model.eval().requires_grad_(False), inputs(device, dtype)
+    sizes = dict(latent=32, text_tokens=16) if small else {}
+    return model.eval().requires_grad_(False), inputs(config, device, dtype, **sizes)
