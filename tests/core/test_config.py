@@ -102,14 +102,25 @@ def test_presets_are_valid_and_round_trip_through_yaml(name, tmp_path):
     assert as_quant_config(str(path)).for_layer("a.b") == config.for_layer("a.b")
 
 
-def test_w8a8_preset_is_the_original_default():
-    layer = get_preset("w8a8").for_layer("x")
+def test_w8a8_original_preset_is_the_original_default():
+    layer = get_preset("w8a8_original").for_layer("x")
     assert layer.weight_quant.dtype is DType.INT8 and layer.weight_quant.granularity == PerTensor()
     assert layer.input_quant.dtype is DType.INT8 and not layer.input_quant.dynamic
     assert layer.opt.type is Optimum.SMOOTH and layer.opt.alpha == 0.5
     assert layer.calib.type is Calibrate.AMAX and layer.seglinear
     assert set(layer.search_patterns) == set(SegPattern.all())
     assert SegPattern.ACTIVATION2LINEAR in layer.search_patterns  # DualScale (was LayerConfig.dual_scale)
+
+
+def test_w8a8_preset_is_segquant_on_per_channel_weights_and_dynamic_per_token_inputs():
+    layer = get_preset("w8a8").for_layer("x")
+    assert layer.weight_quant.dtype is DType.INT8 and layer.weight_quant.granularity == PerChannel()
+    assert layer.input_quant.dtype is DType.INT8 and layer.input_quant.dynamic
+    assert layer.input_quant.granularity == PerToken()
+    assert layer.opt.type is Optimum.SMOOTH and set(layer.search_patterns) == set(SegPattern.all())
+    fast, static = get_preset("w8a8_fast").for_layer("x"), get_preset("w8a8_static").for_layer("x")
+    assert set(fast.search_patterns) == {SegPattern.LINEAR2CHUNK, SegPattern.LINEAR2SPLIT} and fast.input_quant.dynamic
+    assert static.search_patterns == fast.search_patterns and not static.input_quant.dynamic
 
 
 def test_preset_dict_is_a_fresh_copy_and_unknown_preset_errors():
