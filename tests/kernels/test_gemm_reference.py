@@ -8,7 +8,7 @@ from segquant.kernels.gemm_reference import w8a8_gemm_reference
 from segquant.kernels.gpu.plan import layout_of, pack_tensors, seglinear_forward
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import PerGroup, PerTensor, PerToken
+from segquant.numerics import PerGroup, PerTensor, PerToken, pack_int4
 from tests.core.test_seglinear import filled as filled_int8
 
 
@@ -20,9 +20,14 @@ def filled(spec: SegLinearSpec, seed: int = 0) -> SegLinear:
     n, k = spec.out_features, spec.in_features
     if spec.weight_dtype is DType.FP8E4M3:
         module.weight_codes.copy_((torch.randn(n, k, generator=g) * 100).clamp(-448, 448).to(torch.float8_e4m3fn))
+    if spec.weight_dtype is DType.INT4:
+        module.weight_codes.copy_(pack_int4(torch.randint(-8, 8, (n, k), generator=g, dtype=torch.int8)))
     segments = torch.tensor(spec.input_segments)
     if spec.weight_scale_columns == len(segments):  # per-channel scales of each input segment
         module.weight_col_group.copy_(torch.arange(len(segments)).repeat_interleave(segments))
+    elif spec.weight_scale_columns > 1:  # per-group scales: equal groups along K
+        groups = spec.weight_scale_columns
+        module.weight_col_group.copy_(torch.arange(groups).repeat_interleave(k // groups))
     if module.lowrank_down is not None:
         module.lowrank_down.mul_(0.1)
     return module
@@ -52,6 +57,9 @@ SPECS = {
     "dynamic_tensor": SegLinearSpec(64, 20, (20,), (32, 32), I8, input_dynamic=True, input_granularity=PerTensor()),
     "dynamic_group": SegLinearSpec(64, 20, (20,), (64,), I8, input_dynamic=True, input_granularity=PerGroup(32)),
     "no_bias": SegLinearSpec(64, 20, (20,), (64,), I8, has_bias=False),
+    "int4_weights": SegLinearSpec(64, 20, (20,), (64,), I8, weight_dtype=DType.INT4),
+    "int4_group32_dynamic": SegLinearSpec(64, 20, (20,), (64,), I8, weight_dtype=DType.INT4, weight_scale_columns=2,
+                                          input_dynamic=True, input_granularity=PerToken()),
 }
 
 
@@ -68,7 +76,8 @@ def test_twin_matches_emulated_seglinear(name):
     assert rel_err(y, module(x)) <= 1e-3
 
 
-@pytest.mark.parametrize("name", ["dynamic", "dynamic_dual", "dynamic_group", "dynamic_segments_smooth"])
+@pytest.mark.parametrize("name", ["dynamic", "dynamic_dual", "dynamic_group", "dynamic_segments_smooth",
+                                  "int4_group32_dynamic"])
 def test_dynamic_twin_is_bitwise_emulated(name):
     """Dynamic codes are computed with the emulated divisions: identical up to matmul rounding."""
     module = pack(filled(SPECS[name]))

@@ -12,11 +12,13 @@ name                  shape / dtype     meaning
 ``gpu_a_col``         (K,) int32        input-scale column of every input channel
 ``gpu_w_col``         (K,) int32        weight-scale column of every input channel (all 0 when
                                         every column of ``weight_scale`` holds the same values)
+``gpu_weight_codes``  (N, K) int8       int4 weights only: the packed codes unpacked to one per byte
 ====================  ================  =====================================================
 
 ``Sa`` is the number of differently quantized inputs: ``S`` with per-output-segment smoothing, else 1
-(without smoothing the emulated forward quantizes once, with segment 0's scales). The weight codes
-``(N, K)`` (K-major, as the tensor cores want 8-bit operands) and ``weight_scale`` are used as they are.
+(without smoothing the emulated forward quantizes once, with segment 0's scales). The 8-bit weight codes
+``(N, K)`` (K-major, as the tensor cores want 8-bit operands) and ``weight_scale`` are used as they are;
+int4 codes (stored two per byte) run through the same INT8 GEMM, unpacked once here.
 """
 
 from __future__ import annotations
@@ -28,11 +30,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import PerGroup
+from segquant.numerics import PerGroup, codes_of_storage
 from segquant.kernels.gpu.quant import quantize_dynamic, quantize_static, quantize_static_dual
-
-PACKED = ("gpu_in_mul", "gpu_in_mul_neg", "gpu_a_scale", "gpu_a_scale_neg", "gpu_a_col", "gpu_w_col")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ def pack_tensors(module) -> dict[str, Tensor]:
     sa = len(spec.output_segments) if spec.smooth else 1
     packed = {"gpu_a_col": input_columns(spec).to(device),
               "gpu_w_col": weight_columns(module).to(device)}
+    if spec.weight_dtype is DType.INT4:
+        packed["gpu_weight_codes"] = codes_of_storage(module.weight_codes, spec.weight_dtype, spec.in_features)
     if spec.input_dynamic:
         return packed
     sides = [("", module.input_scale)] + ([("_neg", module.input_scale_neg)] if spec.dual_scale else [])
@@ -122,12 +125,17 @@ def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Te
     rows = x.reshape(-1, module.in_features)
     codes, a_scale, a_scale_neg = quantize_input(module, rows)
     lowrank = module.lowrank_up is not None  # added in float32 before the one rounding to x.dtype
-    y = gemm(codes, module.weight_codes, a_scale, a_scale_neg, module.weight_scale, module.gpu_a_col,
+    y = gemm(codes, gemm_weight_codes(module), a_scale, a_scale_neg, module.weight_scale, module.gpu_a_col,
              module.gpu_w_col, module.bias, layout.out_segment, layout.scale_mode, layout.k_align,
              torch.float32 if lowrank else x.dtype)
     if lowrank:
         y = (y + lowrank_branch(module, rows).float()).to(x.dtype)
     return y.reshape(*x.shape[:-1], module.out_features)
+
+
+def gemm_weight_codes(module) -> Tensor:
+    """The ``(N, K)`` 8-bit weight codes the GEMM reads (int4: the unpacked copy made by :func:`pack_tensors`)."""
+    return module.gpu_weight_codes if module.spec.weight_dtype is DType.INT4 else module.weight_codes
 
 
 def lowrank_branch(module, rows: Tensor) -> Tensor:
