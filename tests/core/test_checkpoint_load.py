@@ -15,6 +15,7 @@ from segquant.models.tiny import build_tiny_denoiser, tiny_example_inputs
 from segquant.nn.seglinear import SegLinear
 from segquant.numerics import unpack_int4
 from segquant.serialization import MANIFEST_NAME, MODEL_NAME, PLAN_NAME, WEIGHTS_NAME
+from tests.core.test_serialization import copy_of
 
 W4A8 = {"default": {"weight_quant": {"type": "int4", "granularity": "group", "group_size": 16},
                     "input_quant": {"type": "int8", "granularity": "tensor", "dynamic": False},
@@ -34,14 +35,6 @@ def saved(tmp_path_factory):
     quantized = quantize(model, data, W4A8)
     folder = save_quantized(quantized, tmp_path_factory.mktemp("ckpt") / "q")
     return folder, quantized, tiny_example_inputs("sd3", batch=2, seed=5)
-
-
-def copy_of(saved, tmp_path):
-    folder = tmp_path / "q"
-    folder.mkdir()
-    for file in saved[0].iterdir():
-        (folder / file.name).write_bytes(file.read_bytes())
-    return folder
 
 
 def test_load_without_a_model_is_bitwise_and_packed(saved):

@@ -16,8 +16,8 @@ from segquant.eval.harness import EvalConfig, PeakMemory, evaluate, preset_label
 from segquant.eval.report import markdown_table, write_report  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny_pipe():
+def build_tiny_demo_pipe() -> SegQuantDemoPipeline:
+    """A 2-layer random MMDiT in the demo pipeline (seeded): fast enough for end-to-end harness tests."""
     torch.manual_seed(0)
     denoiser = models.build_denoiser("mmdit", dict(num_layers=2, num_attention_heads=2, caption_projection_dim=64,
                                                    dual_attention_layers=(0,))).eval()
@@ -26,6 +26,11 @@ def tiny_pipe():
                                 transformer=denoiser)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    return build_tiny_demo_pipe()
 
 
 @pytest.fixture(scope="module")
