@@ -166,6 +166,16 @@ def gather_list(items: list[T]) -> list[T]:
     return [item for part in parts for item in part]
 
 
+def gather_to_main(items: list[T]) -> list[T] | None:
+    """Every rank's ``items`` concatenated in rank order on rank 0; ``None`` on the other ranks."""
+    world = current()
+    if not world.parallel:
+        return list(items)
+    parts: list[Any] | None = [None] * world.size if world.is_main else None
+    dist.gather_object(list(items), parts, dst=0)
+    return None if parts is None else [item for part in parts for item in part]
+
+
 def all_ranks(step: Callable[[], T], what: str) -> T:
     """Run ``step()`` on every rank; if it raises on any rank, raise on every rank.
 

