@@ -128,7 +128,7 @@ def calibrate(model: nn.Module, plan: QuantPlan, calib_data_loader: Iterable, tm
     zero are logged as a warning (their scales would be meaningless).
 
     Under ``torchrun`` (an initialized process group of several ranks, see :mod:`segquant.distributed`)
-    every rank passes the same loader, runs the batches ``index % world_size == rank`` and the observers
+    every rank passes the same loader, runs its share of the batches (``distributed.rank_batches``) and the observers
     are reduced across ranks before they are returned: min / max, counts and the reservoir sample are
     bitwise those of one process, GPTQ Hessians equal within float32 rounding.
     """
@@ -159,12 +159,10 @@ def calibrate(model: nn.Module, plan: QuantPlan, calib_data_loader: Iterable, tm
 def _run_batches(model: nn.Module, calib_data_loader: Iterable, verbose: bool, reached: dict,
                  observers: dict[str, InputObserver]) -> int:
     """Run every batch of this rank (without gradients); returns how many ran."""
-    batches, first_shapes, world = 0, None, distributed.current()
+    batches, first_shapes = 0, None
     with torch.no_grad():
-        for index, batch in enumerate(tqdm(calib_data_loader, desc="calibrating", unit="batch",
-                                           disable=not verbose)):
-            if not world.owns_batch(index):
-                continue
+        for index, batch in tqdm(distributed.rank_batches(calib_data_loader), desc="calibrating", unit="batch",
+                                 disable=not verbose):
             for observer in observers.values():
                 observer.start_batch(index)
             reached["layer"] = None

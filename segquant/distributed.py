@@ -7,9 +7,10 @@ are combined so that every rank ends with what a single process would have compu
 
 * :func:`shard_range`: a contiguous, balanced share of ``n`` items (prompts, image batches); sizes
   differ by at most one, so a world size that does not divide the work is fine (a rank may get none).
-* :func:`owns_batch`: round-robin ownership of calibration batches (``index % size == rank``), for
-  loaders of unknown length.
-* :func:`gather_list`: every rank's list, concatenated in rank order, on every rank.
+* :func:`rank_batches`: this rank's calibration batches, a contiguous share of a loader with a length
+  (round-robin for an iterator); a map-style ``DataLoader`` loads only this rank's batches.
+* :func:`gather_list` / :func:`gather_to_main`: every rank's list, concatenated in rank order, on
+  every rank / on rank 0.
 * :func:`reduce_observers`: calibration statistics combined across ranks (min / max exactly, row and
   sample counts summed, GPTQ Hessians as the sample-weighted mean, reservoir samples by their keys).
 * :func:`all_ranks` / :func:`on_main`: run a step on every rank (or on rank 0) and make a failure on
@@ -29,10 +30,11 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, IterableDataset
 
 from segquant.errors import DistributedError, RankDeviceError, RendezvousError
 
@@ -147,6 +149,35 @@ def shard_range(n: int, world: World | None = None) -> range:
     base, extra = divmod(n, world.size)
     start = world.rank * base + min(world.rank, extra)
     return range(start, start + base + (world.rank < extra))
+
+
+def rank_batches(loader: Iterable[Any], world: World | None = None) -> Iterator[tuple[int, Any]]:
+    """``(index, batch)`` of this rank's batches of ``loader``, ``index`` counting every rank's batches.
+
+    A loader with a length is split into contiguous shares (:func:`shard_range`), one without (an
+    iterator) round-robin (:meth:`World.owns_batch`). A map-style ``DataLoader`` without worker processes
+    loads only this rank's batches; other loaders are iterated in full and the other batches skipped.
+    """
+    world = world or current()
+    if not world.parallel:
+        yield from enumerate(loader)
+        return
+    share = shard_range(len(loader), world) if hasattr(loader, "__len__") else None
+    owns = world.owns_batch if share is None else share.__contains__
+    if _loads_by_index(loader):
+        for index, indices in enumerate(loader.batch_sampler):
+            if owns(index):
+                yield index, loader.collate_fn([loader.dataset[i] for i in indices])
+        return
+    for index, batch in enumerate(loader):
+        if owns(index):
+            yield index, batch
+
+
+def _loads_by_index(loader: Any) -> bool:
+    """True for a ``DataLoader`` whose batches can be built from its batch sampler's indices here."""
+    return (isinstance(loader, DataLoader) and loader.num_workers == 0 and loader.batch_sampler is not None
+            and not isinstance(loader.dataset, IterableDataset))
 
 
 def _comm_device() -> torch.device:

@@ -3,11 +3,13 @@ observer merges that make several ranks' statistics equal one process's."""
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from segquant import distributed
-from segquant.distributed import World, launch, rank_device, shard_range, torchrun_env
+from segquant.distributed import World, launch, rank_batches, rank_device, shard_range, torchrun_env
 from segquant.errors import RankDeviceError, RendezvousError
 from segquant.observers import InputObserver
+from same import equal_trees
 
 FULL_ENV = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 
@@ -60,9 +62,37 @@ def test_shards_are_contiguous_balanced_and_cover_everything(n, size):
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
-def test_round_robin_batches_cover_everything_once():
-    worlds = [World(rank, 3) for rank in range(3)]
-    assert sorted(i for w in worlds for i in range(10) if w.owns_batch(i)) == list(range(10))
+def test_rank_batches_split_lists_dataloaders_and_iterators():
+    data = torch.arange(20.0).reshape(10, 2)
+    loaders = {"list": lambda: [data[i: i + 3] for i in range(0, 10, 3)],
+               "dataloader": lambda: DataLoader(TensorDataset(data), batch_size=3),
+               "iterator": lambda: iter([data[i: i + 3] for i in range(0, 10, 3)])}
+    for kind, make in loaders.items():
+        expected = list(enumerate(make()))
+        got = sorted((pair for r in range(3) for pair in rank_batches(make(), World(r, 3))), key=lambda p: p[0])
+        assert [i for i, _ in got] == list(range(4)), kind
+        assert all(equal_trees(a, b) for (_, a), (_, b) in zip(expected, got)), kind
+    shares = [[i for i, _ in rank_batches(loaders["list"](), World(r, 3))] for r in range(3)]
+    assert shares == [[0, 1], [2], [3]]  # a loader with a length: contiguous shares
+    rr = [[i for i, _ in rank_batches(loaders["iterator"](), World(r, 3))] for r in range(3)]
+    assert rr == [[0, 3], [1], [2]]  # an iterator: round-robin
+
+
+def test_dataloader_share_loads_only_its_batches():
+    class Counting(Dataset):
+        def __init__(self):
+            self.read = []
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            self.read.append(i)
+            return torch.tensor([float(i)])
+
+    dataset = Counting()
+    batches = list(rank_batches(DataLoader(dataset, batch_size=2), World(1, 2)))
+    assert [i for i, _ in batches] == [2, 3] and sorted(dataset.read) == [4, 5, 6, 7]
 
 
 def _observe(batches, indices, hessian=False):
