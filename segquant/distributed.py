@@ -116,11 +116,14 @@ def rank_device(device: str | torch.device, world: World) -> torch.device:
 
 
 @contextlib.contextmanager
-def launch(device: str | torch.device = "cpu", timeout_s: float = 1800.0) -> Iterator[tuple[World, torch.device]]:
+def launch(device: str | torch.device = "cpu", timeout_s: float = 6 * 3600.0) -> Iterator[tuple[World, torch.device]]:
     """Start the default process group when launched by torchrun; yield ``(world, this rank's device)``.
 
     NCCL for CUDA devices, gloo otherwise; the group is destroyed on exit. Without torchrun's
     environment, or with a group already initialized by the caller, nothing is started or destroyed.
+    ``timeout_s`` bounds how long a collective waits: long, because a rank that finished its share
+    waits there for the others (after a resume, one rank may have hours of prompts left). A rank that
+    dies ends the others sooner: torchrun stops the whole group.
     """
     env = torchrun_env()
     if env is None or dist.is_initialized():
@@ -239,17 +242,18 @@ def on_main(step: Callable[[], T], what: str) -> T:
     if not world.parallel:
         return step()
     box: list[Any] = [None]
+    error: Exception | None = None
     if world.is_main:
         try:
             box[0] = ("ok", step())
-        except Exception as exc:  # noqa: BLE001 - sent to every rank, then raised
-            box[0] = ("error", exc)
+        except Exception as exc:  # noqa: BLE001 - reported to every rank, then re-raised
+            error, box[0] = exc, ("error", f"{type(exc).__name__}: {exc}")
     dist.broadcast_object_list(box, src=0)
     status, value = box[0]
+    if error is not None:
+        raise error
     if status == "error":
-        if world.is_main:
-            raise value
-        raise DistributedError(f"{what} failed on rank 0: {type(value).__name__}: {value}") from value
+        raise DistributedError(f"{what} failed on rank 0: {value}")
     return value
 
 

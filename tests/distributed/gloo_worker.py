@@ -7,9 +7,12 @@ Usage: gloo_worker.py OUT_DIR. Writes into OUT_DIR:
   observers.pt      {layer: (min, max, rows_seen, sample, hessian)} of calibrate() with a GPTQ config
   quantized.pt      {preset: state_dict} of the tiny SD3 transformer quantized on the set (5 batches)
   eval.pt           {"rows", "errors", "images"} of the harness on a tiny demo pipeline (4 images, 2 batches)
+  failures-<rank>.json  what each rank saw of a step that fails on the last rank (all_ranks) and on
+                    rank 0 (on_main)
 """
 
 import copy
+import json
 import sys
 from pathlib import Path
 
@@ -18,7 +21,8 @@ import torch
 from segquant import quantize
 from segquant.calib import UniformSampler, generate_calibrate_set, load_calibrate_set
 from segquant.calibration import calibrate
-from segquant.distributed import launch
+from segquant.distributed import all_ranks, launch, on_main
+from segquant.errors import DistributedError
 from segquant.models.tiny_pipelines import build_tiny_pipeline, tiny_prompt_inputs
 from segquant.plan import build_plan
 
@@ -73,6 +77,24 @@ def evaluation(out: Path, main: bool) -> None:
         torch.save({"rows": result.rows, "errors": result.errors, "images": result.images}, out / "eval.pt")
 
 
+def failures(out: Path, world) -> None:
+    def fails_on(rank):
+        def step():
+            if world.rank == rank:
+                raise ValueError(f"broken on rank {rank}")
+            return "fine"
+
+        return step
+
+    seen = []
+    for runner, rank in ((all_ranks, world.size - 1), (on_main, 0)):
+        try:
+            seen.append(runner(fails_on(rank), "the test step"))
+        except (DistributedError, ValueError) as exc:
+            seen.append(f"{type(exc).__name__}: {exc}")
+    (out / f"failures-{world.rank}.json").write_text(json.dumps(seen))
+
+
 def main(out: str) -> None:
     torch.set_num_threads(1)
     out = Path(out)
@@ -80,6 +102,7 @@ def main(out: str) -> None:
         denoiser = calibration_sets(out, world.is_main)
         quantized_models(denoiser, out, world.is_main)
         evaluation(out, world.is_main)
+        failures(out, world)
 
 
 if __name__ == "__main__":

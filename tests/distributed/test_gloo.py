@@ -7,6 +7,7 @@ errors. Within float32 rounding: the GPTQ Hessian (a mean summed in another orde
 (GPTQ) buffers are compared with a tolerance.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -88,3 +89,14 @@ def test_eval_metrics_and_images(outputs):
         assert metrics == {k for k in row_b if not k.endswith(TIMING)}
         assert {k: row_a[k] for k in metrics} == {k: row_b[k] for k in metrics}
     assert {"psnr", "ssim", "fid", "class_acc", "cls_fd", "mean_step_error"} <= set(single["rows"][1])
+
+
+def test_a_failing_rank_fails_every_rank_by_name(outputs):
+    single, parallel = outputs
+    assert json.loads((single / "failures-0.json").read_text()) == ["ValueError: broken on rank 0"] * 2
+    assert json.loads((parallel / "failures-0.json").read_text()) == [
+        "DistributedError: the test step failed on 1 of 2 ranks: rank 1: ValueError: broken on rank 1",
+        "ValueError: broken on rank 0"]
+    assert json.loads((parallel / "failures-1.json").read_text()) == [
+        "ValueError: broken on rank 1",
+        "DistributedError: the test step failed on rank 0: ValueError: broken on rank 0"]
