@@ -110,7 +110,9 @@ def launch_all(args) -> list[dict]:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", __file__,
                    "--worker", "--result", str(result), "--work", tmp, *_job_args(args)]
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"{n} process(es) failed:\n{proc.stderr[-3000:]}")
             rows += json.loads(result.read_text())
             print(f"{n} process(es): " + ", ".join(f"{r['job']} {r['per_second']:.2f} {r['unit']}/s"
                                                    for r in rows if r["processes"] == n), flush=True)
@@ -138,10 +140,10 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nproc", default="1,2", help="comma-separated process counts")
-    p.add_argument("--prompts", type=int, default=16, help="calibration prompts (trajectories)")
+    p.add_argument("--prompts", type=int, default=32, help="calibration prompts (trajectories)")
     p.add_argument("--images", type=int, default=16, help="evaluation images")
-    p.add_argument("--steps", type=int, default=8, help="denoising steps (calib records steps/2 per prompt)")
-    p.add_argument("--size", type=int, default=128, help="tiny SD3 image size (pixels)")
+    p.add_argument("--steps", type=int, default=16, help="denoising steps (calib records steps/2 per prompt)")
+    p.add_argument("--size", type=int, default=128, help="tiny SD3 image size (pixels, at most 128)")
     p.add_argument("--batch-size", type=int, default=2, help="images per pipeline call in the eval job")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (one GPU per process)")

@@ -170,6 +170,7 @@ def generate_images(pipe, cfg: EvalConfig, desc: str = "generate", progress: boo
     process) and rank 0 gets all images; the other ranks get ``None``."""
     starts = range(0, len(cfg.prompts), cfg.batch_size)
     mine = [starts[i] for i in distributed.shard_range(len(starts))]
+    progress = progress and distributed.current().is_main
     out = distributed.all_ranks(lambda: _generate_batches(pipe, cfg, mine, desc, progress, tap), "generating images")
     parts = distributed.gather_to_main(out)
     return None if parts is None else torch.cat(parts)
