@@ -128,9 +128,9 @@ def calibrate(model: nn.Module, plan: QuantPlan, calib_data_loader: Iterable, tm
     zero are logged as a warning (their scales would be meaningless).
 
     Under ``torchrun`` (an initialized process group of several ranks, see :mod:`segquant.distributed`)
-    every rank passes the same loader, runs its share of the batches (``distributed.rank_batches``) and the observers
-    are reduced across ranks before they are returned: min / max, counts and the reservoir sample are
-    bitwise those of one process, GPTQ Hessians equal within float32 rounding.
+    every rank passes the same loader, runs its share of the batches (``distributed.rank_batches``) and
+    the observers are reduced across ranks before they are returned: min / max, counts and the reservoir
+    sample are bitwise those of one process, GPTQ Hessians equal within float32 rounding.
     """
     names = [layer.name for layer in plan.enabled_layers() if layers is None or layer.name in layers]
     modules = dict(model.named_modules())

@@ -226,8 +226,8 @@ def all_ranks(step: Callable[[], T], what: str) -> T:
         error = exc
     if not world.parallel:
         return result
-    failures = [f for f in gather_list([None if error is None else f"rank {world.rank}: {type(error).__name__}: {error}"])
-                if f is not None]
+    mine = None if error is None else f"rank {world.rank}: {type(error).__name__}: {error}"
+    failures = [f for f in gather_list([mine]) if f is not None]
     if error is not None:
         raise error
     if failures:

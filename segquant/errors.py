@@ -66,7 +66,8 @@ class DistributedError(SegQuantError, RuntimeError):
 
 
 class RendezvousError(DistributedError):
-    """The ``torchrun`` rendezvous environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...) is missing or invalid."""
+    """The ``torchrun`` rendezvous environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...) is missing or
+    invalid."""
 
 
 class RankDeviceError(DistributedError):

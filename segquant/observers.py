@@ -149,7 +149,8 @@ class HessianObserver:
         """``H · n / total`` ``(K, K)`` float32 (zeros before any sample): this observer's part of the mean
         over ``total`` samples seen by several observers (see ``segquant.distributed.reduce_observers``)."""
         if self._h is None:
-            return torch.zeros(self.k, self.k, dtype=torch.float32, device=self._home(self.device or torch.device("cpu")))
+            home = self._home(self.device or torch.device("cpu"))
+            return torch.zeros(self.k, self.k, dtype=torch.float32, device=home)
         return self._h * (self.n_samples / total)
 
     def load_mean(self, h: Tensor, n_samples: int) -> None:

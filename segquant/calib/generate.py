@@ -156,13 +156,15 @@ def generate_calibrate_set(
     call_kwargs = _call_kwargs(model, sampler, pipeline_kwargs)
     settings = _settings(model, sampler, name, layer, call_kwargs, seed, chunk_size, compress)
     if distributed.current().parallel:
-        run = (model, sampler, name, layer, call_kwargs, seed, progress and distributed.current().is_main, record_device)
+        progress = progress and distributed.current().is_main
+        run = (model, sampler, name, layer, call_kwargs, seed, progress, record_device)
         return _generate_sharded(run, sample_dataloader, dump_path, chunk_size, compress, settings, overwrite)
     writer, manifest, complete = _open_writer(dump_path, chunk_size, compress, settings, overwrite)
     if complete:
         logger.info("calibration set in %s is already complete", dump_path)
         return load_calibrate_set(dump_path)
-    _record_all(model, sampler, name, layer, sample_dataloader, writer, manifest, call_kwargs, seed, progress, record_device)
+    _record_all(model, sampler, name, layer, sample_dataloader, writer, manifest, call_kwargs, seed, progress,
+                record_device)
     if dump_path is None:
         return CalibrationSet.from_records(writer.records, writer.infos, settings)
     writer.close()

@@ -51,7 +51,8 @@ def prepare_merged(root: str | os.PathLike, settings: dict[str, Any], overwrite:
     if read_manifest(root) is None:
         stray = sorted(p.name for p in root.iterdir() if not p.name.startswith(RANK_PREFIX))
         if stray and not overwrite:
-            raise ConfigError(f"dump_path {root} is not empty ({stray[0]}) and holds no {MANIFEST}; use an empty folder")
+            raise ConfigError(f"dump_path {root} is not empty ({stray[0]}) and holds no {MANIFEST}; "
+                              "use an empty folder")
         return False
     manifest = prepare_dump(root, settings, overwrite)
     if manifest is not None and manifest["status"] != "complete":

@@ -5,7 +5,8 @@ Usage: gloo_worker.py OUT_DIR. Writes into OUT_DIR:
   calib/            a calibration set of a tiny SD3 pipeline (5 prompts: 3 + 2 over two ranks)
   calib_memory.pt   the same set recorded in memory: [(record, info)]
   observers.pt      {layer: (min, max, rows_seen, sample, hessian)} of calibrate() with a GPTQ config
-  quantized.pt      {preset: state_dict} of the tiny SD3 transformer quantized on the set (5 batches)
+  quantized.pt      {config: state_dict} of the tiny SD3 transformer quantized on the set (5 batches):
+                    w8a8_search, w4a8 (GPTQ) and w8a8_search with sequential calibration
   eval.pt           {"rows", "errors", "images"} of the harness on a tiny demo pipeline (4 images, 2 batches)
   failures-<rank>.json  what each rank saw of a step that fails on the last rank (all_ranks) and on
                     rank 0 (on_main)
@@ -25,11 +26,14 @@ from segquant.distributed import all_ranks, launch, on_main
 from segquant.errors import DistributedError
 from segquant.models.tiny_pipelines import build_tiny_pipeline, tiny_prompt_inputs
 from segquant.plan import build_plan
+from segquant.presets import preset_dict
 
 PROMPTS = ["a red fox", "a blue car", "an old tree", "a small boat", "a green hat"]
 SAMPLER = UniformSampler(max_timestep=4, sample_size=5, timestep_per_sample=2)
-PRESETS = ("w8a8_search", "w4a8")
 GPTQ = {"default": {"calib": {"type": "gptq"}, "weight_quant": {"type": "int4"}}}
+SEQUENTIAL = preset_dict("w8a8_search")
+SEQUENTIAL["default"]["calib"] = {"sequential": True}
+CONFIGS = {"w8a8_search": "w8a8_search", "w4a8": "w4a8", "w8a8_search_sequential": SEQUENTIAL}
 
 
 def calibration_sets(out: Path, main: bool):
@@ -49,7 +53,8 @@ def quantized_models(denoiser, out: Path, main: bool) -> None:
     plan = build_plan(denoiser, GPTQ, example)
     observers = calibrate(denoiser, plan, loader)
     stats = {name: (o.min, o.max, o.rows_seen, o.sample, o.hessian.hessian()) for name, o in observers.items()}
-    states = {p: quantize(copy.deepcopy(denoiser), loader, p, example=example).state_dict() for p in PRESETS}
+    states = {label: quantize(copy.deepcopy(denoiser), loader, config, example=example).state_dict()
+              for label, config in CONFIGS.items()}
     if main:
         torch.save(stats, out / "observers.pt")
         torch.save(states, out / "quantized.pt")

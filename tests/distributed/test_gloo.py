@@ -2,9 +2,10 @@
 memory), calibrate()'s statistics, the quantized buffers and the evaluation metrics (gloo_worker.py).
 
 Bitwise: the calibration set, min / max / row counts / reservoir samples, the buffers of a min/max
-preset with alpha search (w8a8_search), images, PSNR / SSIM / FID / KID / classifier metrics and step
-errors. Within float32 rounding: the GPTQ Hessian (a mean summed in another order), hence the w4a8
-(GPTQ) buffers are compared with a tolerance.
+preset with alpha search (w8a8_search, also with sequential calibration), images, PSNR / SSIM / FID /
+KID / classifier metrics and step errors. Within float32 rounding: the GPTQ Hessian (a mean summed in
+another order), hence the w4a8 (GPTQ) buffers are compared with a tolerance. A step that fails on one
+rank fails on every rank, naming the rank.
 """
 
 import json
@@ -71,6 +72,8 @@ def test_observer_statistics(outputs):
 def test_quantized_buffers(outputs):
     single, parallel = (torch.load(p / "quantized.pt") for p in outputs)
     assert equal_trees(single["w8a8_search"], parallel["w8a8_search"])
+    assert equal_trees(single["w8a8_search_sequential"], parallel["w8a8_search_sequential"])
+    assert not equal_trees(single["w8a8_search"], single["w8a8_search_sequential"])  # the block order mattered
     a, b = single["w4a8"], parallel["w4a8"]
     assert a.keys() == b.keys()
     for key in a:
