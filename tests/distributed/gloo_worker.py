@@ -4,9 +4,11 @@
 Usage: gloo_worker.py OUT_DIR. Writes into OUT_DIR:
   calib/            a calibration set of a tiny SD3 pipeline (5 prompts: 3 + 2 over two ranks)
   calib_memory.pt   the same set recorded in memory: [(record, info)]
+  calib_one/        a set of one prompt (rank 1 records nothing)
   observers.pt      {layer: (min, max, rows_seen, sample, hessian)} of calibrate() with a GPTQ config
   quantized.pt      {config: state_dict} of the tiny SD3 transformer quantized on the set (5 batches):
-                    w8a8_search, w4a8 (GPTQ) and w8a8_search with sequential calibration
+                    w8a8_search, w4a8 (GPTQ), w8a8_search with sequential calibration, and
+                    w8a8_search on one batch (rank 1 calibrates nothing)
   eval.pt           {"rows", "errors", "images"} of the harness on a tiny demo pipeline (4 images, 2 batches)
   failures-<rank>.json  what each rank saw of a step that fails on the last rank (all_ranks) and on
                     rank 0 (on_main)
@@ -42,6 +44,8 @@ def calibration_sets(out: Path, main: bool):
     kwargs = dict(guidance_scale=2.0, progress=False)
     generate_calibrate_set(pipe, SAMPLER, items, "transformer", dump_path=out / "calib", chunk_size=3, **kwargs)
     memory = generate_calibrate_set(pipe, SAMPLER, items, "transformer", **kwargs)
+    one = UniformSampler(max_timestep=4, sample_size=1, timestep_per_sample=2)  # fewer prompts than ranks
+    generate_calibrate_set(pipe, one, items, "transformer", dump_path=out / "calib_one", **kwargs)
     if main:
         torch.save([(memory[i], memory.info(i)) for i in range(len(memory))], out / "calib_memory.pt")
     return pipe.transformer
@@ -55,6 +59,8 @@ def quantized_models(denoiser, out: Path, main: bool) -> None:
     stats = {name: (o.min, o.max, o.rows_seen, o.sample, o.hessian.hessian()) for name, o in observers.items()}
     states = {label: quantize(copy.deepcopy(denoiser), loader, config, example=example).state_dict()
               for label, config in CONFIGS.items()}
+    one_batch = [example]  # fewer batches than ranks
+    states["one_batch"] = quantize(copy.deepcopy(denoiser), one_batch, "w8a8_search", example=example).state_dict()
     if main:
         torch.save(stats, out / "observers.pt")
         torch.save(states, out / "quantized.pt")

@@ -48,11 +48,14 @@ def outputs(tmp_path_factory):
 
 def test_calibration_set_is_the_single_process_one(outputs):
     from segquant.calib import load_calibrate_set
+    from segquant.calib.storage import read_manifest
 
     single, parallel = outputs
     a, b = load_calibrate_set(single / "calib"), load_calibrate_set(parallel / "calib")
     assert len(a) == 10
     assert_same_sets(a, b)
+    assert_same_sets(load_calibrate_set(single / "calib_one"), load_calibrate_set(parallel / "calib_one"))
+    assert read_manifest(parallel / "calib_one" / "rank-00001")["num_records"] == 0
     assert a.settings == b.settings
     assert sorted(p.name for p in (parallel / "calib").iterdir()) == ["manifest.json", "rank-00000", "rank-00001"]
     assert equal_trees(torch.load(single / "calib_memory.pt", weights_only=False),
@@ -73,6 +76,7 @@ def test_quantized_buffers(outputs):
     single, parallel = (torch.load(p / "quantized.pt") for p in outputs)
     assert equal_trees(single["w8a8_search"], parallel["w8a8_search"])
     assert equal_trees(single["w8a8_search_sequential"], parallel["w8a8_search_sequential"])
+    assert equal_trees(single["one_batch"], parallel["one_batch"])
     assert not equal_trees(single["w8a8_search"], single["w8a8_search_sequential"])  # the block order mattered
     a, b = single["w4a8"], parallel["w4a8"]
     assert a.keys() == b.keys()
