@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from segquant import distributed
 from segquant.enums import Calibrate
 from segquant.errors import CalibrationError, SegQuantError
 from segquant.observers import InputObserver
@@ -125,6 +126,11 @@ def calibrate(model: nn.Module, plan: QuantPlan, calib_data_loader: Iterable, tm
     (both used by sequential calibration). A batch the model fails on raises :class:`CalibrationError`
     naming the batch, its shapes and the last quantized layer reached; layers whose inputs were all
     zero are logged as a warning (their scales would be meaningless).
+
+    Under ``torchrun`` (an initialized process group of several ranks, see :mod:`segquant.distributed`)
+    every rank passes the same loader, runs its share of the batches (``distributed.rank_batches``) and
+    the observers are reduced across ranks before they are returned: min / max, counts and the reservoir
+    sample are bitwise those of one process, GPTQ Hessians equal within float32 rounding.
     """
     names = [layer.name for layer in plan.enabled_layers() if layers is None or layer.name in layers]
     modules = dict(model.named_modules())
@@ -136,10 +142,13 @@ def calibrate(model: nn.Module, plan: QuantPlan, calib_data_loader: Iterable, tm
     if stop_after is not None:
         handles.append(stop_after.register_forward_hook(_stop))
     try:
-        batches = _run_batches(model, calib_data_loader, verbose, reached)
+        batches = distributed.all_ranks(lambda: _run_batches(model, calib_data_loader, verbose, reached, observers),
+                                        "calibration")
     finally:
         for handle in handles:
             handle.remove()
+    batches = distributed.sum_over_ranks(batches)
+    distributed.reduce_observers(observers)
     if batches == 0:
         raise CalibrationError("the calibration loader yielded no batch")
     _warn_degenerate(observers)
@@ -147,12 +156,15 @@ def calibrate(model: nn.Module, plan: QuantPlan, calib_data_loader: Iterable, tm
     return observers
 
 
-def _run_batches(model: nn.Module, calib_data_loader: Iterable, verbose: bool, reached: dict) -> int:
-    """Run every batch (without gradients); returns how many ran."""
+def _run_batches(model: nn.Module, calib_data_loader: Iterable, verbose: bool, reached: dict,
+                 observers: dict[str, InputObserver]) -> int:
+    """Run every batch of this rank (without gradients); returns how many ran."""
     batches, first_shapes = 0, None
     with torch.no_grad():
-        for index, batch in enumerate(tqdm(calib_data_loader, desc="calibrating", unit="batch",
-                                           disable=not verbose)):
+        for index, batch in tqdm(distributed.rank_batches(calib_data_loader), desc="calibrating", unit="batch",
+                                 disable=not verbose):
+            for observer in observers.values():
+                observer.start_batch(index)
             reached["layer"] = None
             try:
                 run_batch(model, batch)

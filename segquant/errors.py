@@ -59,3 +59,16 @@ class UnknownLayerError(ConfigError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class DistributedError(SegQuantError, RuntimeError):
+    """A data-parallel (``torchrun``) run that cannot start or whose ranks failed (see ``segquant.distributed``)."""
+
+
+class RendezvousError(DistributedError):
+    """The ``torchrun`` rendezvous environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...) is missing or
+    invalid."""
+
+
+class RankDeviceError(DistributedError):
+    """A rank was given a device that does not exist on its host (e.g. ``cuda:3`` with 2 GPUs)."""

@@ -36,7 +36,7 @@ class InputObserver:
         self.min = torch.full((k,), float("inf"), device=self.device)
         self.max = torch.full((k,), float("-inf"), device=self.device)
         self.rows_seen = 0
-        self.max_sample_rows = max_sample_rows
+        self.max_sample_rows, self.seed = max_sample_rows, seed
         self.sample: Tensor | None = None
         self._keys: Tensor | None = None
         self._generator = torch.Generator().manual_seed(seed)
@@ -58,19 +58,37 @@ class InputObserver:
             self._update_reservoir(m)
         self.rows_seen += m.shape[0]
 
+    def start_batch(self, index: int) -> None:
+        """Seed the reservoir keys of calibration batch ``index``: a row's key then depends only on its batch
+        and its position in that batch, so processes that each see a share of the batches keep, once
+        merged (:meth:`merge_reservoirs`), exactly the sample one process would keep."""
+        self._generator.manual_seed(self.seed * 2**32 + index)
+
     def _update_reservoir(self, m: Tensor) -> None:
         """Keep a uniform sample of at most ``max_sample_rows`` rows of everything seen.
 
-        Bottom-k sampling: every row gets a uniform random key; the rows with the k smallest keys
-        are a uniform sample without replacement.
+        Bottom-k sampling: every row gets a uniform random float64 key; the rows with the k smallest
+        keys are a uniform sample without replacement. The sample is kept sorted by key, so its order
+        does not depend on the order the rows arrived in.
         """
-        keys = torch.rand(m.shape[0], generator=self._generator).to(self.device)
+        keys = torch.rand(m.shape[0], generator=self._generator, dtype=torch.float64).to(self.device)
         rows = m if self.sample is None else torch.cat([self.sample, m])
-        all_keys = keys if self.sample is None else torch.cat([self._keys, keys])
-        if rows.shape[0] > self.max_sample_rows:
-            keep = all_keys.topk(self.max_sample_rows, largest=False).indices
-            rows, all_keys = rows[keep], all_keys[keep]
-        self.sample, self._keys = rows, all_keys
+        all_keys = keys if self._keys is None else torch.cat([self._keys, keys])
+        self.sample, self._keys = _bottom_k(rows, all_keys, self.max_sample_rows)
+
+    def reservoir_cpu(self) -> tuple[Tensor, Tensor] | None:
+        """``(rows (n, K) float32, keys (n,) float64)`` of the sample on CPU, or ``None`` before any row."""
+        return None if self.sample is None else (self.sample.cpu(), self._keys.cpu())
+
+    def merge_reservoirs(self, parts: list[tuple[Tensor, Tensor] | None]) -> None:
+        """Replace the sample by the ``max_sample_rows`` smallest-key rows of ``parts`` (each the
+        :meth:`reservoir_cpu` of an observer that saw other batches; this observer's own among them)."""
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            return
+        rows = torch.cat([r for r, _ in parts]).to(self.device)
+        keys = torch.cat([k for _, k in parts]).to(self.device)
+        self.sample, self._keys = _bottom_k(rows, keys, self.max_sample_rows)
 
     @property
     def absmax(self) -> Tensor:
@@ -127,6 +145,18 @@ class HessianObserver:
         self._h.mul_(self.n_samples / total).add_(outer.to(self._h.device), alpha=2.0 / total)
         self.n_samples = total
 
+    def share(self, total: int) -> Tensor:
+        """``H · n / total`` ``(K, K)`` float32 (zeros before any sample): this observer's part of the mean
+        over ``total`` samples seen by several observers (see ``segquant.distributed.reduce_observers``)."""
+        if self._h is None:
+            home = self._home(self.device or torch.device("cpu"))
+            return torch.zeros(self.k, self.k, dtype=torch.float32, device=home)
+        return self._h * (self.n_samples / total)
+
+    def load_mean(self, h: Tensor, n_samples: int) -> None:
+        """Replace the running mean by ``h`` ``(K, K)`` float32 over ``n_samples`` samples."""
+        self._h, self.n_samples = h, n_samples
+
     def _home(self, compute: torch.device) -> torch.device:
         return torch.device("cpu") if self.storage == "cpu" else compute
 
@@ -148,3 +178,9 @@ class HessianObserver:
 
     def __repr__(self) -> str:
         return f"HessianObserver(k={self.k}, n_samples={self.n_samples}, storage={self.storage!r})"
+
+
+def _bottom_k(rows: Tensor, keys: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The (at most) ``k`` rows of ``rows`` ``(n, K)`` with the smallest ``keys`` ``(n,)``, sorted by key."""
+    keep = keys.argsort(stable=True)[:k]
+    return rows[keep], keys[keep]

@@ -125,14 +125,22 @@ def _items(prompts: list[str], tiny: str | None, pipe_args: dict[str, Any]) -> l
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    """Run the ``calibrate`` subcommand; returns the exit status."""
+    """Run the ``calibrate`` subcommand (under ``torchrun``: every rank records a share of the prompts,
+    see :mod:`segquant.distributed`); returns the exit status."""
+    from segquant.distributed import launch
+
+    with launch(args.device) as (world, device):
+        return _calibrate(args, str(device), world.is_main)
+
+
+def _calibrate(args: argparse.Namespace, device: str, main: bool) -> int:
     from segquant.calib.generate import generate_calibrate_set
     from segquant.data.prompts import load_prompts
     from segquant.pipeline.glue import get_denoiser
 
     sampler = _sampler(args)
     prompts = load_prompts(args.prompts, limit=args.sample_size, format=args.prompt_format)
-    pipe, tiny = _load_pipeline(args.model, args.device, args.dtype)
+    pipe, tiny = _load_pipeline(args.model, device, args.dtype)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     pipe_args = _pipeline_args(args)
@@ -144,6 +152,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, progress=True, **pipe_args,
     )
     elapsed = time.perf_counter() - start
-    print(f"calibration set: {len(dataset)} records of {layer} from {len(prompts)} prompts -> {args.out} "
-          f"({elapsed:.1f} s, {len(dataset) / max(elapsed, 1e-9):.1f} records/s)")
+    if main:
+        print(f"calibration set: {len(dataset)} records of {layer} from {len(prompts)} prompts -> {args.out} "
+              f"({elapsed:.1f} s, {len(dataset) / max(elapsed, 1e-9):.1f} records/s)")
     return 0

@@ -5,10 +5,16 @@ loader and ``generator = torch.Generator("cpu").manual_seed(seed + prompt_id)`` 
 :func:`segquant.pipeline.generate`), so runs are reproducible and an interrupted run can resume: it
 re-runs the first unfinished prompt, drops the records already stored, and continues, giving the
 same set as an uninterrupted run.
+
+Under ``torchrun`` (see :mod:`segquant.distributed`) every rank records a contiguous share of the
+prompts, keeping their ids and seeds, into its own folder (:mod:`segquant.calib.sharded`) and rank 0
+writes the merged index; in memory, the ranks' records are gathered. Either way every rank gets the
+set a single process would have recorded.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from typing import Any, Iterable
@@ -17,11 +23,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from segquant import distributed
 from segquant.calib.dataset import CalibrationSet, load_calibrate_set
 from segquant.calib.identity import digest, jsonable
 from segquant.calib.records import tree_copy
 from segquant.calib.recorder import Recorder
 from segquant.calib.samplers import TimestepSampler
+from segquant.calib.sharded import merge_rank_sets, prepare_merged, rank_folder, rank_settings
 from segquant.calib.storage import ShardWriter, prepare_dump
 from segquant.errors import CalibrationError, ConfigError
 from segquant.pipeline.glue import call_parameters, iter_prompt_items, pipeline_call_kwargs, resolve_layer
@@ -147,20 +155,66 @@ def generate_calibrate_set(
     name, layer = resolve_layer(model, calib_layer)
     call_kwargs = _call_kwargs(model, sampler, pipeline_kwargs)
     settings = _settings(model, sampler, name, layer, call_kwargs, seed, chunk_size, compress)
+    if distributed.current().parallel:
+        progress = progress and distributed.current().is_main
+        run = (model, sampler, name, layer, call_kwargs, seed, progress, record_device)
+        return _generate_sharded(run, sample_dataloader, dump_path, chunk_size, compress, settings, overwrite)
     writer, manifest, complete = _open_writer(dump_path, chunk_size, compress, settings, overwrite)
     if complete:
         logger.info("calibration set in %s is already complete", dump_path)
         return load_calibrate_set(dump_path)
-    _record_all(model, sampler, sample_dataloader, name, layer, writer, manifest, call_kwargs, seed, progress, record_device)
+    _record_all(model, sampler, name, layer, sample_dataloader, writer, manifest, call_kwargs, seed, progress,
+                record_device)
     if dump_path is None:
         return CalibrationSet.from_records(writer.records, writer.infos, settings)
     writer.close()
     return load_calibrate_set(dump_path)
 
 
-def _record_all(pipe, sampler, loader, name, layer, writer, manifest, call_kwargs, seed, progress, device) -> None:
+def _generate_sharded(run: tuple, loader, dump_path, chunk_size: int, compress: bool, settings: dict,
+                      overwrite: bool) -> CalibrationSet:
+    """The set of ``generate_calibrate_set`` recorded by every rank of the process group (module docstring).
+    ``run``: ``(pipe, sampler, name, layer, call_kwargs, seed, progress, record_device)``."""
+    world, sampler = distributed.current(), run[1]
+    items = list(itertools.islice(iter_prompt_items(loader), sampler.sample_size))
+    ids = distributed.shard_range(len(items), world)
+    _check_count(len(items), sampler.sample_size)
+    if dump_path is None:
+        writer = _MemoryWriter(settings)
+        distributed.all_ranks(lambda: ids and _record_all(*run[:4], items, writer, None, *run[4:], ids=ids),
+                              "recording the calibration set")
+        pairs = distributed.gather_list(list(zip(writer.records, writer.infos)))
+        return CalibrationSet.from_records([r for r, _ in pairs], [i for _, i in pairs], settings)
+    if distributed.on_main(lambda: prepare_merged(dump_path, settings, overwrite), "preparing dump_path"):
+        return load_calibrate_set(dump_path)
+
+    def record() -> None:
+        folder = rank_folder(dump_path, world.rank)
+        writer, manifest, complete = _open_writer(folder, chunk_size, compress, rank_settings(settings, ids, world),
+                                                  overwrite)
+        if not complete:
+            if ids:
+                _record_all(*run[:4], items, writer, manifest, *run[4:], ids=ids)
+            writer.close()
+
+    distributed.all_ranks(record, "recording the calibration set")
+    distributed.on_main(lambda: merge_rank_sets(dump_path, settings, world.size), "merging the rank sets")
+    return load_calibrate_set(dump_path)
+
+
+def _check_count(count: int, sample_size: int) -> None:
+    if count < sample_size:
+        logger.warning("sample_dataloader gave %d prompts, fewer than sample_size %d", count, sample_size)
+    if count == 0:
+        raise CalibrationError("sample_dataloader yielded no prompts")
+
+
+def _record_all(pipe, sampler, name, layer, loader, writer, manifest, call_kwargs, seed, progress, device,
+                ids: range | None = None) -> None:
+    """Record the prompts ``ids`` (default: all ``sample_size``) of ``loader``, resuming from ``manifest``."""
+    ids = range(sampler.sample_size) if ids is None else ids
     done, stored = _resume_point(manifest)
-    bar = tqdm(total=sampler.sample_size * sampler.timestep_per_sample, unit="rec", desc="calibrate", disable=not progress)
+    bar = tqdm(total=len(ids) * sampler.timestep_per_sample, unit="rec", desc="calibrate", disable=not progress)
     bar.update(sum(p["records"] for p in done) + stored)
     state = {"skip": 0}
 
@@ -174,25 +228,24 @@ def _record_all(pipe, sampler, loader, name, layer, writer, manifest, call_kwarg
     count = 0
     with Recorder(pipe, layer, sink) as recorder:
         for prompt_id, item in enumerate(iter_prompt_items(loader)):
-            if prompt_id >= sampler.sample_size:
+            if prompt_id >= ids.stop:
                 break
-            count = prompt_id + 1
+            count, position = prompt_id + 1, prompt_id - ids.start
+            if position < 0:
+                continue
             item_digest = digest(item)
-            if prompt_id < len(done):
-                if done[prompt_id]["digest"] != item_digest:
+            if position < len(done):
+                if done[position]["digest"] != item_digest:
                     raise CalibrationError(f"prompt {prompt_id} differs from the interrupted run being resumed")
                 continue
-            state["skip"] = stored if prompt_id == len(done) else 0
+            state["skip"] = stored if position == len(done) else 0
             kwargs = pipeline_call_kwargs(item, call_kwargs)
             kwargs.setdefault("generator", torch.Generator("cpu").manual_seed(seed + prompt_id))
             n = recorder.run(prompt_id, sampler.steps_for(prompt_id), kwargs)
             if state["skip"]:
                 raise CalibrationError(f"prompt {prompt_id}: the interrupted run stored more records than a re-run makes")
             writer.end_prompt(prompt_id, item_digest, n)
-            if prompt_id == 0:
-                bar.total = sampler.sample_size * n  # calls per step are known after the first prompt
+            if position == 0:
+                bar.total = len(ids) * n  # calls per step are known after the first prompt
     bar.close()
-    if count < sampler.sample_size:
-        logger.warning("sample_dataloader gave %d prompts, fewer than sample_size %d", count, sampler.sample_size)
-    if count == 0:
-        raise CalibrationError("sample_dataloader yielded no prompts")
+    _check_count(count, ids.stop)

@@ -78,6 +78,7 @@ def evaluate_demo_models(settings: dict, out: str | Path, weights_dir=None, prog
     from segquant.demo.classifier import load_classifier
     from segquant.demo.data import eval_prompts
     from segquant.demo.pipeline import WEIGHTS_DIR, load_demo_pipeline
+    from segquant.distributed import current
     from segquant.eval.harness import EvalConfig, evaluate
     from segquant.eval.report import write_report
 
@@ -96,8 +97,10 @@ def evaluate_demo_models(settings: dict, out: str | Path, weights_dir=None, prog
                          classifier=classifier, optional_weights=optional_weights or {},
                          corrections=tuple(settings.get("corrections", ())))
         results[name] = evaluate(pipe, settings["presets"], cfg, progress=progress)
-        write_report(results[name], out / name, title=f"{name} ({results[name].settings['denoiser_class']})")
-    write_summary(results, out, settings, time.perf_counter() - t0)
+        if current().is_main:  # under torchrun only rank 0 holds the images and metrics
+            write_report(results[name], out / name, title=f"{name} ({results[name].settings['denoiser_class']})")
+    if current().is_main:
+        write_summary(results, out, settings, time.perf_counter() - t0)
     return results
 
 

@@ -59,7 +59,15 @@ def add_eval_parser(subparsers: Any, suite: ModelSuite | None = None) -> argpars
 
 
 def run_eval(args: argparse.Namespace, suite: ModelSuite | None = None) -> int:
-    """Entry point of ``segquant eval``: check presets and models, then evaluate."""
+    """Entry point of ``segquant eval``: check presets and models, then evaluate. Under ``torchrun`` the
+    ranks share the work (``segquant.eval.harness``) and rank 0 writes the report and prints."""
+    from segquant.distributed import launch
+
+    with launch(args.device) as (world, device):
+        return _run_eval(argparse.Namespace(**{**vars(args), "device": str(device)}), suite, world.is_main)
+
+
+def _run_eval(args: argparse.Namespace, suite: ModelSuite | None, main: bool) -> int:
     from segquant.eval.corrections import parse_corrections
 
     presets, out, t0 = parse_presets(args.presets), Path(args.out), time.perf_counter()
@@ -72,8 +80,9 @@ def run_eval(args: argparse.Namespace, suite: ModelSuite | None = None) -> int:
     results = suite.evaluate(named, presets, args, out, weights) if named else {}
     for folder in folders:
         results[folder] = _eval_folder(folder, presets, args, out, weights)
-    print_results(results)
-    print(f"\nreport written to {out.resolve()} ({time.perf_counter() - t0:.0f} s)")
+    if main:
+        print_results(results)
+        print(f"\nreport written to {out.resolve()} ({time.perf_counter() - t0:.0f} s)")
     return 1 if any("error" in r for res in results.values() for r in res.rows) else 0
 
 
@@ -104,6 +113,7 @@ def _eval_folder(folder: str, presets: list[str], args, out: Path, weights: dict
     from diffusers import DiffusionPipeline
 
     from segquant.data.prompts import load_prompts
+    from segquant.distributed import current
     from segquant.eval.corrections import parse_corrections
     from segquant.eval.harness import EvalConfig, evaluate
     from segquant.eval.report import write_report
@@ -116,7 +126,8 @@ def _eval_folder(folder: str, presets: list[str], args, out: Path, weights: dict
                      batch_size=args.batch_size or 4, calib_prompts=prompts[-n_cal:], calib_steps=args.calib_steps,
                      fid=not args.no_fid, optional_weights=weights, corrections=parse_corrections(args.correction))
     result = evaluate(pipe, presets, cfg)
-    sub = out / Path(folder).name
-    write_report(result, sub, title=Path(folder).name)
-    (sub / "command.json").write_text(json.dumps(vars(args), indent=2, default=str))
+    if current().is_main:
+        sub = out / Path(folder).name
+        write_report(result, sub, title=Path(folder).name)
+        (sub / "command.json").write_text(json.dumps(vars(args), indent=2, default=str))
     return result

@@ -10,6 +10,12 @@ with FP. Per preset: PSNR, SSIM, FID / KID vs the FP set (Inception), class accu
 feature distance (when a classifier is given), optional LPIPS / CLIP / ImageReward, wall time and peak
 memory of quantization and of generation, and the relative denoiser-output error per denoising step,
 measured by replaying the FP trajectory's denoiser inputs through the quantized model.
+
+Under ``torchrun`` (see :mod:`segquant.distributed`) every rank makes the same ``evaluate`` call:
+image batches are split between the ranks and gathered on rank 0, the calibration set is recorded by
+all ranks and calibration is data-parallel, per-step errors are gathered, and the metrics are
+computed once, on rank 0, whose :class:`EvalResult` is the single-process one (timings aside). The
+other ranks' results hold no images and no metrics.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from segquant import distributed
 from segquant.calib.records import tree_copy
 from segquant.pipeline.steps import StepInfo
 from segquant.pipeline.tap import DenoiserTap, TapCall, output_sample
@@ -154,12 +161,24 @@ def preset_label(preset: Any, index: int) -> tuple[str, Any]:
 
 
 def generate_images(pipe, cfg: EvalConfig, desc: str = "generate", progress: bool = True,
-                    tap: "DenoiserTap | None" = None) -> torch.Tensor:
+                    tap: "DenoiserTap | None" = None) -> torch.Tensor | None:
     """Images float ``(N, C, H, W)`` in [0, 1] for ``cfg.prompts``; image ``i`` uses the generator seeded
     ``cfg.seed + i``, so every configuration starts from the same noise. ``tap`` (optional) is installed,
-    with the batch's prompt ids, for the batches that hold the first ``cfg.error_images`` images."""
-    out = []
+    with the batch's prompt ids, for the batches that hold the first ``cfg.error_images`` images.
+
+    Under torchrun each rank generates a contiguous share of the batches (the same batches as one
+    process) and rank 0 gets all images; the other ranks get ``None``."""
     starts = range(0, len(cfg.prompts), cfg.batch_size)
+    mine = [starts[i] for i in distributed.shard_range(len(starts))]
+    progress = progress and distributed.current().is_main
+    out = distributed.all_ranks(lambda: _generate_batches(pipe, cfg, mine, desc, progress, tap), "generating images")
+    parts = distributed.gather_to_main(out)
+    return None if parts is None else torch.cat(parts)
+
+
+def _generate_batches(pipe, cfg: EvalConfig, starts: list[int], desc: str, progress: bool, tap) -> list[torch.Tensor]:
+    """The images of the batches that begin at ``starts`` (see ``generate_images``)."""
+    out = []
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         chunk = list(cfg.prompts[start: start + cfg.batch_size])
         gens = [torch.Generator("cpu").manual_seed(cfg.seed + start + j) for j in range(len(chunk))]
@@ -173,7 +192,7 @@ def generate_images(pipe, cfg: EvalConfig, desc: str = "generate", progress: boo
                            guidance_scale=cfg.guidance_scale, generator=gens, output_type="pt", **cfg.pipeline_kwargs)
         images = res.images if hasattr(res, "images") else res[0]
         out.append(torch.as_tensor(images).float().cpu())
-    return torch.cat(out)
+    return out
 
 
 @dataclass
@@ -199,15 +218,18 @@ def fp_call_tap(pipe, name: str, calls: list[FPCall]) -> DenoiserTap:
 def step_errors(model: nn.Module, calls: list[FPCall], num_steps: int, correction=None) -> list[float]:
     """Relative L2 error ``‖q(x) − fp(x)‖ / ‖fp(x)‖`` of ``model`` on recorded FP calls, averaged per step;
     a list of length ``num_steps`` (NaN for steps without a call). ``correction``: a stepper applied to
-    ``q(x)`` first (``correction(q(x), info)``)."""
+    ``q(x)`` first (``correction(q(x), info)``). Under torchrun ``calls`` are this rank's; the per-call
+    errors of all ranks are averaged in rank order (= call order), the same on every rank."""
     sums, counts = [0.0] * num_steps, [0] * num_steps
     device = next(model.parameters()).device
+    per_call = []
     for call in calls:
         kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in call.inputs.items()}
         out = output_sample(model(**kwargs))
         out = (out if correction is None else correction(out, call.info)).float().cpu()
-        step = call.info.step_index
-        sums[step] += float((out - call.sample).norm() / call.sample.norm().clamp_min(1e-12))
+        per_call.append((call.info.step_index, float((out - call.sample).norm() / call.sample.norm().clamp_min(1e-12))))
+    for step, err in distributed.gather_list(per_call):
+        sums[step] += err
         counts[step] += 1
     return [s / c if c else float("nan") for s, c in zip(sums, counts)]
 
@@ -220,7 +242,8 @@ def _record_fp(pipe, name: str, fp: nn.Module, cfg: EvalConfig, progress: bool):
     with PeakMemory(fp.device) as mem:
         images = generate_images(pipe, cfg, "fp", progress, tap=fp_call_tap(pipe, name, calls))
     gen_s = time.perf_counter() - t0
-    timesteps = [float(t) for t in pipe.scheduler.timesteps]
+    # rank 0 always generates (the first batch is its); a rank without a batch has no timesteps
+    timesteps = distributed.on_main(lambda: [float(t) for t in pipe.scheduler.timesteps], "reading the timesteps")
     return images, calls, timesteps, {"gen_s": gen_s, "gen_peak_mb": mem.peak_mb, "gen_delta_mb": mem.delta_mb}
 
 
@@ -245,8 +268,8 @@ def evaluate(pipe, presets: list, cfg: EvalConfig, calib_loader=None, progress: 
 
     name, fp = get_denoiser(pipe, cfg.denoiser)
     fp_images, calls, timesteps, fp_cost = _record_fp(pipe, name, fp, cfg, progress)
-    ref = score_reference(fp_images, cfg)
-    rows = [{"config": "fp", **fp_cost, **ref.row}]
+    ref = score_reference(fp_images, cfg) if fp_images is not None else None
+    rows = [{"config": "fp", **fp_cost, **(ref.row if ref is not None else {})}]
     images, errors = {"fp": fp_images}, {}
     t0 = time.perf_counter()
     loader = calib_loader if calib_loader is not None else calibration_loader(pipe, name, cfg, progress)
@@ -264,13 +287,13 @@ def evaluate(pipe, presets: list, cfg: EvalConfig, calib_loader=None, progress: 
             if imgs is not None:
                 images[row_label], errors[row_label] = imgs, errs
     settings = {**cfg.settings(), "denoiser_class": type(fp).__name__, "pipeline": type(pipe).__name__}
-    return EvalResult(rows, images, errors, timesteps, list(cfg.prompts), settings, ref.skipped)
+    return EvalResult(rows, images, errors, timesteps, list(cfg.prompts), settings,
+                      ref.skipped if ref is not None else [])
 
 
 def _run_preset(pipe, name, fp, config, loader, cfg, calls, ref, progress, label):
     """``[(label, row, images, step_errors)]``: the preset, then the preset with each correction."""
     from segquant import quantize
-    from segquant.eval.metrics import score_preset
     from segquant.pipeline.glue import swapped_denoiser
 
     t0 = time.perf_counter()
@@ -287,7 +310,7 @@ def _run_preset(pipe, name, fp, config, loader, cfg, calls, ref, progress, label
     errs = step_errors(qmodel, calls, cfg.num_inference_steps)
     row = {"quant_s": quant_s, "quant_peak_mb": qmem.peak_mb, "quant_delta_mb": qmem.delta_mb,
            "gen_s": gen_s, "gen_peak_mb": gmem.peak_mb, "gen_delta_mb": gmem.delta_mb,
-           "quantized_layers": n_seg, "mean_step_error": _nanmean(errs), **score_preset(images, ref, cfg)}
+           "quantized_layers": n_seg, "mean_step_error": _nanmean(errs), **_scores(images, ref, cfg)}
     corrected = correction_rows(pipe, name, qmodel, cfg, calls, ref, progress, label) if cfg.corrections else []
     del qmodel
     return [(label, row, images, errs), *corrected]
@@ -298,7 +321,6 @@ def correction_rows(pipe, name, qmodel, cfg, calls, ref, progress, label) -> lis
     (see ``segquant.eval.corrections``): fit time, metrics, per-step error after correction."""
     from segquant.affiner import installed
     from segquant.eval.corrections import fit_correction
-    from segquant.eval.metrics import score_preset
     from segquant.pipeline.glue import swapped_denoiser
 
     out = []
@@ -310,9 +332,16 @@ def correction_rows(pipe, name, qmodel, cfg, calls, ref, progress, label) -> lis
             gen_s = time.perf_counter() - t0
         errs = step_errors(qmodel, calls, cfg.num_inference_steps, correction=corr)
         logger.info("%s+%s: fitted in %.1f s", label, method, fit_s)
-        row = {"fit_s": fit_s, "gen_s": gen_s, "mean_step_error": _nanmean(errs), **score_preset(images, ref, cfg)}
+        row = {"fit_s": fit_s, "gen_s": gen_s, "mean_step_error": _nanmean(errs), **_scores(images, ref, cfg)}
         out.append((f"{label}+{method}", row, images, errs))
     return out
+
+
+def _scores(images: torch.Tensor | None, ref, cfg: EvalConfig) -> dict:
+    """``score_preset`` on the rank that holds the images (rank 0 under torchrun); ``{}`` elsewhere."""
+    from segquant.eval.metrics import score_preset
+
+    return {} if images is None else score_preset(images, ref, cfg)
 
 
 def _nanmean(values: list[float]) -> float:
