@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from segquant.calib.records import tree_copy
+from segquant.pipeline.seeding import seeded_global_rng
 from segquant.pipeline.steps import StepInfo
 from segquant.pipeline.tap import DenoiserTap, TapCall, output_sample
 
@@ -168,7 +169,7 @@ def generate_images(pipe, cfg: EvalConfig, desc: str = "generate", progress: boo
             if record:
                 stack.enter_context(tap)
                 stack.enter_context(tap.prompts(range(start, start + len(chunk))))
-            with torch.no_grad():
+            with torch.no_grad(), seeded_global_rng(cfg.seed + start):
                 res = pipe(prompt=chunk, num_inference_steps=cfg.num_inference_steps,
                            guidance_scale=cfg.guidance_scale, generator=gens, output_type="pt", **cfg.pipeline_kwargs)
         images = res.images if hasattr(res, "images") else res[0]
