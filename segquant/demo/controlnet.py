@@ -3,8 +3,8 @@
 Each ControlNet is the stock diffusers class of its family, made from the trained demo denoiser with
 the class's own ``from_transformer`` / ``from_unet`` (weights copied, zero-initialised control input):
 
-- ``mmdit``: ``SD3ControlNetModel`` (2 joint blocks, copies of the denoiser's first two), control = the edge map in pixel space
-  ``(B, 1, 32, 32)`` in [-1, 1] (the demo works without a VAE, so the "latent" is the image);
+- ``mmdit``: ``SD3ControlNetModel`` (2 joint blocks, copies of the denoiser's first two), control = the
+  edge map in pixel space ``(B, 1, 32, 32)`` in [-1, 1] (no VAE in the demo: the "latent" is the image);
 - ``flux``: ``FluxControlNetModel`` (1 joint + 2 single blocks), control packed like the image ``(B, 256, 4)``;
 - ``unet``: ``ControlNetModel`` with a 1-channel, stride-1 conditioning embedding (pixel space).
 
@@ -39,7 +39,8 @@ def build_controlnet(denoiser: torch.nn.Module) -> torch.nn.Module:
     kind = kind_of(denoiser)
     if kind == "mmdit":  # copies the first blocks; the denoiser's last block (context_pre_only) has another shape
         layers = max(1, min(2, denoiser.config.num_layers - 1))
-        return diffusers.SD3ControlNetModel.from_transformer(denoiser, num_layers=layers, num_extra_conditioning_channels=0)
+        return diffusers.SD3ControlNetModel.from_transformer(denoiser, num_layers=layers,
+                                                             num_extra_conditioning_channels=0)
     if kind == "flux":
         cfg = denoiser.config
         return diffusers.FluxControlNetModel.from_transformer(

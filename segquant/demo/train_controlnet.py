@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segquant.demo.controlnet import CONTROLNET_FOLDER, build_controlnet, control_to_model, controlnet_residuals, fashion_controls
+from segquant.demo.controlnet import (
+    CONTROLNET_FOLDER, build_controlnet, control_to_model, controlnet_residuals, fashion_controls)
 from segquant.demo.models import MODEL_NAMES, count_params, denoiser_kwargs, output_to_image
 from segquant.demo.train import _batch, _lr_factor, load_embeddings, plot_loss
 

@@ -44,5 +44,6 @@ def control_eval_kwargs(pipe: Any, folder: str, num_prompts: int | None, calib_p
     controls = torch.cat([data.control(i) for i in range(n_eval)])
     size = controls.shape[-1]
     return dict(prompts=data.prompts[:n_eval], controls=controls,
-                calib_prompts=[data.prompts[i] for i in calib], calib_controls=torch.cat([data.control(i) for i in calib]),
+                calib_prompts=[data.prompts[i] for i in calib],
+                calib_controls=torch.cat([data.control(i) for i in calib]),
                 control_argument=control_argument(pipe), pipeline_kwargs={"height": size, "width": size})

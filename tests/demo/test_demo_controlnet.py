@@ -12,7 +12,7 @@ from segquant.demo import models  # noqa: E402
 from segquant.demo.controlnet import (  # noqa: E402
     CONTROL_SET, SegQuantDemoControlNetPipeline, build_controlnet, demo_control_kwargs, demo_controls,
     fashion_controls, load_control_set)
-from segquant.demo.pipeline import _text_encoder, make_scheduler  # noqa: E402
+from segquant.demo.pipeline import WEIGHTS_DIR, _text_encoder, make_scheduler  # noqa: E402
 
 TINY = {
     "mmdit": dict(num_layers=2, num_attention_heads=2, caption_projection_dim=64, dual_attention_layers=(0,)),
@@ -72,3 +72,19 @@ def test_shipped_control_set_gives_each_prompt_an_edge_map_of_its_class():
     assert torch.equal(controls[0, 0], table[3, 0, 0]) and torch.equal(controls[1, 0], table[3, 1, 0])
     kw = demo_control_kwargs([3], ["a photo of a dress"])
     assert torch.equal(kw["calib_controls"][0, 0], table[3, 10, 0])  # calibration: other test images
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / "mmdit" / "controlnet" / "config.json").is_file(), reason="no shipped ControlNet")
+def test_segquant_eval_controlnet_on_the_demo_mmdit(tmp_path, capsys):
+    import json
+
+    from segquant.cli import main
+
+    out = tmp_path / "ev"
+    code = main(["eval", "mmdit", "--controlnet", "--presets", "rtn_w8a8", "--per-class", "1", "--steps", "2",
+                 "--calib-prompts", "2", "--calib-steps", "1", "--no-fid", "--out", str(out)])
+    assert code == 0 and "edge F1" in capsys.readouterr().out
+    result = json.loads((out / "results.json").read_text())["models"]["mmdit"]
+    assert result["settings"]["controlnet"] is True and result["settings"]["pipeline"] == "SegQuantDemoControlNetPipeline"
+    assert all(0.0 <= r["edge_f1"] <= 1.0 for r in result["rows"])
+    assert (out / "mmdit" / "grid.png").is_file()
