@@ -1,4 +1,4 @@
-"""The ``segquant`` command: ``segquant [--version] {inspect,quantize,calibrate,eval,demo} ...``."""
+"""The ``segquant`` command: ``segquant [--version] {inspect,quantize,calibrate,eval,demo,dataset} ...``."""
 
 from __future__ import annotations
 
@@ -98,12 +98,14 @@ def _add_subcommands(sub) -> None:
     Imported when the parser is built, so each module stays cheap to import (heavy imports go inside
     its command function). This is the one place that wires the demo into the generic evaluation."""
     from segquant.calib.cli import add_calibrate_parser
+    from segquant.data.cli import add_dataset_parser
     from segquant.demo.cli import DEMO_SUITE, add_demo_parser
     from segquant.eval.cli import add_eval_parser
 
     add_calibrate_parser(sub)
     add_eval_parser(sub, DEMO_SUITE)
     add_demo_parser(sub)
+    add_dataset_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

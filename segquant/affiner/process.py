@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from segquant.errors import ConfigError
 from segquant.pipeline.glue import get_denoiser, iter_prompt_items, pipeline_call_kwargs, swapped_denoiser
+from segquant.pipeline.seeding import seeded_global_rng
 from segquant.pipeline.steps import first_tensor
 from segquant.pipeline.tap import DenoiserTap, TapCall, output_sample
 
@@ -125,7 +126,7 @@ def _passes(pipe, tap: DenoiserTap, items: list, cfg: AffinerConfig, latents: Te
         kwargs["generator"] = [torch.Generator("cpu").manual_seed(cfg.seed + start + j) for j in range(len(batch))]
         if latents is not None:
             kwargs["latents"] = latents[start: start + len(batch)]
-        with tap, tap.prompts(range(start, start + len(batch))), torch.no_grad():
+        with tap, tap.prompts(range(start, start + len(batch))), torch.no_grad(), seeded_global_rng(cfg.seed + start):
             pipe(**kwargs)
 
 

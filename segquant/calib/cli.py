@@ -7,6 +7,8 @@ Registered by ``segquant/cli.py`` through :func:`add_calibrate_parser`. Example:
 
 A built-in model (``tiny-sd3``, ``tiny-flux``, ``tiny-sdxl``, ``tiny-sd3_controlnet``, ...) has no text
 encoder: its prompts are turned into deterministic embeddings (and a control image for ControlNets).
+A ControlNet pipeline takes ``--control-data`` (prompts + Canny control images) instead of ``--prompts``;
+``--layer controlnet`` records the ControlNet instead of the denoiser.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ def add_calibrate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("calibrate", help="record a calibration set from a diffusers pipeline",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="diffusers pipeline folder (loaded offline) or tiny-<name> (tiny-sd3, tiny-flux, ...)")
-    p.add_argument("--prompts", required=True, help="prompt file: lines, CSV/TSV, COCO, MJHQ, PartiPrompts, DCI")
+    p.add_argument("--prompts", default=None, help="prompt file: lines, CSV/TSV, COCO, MJHQ, PartiPrompts, DCI")
+    p.add_argument("--control-data", default=None,
+                   help="ControlNet pipelines: control-data folder (`segquant dataset canny`); its prompts and "
+                        "control images replace --prompts")
     p.add_argument("--prompt-format", default="auto", help="prompt file format (default: auto)")
     p.add_argument("--out", required=True, help="output folder (shards + manifest.json); resumed if interrupted")
     s = p.add_argument_group("sampler")
@@ -110,18 +115,31 @@ def _load_pipeline(model: str, device: str, dtype: str):
     return pipe.to(device), None
 
 
-def _items(prompts: list[str], tiny: str | None, pipe_args: dict[str, Any]) -> list[Any]:
+def _prompt_inputs(tiny: str | None, pipe_args: dict[str, Any]):
+    """Prompt -> call arguments of a tiny pipeline (embeddings; explicit CLI arguments such as height,
+    width win), or ``None`` for a real pipeline (the prompt string itself)."""
     if tiny is None:
-        return prompts
+        return None
     from segquant.models.tiny_pipelines import tiny_prompt_inputs
 
-    items = []
-    for prompt in prompts:
+    def inputs(prompt: str) -> dict[str, Any]:
         item = tiny_prompt_inputs(tiny, prompt)
-        for key in set(item) & set(pipe_args):  # explicit CLI arguments win (height, width)
-            del item[key]
-        items.append(item)
-    return items
+        return {k: v for k, v in item.items() if k not in pipe_args}
+
+    return inputs
+
+
+def _items(args: argparse.Namespace, pipe: Any, tiny: str | None, pipe_args: dict[str, Any]) -> list[Any]:
+    """The calibration items: control triples (``--control-data``) or prompts (``--prompts``)."""
+    inputs = _prompt_inputs(tiny, pipe_args)
+    if args.control_data:
+        from segquant.calib.control import control_items
+
+        return control_items(pipe, args.control_data, limit=args.sample_size, prompt_inputs=inputs)
+    from segquant.data.prompts import load_prompts
+
+    prompts = load_prompts(args.prompts, limit=args.sample_size, format=args.prompt_format)
+    return prompts if inputs is None else [inputs(p) for p in prompts]
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -135,24 +153,25 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace, device: str, main: bool) -> int:
     from segquant.calib.generate import generate_calibrate_set
-    from segquant.data.prompts import load_prompts
     from segquant.pipeline.glue import get_denoiser
 
+    if bool(args.prompts) == bool(args.control_data):
+        raise ConfigError("give exactly one of --prompts and --control-data")
     sampler = _sampler(args)
-    prompts = load_prompts(args.prompts, limit=args.sample_size, format=args.prompt_format)
     pipe, tiny = _load_pipeline(args.model, device, args.dtype)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     pipe_args = _pipeline_args(args)
     layer = args.layer or get_denoiser(pipe)[0]
+    items = _items(args, pipe, tiny, pipe_args)
     start = time.perf_counter()
     dataset = generate_calibrate_set(
-        pipe, sampler, _items(prompts, tiny, pipe_args), layer, dump_path=args.out,
+        pipe, sampler, items, layer, dump_path=args.out,
         chunk_size=args.chunk_size, compress=not args.no_compress, seed=args.seed,
         overwrite=args.overwrite, progress=True, **pipe_args,
     )
     elapsed = time.perf_counter() - start
     if main:
-        print(f"calibration set: {len(dataset)} records of {layer} from {len(prompts)} prompts -> {args.out} "
+        print(f"calibration set: {len(dataset)} records of {layer} from {len(items)} prompts -> {args.out} "
               f"({elapsed:.1f} s, {len(dataset) / max(elapsed, 1e-9):.1f} records/s)")
     return 0

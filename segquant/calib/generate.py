@@ -33,6 +33,7 @@ from segquant.calib.sharded import merge_rank_sets, prepare_merged, rank_folder,
 from segquant.calib.storage import ShardWriter, prepare_dump
 from segquant.errors import CalibrationError, ConfigError
 from segquant.pipeline.glue import call_parameters, iter_prompt_items, pipeline_call_kwargs, resolve_layer
+from segquant.pipeline.seeding import seeded_global_rng
 from segquant.pipeline.steps import StepInfo
 
 logger = logging.getLogger(__name__)
@@ -241,7 +242,8 @@ def _record_all(pipe, sampler, name, layer, loader, writer, manifest, call_kwarg
             state["skip"] = stored if position == len(done) else 0
             kwargs = pipeline_call_kwargs(item, call_kwargs)
             kwargs.setdefault("generator", torch.Generator("cpu").manual_seed(seed + prompt_id))
-            n = recorder.run(prompt_id, sampler.steps_for(prompt_id), kwargs)
+            with seeded_global_rng(seed + prompt_id):  # the pipeline's global-RNG draws too
+                n = recorder.run(prompt_id, sampler.steps_for(prompt_id), kwargs)
             if state["skip"]:
                 raise CalibrationError(f"prompt {prompt_id}: the interrupted run stored more records than a re-run makes")
             writer.end_prompt(prompt_id, item_digest, n)

@@ -77,7 +77,7 @@ def evaluate_demo_models(settings: dict, out: str | Path, weights_dir=None, prog
     """
     from segquant.demo.classifier import load_classifier
     from segquant.demo.data import eval_prompts
-    from segquant.demo.pipeline import WEIGHTS_DIR, load_demo_pipeline
+    from segquant.demo.pipeline import WEIGHTS_DIR
     from segquant.distributed import current
     from segquant.eval.harness import EvalConfig, evaluate
     from segquant.eval.report import write_report
@@ -88,20 +88,38 @@ def evaluate_demo_models(settings: dict, out: str | Path, weights_dir=None, prog
     calib = [c for c in calib if c not in prompts][: settings["calib_prompts"]] or calib[: settings["calib_prompts"]]
     classifier = load_classifier(Path(weights_dir or WEIGHTS_DIR) / "classifier")
     results, t0 = {}, time.perf_counter()
+    control = settings.get("controlnet", False)
+    extra = {}
+    if control:  # each prompt's control: the Canny edges of a test image of its class
+        from segquant.demo.controlnet import demo_control_kwargs
+
+        extra = demo_control_kwargs(labels, calib)
     for name in settings["models"]:
-        pipe = load_demo_pipeline(name, weights_dir)
+        pipe = _load(name, weights_dir, control)
         cfg = EvalConfig(prompts=prompts, labels=labels, seed=settings["seed"],
                          num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
                          batch_size=10, calib_prompts=calib, calib_steps=settings["calib_steps"],
                          calib_batch_size=max(1, len(calib)), error_images=10, fid=settings["fid"],
                          classifier=classifier, optional_weights=optional_weights or {},
-                         corrections=tuple(settings.get("corrections", ())))
+                         corrections=tuple(settings.get("corrections", ())),
+                         **extra)
         results[name] = evaluate(pipe, settings["presets"], cfg, progress=progress)
         if current().is_main:  # under torchrun only rank 0 holds the images and metrics
             write_report(results[name], out / name, title=f"{name} ({results[name].settings['denoiser_class']})")
     if current().is_main:
         write_summary(results, out, settings, time.perf_counter() - t0)
     return results
+
+
+def _load(name: str, weights_dir, control: bool):
+    """The demo pipeline ``name``, with its ControlNet when ``control``."""
+    if control:
+        from segquant.demo.controlnet import load_demo_controlnet_pipeline
+
+        return load_demo_controlnet_pipeline(name, weights_dir)
+    from segquant.demo.pipeline import load_demo_pipeline
+
+    return load_demo_pipeline(name, weights_dir)
 
 
 def write_summary(results: dict, out: Path, settings: dict, seconds: float) -> Path:
@@ -138,7 +156,7 @@ def _evaluate_named(models: list[str], presets: list[str], args: argparse.Namesp
     settings = {"models": models, "presets": presets, "per_class": args.per_class, "steps": args.steps,
                 "guidance": args.guidance, "seed": args.seed, "calib_prompts": args.calib_prompts,
                 "calib_steps": args.calib_steps, "fid": not args.no_fid,
-                "corrections": list(parse_corrections(args.correction))}
+                "corrections": list(parse_corrections(args.correction)), "controlnet": args.controlnet}
     return evaluate_demo_models(settings, out, args.weights_dir, optional_weights=optional_weights)
 
 

@@ -139,12 +139,17 @@ class SegQuantDemoPipeline(DiffusionPipeline):
         cfg = self.do_classifier_free_guidance
         latent_in = torch.cat([latents, latents]) if cfg else latents
         timestep = t.expand(latent_in.shape[0]).to(latents.dtype)
-        out = model(**denoiser_kwargs(kind, latent_in, timestep, states, pooled))
-        velocity = output_to_image(kind, out, latents.shape[-2], latents.shape[-1])
+        velocity = self._predict(model, kind, latent_in, timestep, states, pooled)
         if cfg:
             uncond, cond = velocity.chunk(2)
             velocity = uncond + self._guidance_scale * (cond - uncond)
         return self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+
+    def _predict(self, model, kind, latent_in, timestep, states, pooled, **extra) -> torch.Tensor:
+        """Velocity ``(B, 1, H, W)`` of the denoiser on the (CFG-doubled) batch; ``extra``: more denoiser
+        arguments (the ControlNet pipeline passes the ControlNet residuals)."""
+        out = model(**denoiser_kwargs(kind, latent_in, timestep, states, pooled), **extra)
+        return output_to_image(kind, out, latent_in.shape[-2], latent_in.shape[-1])
 
     @staticmethod
     def _postprocess(latents: torch.Tensor, output_type: str):

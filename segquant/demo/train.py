@@ -74,7 +74,7 @@ def _lr_factor(step: int, elapsed: float, args) -> float:
 
 
 def _batch(data, emb, per_class, args, gen, device):
-    """One training batch: clean images, noisy images, sigmas, targets and (dropped-out) embeddings."""
+    """One training batch: noisy images, sigmas, targets, (dropped-out) embeddings and the image indices."""
     idx = torch.randint(0, data["train_x"].shape[0], (args.batch_size,), device=device, generator=gen)
     x0, y = data["train_x"][idx].float(), data["train_y"][idx]
     pick = torch.randint(0, per_class.shape[1], (args.batch_size,), device=device, generator=gen)
@@ -86,7 +86,7 @@ def _batch(data, emb, per_class, args, gen, device):
     sigma = torch.sigmoid(torch.randn(args.batch_size, device=device, generator=gen) * args.logit_std)
     noise = torch.randn(x0.shape, device=device, generator=gen)
     s = sigma[:, None, None, None]
-    return (1 - s) * x0 + s * noise, sigma, noise - x0, states, pooled
+    return (1 - s) * x0 + s * noise, sigma, noise - x0, states, pooled, idx
 
 
 def train(args) -> dict:
@@ -110,7 +110,7 @@ def train(args) -> dict:
     while step < args.steps and (not args.max_minutes or time.time() - t0 < 60 * args.max_minutes):
         for group in opt.param_groups:
             group["lr"] = args.lr * _lr_factor(step, time.time() - t0, args)
-        xt, sigma, target, states, pooled = _batch(data, emb, per_class, args, gen, device)
+        xt, sigma, target, states, pooled, _ = _batch(data, emb, per_class, args, gen, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             pred = predict(model, xt, sigma * 1000, states, pooled, kind=args.model)
         loss = torch.nn.functional.mse_loss(pred.float(), target)

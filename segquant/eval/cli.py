@@ -50,6 +50,10 @@ def add_eval_parser(subparsers: Any, suite: ModelSuite | None = None) -> argpars
     p.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts of --prompts")
     add_run_arguments(p)
     p.add_argument("--batch-size", type=int, default=None, help="images per pipeline call")
+    p.add_argument("--controlnet", action="store_true",
+                   help="ControlNet pipelines: generate with control images and score edge F1 (see --control-data)")
+    p.add_argument("--control-data", default=None,
+                   help="with --controlnet: control-data folder (`segquant dataset canny`) giving prompts + controls")
     p.add_argument("--device", default="cpu", help="pipeline folders: device")
     p.add_argument("--lpips-weights", default=None, help="torchvision AlexNet checkpoint for LPIPS (package lpips)")
     p.add_argument("--clip-weights", default=None, help="local CLIP model folder for CLIP score")
@@ -68,14 +72,16 @@ def run_eval(args: argparse.Namespace, suite: ModelSuite | None = None) -> int:
 
 
 def _run_eval(args: argparse.Namespace, suite: ModelSuite | None, main: bool) -> int:
+    from segquant.eval.controlnet import check_control_args
     from segquant.eval.corrections import parse_corrections
 
     presets, out, t0 = parse_presets(args.presets), Path(args.out), time.perf_counter()
     parse_corrections(args.correction)
     named = [m for m in args.models if suite and m in suite.names]
     folders = [m for m in args.models if m not in named]
+    check_control_args(args, folders)
     for folder in folders:
-        check_folder(folder, args.prompts, suite)
+        check_folder(folder, args.prompts or args.control_data, suite)
     weights = {"lpips": args.lpips_weights, "clip": args.clip_weights, "image_reward": args.image_reward_weights}
     results = suite.evaluate(named, presets, args, out, weights) if named else {}
     for folder in folders:
@@ -97,7 +103,8 @@ def print_results(results: dict) -> None:
 
 
 def check_folder(folder: str, prompts: str | None, suite: ModelSuite | None) -> None:
-    """Raise ``ConfigError`` unless ``folder`` is a diffusers pipeline folder and ``--prompts`` is given."""
+    """Raise ``ConfigError`` unless ``folder`` is a diffusers pipeline folder and ``prompts`` (``--prompts``,
+    or ``--control-data`` with ``--controlnet``) is given."""
     path = Path(folder)
     if not path.exists():
         known = f"a model name ({', '.join(suite.names)}){did_you_mean(folder, suite.names)} or " if suite else ""
@@ -118,12 +125,17 @@ def _eval_folder(folder: str, presets: list[str], args, out: Path, weights: dict
     from segquant.eval.harness import EvalConfig, evaluate
     from segquant.eval.report import write_report
 
-    prompts = [str(p) for p in load_prompts(args.prompts)][: args.num_prompts]
     pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True).to(args.device)
     pipe.set_progress_bar_config(disable=True)
-    n_cal = min(args.calib_prompts, len(prompts))
-    cfg = EvalConfig(prompts=prompts, seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                     batch_size=args.batch_size or 4, calib_prompts=prompts[-n_cal:], calib_steps=args.calib_steps,
+    if args.controlnet:
+        from segquant.eval.controlnet import control_eval_kwargs
+
+        data = control_eval_kwargs(pipe, args.control_data, args.num_prompts, args.calib_prompts)
+    else:
+        prompts = [str(p) for p in load_prompts(args.prompts)][: args.num_prompts]
+        data = dict(prompts=prompts, calib_prompts=prompts[-min(args.calib_prompts, len(prompts)):])
+    cfg = EvalConfig(**data, seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                     batch_size=args.batch_size or 4, calib_steps=args.calib_steps,
                      fid=not args.no_fid, optional_weights=weights, corrections=parse_corrections(args.correction))
     result = evaluate(pipe, presets, cfg)
     if current().is_main:

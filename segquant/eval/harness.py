@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from segquant import distributed
 from segquant.calib.records import tree_copy
+from segquant.pipeline.seeding import seeded_global_rng
 from segquant.pipeline.steps import StepInfo
 from segquant.pipeline.tap import DenoiserTap, TapCall, output_sample
 
@@ -54,7 +55,9 @@ class EvalConfig:
     ``fid``: compute FID/KID with Inception; ``optional_weights``: see ``metrics.optional_metrics``;
     ``corrections``: per-step corrections ("affiner", "ptqd", "tac") fitted on the calibration prompts and
     shown on top of each preset (``segquant.eval.corrections``), ``correction_config``: method -> settings
-    overriding ``process_affiner``'s defaults.
+    overriding ``process_affiner``'s defaults. ControlNet pipelines: ``controls`` / ``calib_controls``, float
+    ``(N, 3, H, W)`` in [0, 1], one control image per prompt / calibration prompt, passed as
+    ``control_argument``; then the report shows them first and scores edge F1 (``segquant.eval.edges``).
     """
 
     prompts: list[str]
@@ -74,6 +77,9 @@ class EvalConfig:
     denoiser: str | None = None
     corrections: tuple[str, ...] = ()
     correction_config: dict = field(default_factory=dict)
+    controls: torch.Tensor | None = None
+    calib_controls: torch.Tensor | None = None
+    control_argument: str = "control_image"
 
     def recorded_calib_steps(self) -> int:
         """Steps recorded per calibration trajectory (``calib_steps``, default every step)."""
@@ -86,7 +92,8 @@ class EvalConfig:
         out = {k: getattr(self, k) for k in keep}
         out.update(n_prompts=len(self.prompts), n_calib_prompts=len(self.calib_prompts or self.prompts),
                    calib_steps_recorded=self.recorded_calib_steps(),
-                   classifier=self.classifier is not None, pipeline_kwargs={k: str(v) for k, v in self.pipeline_kwargs.items()})
+                   classifier=self.classifier is not None, controlnet=self.controls is not None,
+                   pipeline_kwargs={k: str(v) for k, v in self.pipeline_kwargs.items()})
         return out
 
 
@@ -182,14 +189,15 @@ def _generate_batches(pipe, cfg: EvalConfig, starts: list[int], desc: str, progr
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         chunk = list(cfg.prompts[start: start + cfg.batch_size])
         gens = [torch.Generator("cpu").manual_seed(cfg.seed + start + j) for j in range(len(chunk))]
+        control = {} if cfg.controls is None else {cfg.control_argument: cfg.controls[start: start + len(chunk)]}
         record = tap is not None and start < cfg.error_images
         with contextlib.ExitStack() as stack:
             if record:
                 stack.enter_context(tap)
                 stack.enter_context(tap.prompts(range(start, start + len(chunk))))
-            with torch.no_grad():
-                res = pipe(prompt=chunk, num_inference_steps=cfg.num_inference_steps,
-                           guidance_scale=cfg.guidance_scale, generator=gens, output_type="pt", **cfg.pipeline_kwargs)
+            with torch.no_grad(), seeded_global_rng(cfg.seed + start):
+                res = pipe(prompt=chunk, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+                           generator=gens, output_type="pt", **control, **cfg.pipeline_kwargs)
         images = res.images if hasattr(res, "images") else res[0]
         out.append(torch.as_tensor(images).float().cpu())
     return out
@@ -252,8 +260,11 @@ def calibration_loader(pipe, name: str, cfg: EvalConfig, progress: bool):
     from segquant.calib import UniformSampler, generate_calibrate_set
 
     prompts = list(cfg.calib_prompts or cfg.prompts)
+    controls = cfg.calib_controls if cfg.calib_prompts else cfg.controls
+    items = prompts if controls is None else [{"prompt": p, cfg.control_argument: controls[i: i + 1]}
+                                              for i, p in enumerate(prompts)]
     sampler = UniformSampler(cfg.num_inference_steps, len(prompts), cfg.recorded_calib_steps())
-    dataset = generate_calibrate_set(pipe, sampler, prompts, name, seed=cfg.seed + 100_000, progress=progress,
+    dataset = generate_calibrate_set(pipe, sampler, items, name, seed=cfg.seed + 100_000, progress=progress,
                                      num_inference_steps=cfg.num_inference_steps,
                                      guidance_scale=cfg.guidance_scale, **cfg.pipeline_kwargs)
     return dataset.get_dataloader(cfg.calib_batch_size)
@@ -270,7 +281,8 @@ def evaluate(pipe, presets: list, cfg: EvalConfig, calib_loader=None, progress: 
     fp_images, calls, timesteps, fp_cost = _record_fp(pipe, name, fp, cfg, progress)
     ref = score_reference(fp_images, cfg) if fp_images is not None else None
     rows = [{"config": "fp", **fp_cost, **(ref.row if ref is not None else {})}]
-    images, errors = {"fp": fp_images}, {}
+    images, errors = ({} if cfg.controls is None else {"control": cfg.controls}), {}
+    images["fp"] = fp_images
     t0 = time.perf_counter()
     loader = calib_loader if calib_loader is not None else calibration_loader(pipe, name, cfg, progress)
     calib_s = time.perf_counter() - t0

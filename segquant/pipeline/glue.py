@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from segquant.errors import ConfigError
+from segquant.pipeline.seeding import seeded_global_rng
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,8 @@ def generate(
     seed: int = 0,
     **call_kwargs: Any,
 ) -> list[Any]:
-    """Run ``pipe`` once per item with ``generator = torch.Generator("cpu").manual_seed(seed + i)``.
+    """Run ``pipe`` once per item with ``generator = torch.Generator("cpu").manual_seed(seed + i)`` and
+    torch's global RNG seeded ``seed + i`` (:func:`~segquant.pipeline.seeding.seeded_global_rng`).
 
     Args:
         items: prompt strings or dicts of call arguments (see ``pipeline_call_kwargs``).
@@ -163,7 +165,7 @@ def generate(
     for i, item in enumerate(iter_prompt_items(items)):
         kwargs = pipeline_call_kwargs(item, call_kwargs)
         kwargs["generator"] = torch.Generator("cpu").manual_seed(seed + i)
-        with torch.no_grad():
+        with torch.no_grad(), seeded_global_rng(seed + i):  # also what the pipeline draws globally
             out = pipe(**kwargs)
         results.append(out.images if hasattr(out, "images") else out[0])
     return results
