@@ -12,6 +12,7 @@ warm-up with ``λ = 0``). The final rounding is ``h(V) ≥ 0.5``.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -23,6 +24,7 @@ from torch.nn.utils import parametrize
 from segquant.enums import DType
 
 ZETA, GAMMA = 1.1, -0.1
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,10 @@ class AdaRoundWeight(nn.Module):
     def h(self) -> Tensor:
         return (torch.sigmoid(self.v) * (ZETA - GAMMA) + GAMMA).clamp(0, 1)
 
+    hard = False  # True: the hard rounding ``h(V) >= 0.5`` (before training: round-to-nearest)
+
     def forward(self, _weight: Tensor) -> Tensor:
-        q = (self.floor + self.h()).clamp(self.qmin, self.qmax)
+        q = self.codes() if self.hard else (self.floor + self.h()).clamp(self.qmin, self.qmax)
         return (self.scale * q).to(_weight.dtype)
 
     def regulariser(self, beta: float) -> Tensor:
@@ -93,6 +97,7 @@ def reconstruct_block(run: Callable[[int], Tensor], targets: list[Tensor], layer
         parametrize.register_parametrization(linear, "weight", AdaRoundWeight(linear.weight, scales[name], dtype))
         params[name] = linear.parametrizations.weight[0]
     try:
+        before = _hard_loss(run, targets, params.values())
         opt = torch.optim.Adam([p.v for p in params.values()], lr=settings.lr)
         gen = torch.Generator().manual_seed(0)
         for step in range(settings.iters):
@@ -104,7 +109,21 @@ def reconstruct_block(run: Callable[[int], Tensor], targets: list[Tensor], layer
             opt.zero_grad()
             loss.backward()
             opt.step()
+        logger.info("AdaRound %s: block output error %.4g with nearest rounding, %.4g learned", list(layers),
+                    before, _hard_loss(run, targets, params.values()))
         return {name: p.codes().detach() for name, p in params.items()}
     finally:
         for linear in layers.values():
             parametrize.remove_parametrizations(linear, "weight", leave_parametrized=False)
+
+
+@torch.no_grad()
+def _hard_loss(run: Callable[[int], Tensor], targets: list[Tensor], params) -> float:
+    """The reconstruction loss over every target with the hard rounding of ``params``."""
+    for p in params:
+        p.hard = True
+    try:
+        return sum(float((run(i) - t).pow(2).sum(1).mean()) for i, t in enumerate(targets)) / len(targets)
+    finally:
+        for p in params:
+            p.hard = False

@@ -42,8 +42,12 @@ def granularity(config: Any) -> str:
     if baseline is not None:
         return f"{baseline.bits}: {baseline.granularity}"
     from segquant.config import as_quant_config
+    from segquant.errors import ConfigError
 
-    layer = as_quant_config(config).for_layer("")
+    try:
+        layer = as_quant_config(config).for_layer("")
+    except ConfigError:  # the row reports the error when the entry runs
+        return "—"
     w, a = layer.weight_quant, layer.input_quant
     weights = f"W {w.dtype.value} per-{w.granularity.name}" if w.enable else "W fp"
     inputs = (f"A {a.dtype.value} {'dynamic' if a.dynamic else 'static'} per-{a.granularity.name}"

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from segquant.algorithms.smoothquant import smooth_factors
 from segquant.calibration import batch_shapes, run_batch
 from segquant.errors import CalibrationError
 from segquant.pipeline.steps import TIMESTEP_ARG_NAMES
@@ -36,12 +37,10 @@ def channel_salience(x: Tensor) -> Tensor:
     return x.detach().abs().reshape(-1, x.shape[-1]).amax(0).float()
 
 
-def balance(x_salience: Tensor, w_salience: Tensor) -> Tensor:
-    """CSB's balancing vector ``B`` ``(K,)``: ``sqrt(s(X) s(W)) / s(X)`` (1 where a salience is 0).
-    ``x_salience``, ``w_salience``: float ``(K,)``."""
-    ok = (x_salience > 0) & (w_salience > 0)
-    b = torch.sqrt(x_salience * w_salience) / x_salience.clamp_min(1e-30)
-    return torch.where(ok, b, torch.ones_like(b))
+def balance(x_salience: Tensor, weight: Tensor) -> Tensor:
+    """CSB's balancing vector ``B`` ``(K,)`` for activation salience ``x_salience`` ``(K,)`` and ``weight``
+    ``(N, K)``: ``sqrt(s(X) s(W)) / s(X)``, i.e. ``1 / λ`` of SmoothQuant at alpha 0.5."""
+    return 1.0 / smooth_factors(x_salience, weight, 0.5)
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:

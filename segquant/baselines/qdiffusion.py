@@ -27,7 +27,7 @@ from segquant.numerics import stored_codes
 logger = logging.getLogger(__name__)
 
 #: The reconstruction budget of ``segquant eval`` (the paper: 20k steps per block, on a GPU).
-DEFAULT_SETTINGS = AdaRoundSettings(iters=60)
+DEFAULT_SETTINGS = AdaRoundSettings(iters=100, lr=5e-2)
 DEFAULT_BATCHES = 2
 
 
