@@ -89,9 +89,10 @@ TOOL_BASELINES = [
           "conv, layernorm outputs)", "optimum-quanto: qint4 weights, qint8 activations, calibrated",
           quanto_quantize, weights="qint4"),
     _tool("modelopt_int8_sq", "modelopt", "W8A8", "W int8 per-channel, A int8 static per-tensor, SmoothQuant "
-          "(linear, conv; *proj_out* fp)", "ModelOpt: INT8_SMOOTHQUANT_CFG", modelopt_quantize, tool="INT8_SMOOTHQUANT_CFG"),
-    _tool("modelopt_int8", "modelopt", "W8A8", "W int8 per-channel, A int8 static per-tensor (linear, conv; *proj_out* fp)",
-          "ModelOpt: INT8_DEFAULT_CFG", modelopt_quantize, tool="INT8_DEFAULT_CFG"),
+          "(linear, conv; *proj_out* fp)", "ModelOpt: INT8_SMOOTHQUANT_CFG", modelopt_quantize,
+          tool="INT8_SMOOTHQUANT_CFG"),
+    _tool("modelopt_int8", "modelopt", "W8A8", "W int8 per-channel, A int8 static per-tensor (linear, conv; "
+          "*proj_out* fp)", "ModelOpt: INT8_DEFAULT_CFG", modelopt_quantize, tool="INT8_DEFAULT_CFG"),
     _tool("modelopt_fp8", "modelopt", "W8A8 (FP8)", "W fp8 e4m3 per-tensor, A fp8 e4m3 static per-tensor "
           "(linear, conv; *proj_out* fp)", "ModelOpt: FP8_DEFAULT_CFG", modelopt_quantize, tool="FP8_DEFAULT_CFG"),
     _tool("modelopt_w4a8_awq", "modelopt", "W4A8", "W int4 per-group(128) AWQ, A fp8 e4m3 static per-tensor "

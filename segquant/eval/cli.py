@@ -67,7 +67,8 @@ def run_eval(args: argparse.Namespace, suite: ModelSuite | None = None) -> int:
     from segquant.baselines import parse_baselines
     from segquant.eval.corrections import parse_corrections
 
-    presets, out, t0 = parse_presets(args.presets) + parse_baselines(args.baselines), Path(args.out), time.perf_counter()
+    presets = parse_presets(args.presets) + parse_baselines(args.baselines)
+    out, t0 = Path(args.out), time.perf_counter()
     parse_corrections(args.correction)
     named = [m for m in args.models if suite and m in suite.names]
     folders = [m for m in args.models if m not in named]
