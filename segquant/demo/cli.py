@@ -76,6 +76,7 @@ def evaluate_demo_models(settings: dict, out: str | Path, weights_dir=None, prog
     step_error.png) and ``out/README.md`` + ``out/results.json`` with every table.
     """
     from segquant.demo.classifier import load_classifier
+    from segquant.demo import paraphrases
     from segquant.demo.data import eval_prompts
     from segquant.demo.pipeline import WEIGHTS_DIR
     from segquant.distributed import current
@@ -86,6 +87,8 @@ def evaluate_demo_models(settings: dict, out: str | Path, weights_dir=None, prog
     prompts, labels = eval_prompts(settings["per_class"], seed=settings["seed"])
     calib = eval_prompts(max(1, -(-settings["calib_prompts"] // 10)), seed=settings["seed"] + 1)[0]
     calib = [c for c in calib if c not in prompts][: settings["calib_prompts"]] or calib[: settings["calib_prompts"]]
+    if settings.get("prompts") == paraphrases.NAME:  # unseen wording; calibration stays the same
+        prompts, labels = paraphrases.paraphrase_prompts(settings["per_class"])
     classifier = load_classifier(Path(weights_dir or WEIGHTS_DIR) / "classifier")
     results, t0 = {}, time.perf_counter()
     control = settings.get("controlnet", False)
@@ -152,11 +155,16 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _evaluate_named(models: list[str], presets: list[str], args: argparse.Namespace, out: Path,
                     optional_weights: dict) -> dict:
-    """``ModelSuite.evaluate`` of the demo models (``segquant eval mmdit ...``)."""
+    """``ModelSuite.evaluate`` of the demo models (``segquant eval mmdit ...``); ``--prompts paraphrased``:
+    the paraphrased class captions of ``segquant.demo.paraphrases`` instead of the class captions."""
+    if args.prompts not in (None, "paraphrased"):
+        raise ConfigError(f"--prompts {args.prompts!r}: the demo models take no prompt file; use 'paraphrased' "
+                          "for the paraphrased class captions")
     settings = {"models": models, "presets": presets, "per_class": args.per_class, "steps": args.steps,
                 "guidance": args.guidance, "seed": args.seed, "calib_prompts": args.calib_prompts,
                 "calib_steps": args.calib_steps, "fid": not args.no_fid,
-                "corrections": list(parse_corrections(args.correction)), "controlnet": args.controlnet}
+                "corrections": list(parse_corrections(args.correction)), "controlnet": args.controlnet,
+                "prompts": args.prompts}
     return evaluate_demo_models(settings, out, args.weights_dir, optional_weights=optional_weights)
 
 

@@ -7,6 +7,7 @@ suite itself, so the generic evaluation does not depend on the demo. Example (th
 
     segquant eval mmdit flux unet --presets all --per-class 10 --steps 20 --out bench-report
     segquant eval mmdit --presets w8a8,w4a8 --correction none,affiner,ptqd,tac --no-fid
+    segquant eval mmdit flux unet --presets w8a8,w4a8 --baselines all --no-fid
 
 Presets and model names are checked before any generation starts.
 """
@@ -45,6 +46,9 @@ def add_eval_parser(subparsers: Any, suite: ModelSuite | None = None) -> argpars
     p.add_argument("models", nargs="+", help=f"{names}diffusers pipeline folders")
     p.add_argument("--presets", default="rtn_w8a8,w8a8,w4a8",
                    help="comma-separated preset names or YAML config paths; 'all' = every preset")
+    p.add_argument("--baselines", default="",
+                   help="comma-separated quantizer baselines run beside the presets (PTQ4DM, Q-Diffusion, PTQ4DiT, "
+                        "SVDQuant, torchao / quanto / ModelOpt); 'all' = every one; see segquant.baselines")
     p.add_argument("--out", default="segquant-report", help="report folder")
     p.add_argument("--prompts", default=None, help="prompt file (required for pipeline folders)")
     p.add_argument("--num-prompts", type=int, default=None, help="use the first N prompts of --prompts")
@@ -72,10 +76,12 @@ def run_eval(args: argparse.Namespace, suite: ModelSuite | None = None) -> int:
 
 
 def _run_eval(args: argparse.Namespace, suite: ModelSuite | None, main: bool) -> int:
+    from segquant.baselines import parse_baselines
     from segquant.eval.controlnet import check_control_args
     from segquant.eval.corrections import parse_corrections
 
-    presets, out, t0 = parse_presets(args.presets), Path(args.out), time.perf_counter()
+    presets = parse_presets(args.presets) + parse_baselines(args.baselines)
+    out, t0 = Path(args.out), time.perf_counter()
     parse_corrections(args.correction)
     named = [m for m in args.models if suite and m in suite.names]
     folders = [m for m in args.models if m not in named]

@@ -255,15 +255,18 @@ def _record_fp(pipe, name: str, fp: nn.Module, cfg: EvalConfig, progress: bool):
     return images, calls, timesteps, {"gen_s": gen_s, "gen_peak_mb": mem.peak_mb, "gen_delta_mb": mem.delta_mb}
 
 
-def calibration_loader(pipe, name: str, cfg: EvalConfig, progress: bool):
-    """Record calibration inputs of the denoiser with ``generate_calibrate_set`` (uniform steps)."""
-    from segquant.calib import UniformSampler, generate_calibrate_set
+def calibration_loader(pipe, name: str, cfg: EvalConfig, progress: bool, sampler: str = "uniform"):
+    """Record calibration inputs of the denoiser with ``generate_calibrate_set``; ``sampler``: which steps
+    (``"uniform"``; ``"normal"``: PTQ4DM's, see ``segquant.baselines.harness.sampler_for``)."""
+    from segquant.baselines.harness import sampler_for
+    from segquant.calib import generate_calibrate_set
 
-    prompts = list(cfg.calib_prompts or cfg.prompts)
+    sampler, prompts = sampler_for(sampler, cfg.num_inference_steps, list(cfg.calib_prompts or cfg.prompts),
+                                   cfg.recorded_calib_steps())
     controls = cfg.calib_controls if cfg.calib_prompts else cfg.controls
-    items = prompts if controls is None else [{"prompt": p, cfg.control_argument: controls[i: i + 1]}
-                                              for i, p in enumerate(prompts)]
-    sampler = UniformSampler(cfg.num_inference_steps, len(prompts), cfg.recorded_calib_steps())
+    if controls is not None:  # PTQ4DM's normal sampler repeats the prompt list: controls follow by position
+        controls = [controls[i % len(controls): i % len(controls) + 1] for i in range(len(prompts))]
+    items = prompts if controls is None else [{"prompt": p, cfg.control_argument: c} for p, c in zip(prompts, controls)]
     dataset = generate_calibrate_set(pipe, sampler, items, name, seed=cfg.seed + 100_000, progress=progress,
                                      num_inference_steps=cfg.num_inference_steps,
                                      guidance_scale=cfg.guidance_scale, **cfg.pipeline_kwargs)
@@ -271,9 +274,12 @@ def calibration_loader(pipe, name: str, cfg: EvalConfig, progress: bool):
 
 
 def evaluate(pipe, presets: list, cfg: EvalConfig, calib_loader=None, progress: bool = True) -> EvalResult:
-    """Run the comparison (see the module docstring). ``presets``: preset names, YAML paths, config
-    dicts / QuantConfigs or ``(label, config)`` pairs. ``calib_loader``: an iterable of denoiser-call
-    batches to use instead of recording one. A preset that fails is reported in its row (``error``)."""
+    """Run the comparison (see the module docstring). ``presets``: preset names, baseline names
+    (``segquant.baselines``), YAML paths, config dicts / QuantConfigs or ``(label, config)`` pairs.
+    ``calib_loader``: an iterable of denoiser-call batches to use instead of recording one (for every
+    entry). A preset that fails is reported in its row (``error``); a baseline that does not apply to the
+    model, in its row (``not_applicable``)."""
+    from segquant.baselines.harness import CalibrationLoaders, granularity, not_applicable
     from segquant.eval.metrics import score_reference
     from segquant.pipeline.glue import get_denoiser
 
@@ -285,17 +291,23 @@ def evaluate(pipe, presets: list, cfg: EvalConfig, calib_loader=None, progress: 
     images["fp"] = fp_images
     t0 = time.perf_counter()
     loader = calib_loader if calib_loader is not None else calibration_loader(pipe, name, cfg, progress)
-    calib_s = time.perf_counter() - t0
+    loaders = CalibrationLoaders(loader, time.perf_counter() - t0, lambda kind: loader if calib_loader is not None
+                                 else calibration_loader(pipe, name, cfg, progress, kind))
     for i, preset in enumerate(presets):
         label, config = preset_label(preset, i)
+        reason = not_applicable(config, fp)
+        if reason:
+            rows.append({"config": label, "granularity": granularity(config), "not_applicable": reason})
+            continue
         logger.info("evaluating %s", label)
+        entry_loader, calib_s = loaders.get(config)
         try:
-            results = _run_preset(pipe, name, fp, config, loader, cfg, calls, ref, progress, label)
+            results = _run_preset(pipe, name, fp, config, entry_loader, cfg, calls, ref, progress, label)
         except Exception as exc:  # keep the other presets; the failure is in the table
             logger.exception("preset %s failed", label)
             results = [(label, {"error": f"{type(exc).__name__}: {exc}"}, None, None)]
         for row_label, row, imgs, errs in results:
-            rows.append({"config": row_label, "calib_s": calib_s, **row})
+            rows.append({"config": row_label, "granularity": granularity(config), "calib_s": calib_s, **row})
             if imgs is not None:
                 images[row_label], errors[row_label] = imgs, errs
     settings = {**cfg.settings(), "denoiser_class": type(fp).__name__, "pipeline": type(pipe).__name__}
@@ -305,12 +317,12 @@ def evaluate(pipe, presets: list, cfg: EvalConfig, calib_loader=None, progress: 
 
 def _run_preset(pipe, name, fp, config, loader, cfg, calls, ref, progress, label):
     """``[(label, row, images, step_errors)]``: the preset, then the preset with each correction."""
-    from segquant import quantize
+    from segquant.baselines.harness import quantize_entry
     from segquant.pipeline.glue import swapped_denoiser
 
     t0 = time.perf_counter()
     with PeakMemory(fp.device) as qmem:
-        qmodel = quantize(copy.deepcopy(fp), loader, config=config)
+        qmodel = quantize_entry(copy.deepcopy(fp), loader, config)
     quant_s = time.perf_counter() - t0
     n_seg = sum(1 for m in qmodel.modules() if type(m).__name__ == "SegLinear")
     with swapped_denoiser(pipe, qmodel, name):

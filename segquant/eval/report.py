@@ -41,6 +41,7 @@ def save_grid(images: torch.Tensor, nrow: int, path: str | Path, scale: int = 1)
 # (key, header, format) of the results table, in order; missing keys are left out of the table.
 COLUMNS = (
     ("config", "config", "{}"),
+    ("granularity", "bits: granularity", "{}"),
     ("psnr", "PSNR dB ↑", "{:.2f}"),
     ("ssim", "SSIM ↑", "{:.4f}"),
     ("fid", "FID ↓", "{:.3f}"),
@@ -105,8 +106,9 @@ def markdown_table(rows: list[dict], indicative: tuple[str, ...] = ()) -> str:
     cols = [(k, h + " †" if k in indicative else h, f) for k, h, f in COLUMNS if any(k in r for r in rows)]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['config']} | failed: {r['error'][:200]} |" + " |" * (len(cols) - 2))
+        if "error" in r or "not_applicable" in r:
+            what = f"failed: {r['error'][:200]}" if "error" in r else f"not applicable: {r['not_applicable']}"
+            lines.append(f"| {r['config']} | {what} |" + " |" * (len(cols) - 2))
             continue
         cells = []
         for k, _, f in cols:
