@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from segquant.baselines.registry import Baseline
+from segquant.baselines.baseline import Baseline
 from segquant.calibration import run_batch
 
 
