@@ -16,10 +16,14 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
     PYTHONPATH=. python benchmarks/e2e_w8a8.py --model sd35 --variants all --json out.json
 
 Per variant: first-call time (includes compilation), median latency of ``--iters`` calls (CUDA events),
-memory the model holds on the GPU (allocated bytes after preparation: weights, buffers and the
-example inputs; this also counts tensor subclasses such as torchao's), peak allocated memory during a call, and for the
-segquant variants the relative output error of the GPU backend against the emulated backend on the
-same input (``‖y_gpu − y_emul‖ / ‖y_emul‖``).
+the same with the whole forward captured in one CUDA graph (``graph_ms``: no CPU launch overhead, the
+number a deployment with ``mode="reduce-overhead"`` or a captured sampler gets), memory the model holds on
+the GPU (allocated bytes after preparation: weights, buffers and the example inputs; this also counts
+tensor subclasses such as torchao's), peak allocated memory during a call, and for the segquant variants
+the relative error of the GPU backend against the emulated backend on the same input: of the whole
+output (``‖y_gpu − y_emul‖ / ‖y_emul‖``; through dozens of random-weight blocks in bf16 this grows with
+depth, whatever the kernel) and of each of the first ``LAYERS_CHECKED`` layers on its own captured input
+(median and max: what the kernel itself adds). Stage times go to stderr.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import argparse
 import gc
 import json
 import logging
+import sys
 import time
 
 import torch
@@ -35,6 +40,7 @@ import torch
 from fullsize import build
 
 VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "sq_fp8", "sq_int8", "sq_int8_dyn", "sq_int8_full")
+LAYERS_CHECKED = 48
 _ALL_PATTERNS = ["linear_to_chunk", "linear_to_split", "concat_to_linear", "stack_to_linear",
                  "reshape_to_linear", "activation_to_linear"]
 
@@ -50,6 +56,56 @@ def segquant_config(variant: str) -> dict:
                         "input_quant": {"type": fmt, "granularity": "token" if dynamic else "tensor",
                                         "dynamic": dynamic},
                         "weight_quant": {"type": fmt, "granularity": "channel"}}}
+
+
+def stage(message: str, _start=[time.perf_counter()]) -> None:  # noqa: B006 (the start time)
+    print(f"[{time.perf_counter() - _start[0]:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+def graph_ms(model, example: dict, iters: int) -> float:
+    """Median milliseconds of replaying the forward captured in one CUDA graph (after ``timed_calls``)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.inference_mode(), torch.cuda.stream(stream):
+        for _ in range(2):
+            model(**example)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph):
+        model(**example)
+    times = []
+    for _ in range(iters + 2):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    del graph
+    return sorted(times[2:])[iters // 2]
+
+
+def layer_errors(model, example: dict) -> dict:
+    """GPU vs emulated backend per layer, each on its own input captured from an emulated forward."""
+    from segquant.kernels.backend import seglinear_modules, set_backend
+
+    layers = [m for _, m in seglinear_modules(model)][:LAYERS_CHECKED]
+    inputs = {}
+
+    def keep_first(module, args, out) -> None:  # returns None: the output is left as it is
+        inputs.setdefault(module, (args[0], out))
+
+    hooks = [m.register_forward_hook(keep_first) for m in layers]
+    with torch.inference_mode():
+        y_emul = model(**example)[0].float()
+        for hook in hooks:
+            hook.remove()
+        set_backend(model, "gpu")
+        y_gpu = model(**example)[0].float()
+        errors = sorted(float((m(x).float() - y.float()).norm() / y.float().norm()) for m, (x, y) in inputs.items())
+    return {"rel_err_gpu_vs_emulated": float((y_gpu - y_emul).norm() / y_emul.norm()),
+            "layer_rel_err_median": errors[len(errors) // 2], "layer_rel_err_max": errors[-1],
+            "layers_checked": len(errors)}
 
 
 def timed_calls(model, example: dict, iters: int) -> tuple[float, list[float]]:
@@ -91,12 +147,13 @@ def prepare(variant: str, model, example: dict) -> dict:
             quantize(model, [example], segquant_config(variant), example=example)
         torch.cuda.synchronize()
         facts["quantize_s"] = time.perf_counter() - t0
-        with torch.inference_mode():
-            y_emul = model(**example)[0].float()
+        stage(f"{variant}: quantized in {facts['quantize_s']:.1f} s")
+        try:
+            facts.update(layer_errors(model, example))
+        except Exception as error:  # keep the timing of a variant whose error check broke
+            facts["error_check_failed"] = f"{type(error).__name__}: {error}"[:300]
             set_backend(model, "gpu")
-            y_gpu = model(**example)[0].float()
-        facts["rel_err_gpu_vs_emulated"] = float((y_gpu - y_emul).norm() / y_emul.norm())
-        del y_emul, y_gpu
+        stage(f"{variant}: errors {facts}")
     if variant != "bf16":
         compile_repeated_blocks(model, fullgraph=variant.startswith("sq_"))
     return facts
@@ -109,12 +166,20 @@ def run_variant(name: str, variant: str, iters: int) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()  # the model's weights (and the small example inputs)
+    stage(f"{variant}: prepared")
     first, times = timed_calls(model, example, iters)
     times.sort()
+    stage(f"{variant}: timed, first call {first:.1f} s")
+    peak_extra = torch.cuda.max_memory_allocated() - base
+    try:
+        facts["graph_ms"] = round(graph_ms(model, example, iters), 2)
+    except Exception as error:  # a forward that cannot be captured: say so, keep the eager numbers
+        facts["graph_error"] = f"{type(error).__name__}: {error}"[:300]
+    stage(f"{variant}: graph {facts.get('graph_ms')}")
     result = dict(model=name, variant=variant, first_call_s=round(first, 1),
                   median_ms=round(times[len(times) // 2], 2), min_ms=round(times[0], 2),
                   weight_gib=round(base / 2**30, 3),
-                  peak_extra_gib=round((torch.cuda.max_memory_allocated() - base) / 2**30, 3), **facts)
+                  peak_extra_gib=round(peak_extra / 2**30, 3), **facts)
     del model, example
     gc.collect()
     torch.cuda.empty_cache()
@@ -173,13 +238,17 @@ def main() -> None:
                 json.dump(results, f, indent=1)
     ref = next((r["median_ms"] for r in results if r["variant"] == "bf16_compiled" and "median_ms" in r), None)
     print(f"\n{torch.cuda.get_device_name()}  torch {torch.__version__}  model {opts.model}")
-    print(f"{'variant':<14} {'first s':>8} {'median ms':>10} {'vs bf16c':>9} {'weights GiB':>11} {'peak+ GiB':>9}")
+    graph_ref = next((r.get("graph_ms") for r in results if r["variant"] == "bf16_compiled"), None)
+    print(f"{'variant':<14} {'first s':>8} {'median ms':>10} {'vs bf16c':>9} {'graph ms':>9} {'vs bf16c':>9} "
+          f"{'weights GiB':>11} {'peak+ GiB':>9}")
     for r in results:
         if "median_ms" not in r:
             print(f"{r['variant']:<14} FAILED {r['error'][:90]}")
             continue
         speed = f"{ref / r['median_ms']:.2f}x" if ref else "-"
-        print(f"{r['variant']:<14} {r['first_call_s']:>8} {r['median_ms']:>10} {speed:>9} "
+        graph = r.get("graph_ms", "-")
+        graph_speed = f"{graph_ref / graph:.2f}x" if graph_ref and "graph_ms" in r else "-"
+        print(f"{r['variant']:<14} {r['first_call_s']:>8} {r['median_ms']:>10} {speed:>9} {graph:>9} {graph_speed:>9} "
               f"{r['weight_gib']:>11} {r['peak_extra_gib']:>9}")
 
 

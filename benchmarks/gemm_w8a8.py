@@ -3,7 +3,7 @@
 For every layer and format (FP8 E4M3, INT8) it times, on random data, in one process:
 bf16 ``F.linear`` (torch.mm) and its ``torch.compile``; the gpu backend's forward (quantize + W8A8 GEMM) in
 eager and under ``torch.compile``; the GEMM alone on pre-quantized codes; and checks the output against
-the pure-torch twin. Prints a table last and writes ``w8a8_gemm.md`` / ``.json`` to ``--out``.
+the pure-torch twin. Prints a table last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
 
     python benchmarks/gemm_w8a8.py --out /tmp/bench [--layers ff_up,ff_down_dual] [--compile-layers ff_up]
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import triton
 
 from segquant.enums import DType
-from segquant.kernels.gemm_reference import w8a8_gemm_reference
+from segquant.kernels.gemm_reference import scaled_gemm_reference
 from segquant.kernels.gpu import ops
 from segquant.kernels.gpu.backend import GpuBackend
 from segquant.kernels.gpu.plan import quantize_input
@@ -147,11 +147,11 @@ def _gemm_args(mod, quantized):
     codes, a_scale, a_scale_neg = quantized
     lay = mod.gpu_layout
     return (codes, mod.weight_codes, a_scale, a_scale_neg, mod.weight_scale, mod.gpu_a_col, mod.gpu_w_col, mod.bias,
-            lay.out_segment, lay.scale_mode, lay.k_align)
+            None, None, lay.out_segment, lay.scale_mode, lay.k_align)
 
 
 def _gemm(mod, quantized):
-    return ops.w8a8_gemm(*_gemm_args(mod, quantized), torch.bfloat16)
+    return ops.scaled_gemm(*_gemm_args(mod, quantized), torch.bfloat16)
 
 
 def _rel(a, b) -> float:
@@ -159,17 +159,17 @@ def _rel(a, b) -> float:
 
 
 def ref_of(mod, quantized):
-    return w8a8_gemm_reference(*_gemm_args(mod, quantized), torch.bfloat16)
+    return scaled_gemm_reference(*_gemm_args(mod, quantized), torch.bfloat16)
 
 
 def _tuned() -> dict:
     """Autotuner choices so far: key -> "BMxBNxBK w<warps> s<stages>" (empty off CUDA)."""
     if DEVICE["name"] != "cuda":
         return {}
-    from segquant.kernels.gpu.triton_gemm import _w8a8_kernel
+    from segquant.kernels.gpu.triton_gemm import _scaled_gemm_kernel
 
     return {key: f"{c.kwargs['BM']}x{c.kwargs['BN']}x{c.kwargs['BK']} w{c.num_warps} s{c.num_stages}"
-            for key, c in _w8a8_kernel.cache.items()}
+            for key, c in _scaled_gemm_kernel.cache.items()}
 
 
 COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
@@ -208,13 +208,13 @@ def main() -> None:
         for fmt_name in args.formats.split(","):
             rows.append(measure(layer, fmt_name, layer in args.compile_layers.split(",")))
             print(json.dumps(rows[-1]), flush=True)
-            with open(args.out / "w8a8_gemm.jsonl", "a") as log:
+            with open(args.out / "scaled_gemm.jsonl", "a") as log:
                 log.write(json.dumps(rows[-1]) + "\n")
     device = torch.cuda.get_device_name() if DEVICE["name"] == "cuda" else "cpu (smoke)"
     header = (f"device: {device}, torch {torch.__version__}, triton {triton.__version__}, "
               f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.time() - started:.0f} s")
-    (args.out / "w8a8_gemm.json").write_text(json.dumps(rows, indent=1))
-    (args.out / "w8a8_gemm.md").write_text(header + "\n\n" + table(rows) + "\n")
+    (args.out / "scaled_gemm.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "scaled_gemm.md").write_text(header + "\n\n" + table(rows) + "\n")
     print(header)
     print(table(rows))
 

@@ -1,20 +1,27 @@
-"""Pure-torch twin of the ``segquant::w8a8_gemm`` op (same arguments, any device, float32 math).
+"""Pure-torch twin of the ``segquant::scaled_gemm`` op (same arguments, any device, float32 math).
 
 For output row ``n`` of output segment ``s(n)`` and input channel ``k``:
 
     y[m, n] = Σ_k a_scale[s, m, ac(k)] · w_scale[n, wc(k)] · a[s, m, k] · b[n, k]
-              (+ Σ_k a_scale_neg[s, m, ac(k)] · w_scale[n, wc(k)] · a[s, m, K + k] · b[n, k])  (+ bias[n])
+              (+ Σ_k a_scale_neg[s, m, ac(k)] · w_scale[n, wc(k)] · a[s, m, K + k] · b[n, k])
+              (+ bias[n]) (+ Σ_r lowrank_t[m, r] · lowrank_up[n, r])
 
-``a`` ``(Sa, M, K·(1+dual))`` int8 / float8 codes (DualScale: ``[q⁺ | q⁻]``), ``b`` ``(N, K)`` codes,
-``a_scale`` ``(Sa, M|1, JA)`` float32, ``w_scale`` ``(N, G)`` float32, ``a_col`` / ``w_col`` ``(K,)`` the
-scale columns, ``out_segment`` rows per output segment when ``Sa > 1``. The GPU kernel computes the same
-sum, in int32 (INT8) or float32 (FP8) per K tile, so it differs from this only by accumulation order.
+``a`` ``(Sa, M, K·(1+dual))`` int8 / float8 codes (DualScale: ``[q⁺ | q⁻]``), or the bf16 / fp16 input
+itself with ``a_scale`` 1 (W4A16); ``b`` ``(N, K)`` 8-bit codes or packed INT4 codes, uint8
+``(N, ⌈K/2⌉)`` (:func:`segquant.numerics.pack_int4`); ``a_scale`` ``(Sa, M|1, JA)`` float32, ``w_scale``
+``(N, G)`` float32, ``a_col`` / ``w_col`` ``(K,)`` the scale columns (``K`` is ``a_col``'s length),
+``lowrank_t`` ``(M, r)`` / ``lowrank_up`` ``(N, r)`` the optional 16-bit low-rank branch (its down-projected
+input and up-projection; added in float32 in the epilogue), ``out_segment`` rows per output
+segment when ``Sa > 1``. The GPU kernel computes the same sum, in int32 (INT8 inputs) or float32 (FP8 /
+16-bit inputs) per K tile, so it differs from this only by accumulation order.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from segquant.numerics import unpack_int4
 
 
 def dequantized_input(a: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, a_col: Tensor, k: int) -> Tensor:
@@ -26,18 +33,26 @@ def dequantized_input(a: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, a_
     return x
 
 
-def w8a8_gemm_reference(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, w_scale: Tensor,
-                        a_col: Tensor, w_col: Tensor, bias: Tensor | None, out_segment: int, scale_mode: int,
-                        k_align: int, out_dtype: torch.dtype) -> Tensor:
+def scaled_gemm_reference(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, w_scale: Tensor,
+                          a_col: Tensor, w_col: Tensor, bias: Tensor | None, lowrank_t: Tensor | None,
+                          lowrank_up: Tensor | None, out_segment: int, scale_mode: int, k_align: int,
+                          out_dtype: torch.dtype) -> Tensor:
     """The op's math (module doc) -> ``(M, N)`` in ``out_dtype``. ``scale_mode`` (0: scales constant along K,
     1: input scales vary along K, 2: weight scales too) and ``k_align`` only steer the kernel."""
-    n, k = b.shape
+    k = a_col.shape[0]
+    b = unpack_int4(b, k) if b.dtype == torch.uint8 else b
     x = dequantized_input(a, a_scale, a_scale_neg, a_col, k)
     w = b.float() * w_scale[:, w_col.long()]
-    if x.shape[0] == 1:
-        y = x[0] @ w.T
-    else:
-        y = torch.cat([x[s] @ w[s * out_segment:(s + 1) * out_segment].T for s in range(x.shape[0])], dim=-1)
+    y = _per_segment(x, w, out_segment)
     if bias is not None:
         y = y + bias.float()
+    if lowrank_t is not None:
+        y = y + lowrank_t.float() @ lowrank_up.float().T
     return y.to(out_dtype)
+
+
+def _per_segment(x: Tensor, w: Tensor, out_segment: int) -> Tensor:
+    """``x`` ``(Sa, M, K)`` times ``w`` ``(N, K)``ᵀ, output segment ``s`` from ``x[s]`` -> ``(M, N)``."""
+    if x.shape[0] == 1:
+        return x[0] @ w.T
+    return torch.cat([x[s] @ w[s * out_segment:(s + 1) * out_segment].T for s in range(x.shape[0])], dim=-1)

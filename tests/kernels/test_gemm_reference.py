@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from segquant.enums import DType
-from segquant.kernels.gemm_reference import w8a8_gemm_reference
+from segquant.kernels.gemm_reference import scaled_gemm_reference
 from segquant.kernels.gpu.plan import layout_of, pack_tensors, seglinear_forward
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import SegLinearSpec
@@ -60,6 +60,11 @@ SPECS = {
     "int4_weights": SegLinearSpec(64, 20, (20,), (64,), I8, weight_dtype=DType.INT4),
     "int4_group32_dynamic": SegLinearSpec(64, 20, (20,), (64,), I8, weight_dtype=DType.INT4, weight_scale_columns=2,
                                           input_dynamic=True, input_granularity=PerToken()),
+    "int4_lowrank": SegLinearSpec(64, 20, (20,), (64,), I8, weight_dtype=DType.INT4, weight_scale_columns=2,
+                                  smooth=True, low_rank=4),
+    "w4a16_group32": SegLinearSpec(64, 20, (20,), (64,), None, weight_dtype=DType.INT4, weight_scale_columns=2),
+    "w4a16_segments": SegLinearSpec(64, 20, (20,), (32, 32), None, weight_dtype=DType.INT4, weight_scale_columns=4,
+                                    low_rank=3),
 }
 
 
@@ -71,7 +76,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_twin_matches_emulated_seglinear(name):
     module = pack(filled(SPECS[name]))
     x = torch.randn(3, 7, SPECS[name].in_features) * 2
-    y = seglinear_forward(module, layout_of(module), x, w8a8_gemm_reference)
+    y = seglinear_forward(module, layout_of(module), x, scaled_gemm_reference)
     assert y.shape == (3, 7, SPECS[name].out_features) and y.dtype == x.dtype
     assert rel_err(y, module(x)) <= 1e-3
 
@@ -82,7 +87,7 @@ def test_dynamic_twin_is_bitwise_emulated(name):
     """Dynamic codes are computed with the emulated divisions: identical up to matmul rounding."""
     module = pack(filled(SPECS[name]))
     x = torch.randn(5, SPECS[name].in_features)
-    y = seglinear_forward(module, layout_of(module), x, w8a8_gemm_reference)
+    y = seglinear_forward(module, layout_of(module), x, scaled_gemm_reference)
     torch.testing.assert_close(y, module(x), rtol=1e-5, atol=1e-4)
 
 

@@ -1,4 +1,4 @@
-"""The custom op ``segquant::w8a8_gemm`` on CPU: schema / fake implementation, no graph breaks, the backend's
+"""The custom op ``segquant::scaled_gemm`` on CPU: schema / fake implementation, no graph breaks, the backend's
 clear error on a machine without CUDA. (File name: ``test_gpu_*`` because it tests the GPU backend's op.)"""
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from segquant.enums import DType
 from segquant.errors import BackendUnavailableError
-from segquant.kernels.gpu.ops import w8a8_gemm
+from segquant.kernels.gpu.ops import scaled_gemm
 from segquant.kernels.gpu.plan import layout_of, seglinear_forward
 from segquant.nn.spec import SegLinearSpec
 from tests.kernels.test_gemm_reference import SPECS, filled, pack, rel_err
@@ -19,21 +19,22 @@ def _op_args(dual: bool, sa: int = 1):
     scale = torch.rand(sa, m, 2) + 0.1
     neg = torch.rand(sa, m, 2) + 0.1 if dual else None
     col = (torch.arange(k) >= 32).to(torch.int32)
-    return (a, b, scale, neg, torch.rand(n, 2), col, col.clone(), torch.randn(n), n // sa, 2, 32, torch.float32)
+    return (a, b, scale, neg, torch.rand(n, 2), col, col.clone(), torch.randn(n), None, None, n // sa, 2, 32,
+            torch.float32)
 
 
 @pytest.mark.parametrize("dual,sa", [(False, 1), (True, 2)])
 def test_op_schema_and_fake_implementation(dual, sa):
-    torch.library.opcheck(w8a8_gemm, _op_args(dual, sa))
+    torch.library.opcheck(scaled_gemm, _op_args(dual, sa))
 
 
-@pytest.mark.parametrize("name", ["plain", "heads", "dual", "adaln", "dynamic_dual"])
+@pytest.mark.parametrize("name", ["plain", "heads", "dual", "adaln", "dynamic_dual", "int4_lowrank", "w4a16_group32"])
 def test_forward_through_the_op_compiles_without_graph_breaks(name):
     module = pack(filled(SPECS[name]))
     layout = layout_of(module)
     x = torch.randn(4, SPECS[name].in_features)
-    eager = seglinear_forward(module, layout, x, w8a8_gemm)
-    compiled = torch.compile(lambda t: seglinear_forward(module, layout, t, w8a8_gemm), backend="aot_eager",
+    eager = seglinear_forward(module, layout, x, scaled_gemm)
+    compiled = torch.compile(lambda t: seglinear_forward(module, layout, t, scaled_gemm), backend="aot_eager",
                              fullgraph=True)
     torch.testing.assert_close(compiled(x), eager)
     assert rel_err(eager, module(x)) <= 1e-3
@@ -52,8 +53,11 @@ def test_check_rejects_mixed_formats_and_misaligned_segments():
     from segquant.kernels.gpu.backend import GpuBackend
 
     mixed = filled(SegLinearSpec(64, 16, (16,), (64,), DType.FP8E4M3))
-    with pytest.raises(BackendUnavailableError, match="int8 x fpe4m3|no 8-bit kernel"):
+    with pytest.raises(BackendUnavailableError, match="int8 x inputs fpe4m3 has no kernel"):
         GpuBackend().check(mixed, "mixed")
+    fp8_weight_only = filled(SegLinearSpec(64, 16, (16,), (64,), None, weight_dtype=DType.FP8E4M3))
+    with pytest.raises(BackendUnavailableError, match="weight-only fpe4m3 has no kernel"):
+        GpuBackend().check(fp8_weight_only, "fp8_weight_only")
     if torch.cuda.is_available():
         odd = filled(SegLinearSpec(48, 16, (16,), (24, 24), DType.INT8))
         with pytest.raises(BackendUnavailableError, match="multiples of 32"):
@@ -63,7 +67,8 @@ def test_check_rejects_mixed_formats_and_misaligned_segments():
             GpuBackend().check(filled(SPECS["plain"]), "plain")
 
 
-@pytest.mark.parametrize("name", ["heads", "dual_fp8_segments", "adaln", "dynamic_segments_smooth"])
+@pytest.mark.parametrize("name", ["heads", "dual_fp8_segments", "adaln", "dynamic_segments_smooth", "int4_lowrank",
+                                  "w4a16_group32", "w4a16_segments"])
 def test_backend_pack_and_forward_on_cpu_match_emulated(name):
     """pack() registers non-persistent buffers only; forward (the op's CPU kernel is the twin) matches."""
     from segquant.kernels.gpu.backend import GpuBackend
@@ -74,3 +79,20 @@ def test_backend_pack_and_forward_on_cpu_match_emulated(name):
     assert set(module.state_dict()) == saved and module._non_persistent_buffers_set
     x = torch.randn(2, 5, SPECS[name].in_features)
     assert rel_err(GpuBackend().forward(module, x), module(x)) <= 1e-3
+
+
+def test_int4_weights_reach_the_gemm_packed():
+    """No unpacked copy of 4-bit weights: the GEMM reads the uint8 ``(N, K/2)`` buffer itself."""
+    from segquant.kernels.gpu.backend import GpuBackend
+
+    module = filled(SPECS["int4_lowrank"])
+    GpuBackend().pack(module)
+    seen = {}
+
+    def spy(a, b, *rest):
+        seen["b"] = b
+        return scaled_gemm(a, b, *rest)
+
+    seglinear_forward(module, module.gpu_layout, torch.randn(3, 64), spy)
+    assert seen["b"] is module.weight_codes and seen["b"].dtype == torch.uint8 and seen["b"].shape == (20, 32)
+    assert all(t.dtype != torch.int8 or t.shape != (20, 64) for t in module.buffers())

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from segquant.enums import DType
-from segquant.kernels.gemm_reference import w8a8_gemm_reference
+from segquant.kernels.gemm_reference import scaled_gemm_reference
 from segquant.kernels.gpu import ops
-from segquant.kernels.gpu.plan import layout_of, quantize_input
+from segquant.kernels.gpu.plan import quantize_input
 from segquant.nn.spec import SegLinearSpec
 from segquant.numerics import PerToken
+from tests.kernels.interpret_triton_gemm import CASES as CASES_INTERPRETED
+from tests.kernels.interpret_triton_gemm import case as interpreted_case
 from tests.kernels.test_gemm_reference import SPECS, filled, pack, rel_err
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -40,7 +42,8 @@ def op_case(fmt, m, n, k, segments=(), dual=False, rows=False, sa=1, bias=True):
     k_align = 0 if len(segs) == 1 else math.gcd(*torch.tensor(segs).cumsum(0)[:-1].tolist())
     return dict(a=a, b=random_codes((n, k), fmt), a_scale=scale(), a_scale_neg=scale() if dual else None,
                 w_scale=torch.rand(n, len(segs), device="cuda") * 0.01 + 1e-3, a_col=cols, w_col=cols.clone(),
-                bias=torch.randn(n, device="cuda", dtype=torch.bfloat16) if bias else None, out_segment=n // sa,
+                bias=torch.randn(n, device="cuda", dtype=torch.bfloat16) if bias else None, lowrank_t=None,
+                lowrank_up=None, out_segment=n // sa,
                 scale_mode=2 if len(segs) > 1 else 0, k_align=k_align)
 
 
@@ -61,8 +64,8 @@ def test_gemm_matches_twin(fmt, case, out_dtype):
     m, n, k, segments, dual, rows, sa = case
     args = op_case(fmt, m, n, k, segments, dual, rows, sa)
     poison_allocator()
-    y = ops.w8a8_gemm(**args, out_dtype=out_dtype)
-    ref = w8a8_gemm_reference(**args, out_dtype=torch.float32)
+    y = ops.scaled_gemm(**args, out_dtype=out_dtype)
+    ref = scaled_gemm_reference(**args, out_dtype=torch.float32)
     assert y.shape == (m, n) and y.dtype == out_dtype and torch.isfinite(y).all()
     assert rel_err(y, ref) <= within_rounding(ref, out_dtype)
 
@@ -72,12 +75,33 @@ def within_rounding(ref: torch.Tensor, dtype: torch.dtype) -> float:
     return 1e-3 + rel_err(ref.to(dtype), ref)
 
 
+INT4_CASES = dict(CASES_INTERPRETED,  # plus compute-bound FLUX-like shapes, g64 with the rank-32 branch
+                  w4a8_flux_g64_r32=dict(m=4608, n=3072, k=3072, fmt="int8", segments=(64,) * 48, w4=True, rank=32),
+                  w4a8_flux_channel=dict(m=4608, n=3072, k=12288, fmt="int8", w4=True),
+                  w4a16_m1_g64=dict(m=1, n=3072, k=3072, fmt="int8", segments=(64,) * 48, w4=True, a16=True),
+                  w4a16_flux_g64_r32=dict(m=4608, n=3072, k=3072, fmt="int8", segments=(64,) * 48, w4=True,
+                                          a16=True, rank=32))
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", list(INT4_CASES))
+def test_int4_and_16bit_gemm_matches_twin(name, half):
+    """Packed INT4 weights (W4A8 / W4A16), group scales, the low-rank epilogue; the interpreter's cases too."""
+    spec = dict(INT4_CASES[name], half=INT4_CASES[name].get("half", half))
+    args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in interpreted_case(**spec)]
+    poison_allocator()
+    y = ops.scaled_gemm(*args[:-1], torch.bfloat16)
+    ref = scaled_gemm_reference(*args)
+    assert y.shape == (spec["m"], spec["n"]) and torch.isfinite(y).all()
+    assert rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
+
+
 @pytest.mark.parametrize("scaled_mm", [True, False])
 def test_fp8_plain_paths_agree(scaled_mm, monkeypatch):
     monkeypatch.setitem(ops.USE_SCALED_MM, "enabled", scaled_mm)
     args = op_case(DType.FP8E4M3, 333, 512, 1024, rows=True)
-    y = ops.w8a8_gemm(**args, out_dtype=torch.bfloat16)
-    ref = w8a8_gemm_reference(**args, out_dtype=torch.float32)
+    y = ops.scaled_gemm(**args, out_dtype=torch.bfloat16)
+    ref = scaled_gemm_reference(**args, out_dtype=torch.float32)
     assert rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
 
 

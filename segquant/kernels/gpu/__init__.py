@@ -8,7 +8,7 @@ Layout (only ``backend`` and ``ops`` / ``triton_gemm`` need CUDA and Triton; the
 - ``quant``: the activation quantizer in plain elementwise torch ops (torch.compile fuses it into the
   preceding norm / modulation).
 - ``triton_gemm``: the Triton kernel (per-K-tile scaled 8-bit GEMM, DualScale, output segments).
-- ``ops``: ``torch.library`` custom op ``segquant::w8a8_gemm`` with its fake implementation.
+- ``ops``: ``torch.library`` custom op ``segquant::scaled_gemm`` with its fake implementation.
 - ``backend``: the ``GpuBackend`` registered as ``"gpu"``.
 
 The pure-torch twin of the GEMM op is :mod:`segquant.kernels.gemm_reference`.

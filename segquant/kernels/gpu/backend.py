@@ -6,7 +6,7 @@ with FP8 E4M3 inputs; per-tensor / per-channel / per-input-segment weight scales
 per group, DualScale included); output segments with their own smoothing as one launch; the low-rank
 branch in 16-bit torch ops. Anything else fails :meth:`GpuBackend.check` with the layer's name.
 
-Data flow per call: plain elementwise quantization (``quant``) -> ``segquant::w8a8_gemm`` (``ops``) ->
+Data flow per call: plain elementwise quantization (``quant``) -> ``segquant::scaled_gemm`` (``ops``) ->
 low-rank branch. Importing this module does not import Triton (the CUDA kernel imports it on first use).
 """
 
@@ -20,7 +20,7 @@ from torch import Tensor
 from segquant.enums import DType
 from segquant.errors import BackendUnavailableError
 from segquant.kernels.backend import EMULATED_ALTERNATIVE, Backend, register_backend
-from segquant.kernels.gpu.ops import w8a8_gemm
+from segquant.kernels.gpu.ops import gemm
 from segquant.kernels.gpu.plan import GemmLayout, layout_of, pack_tensors, seglinear_forward
 
 _INT_WEIGHTS = (DType.INT4, DType.INT6, DType.INT8)
@@ -29,13 +29,17 @@ MIN_TILE_N = 32  # smallest N tile of the kernel's configs
 
 
 def _format_problem(spec) -> str | None:
-    if spec.weight_dtype is None or spec.input_dtype is None:
-        return "weights and inputs must both be quantized"
+    if spec.weight_dtype is None:
+        return "weights must be quantized"
+    if spec.input_dtype is None:
+        if spec.weight_dtype not in _INT_WEIGHTS:
+            return f"weight-only {spec.weight_dtype.value} has no kernel (supported: integer weights)"
+        return "weight-only layers with smoothing have no kernel" if spec.smooth else None
     int_pair = spec.weight_dtype in _INT_WEIGHTS and spec.input_dtype is DType.INT8
     fp8_pair = spec.weight_dtype is DType.FP8E4M3 and spec.input_dtype is DType.FP8E4M3
     if not (int_pair or fp8_pair):
-        return (f"weights {spec.weight_dtype.value} x inputs {spec.input_dtype.value} has no 8-bit kernel "
-                "(supported: int8 x int8, fpe4m3 x fpe4m3)")
+        return (f"weights {spec.weight_dtype.value} x inputs {spec.input_dtype.value} has no kernel "
+                "(supported: int4/int6/int8 x int8, fpe4m3 x fpe4m3, int weights x 16-bit inputs)")
     if not spec.input_symmetric:
         return "asymmetric inputs (zero points) have no kernel; use symmetric inputs"
     return None
@@ -80,4 +84,4 @@ class GpuBackend(Backend):
         module.gpu_layout = layout_of(module)
 
     def forward(self, module, x: Tensor) -> Tensor:
-        return seglinear_forward(module, module.gpu_layout, x, w8a8_gemm)
+        return seglinear_forward(module, module.gpu_layout, x, gemm)

@@ -1,4 +1,4 @@
-"""What the W8A8 GEMM needs from a ``SegLinear``: its layout, the packed tensors, and the forward data flow.
+"""What the scaled GEMM needs from a ``SegLinear``: its layout, the packed tensors, and the forward data flow.
 
 Packing (:func:`pack_tensors`, pure torch, any device) reads the canonical buffers and builds:
 
@@ -12,13 +12,18 @@ name                  shape / dtype     meaning
 ``gpu_a_col``         (K,) int32        input-scale column of every input channel
 ``gpu_w_col``         (K,) int32        weight-scale column of every input channel (all 0 when
                                         every column of ``weight_scale`` holds the same values)
-``gpu_weight_codes``  (N, K) int8       int4 weights only: the packed codes unpacked to one per byte
+``gpu_unit_scale``    (1, 1, 1)         W4A16 (16-bit inputs): the input "scale" 1
+``gpu_lowrank_down``  (r, K) 16-bit     one output segment with a low-rank branch: ``D / λ``
+                                        (smoothing folded in), so the branch needs no float32 pass
 ====================  ================  =====================================================
 
 ``Sa`` is the number of differently quantized inputs: ``S`` with per-output-segment smoothing, else 1
-(without smoothing the emulated forward quantizes once, with segment 0's scales). The 8-bit weight codes
-``(N, K)`` (K-major, as the tensor cores want 8-bit operands) and ``weight_scale`` are used as they are;
-int4 codes (stored two per byte) run through the same INT8 GEMM, unpacked once here.
+(without smoothing the emulated forward quantizes once, with segment 0's scales). The weight codes
+(8-bit ``(N, K)``, K-major as the tensor cores want 8-bit operands, or int4 packed two per byte
+``(N, ⌈K/2⌉)``, unpacked in the kernel's registers) and ``weight_scale`` are used as they are: nothing
+of the weight is copied. The low-rank branch of a layer with one output segment runs in the GEMM's
+epilogue (``t = x D'ᵀ`` first, ``(M, r)`` 16-bit); with several segments (AdaLN chunks, small M) it runs
+as 16-bit torch products added to the float32 output.
 """
 
 from __future__ import annotations
@@ -30,9 +35,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import PerGroup, codes_of_storage
+from segquant.numerics import PerGroup
 from segquant.kernels.gpu.quant import quantize_dynamic, quantize_static, quantize_static_dual
 
 
@@ -54,7 +58,10 @@ class GemmLayout:
 
 
 def input_columns(spec: SegLinearSpec) -> Tensor:
-    """``(K,)`` int32: the input-scale column of each input channel (segment, or group of a segment)."""
+    """``(K,)`` int32: the input-scale column of each input channel (segment, or group of a segment); all 0
+    for unquantized (16-bit) inputs, whose one "scale" is 1."""
+    if spec.input_dtype is None:
+        return torch.zeros(spec.in_features, dtype=torch.int32)
     cols, start = [], 0
     for size in spec.input_segments:
         width = spec.input_granularity.group_size if spec.input_dynamic and isinstance(
@@ -92,8 +99,12 @@ def pack_tensors(module) -> dict[str, Tensor]:
     sa = len(spec.output_segments) if spec.smooth else 1
     packed = {"gpu_a_col": input_columns(spec).to(device),
               "gpu_w_col": weight_columns(module).to(device)}
-    if spec.weight_dtype is DType.INT4:
-        packed["gpu_weight_codes"] = codes_of_storage(module.weight_codes, spec.weight_dtype, spec.in_features)
+    if fused_lowrank(module):
+        down = module.lowrank_down[0]
+        packed["gpu_lowrank_down"] = (down.float() / module.smooth[0]).to(down.dtype) if spec.smooth else down
+    if spec.input_dtype is None:
+        packed["gpu_unit_scale"] = torch.ones(1, 1, 1, device=device)
+        return packed
     if spec.input_dynamic:
         return packed
     sides = [("", module.input_scale)] + ([("_neg", module.input_scale_neg)] if spec.dual_scale else [])
@@ -108,9 +119,18 @@ def pack_tensors(module) -> dict[str, Tensor]:
 GemmFn = Callable[..., Tensor]
 
 
+def fused_lowrank(module) -> bool:
+    """Whether the layer's low-rank branch runs in the GEMM's epilogue (a branch and one output segment)."""
+    return module.lowrank_up is not None and len(module.spec.output_segments) == 1
+
+
 def quantize_input(module, rows: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``rows`` ``(M, K)`` -> codes ``(Sa, M, K·(1+dual))``, scales ``(Sa, M|1, JA)``, negative scales."""
+    """``rows`` ``(M, K)`` -> codes ``(Sa, M, K·(1+dual))``, scales ``(Sa, M|1, JA)``, negative scales.
+
+    W4A16 (inputs not quantized): the 16-bit rows themselves, ``(1, M, K)``, with scale 1."""
     spec = module.spec
+    if spec.input_dtype is None:
+        return rows.unsqueeze(0), module.gpu_unit_scale, None
     if spec.input_dynamic:
         return quantize_dynamic(rows, module.smooth, spec.input_segments, spec.input_dtype,
                                 spec.input_granularity, spec.dual_scale)
@@ -121,21 +141,19 @@ def quantize_input(module, rows: Tensor) -> tuple[Tensor, Tensor, Tensor | None]
 
 
 def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Tensor:
-    """``x`` ``(..., K)`` -> ``(..., N)`` in ``x.dtype``: quantize, one W8A8 GEMM, low-rank branch."""
+    """``x`` ``(..., K)`` -> ``(..., N)`` in ``x.dtype``: quantize, one scaled GEMM (low-rank branch in its
+    epilogue where :func:`fused_lowrank`, else added afterwards)."""
     rows = x.reshape(-1, module.in_features)
     codes, a_scale, a_scale_neg = quantize_input(module, rows)
-    lowrank = module.lowrank_up is not None  # added in float32 before the one rounding to x.dtype
-    y = gemm(codes, gemm_weight_codes(module), a_scale, a_scale_neg, module.weight_scale, module.gpu_a_col,
-             module.gpu_w_col, module.bias, layout.out_segment, layout.scale_mode, layout.k_align,
-             torch.float32 if lowrank else x.dtype)
-    if lowrank:
+    fused = fused_lowrank(module)
+    separate = module.lowrank_up is not None and not fused  # added in float32 before the one rounding
+    down_projected = rows.to(module.lowrank_up.dtype) @ module.gpu_lowrank_down.T if fused else None  # (M, r)
+    y = gemm(codes, module.weight_codes, a_scale, a_scale_neg, module.weight_scale, module.gpu_a_col,
+             module.gpu_w_col, module.bias, down_projected, module.lowrank_up if fused else None, layout.out_segment,
+             layout.scale_mode, layout.k_align, torch.float32 if separate else x.dtype)
+    if separate:
         y = (y + lowrank_branch(module, rows).float()).to(x.dtype)
     return y.reshape(*x.shape[:-1], module.out_features)
-
-
-def gemm_weight_codes(module) -> Tensor:
-    """The ``(N, K)`` 8-bit weight codes the GEMM reads (int4: the unpacked copy made by :func:`pack_tensors`)."""
-    return module.gpu_weight_codes if module.spec.weight_dtype is DType.INT4 else module.weight_codes
 
 
 def lowrank_branch(module, rows: Tensor) -> Tensor:

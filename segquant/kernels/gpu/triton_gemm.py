@@ -1,4 +1,5 @@
-"""Triton W8A8 GEMM: INT8 x INT8 (int32 accumulate) or FP8 E4M3 x FP8 E4M3 (float32), with scales.
+"""Triton scaled GEMM: INT8 x INT8 (int32 accumulate), FP8 E4M3 x FP8 E4M3 (float32), INT8 x packed INT4
+(W4A8, int32) and 16-bit x packed INT4 (W4A16, float32), with scales.
 
 One kernel, constexpr switches (see :mod:`segquant.kernels.gemm_reference` for the math):
 
@@ -13,12 +14,21 @@ One kernel, constexpr switches (see :mod:`segquant.kernels.gemm_reference` for t
   products (two accumulators on the fast path).
 - Output segments with their own input: ``a`` is ``(Sa, M, KA)`` and each N tile reads the A of its
   segment (``seg = n0 // OUT_SEG``; BN divides ``OUT_SEG``), so S segments are one launch.
-- ``HAS_BIAS``.
+- ``W4``: ``b`` is packed INT4, uint8 ``(N, ⌈K/2⌉)`` (the saved format: code ``2i`` in the low nibble of
+  byte ``i``); each B tile is read as ``BK/2`` bytes and unpacked in registers to INT8 codes (W4A8) or
+  to ``a``'s 16-bit dtype (W4A16: ``a`` holds the bf16/fp16 input itself and ``a_scale`` is 1; the
+  codes are exact in 16 bits, the group scales multiply the float32 tile sums as in ``MODE`` 2).
+- ``HAS_BIAS``; ``HAS_LR``: the low-rank branch in the epilogue, one more product per output tile:
+  ``t (BM, R) @ Uᵀ (R, BN)`` in float32 (``t = x D'ᵀ`` is the down-projected input, ``R`` the rank
+  padded to a power of 2 >= 16), so the output is written once, in its final dtype (SVDQuant's fusion).
 
 Weights ``b`` ``(N, K)`` are K-major, as Hopper's wgmma wants for 8-bit operands.
+``SEGQUANT_TRITON_AUTOTUNE=0`` in the environment skips autotuning (first legal config; for tests).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -43,46 +53,63 @@ def legal_configs(configs, named_args, **kwargs):
             and out_seg % c.kwargs["BN"] == 0 and c.kwargs["BK"] <= max(32, triton.next_power_of_2(args["K"]))]
     sized = [c for c in fits if (c.kwargs["BM"] <= 64) == (m <= 64)] or fits
     widest = min(128, max(c.kwargs["BK"] for c in sized))
-    return [c for c in sized if c.kwargs["BK"] >= widest]
+    legal = [c for c in sized if c.kwargs["BK"] >= widest]
+    return legal[:1] if os.environ.get("SEGQUANT_TRITON_AUTOTUNE") == "0" else legal
 
 
 @triton.jit
-def _load(a_ptrs, b_ptrs, k0, K, BK: tl.constexpr, DUAL: tl.constexpr, EVEN_K: tl.constexpr):
-    """The A tile (and DualScale's negative A tile, else A again) and the B tile at ``k0``."""
+def _unpack_int4(packed, BK: tl.constexpr, BN: tl.constexpr):
+    """uint8 ``(BK/2, BN)`` -> int8 codes ``(BK, BN)``: row ``2i`` from the low nibbles, ``2i + 1`` from the high."""
+    p = packed.to(tl.int8, bitcast=True)
+    lo = (p << 4) >> 4  # arithmetic shifts sign-extend the 4-bit two's complement
+    hi = p >> 4
+    return tl.reshape(tl.permute(tl.join(lo, hi), (0, 2, 1)), (BK, BN))
+
+
+@triton.jit
+def _load(a_ptrs, b_ptrs, k0, K, BK: tl.constexpr, BN: tl.constexpr, DUAL: tl.constexpr, EVEN_K: tl.constexpr,
+          W4: tl.constexpr):
+    """The A tile (and DualScale's negative A tile, else A again) and the B tile at ``k0`` (unpacked if W4)."""
+    BKB: tl.constexpr = BK // 2 if W4 else BK  # rows of B stored per K tile
     if EVEN_K:
         a, b = tl.load(a_ptrs), tl.load(b_ptrs)
         a_neg = tl.load(a_ptrs + K) if DUAL else a
     else:
         k_ok = tl.arange(0, BK) < K - k0
         a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
+        b = tl.load(b_ptrs, mask=(tl.arange(0, BKB) < (K - k0 + 1) // 2 if W4 else k_ok)[:, None], other=0)
         a_neg = tl.load(a_ptrs + K, mask=k_ok[None, :], other=0.0) if DUAL else a
-    return a, b, a_neg
+    if W4:
+        b = _unpack_int4(b, BK, BN)
+    return a, b.to(a.dtype), a_neg  # 16-bit inputs: integer codes are exact in bf16 / fp16
 
 
 @triton.jit
 def _dot(a, b, acc, IS_INT: tl.constexpr, BK: tl.constexpr):
     """``acc += a @ b``: int32 for INT8; FP8 promotes to float32 after every BK (Hopper's fast FP8
-    accumulation alone loses ~1e-3 relative over long K)."""
+    accumulation alone loses ~1e-3 relative over long K); float32 inputs (W4A16 on a float32 model) in
+    full precision, not TF32."""
     if IS_INT:
         out = tl.dot(a, b, acc, out_dtype=tl.int32)
+    elif a.dtype == tl.float32:
+        out = tl.dot(a, b, acc, input_precision="ieee")
     else:
         out = tl.dot(a, b, acc, max_num_imprecise_acc=BK)
     return out
 
 
 @triton.jit
-def _mainloop(a_ptrs, b_ptrs, k_lo, k_hi, K, acc, acc_neg, BK: tl.constexpr, DUAL: tl.constexpr,
-              EVEN_K: tl.constexpr, IS_INT: tl.constexpr):
-    """Accumulate K range ``[k_lo, k_hi)`` into ``acc`` (and DualScale's ``acc_neg``); advance the pointers."""
-    for k0 in range(k_lo, k_hi, BK):
-        a, b, a_neg = _load(a_ptrs, b_ptrs, k0, K, BK, DUAL, EVEN_K)
+def _mainloop(a_ptrs, b_ptrs, K, acc, acc_neg, BK: tl.constexpr, BN: tl.constexpr, DUAL: tl.constexpr,
+              EVEN_K: tl.constexpr, IS_INT: tl.constexpr, W4: tl.constexpr):
+    """Accumulate the whole K into ``acc`` (and DualScale's ``acc_neg``)."""
+    for k0 in range(0, K, BK):
+        a, b, a_neg = _load(a_ptrs, b_ptrs, k0, K, BK, BN, DUAL, EVEN_K, W4)
         acc = _dot(a, b, acc, IS_INT, BK)
         if DUAL:
             acc_neg = _dot(a_neg, b, acc_neg, IS_INT, BK)
         a_ptrs += BK
-        b_ptrs += BK
-    return acc, acc_neg, a_ptrs, b_ptrs
+        b_ptrs += BK // 2 if W4 else BK
+    return acc, acc_neg
 
 
 @triton.jit
@@ -94,16 +121,18 @@ def _scaled(part, part_neg, s_rows, sn_rows, j, DUAL: tl.constexpr):
     return out
 
 
-@triton.autotune(configs=CONFIGS, key=["M_BUCKET", "N", "K", "K_ALIGN", "OUT_SEG", "MODE", "DUAL", "SA_ROWS"],
+@triton.autotune(configs=CONFIGS, key=["M_BUCKET", "N", "K", "K_ALIGN", "OUT_SEG", "MODE", "DUAL", "SA_ROWS", "W4"],
                  prune_configs_by={"early_config_prune": legal_configs})
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BK"] == 0})
 @triton.jit
-def _w8a8_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, wcol_ptr, bias_ptr,
-                 M, N, K, M_BUCKET, K_ALIGN, OUT_SEG, SA_ROWS,
-                 stride_as, stride_am, stride_bn, stride_cm, stride_ss, stride_sm, stride_wn,
-                 MODE: tl.constexpr, DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, IS_INT: tl.constexpr,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-                 EVEN_K: tl.constexpr):
+def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, wcol_ptr, bias_ptr, t_ptr, u_ptr,
+                        M, N, K, M_BUCKET, K_ALIGN, OUT_SEG, SA_ROWS, RANK,
+                        stride_as, stride_am, stride_bn, stride_cm, stride_ss, stride_sm, stride_wn, stride_tm,
+                        stride_un,
+                        MODE: tl.constexpr, DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
+                        R: tl.constexpr, IS_INT: tl.constexpr, W4: tl.constexpr,
+                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+                        EVEN_K: tl.constexpr):
     pid = tl.program_id(0)
     num_m, num_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
     group = GROUP_M * num_n
@@ -116,51 +145,61 @@ def _w8a8_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, wcol_pt
     offs_k = tl.arange(0, BK)
     rm, rn = tl.where(offs_m < M, offs_m, 0), tl.where(offs_n < N, offs_n, 0)
     a_ptrs = a_ptr + seg * stride_as + rm[:, None] * stride_am + offs_k[None, :]
-    b_ptrs = b_ptr + rn[None, :] * stride_bn + offs_k[:, None]
+    b_ptrs = b_ptr + rn[None, :] * stride_bn + tl.arange(0, BK // 2 if W4 else BK)[:, None]
     s_rows = as_ptr + seg * stride_ss + rm * stride_sm
     sn_rows = asn_ptr + seg * stride_ss + rm * stride_sm
     w_rows = ws_ptr + rn * stride_wn
     acc_t = tl.int32 if IS_INT else tl.float32
     zero = tl.zeros((BM, BN), acc_t)
     if MODE == 0:  # scales constant along K: one accumulation, scales in the epilogue
-        acc, acc_neg, a_ptrs, b_ptrs = _mainloop(a_ptrs, b_ptrs, 0, K, K, zero, zero, BK, DUAL, EVEN_K, IS_INT)
+        acc, acc_neg = _mainloop(a_ptrs, b_ptrs, K, zero, zero, BK, BN, DUAL, EVEN_K, IS_INT, W4)
         out = _scaled(acc, acc_neg, s_rows, sn_rows, tl.load(acol_ptr), DUAL)
     else:  # the scale changes along K: accumulate each K tile exactly, scale it, add it in float32
         out = tl.zeros((BM, BN), tl.float32)
         for k0 in range(0, K, BK):
-            a, b, a_neg = _load(a_ptrs, b_ptrs, k0, K, BK, DUAL, EVEN_K)
-            part_neg = tl.dot(a_neg, b, out_dtype=acc_t) if DUAL else zero
-            part = _scaled(tl.dot(a, b, out_dtype=acc_t), part_neg, s_rows, sn_rows, tl.load(acol_ptr + k0), DUAL)
+            a, b, a_neg = _load(a_ptrs, b_ptrs, k0, K, BK, BN, DUAL, EVEN_K, W4)
+            part_neg = _dot(a_neg, b, zero, IS_INT, BK) if DUAL else zero
+            part = _scaled(_dot(a, b, zero, IS_INT, BK), part_neg, s_rows, sn_rows, tl.load(acol_ptr + k0), DUAL)
             if MODE == 2:
                 part = part * tl.load(w_rows + tl.load(wcol_ptr + k0))[None, :]
             out += part
             a_ptrs += BK
-            b_ptrs += BK
+            b_ptrs += BK // 2 if W4 else BK
     if MODE != 2:
         out = out * tl.load(w_rows + tl.load(wcol_ptr))[None, :]
     if HAS_BIAS:
         out += tl.load(bias_ptr + rn).to(tl.float32)[None, :]
+    if HAS_LR:
+        offs_r = tl.arange(0, R)
+        t = tl.load(t_ptr + rm[:, None] * stride_tm + offs_r[None, :],
+                    mask=(offs_r < RANK)[None, :], other=0.0)
+        u = tl.load(u_ptr + rn[None, :] * stride_un + offs_r[:, None], mask=(offs_r < RANK)[:, None], other=0.0)
+        out += tl.dot(t, u)
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
     tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
 
 
-def w8a8_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, out_segment: int,
-                     scale_mode: int, k_align: int, out_dtype: torch.dtype) -> torch.Tensor:
-    """Launch the kernel; arguments as :func:`segquant.kernels.gemm_reference.w8a8_gemm_reference`."""
+def scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_segment: int,
+                       scale_mode: int, k_align: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """Launch the kernel; arguments as :func:`segquant.kernels.gemm_reference.scaled_gemm_reference`."""
     sa, m, _ = a.shape
-    n, k = b.shape
+    n, k = b.shape[0], a_col.shape[0]
     a, b = a.contiguous(), b.contiguous()
     out = torch.empty(m, n, device=a.device, dtype=out_dtype)
     if m == 0:
         return out
     ws, a_scale = w_scale.contiguous(), a_scale.contiguous()
     neg = a_scale_neg.contiguous() if a_scale_neg is not None else a_scale
+    t, u = (lowrank_t.contiguous(), lowrank_up.contiguous()) if lowrank_t is not None else (ws, ws)
+    rank = lowrank_up.shape[1] if lowrank_t is not None else 0
     seg_stride = a_scale.stride(0) if a_scale.shape[0] > 1 else 0
     row_stride = a_scale.stride(1) if a_scale.shape[1] > 1 else 0
     grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)  # noqa: E731
-    _w8a8_kernel[grid](
-        a, b, out, a_scale, neg, ws, a_col, w_col, bias if bias is not None else ws,
-        m, n, k, triton.next_power_of_2(m), k_align, out_segment if sa > 1 else _NO_SEGMENT, a_scale.shape[1],
+    _scaled_gemm_kernel[grid](
+        a, b, out, a_scale, neg, ws, a_col, w_col, bias if bias is not None else ws, t, u,
+        m, n, k, triton.next_power_of_2(m), k_align, out_segment if sa > 1 else _NO_SEGMENT, a_scale.shape[1], rank,
         a.stride(0) if sa > 1 else 0, a.stride(1), b.stride(0), out.stride(0), seg_stride, row_stride, ws.stride(0),
-        MODE=scale_mode, DUAL=a_scale_neg is not None, HAS_BIAS=bias is not None, IS_INT=not b.dtype.is_floating_point)
+        t.stride(0), u.stride(0),
+        MODE=scale_mode, DUAL=a_scale_neg is not None, HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None,
+        R=max(16, triton.next_power_of_2(rank)), IS_INT=not a.dtype.is_floating_point, W4=b.dtype == torch.uint8)
     return out

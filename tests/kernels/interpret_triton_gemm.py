@@ -1,0 +1,87 @@
+"""Run the Triton scaled-GEMM kernel in Triton's CPU interpreter against its pure-torch twin (a subprocess of
+``test_triton_interpreted.py``: ``TRITON_INTERPRET=1`` must be set before Triton is imported).
+
+Prints one ``name rel_err`` line per case. Covers what CPU-only CI cannot run on a GPU: the kernel's index
+math (packed INT4 unpacking, per-K-tile scales, DualScale, output segments, the low-rank epilogue, 16-bit
+inputs, masks for odd sizes). 16-bit tensors are fp16 here: the interpreter's bf16 dot is wrong (NumPy has no bf16).
+"""
+
+import math
+import os
+import sys
+
+import torch
+
+from segquant.kernels.gemm_reference import scaled_gemm_reference
+from segquant.numerics import pack_int4
+
+
+def case(m, n, k, fmt, segments=(), dual=False, sa=1, w4=False, a16=False, rank=0, seed=0, half=torch.float16):
+    """Random arguments of the op (CPU tensors); ``half`` is the dtype of 16-bit inputs and the low-rank factors."""
+    g = torch.Generator().manual_seed(seed)
+    segs = segments or (k,)
+    cols = torch.arange(len(segs)).repeat_interleave(torch.tensor(segs)).int()
+    if a16:
+        a = torch.randn(1, m, k, generator=g).to(half)
+    elif fmt == "int8":
+        a = torch.randint(-128, 128, (sa, m, 2 * k if dual else k), generator=g, dtype=torch.int8)
+    else:
+        a = (torch.randn(sa, m, 2 * k if dual else k, generator=g) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
+    if w4:
+        b = pack_int4(torch.randint(-8, 8, (n, k), generator=g, dtype=torch.int8))
+    elif fmt == "int8":
+        b = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
+    else:
+        b = (torch.randn(n, k, generator=g) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
+    scale = lambda: torch.rand(a.shape[0], m, len(segs), generator=g) * 0.01 + 1e-3  # noqa: E731
+    a_scale = torch.ones(1, 1, 1) if a16 else scale()
+    k_align = 0 if len(segs) == 1 else math.gcd(*torch.tensor(segs).cumsum(0)[:-1].tolist())
+    lowrank = (torch.randn(m, rank, generator=g).to(half),
+               torch.randn(n, rank, generator=g).to(half)) if rank else (None, None)
+    a_col = torch.zeros_like(cols) if a16 else cols  # 16-bit inputs: one unit "scale"
+    return (a, b, a_scale, scale() if dual else None, torch.rand(n, len(segs), generator=g) * 0.01 + 1e-3, a_col,
+            cols, torch.randn(n, generator=g).to(torch.bfloat16), *lowrank, n // a.shape[0],
+            2 if len(segs) > 1 else 0, k_align, torch.float32)
+
+
+CASES = {
+    "int8_plain_odd": dict(m=33, n=64, k=96, fmt="int8"),
+    "fp8_heads": dict(m=17, n=64, k=256, fmt="fp8", segments=(64,) * 4),
+    "int8_dual_segments": dict(m=20, n=32, k=128, fmt="int8", segments=(64, 64), dual=True),
+    "int8_out_segments": dict(m=5, n=96, k=64, fmt="int8", sa=3),
+    "w4a8_plain": dict(m=33, n=64, k=128, fmt="int8", w4=True),
+    "w4a8_odd_k": dict(m=7, n=32, k=80, fmt="int8", w4=True),
+    "w4a8_group64_lowrank": dict(m=24, n=64, k=256, fmt="int8", segments=(64,) * 4, w4=True, rank=32),
+    "w4a8_dual": dict(m=9, n=32, k=128, fmt="int8", dual=True, w4=True),
+    "w4a16_plain": dict(m=16, n=32, k=128, fmt="int8", w4=True, a16=True),
+    "w4a16_group32_lowrank5": dict(m=3, n=64, k=128, fmt="int8", segments=(32,) * 4, w4=True, a16=True, rank=5),
+    "w4a16_fp32_inputs": dict(m=5, n=32, k=64, fmt="int8", w4=True, a16=True, half=torch.float32),
+}
+
+def prepare_interpreter() -> None:
+    """One config per launch (nothing to time) and a fix for NumPy >= 2.4, which refuses the interpreter's
+    ``int(array_of_one)`` conversion of scalar arguments."""
+    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
+    os.environ["SEGQUANT_TRITON_AUTOTUNE"] = "0"
+    import triton.runtime.autotuner as autotuner
+    import triton.runtime.interpreter as interpreter
+
+    autotuner.Autotuner.do_bench = property(lambda self: (lambda fn, quantiles=None: [1.0, 1.0, 1.0]))
+    original = interpreter._patch_lang_tensor
+
+    def patch_index(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patch_index
+
+
+if __name__ == "__main__":
+    prepare_interpreter()
+    from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
+
+    names = sys.argv[1:] or list(CASES)
+    for name in names:
+        args = case(**CASES[name])
+        y, ref = scaled_gemm_triton(*args), scaled_gemm_reference(*args)
+        print(name, f"{float((y - ref).norm() / ref.norm()):.3e}", flush=True)
