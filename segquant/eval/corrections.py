@@ -18,26 +18,54 @@ from segquant.errors import ConfigError
 CORRECTIONS = ("none", "affiner", "ptqd", "tac")
 
 
-def parse_corrections(spec: str | None) -> tuple[str, ...]:
-    """The methods of a ``--correction`` list (``"none"`` dropped: the uncorrected row is always shown)."""
+SETTINGS = {"blocksize": int, "alpha": float, "lambda1": float, "lambda2": float, "noise_target": str,
+            "recurrent": lambda v: {"true": True, "false": False}[v.lower()]}
+
+
+def split_correction(label: str) -> tuple[str, dict]:
+    """``"affiner:blocksize=4:lambda1=0.01"`` -> ``("affiner", {"blocksize": 4, "lambda1": 0.01})``: a method
+    and the settings of this variant (keys of ``SETTINGS``); raises ``ConfigError`` naming a bad part."""
     from segquant.eval.options import did_you_mean
 
-    names = [s.strip() for s in (spec or "none").split(",") if s.strip()]
-    for name in names:
-        if name not in CORRECTIONS:
-            raise ConfigError(f"--correction: unknown correction {name!r}{did_you_mean(name, CORRECTIONS)}; "
-                              f"choose from {', '.join(CORRECTIONS)}")
-    return tuple(dict.fromkeys(n for n in names if n != "none"))
+    method, *parts = label.split(":")
+    if method not in CORRECTIONS:
+        raise ConfigError(f"--correction: unknown correction {method!r}{did_you_mean(method, CORRECTIONS)}; "
+                          f"choose from {', '.join(CORRECTIONS)}")
+    settings = {}
+    for part in parts:
+        key, _, value = part.partition("=")
+        if key not in SETTINGS or not value:
+            raise ConfigError(f"--correction {label!r}: {part!r} is not KEY=VALUE with KEY one of "
+                              f"{', '.join(SETTINGS)}{did_you_mean(key, SETTINGS)}")
+        try:
+            settings[key] = SETTINGS[key](value)
+        except (ValueError, KeyError):
+            raise ConfigError(f"--correction {label!r}: bad value {value!r} for {key}") from None
+    return method, settings
 
 
-def fit_correction(pipe, qmodel, method: str, cfg):
-    """``(correction, seconds)``: ``method`` fitted for ``qmodel`` against ``pipe``'s denoiser."""
+def parse_corrections(spec: str | None) -> tuple[str, ...]:
+    """The corrections of a ``--correction`` list (``"none"`` dropped: the uncorrected row is always shown).
+
+    Each item is a method, optionally with settings of its own (``affiner:blocksize=8:lambda1=0.01``), so
+    one run can compare variants; every item is checked here, before any generation."""
+    labels = [s.strip() for s in (spec or "none").split(",") if s.strip()]
+    for label in labels:
+        split_correction(label)
+    return tuple(dict.fromkeys(n for n in labels if n != "none"))
+
+
+def fit_correction(pipe, qmodel, label: str, cfg):
+    """``(correction, seconds)``: correction ``label`` (see :func:`split_correction`) fitted for ``qmodel``
+    against ``pipe``'s denoiser; ``cfg.correction_config[method]`` and then the label's settings override
+    ``process_affiner``'s defaults."""
     from segquant.affiner import process_affiner
 
+    method, settings = split_correction(label)
     config = {"method": method, "num_inference_steps": cfg.num_inference_steps,
               "guidance_scale": cfg.guidance_scale, "batch_size": max(1, cfg.calib_batch_size),
               "seed": cfg.seed + 200_000, "pipeline_kwargs": dict(cfg.pipeline_kwargs),
-              **cfg.correction_config.get(method, {})}
+              **cfg.correction_config.get(method, {}), **settings}
     t0 = time.perf_counter()
     corr = process_affiner(config, list(cfg.calib_prompts or cfg.prompts), pipe, qmodel, shuffle=False)
     return corr, time.perf_counter() - t0

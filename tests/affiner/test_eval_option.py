@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from segquant.errors import ConfigError
-from segquant.eval.corrections import parse_corrections
+from segquant.eval.corrections import parse_corrections, split_correction
 
 
 def test_parse_corrections():
@@ -12,6 +12,17 @@ def test_parse_corrections():
     assert parse_corrections(None) == ()
     with pytest.raises(ConfigError, match="did you mean 'ptqd'"):
         parse_corrections("none,ptdq")
+
+
+def test_correction_variants_carry_their_settings():
+    assert parse_corrections("affiner,affiner:blocksize=8:lambda1=0.01") == ("affiner",
+                                                                            "affiner:blocksize=8:lambda1=0.01")
+    assert split_correction("affiner:blocksize=8:lambda1=0.01:recurrent=false") == (
+        "affiner", {"blocksize": 8, "lambda1": 0.01, "recurrent": False})
+    with pytest.raises(ConfigError, match="'blocksise=8' is not KEY=VALUE.*did you mean 'blocksize'"):
+        parse_corrections("affiner:blocksise=8")
+    with pytest.raises(ConfigError, match="bad value 'x' for lambda1"):
+        parse_corrections("affiner:lambda1=x")
 
 
 def test_cli_rejects_a_bad_correction_before_any_work(tmp_path, capsys):
@@ -30,11 +41,14 @@ def test_harness_rows_with_corrections(tmp_path):
 
     pipe = build_tiny_demo_pipe()
     cfg = EvalConfig(prompts=["a bag", "a coat"], num_inference_steps=3, batch_size=2, calib_prompts=["a shirt", "a boot"],
-                     calib_batch_size=2, error_images=2, fid=False, corrections=("affiner", "ptqd", "tac"),
+                     calib_batch_size=2, error_images=2, fid=False,
+                     corrections=("affiner", "ptqd", "tac", "affiner:blocksize=2:lambda1=0.1"),
                      correction_config={"affiner": {"blocksize": 4}})
     result = evaluate(pipe, ["rtn_w4a8"], cfg, progress=False)
     labels = [r["config"] for r in result.rows]
-    assert labels == ["fp", "rtn_w4a8", "rtn_w4a8+affiner", "rtn_w4a8+ptqd", "rtn_w4a8+tac"]
+    assert labels == ["fp", "rtn_w4a8", "rtn_w4a8+affiner", "rtn_w4a8+ptqd", "rtn_w4a8+tac",
+                      "rtn_w4a8+affiner:blocksize=2:lambda1=0.1"]
+    assert result.rows[2]["psnr"] != result.rows[5]["psnr"]  # the variant's own settings were used
     for row in result.rows[2:]:
         assert "error" not in row and row["fit_s"] > 0 and row["psnr"] > 0
         assert len(result.errors[row["config"]]) == 3

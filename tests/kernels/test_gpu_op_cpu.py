@@ -96,3 +96,12 @@ def test_int4_weights_reach_the_gemm_packed():
     seglinear_forward(module, module.gpu_layout, torch.randn(3, 64), spy)
     assert seen["b"] is module.weight_codes and seen["b"].dtype == torch.uint8 and seen["b"].shape == (20, 32)
     assert all(t.dtype != torch.int8 or t.shape != (20, 64) for t in module.buffers())
+
+
+def test_int4_weights_with_odd_input_width_are_refused_by_name():
+    from segquant.kernels.gpu.backend import _layout_problem
+    from segquant.kernels.gpu.plan import layout_of
+
+    odd = filled(SegLinearSpec(33, 16, (16,), (33,), DType.INT8, weight_dtype=DType.INT4))
+    assert "even number of input channels" in _layout_problem(layout_of(odd))
+    assert _layout_problem(layout_of(filled(SPECS["int4_lowrank"]))) is None

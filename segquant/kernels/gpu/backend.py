@@ -57,6 +57,9 @@ def _device_problem(spec) -> str | None:
 
 def _layout_problem(layout: GemmLayout) -> str | None:
     spec = layout.spec
+    if spec.weight_dtype is DType.INT4 and spec.in_features % 2:
+        return (f"INT4 weights need an even number of input channels (the kernel reads inputs in pairs), "
+                f"got {spec.in_features}")
     if layout.scale_mode and layout.k_align % MIN_TILE_K:
         return (f"input segment / scale-group boundaries must be multiples of {MIN_TILE_K} channels (K tiles), "
                 f"got segments {spec.input_segments} (alignment {layout.k_align})")

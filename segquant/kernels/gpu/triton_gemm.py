@@ -14,10 +14,12 @@ One kernel, constexpr switches (see :mod:`segquant.kernels.gemm_reference` for t
   products (two accumulators on the fast path).
 - Output segments with their own input: ``a`` is ``(Sa, M, KA)`` and each N tile reads the A of its
   segment (``seg = n0 // OUT_SEG``; BN divides ``OUT_SEG``), so S segments are one launch.
-- ``W4``: ``b`` is packed INT4, uint8 ``(N, ⌈K/2⌉)`` (the saved format: code ``2i`` in the low nibble of
-  byte ``i``); each B tile is read as ``BK/2`` bytes and unpacked in registers to INT8 codes (W4A8) or
-  to ``a``'s 16-bit dtype (W4A16: ``a`` holds the bf16/fp16 input itself and ``a_scale`` is 1; the
-  codes are exact in 16 bits, the group scales multiply the float32 tile sums as in ``MODE`` 2).
+- ``W4``: ``b`` is packed INT4, uint8 ``(N, K/2)`` (the saved format: code ``2i`` in the low nibble of
+  byte ``i``, ``K`` even); each B tile is read as ``BK/2`` bytes and split by shifts into the codes of
+  the even and of the odd k, and A is read as pairs (int8 codes as int16, bf16/fp16 as int32, float32 as
+  int64) split the same way, so a K tile is two products of depth ``BK/2`` with no register shuffle.
+  W4A8: INT8 inputs; W4A16: ``a`` holds the bf16/fp16 input itself and ``a_scale`` is 1 (the codes are
+  exact in 16 bits; group scales multiply the float32 tile sums as in ``MODE`` 2).
 - ``HAS_BIAS``; ``HAS_LR``: the low-rank branch in the epilogue, one more product per output tile:
   ``t (BM, R) @ Uᵀ (R, BN)`` in float32 (``t = x D'ᵀ`` is the down-projected input, ``R`` the rank
   padded to a power of 2 >= 16), so the output is written once, in its final dtype (SVDQuant's fusion).
@@ -39,6 +41,9 @@ _BIG = [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4), (12
         (128, 128, 64, 4, 5), (128, 128, 32, 4, 6)]
 _SMALL = [(16, 64, 128, 4, 4), (16, 32, 128, 4, 4), (16, 32, 256, 4, 3), (64, 128, 128, 4, 4), (16, 64, 64, 4, 5),
           (16, 32, 32, 4, 6)]
+_A_KINDS = {torch.int8: 0, torch.float8_e4m3fn: -1, torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
+_PAIR_DTYPES = {torch.int8: torch.int16, torch.bfloat16: torch.int32, torch.float16: torch.int32,
+                torch.float32: torch.int64}
 _NO_SEGMENT = 2 ** 30  # OUT_SEG when all N tiles read one A: every N tile is in segment 0
 CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=w, num_stages=st)
            for bm, bn, bk, w, st in _BIG + _SMALL]
@@ -58,30 +63,56 @@ def legal_configs(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _unpack_int4(packed, BK: tl.constexpr, BN: tl.constexpr):
-    """uint8 ``(BK/2, BN)`` -> int8 codes ``(BK, BN)``: row ``2i`` from the low nibbles, ``2i + 1`` from the high."""
-    p = packed.to(tl.int8, bitcast=True)
-    lo = (p << 4) >> 4  # arithmetic shifts sign-extend the 4-bit two's complement
-    hi = p >> 4
-    return tl.reshape(tl.permute(tl.join(lo, hi), (0, 2, 1)), (BK, BN))
-
-
-@triton.jit
-def _load(a_ptrs, b_ptrs, k0, K, BK: tl.constexpr, BN: tl.constexpr, DUAL: tl.constexpr, EVEN_K: tl.constexpr,
-          W4: tl.constexpr):
-    """The A tile (and DualScale's negative A tile, else A again) and the B tile at ``k0`` (unpacked if W4)."""
-    BKB: tl.constexpr = BK // 2 if W4 else BK  # rows of B stored per K tile
+def _load(a_ptrs, b_ptrs, k0, K, BK: tl.constexpr, DUAL: tl.constexpr, EVEN_K: tl.constexpr):
+    """8-bit weights: the A tile (and DualScale's negative A tile, else A again) and the B tile at ``k0``."""
     if EVEN_K:
         a, b = tl.load(a_ptrs), tl.load(b_ptrs)
         a_neg = tl.load(a_ptrs + K) if DUAL else a
     else:
         k_ok = tl.arange(0, BK) < K - k0
         a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=(tl.arange(0, BKB) < (K - k0 + 1) // 2 if W4 else k_ok)[:, None], other=0)
+        b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
         a_neg = tl.load(a_ptrs + K, mask=k_ok[None, :], other=0.0) if DUAL else a
-    if W4:
-        b = _unpack_int4(b, BK, BN)
     return a, b.to(a.dtype), a_neg  # 16-bit inputs: integer codes are exact in bf16 / fp16
+
+
+@triton.jit
+def _split_pairs(p, A_KIND: tl.constexpr):
+    """Pairs of inputs read as one wider integer -> (values at even k, values at odd k), little-endian.
+    ``A_KIND`` 0: INT8 codes in int16; 1 / 2: bf16 / fp16 in int32; 3: float32 in int64."""
+    if A_KIND == 0:
+        lo = ((p << 8) >> 8).to(tl.int8)
+        hi = (p >> 8).to(tl.int8)
+    elif A_KIND == 3:
+        lo = p.to(tl.int32).to(tl.float32, bitcast=True)
+        hi = (p >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    else:
+        half: tl.constexpr = tl.bfloat16 if A_KIND == 1 else tl.float16
+        lo = p.to(tl.int16).to(half, bitcast=True)
+        hi = (p >> 16).to(tl.int16).to(half, bitcast=True)
+    return lo, hi
+
+
+@triton.jit
+def _load_w4(a_ptrs, b_ptrs, k0, K, BK: tl.constexpr, DUAL: tl.constexpr, EVEN_K: tl.constexpr,
+             A_KIND: tl.constexpr):
+    """Packed INT4 weights: the K tile at ``k0`` as its even-k and odd-k halves, so that no register shuffle
+    is needed: byte ``i`` of B holds codes ``2i`` (low nibble) and ``2i + 1`` (high nibble), and A is read as
+    pairs (``a_ptrs`` in pair units). Returns ``(a_even, a_odd, b_even, b_odd, a_neg_even, a_neg_odd)``."""
+    if EVEN_K:
+        a, b = tl.load(a_ptrs), tl.load(b_ptrs)
+        a_neg = tl.load(a_ptrs + K // 2) if DUAL else a
+    else:
+        pair_ok = tl.arange(0, BK // 2) < (K - k0) // 2
+        a = tl.load(a_ptrs, mask=pair_ok[None, :], other=0)
+        b = tl.load(b_ptrs, mask=pair_ok[:, None], other=0)
+        a_neg = tl.load(a_ptrs + K // 2, mask=pair_ok[None, :], other=0) if DUAL else a
+    a_even, a_odd = _split_pairs(a, A_KIND)
+    a_neg_even, a_neg_odd = _split_pairs(a_neg, A_KIND)
+    codes = b.to(tl.int8, bitcast=True)
+    b_even = ((codes << 4) >> 4).to(a_even.dtype)  # arithmetic shifts sign-extend the 4-bit two's complement
+    b_odd = (codes >> 4).to(a_even.dtype)
+    return a_even, a_odd, b_even, b_odd, a_neg_even, a_neg_odd
 
 
 @triton.jit
@@ -99,16 +130,31 @@ def _dot(a, b, acc, IS_INT: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
-def _mainloop(a_ptrs, b_ptrs, K, acc, acc_neg, BK: tl.constexpr, BN: tl.constexpr, DUAL: tl.constexpr,
-              EVEN_K: tl.constexpr, IS_INT: tl.constexpr, W4: tl.constexpr):
-    """Accumulate the whole K into ``acc`` (and DualScale's ``acc_neg``)."""
-    for k0 in range(0, K, BK):
-        a, b, a_neg = _load(a_ptrs, b_ptrs, k0, K, BK, BN, DUAL, EVEN_K, W4)
+def _tile(a_ptrs, b_ptrs, k0, K, acc, acc_neg, BK: tl.constexpr, DUAL: tl.constexpr, EVEN_K: tl.constexpr,
+          IS_INT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr):
+    """``acc += A_tile @ B_tile`` for the K tile at ``k0`` (and ``acc_neg`` with DualScale's negative A)."""
+    if W4:
+        a_even, a_odd, b_even, b_odd, an_even, an_odd = _load_w4(a_ptrs, b_ptrs, k0, K, BK, DUAL, EVEN_K, A_KIND)
+        acc = _dot(a_odd, b_odd, _dot(a_even, b_even, acc, IS_INT, BK // 2), IS_INT, BK // 2)
+        if DUAL:
+            acc_neg = _dot(an_odd, b_odd, _dot(an_even, b_even, acc_neg, IS_INT, BK // 2), IS_INT, BK // 2)
+    else:
+        a, b, a_neg = _load(a_ptrs, b_ptrs, k0, K, BK, DUAL, EVEN_K)
         acc = _dot(a, b, acc, IS_INT, BK)
         if DUAL:
             acc_neg = _dot(a_neg, b, acc_neg, IS_INT, BK)
-        a_ptrs += BK
-        b_ptrs += BK // 2 if W4 else BK
+    return acc, acc_neg
+
+
+@triton.jit
+def _mainloop(a_ptrs, b_ptrs, K, acc, acc_neg, BK: tl.constexpr, DUAL: tl.constexpr, EVEN_K: tl.constexpr,
+              IS_INT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr):
+    """Accumulate the whole K into ``acc`` (and DualScale's ``acc_neg``)."""
+    step: tl.constexpr = BK // 2 if W4 else BK  # A (pairs) and B (bytes) advance per K tile
+    for k0 in range(0, K, BK):
+        acc, acc_neg = _tile(a_ptrs, b_ptrs, k0, K, acc, acc_neg, BK, DUAL, EVEN_K, IS_INT, W4, A_KIND)
+        a_ptrs += step
+        b_ptrs += step
     return acc, acc_neg
 
 
@@ -130,7 +176,7 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
                         stride_as, stride_am, stride_bn, stride_cm, stride_ss, stride_sm, stride_wn, stride_tm,
                         stride_un,
                         MODE: tl.constexpr, DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
-                        R: tl.constexpr, IS_INT: tl.constexpr, W4: tl.constexpr,
+                        R: tl.constexpr, IS_INT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr,
                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                         EVEN_K: tl.constexpr):
     pid = tl.program_id(0)
@@ -142,29 +188,29 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
     pid_n = (pid % group) // group_rows
     seg = (pid_n * BN) // OUT_SEG
     offs_m, offs_n = pid_m * BM + tl.arange(0, BM), pid_n * BN + tl.arange(0, BN)
-    offs_k = tl.arange(0, BK)
+    step: tl.constexpr = BK // 2 if W4 else BK  # A pairs / B bytes per K tile
+    offs_k = tl.arange(0, step)
     rm, rn = tl.where(offs_m < M, offs_m, 0), tl.where(offs_n < N, offs_n, 0)
     a_ptrs = a_ptr + seg * stride_as + rm[:, None] * stride_am + offs_k[None, :]
-    b_ptrs = b_ptr + rn[None, :] * stride_bn + tl.arange(0, BK // 2 if W4 else BK)[:, None]
+    b_ptrs = b_ptr + rn[None, :] * stride_bn + offs_k[:, None]
     s_rows = as_ptr + seg * stride_ss + rm * stride_sm
     sn_rows = asn_ptr + seg * stride_ss + rm * stride_sm
     w_rows = ws_ptr + rn * stride_wn
     acc_t = tl.int32 if IS_INT else tl.float32
     zero = tl.zeros((BM, BN), acc_t)
     if MODE == 0:  # scales constant along K: one accumulation, scales in the epilogue
-        acc, acc_neg = _mainloop(a_ptrs, b_ptrs, K, zero, zero, BK, BN, DUAL, EVEN_K, IS_INT, W4)
+        acc, acc_neg = _mainloop(a_ptrs, b_ptrs, K, zero, zero, BK, DUAL, EVEN_K, IS_INT, W4, A_KIND)
         out = _scaled(acc, acc_neg, s_rows, sn_rows, tl.load(acol_ptr), DUAL)
     else:  # the scale changes along K: accumulate each K tile exactly, scale it, add it in float32
         out = tl.zeros((BM, BN), tl.float32)
         for k0 in range(0, K, BK):
-            a, b, a_neg = _load(a_ptrs, b_ptrs, k0, K, BK, BN, DUAL, EVEN_K, W4)
-            part_neg = _dot(a_neg, b, zero, IS_INT, BK) if DUAL else zero
-            part = _scaled(_dot(a, b, zero, IS_INT, BK), part_neg, s_rows, sn_rows, tl.load(acol_ptr + k0), DUAL)
+            part, part_neg = _tile(a_ptrs, b_ptrs, k0, K, zero, zero, BK, DUAL, EVEN_K, IS_INT, W4, A_KIND)
+            part = _scaled(part, part_neg, s_rows, sn_rows, tl.load(acol_ptr + k0), DUAL)
             if MODE == 2:
                 part = part * tl.load(w_rows + tl.load(wcol_ptr + k0))[None, :]
             out += part
-            a_ptrs += BK
-            b_ptrs += BK // 2 if W4 else BK
+            a_ptrs += step
+            b_ptrs += step
     if MODE != 2:
         out = out * tl.load(w_rows + tl.load(wcol_ptr))[None, :]
     if HAS_BIAS:
@@ -185,6 +231,11 @@ def scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, 
     sa, m, _ = a.shape
     n, k = b.shape[0], a_col.shape[0]
     a, b = a.contiguous(), b.contiguous()
+    w4, is_int, a_kind = b.dtype == torch.uint8, a.dtype == torch.int8, _A_KINDS[a.dtype]
+    if w4:  # A read as pairs (see _load_w4); strides below are then in pairs
+        if k % 2:
+            raise ValueError(f"packed INT4 weights need an even K (inputs are read in pairs), got K={k}")
+        a = a.view(_PAIR_DTYPES[a.dtype])
     out = torch.empty(m, n, device=a.device, dtype=out_dtype)
     if m == 0:
         return out
@@ -201,5 +252,5 @@ def scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, 
         a.stride(0) if sa > 1 else 0, a.stride(1), b.stride(0), out.stride(0), seg_stride, row_stride, ws.stride(0),
         t.stride(0), u.stride(0),
         MODE=scale_mode, DUAL=a_scale_neg is not None, HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None,
-        R=max(16, triton.next_power_of_2(rank)), IS_INT=not a.dtype.is_floating_point, W4=b.dtype == torch.uint8)
+        R=max(16, triton.next_power_of_2(rank)), IS_INT=is_int, W4=w4, A_KIND=a_kind)
     return out
