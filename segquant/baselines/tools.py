@@ -33,11 +33,18 @@ def _torchao_config(name: str) -> Any:
     return tq.Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4)  # "w4a8": default group 32
 
 
+_TORCHAO_GROUP = {"w4a16": 128, "w4a8": 32}  # the group sizes of the configs above
+
+
 def torchao_quantize(model: nn.Module, _loader: Any, config: dict) -> nn.Module:
-    """torchao ``quantize_`` with ``config["tool"]`` (no calibration: dynamic or weight-only)."""
+    """torchao ``quantize_`` with ``config["tool"]`` (no calibration: dynamic or weight-only). Group-wise
+    configs skip linears whose input width is not a multiple of the group (torchao would fail on them);
+    they stay in full precision, as torchao's own ``Int4WeightOnlyConfig`` leaves them."""
     from torchao.quantization import quantize_
 
-    quantize_(model, _torchao_config(config["tool"]))
+    group = _TORCHAO_GROUP.get(config["tool"], 1)
+    quantize_(model, _torchao_config(config["tool"]),
+              filter_fn=lambda module, _fqn: isinstance(module, nn.Linear) and module.in_features % group == 0)
     return model
 
 
