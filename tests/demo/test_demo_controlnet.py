@@ -74,17 +74,18 @@ def test_shipped_control_set_gives_each_prompt_an_edge_map_of_its_class():
     assert torch.equal(kw["calib_controls"][0, 0], table[3, 10, 0])  # calibration: other test images
 
 
-@pytest.mark.skipif(not (WEIGHTS_DIR / "mmdit" / "controlnet" / "config.json").is_file(), reason="no shipped ControlNet")
-def test_segquant_eval_controlnet_on_the_demo_mmdit(tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["mmdit", "flux", "unet"])
+def test_segquant_eval_controlnet_on_the_shipped_demo_controlnets(kind, tmp_path, capsys):
     import json
 
     from segquant.cli import main
 
+    assert (WEIGHTS_DIR / kind / "controlnet" / "config.json").is_file(), f"the {kind} demo ControlNet is shipped"
     out = tmp_path / "ev"
-    code = main(["eval", "mmdit", "--controlnet", "--presets", "rtn_w8a8", "--per-class", "1", "--steps", "2",
+    code = main(["eval", kind, "--controlnet", "--presets", "rtn_w8a8", "--per-class", "1", "--steps", "2",
                  "--calib-prompts", "2", "--calib-steps", "1", "--no-fid", "--out", str(out)])
     assert code == 0 and "edge F1" in capsys.readouterr().out
-    result = json.loads((out / "results.json").read_text())["models"]["mmdit"]
+    result = json.loads((out / "results.json").read_text())["models"][kind]
     assert result["settings"]["controlnet"] is True and result["settings"]["pipeline"] == "SegQuantDemoControlNetPipeline"
     assert all(0.0 <= r["edge_f1"] <= 1.0 for r in result["rows"])
-    assert (out / "mmdit" / "grid.png").is_file()
+    assert (out / kind / "grid.png").is_file()
