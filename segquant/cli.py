@@ -55,16 +55,21 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
+    """Under ``torchrun`` every rank calibrates on its share of the batches (statistics reduced across ranks,
+    see ``segquant.distributed``) and rank 0 alone writes the folder."""
     from segquant.calib import load_calibrate_set
+    from segquant.distributed import launch, on_main
     from segquant.quantizer import quantize
     from segquant.serialization import save_quantized
 
-    model, example = load_denoiser(args.model)
-    calib = load_calibrate_set(args.calib).get_dataloader(batch_size=args.batch_size)
-    quantized = quantize(model, calib, args.config, verbose=True, example=example)
-    save_quantized(quantized, args.output)
-    print(quantized.segquant_plan.table())
-    print(f"\nquantized model written to {args.output}")
+    with launch("cpu") as (world, _device):
+        model, example = load_denoiser(args.model)
+        calib = load_calibrate_set(args.calib).get_dataloader(batch_size=args.batch_size)
+        quantized = quantize(model, calib, args.config, verbose=world.is_main, example=example)
+        on_main(lambda: save_quantized(quantized, args.output), f"writing {args.output}")
+        if world.is_main:
+            print(quantized.segquant_plan.table())
+            print(f"\nquantized model written to {args.output}")
     return 0
 
 

@@ -9,6 +9,7 @@ Usage: gloo_worker.py OUT_DIR. Writes into OUT_DIR:
   quantized.pt      {config: state_dict} of the tiny SD3 transformer quantized on the set (5 batches):
                     w8a8_search, w4a8 (GPTQ), w8a8_search with sequential calibration, and
                     w8a8_search on one batch (rank 1 calibrates nothing)
+  cli_quantized/    `segquant quantize sd3 --calib calib --config w8a8_search` (every rank calibrates, rank 0 writes)
   eval.pt           {"rows", "errors", "images"} of the harness on a tiny demo pipeline (4 images, 2 batches)
   failures-<rank>.json  what each rank saw of a step that fails on the last rank (all_ranks) and on
                     rank 0 (on_main)
@@ -66,6 +67,14 @@ def quantized_models(denoiser, out: Path, main: bool) -> None:
         torch.save(states, out / "quantized.pt")
 
 
+def cli_quantize(out: Path) -> None:
+    from segquant.cli import main as cli
+
+    code = cli(["quantize", "sd3", "--calib", str(out / "calib"), "--config", "w8a8_search", "--batch-size", "2",
+                "-o", str(out / "cli_quantized")])
+    assert code == 0
+
+
 def evaluation(out: Path, main: bool) -> None:
     from segquant.demo import models
     from segquant.demo.classifier import FashionClassifier
@@ -112,6 +121,7 @@ def main(out: str) -> None:
     with launch("cpu") as (world, _device):
         denoiser = calibration_sets(out, world.is_main)
         quantized_models(denoiser, out, world.is_main)
+        cli_quantize(out)
         evaluation(out, world.is_main)
         failures(out, world)
 

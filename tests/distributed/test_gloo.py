@@ -87,6 +87,15 @@ def test_quantized_buffers(outputs):
             assert (a[key] == b[key]).float().mean() > 0.99, key
 
 
+def test_quantize_command_writes_once_what_one_process_writes(outputs):
+    from safetensors.torch import load_file
+
+    single, parallel = (sorted((p / "cli_quantized").glob("*.safetensors")) for p in outputs)
+    assert [f.name for f in single] == [f.name for f in parallel] and single
+    for a, b in zip(single, parallel):
+        assert equal_trees(load_file(a), load_file(b)), a.name
+
+
 def test_eval_metrics_and_images(outputs):
     single, parallel = (torch.load(p / "eval.pt", weights_only=False) for p in outputs)
     assert equal_trees(single["images"], parallel["images"])
