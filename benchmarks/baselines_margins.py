@@ -3,7 +3,9 @@
     python benchmarks/baselines_margins.py REPORT_DIR [REPORT_DIR ...] > margins.md
 
 Each ``REPORT_DIR`` is a ``segquant eval ... --baselines ...`` output folder (``<model>/results.json``
-inside, or a single model's folder). Rows are grouped by bit width (presets by their name: ``w8a8*`` ->
+inside, or a single model's folder). The rows of one model are pooled over all folders (a later folder's
+measured row replaces an earlier row of the same config, e.g. a re-run of a baseline that failed); they
+must come from the same prompts, seeds and calibration settings. Rows are grouped by bit width (presets by their name: ``w8a8*`` ->
 W8A8, ``w4a8`` -> W4A8, ``w4a4`` -> W4A4; baselines by their registry entry); within each group the
 best PSNR of each side is compared. Weight-only baselines (W8A16, W4A16) are listed for reference only.
 """
@@ -40,17 +42,25 @@ def margins(rows: list[dict]) -> list[tuple[str, str, float, str, float, float]]
     return out
 
 
-def main(folders: list[str]) -> None:
-    print("| model | bits | best SegQuant preset | PSNR dB | best baseline | PSNR dB | margin dB |")
-    print("|---|---|---|---|---|---|---|")
+def pooled_rows(folders: list[str]) -> dict[str, list[dict]]:
+    """model -> its measured rows over all ``folders`` (a later measured row of a config replaces an earlier)."""
+    by_model: dict[str, dict[str, dict]] = {}
     for folder in folders:
         for path in sorted(Path(folder).glob("**/results.json")):
             data = json.loads(path.read_text())
-            if "rows" not in data:
-                continue
-            model = path.parent.name
-            for group, a, pa, b, pb, m in margins(data["rows"]):
-                print(f"| {model} | {group} | {a} | {pa:.2f} | {b} | {pb:.2f} | {m:+.2f} |")
+            rows = by_model.setdefault(path.parent.name, {})
+            for row in data.get("rows", []):
+                if row.get("psnr") is not None or row["config"] not in rows:
+                    rows[row["config"]] = row
+    return {model: list(rows.values()) for model, rows in by_model.items()}
+
+
+def main(folders: list[str]) -> None:
+    print("| model | bits | best SegQuant preset | PSNR dB | best baseline | PSNR dB | margin dB |")
+    print("|---|---|---|---|---|---|---|")
+    for model, rows in pooled_rows(folders).items():
+        for group, a, pa, b, pb, m in margins(rows):
+            print(f"| {model} | {group} | {a} | {pa:.2f} | {b} | {pb:.2f} | {m:+.2f} |")
 
 
 if __name__ == "__main__":
