@@ -6,8 +6,8 @@ Each ``REPORT_DIR`` is a ``segquant eval ... --baselines ...`` output folder (``
 inside, or a single model's folder). The rows of one model are pooled over all folders (a later folder's
 measured row replaces an earlier row of the same config, e.g. a re-run of a baseline that failed); they
 must come from the same prompts, seeds and calibration settings. Rows are grouped by bit width (presets by their name: ``w8a8*`` ->
-W8A8, ``w4a8`` -> W4A8, ``w4a4`` -> W4A4; baselines by their registry entry); within each group the
-best PSNR of each side is compared. Weight-only baselines (W8A16, W4A16) are listed for reference only.
+W8A8, ``w4a8`` -> W4A8, ``w4a4`` -> W4A4, ``w4a16`` -> W4A16; baselines by their registry entry); within
+each group the best PSNR of each side is compared (W8A16 baselines have no SegQuant counterpart).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from segquant.baselines import BASELINES
 
 
 def bit_group(config: str) -> str | None:
-    """``"W8A8"`` / ``"W4A8"`` / ``"W4A4"`` for a preset or baseline label (FP8 counts as W8A8)."""
+    """``"W8A8"`` / ``"W4A8"`` / ``"W4A4"`` / ``"W4A16"`` ... for a preset or baseline label (FP8 counts as W8A8)."""
     if config in BASELINES:
         return BASELINES[config].bits.split(" ")[0]
-    for prefix, group in (("w8a8", "W8A8"), ("w4a8", "W4A8"), ("w4a4", "W4A4")):
+    for prefix, group in (("w8a8", "W8A8"), ("w4a8", "W4A8"), ("w4a4", "W4A4"), ("w4a16", "W4A16")):
         if config.startswith(prefix):
             return group
     return None
@@ -32,7 +32,7 @@ def bit_group(config: str) -> str | None:
 def margins(rows: list[dict]) -> list[tuple[str, str, float, str, float, float]]:
     """``[(group, best preset, PSNR, best baseline, PSNR, margin dB)]`` for groups with both sides."""
     out = []
-    for group in ("W8A8", "W4A8", "W4A4"):
+    for group in ("W8A8", "W4A8", "W4A4", "W4A16"):
         ok = [r for r in rows if "psnr" in r and r["psnr"] is not None and bit_group(r["config"]) == group]
         ours = [r for r in ok if r["config"] not in BASELINES]
         theirs = [r for r in ok if r["config"] in BASELINES]
