@@ -142,6 +142,7 @@ def launch(device: str | torch.device = "cpu", timeout_s: float = 6 * 3600.0) ->
     logger.info("rank %d of %d on %s (%s)", env.rank, env.size, dev, backend)
     try:
         yield current(), dev
+        dist.barrier()  # on a normal exit no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
 
