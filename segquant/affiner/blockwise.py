@@ -16,12 +16,6 @@ sufficient statistics ``Sw = Σ w``, ``Sx = Σ w ε̂``, ``Sxx = Σ w ε̂²``, 
 
 so the fit is one pooled least-squares problem over all samples of the step, accumulated call by
 call (float64). A singular block (ε̂ constant over it, no λ1) keeps ``K = 1`` and fits only ``b``.
-
-``holdout=True`` keeps a block's correction only where it generalises: the rows of each step are split
-into two folds (alternating rows), each fold's fit is scored on the other fold's statistics
-(``L(K, b) = K²Sxx + 2Kb·Sx + b²Sw − 2K·Sxy − 2b·Sy``, the data term up to the constant ``Σ w ε²``), and
-where the two cross-fitted losses together are not below the identity's (``K = 1, b = 0``) the block
-keeps the identity; elsewhere it gets the fit on all rows.
 """
 
 from __future__ import annotations
@@ -65,19 +59,6 @@ def solve_affine(s: dict[str, Tensor], lambda1: float, lambda2: float) -> tuple[
     return k, b
 
 
-def fitted_loss(s: dict[str, Tensor], k: Tensor, b: Tensor) -> Tensor:
-    """The weighted data loss of ``(K, b)`` on statistics ``s``, per block, without its constant ``Σ w ε²``."""
-    return k * k * s["xx"] + 2 * k * b * s["x"] + b * b * s["w"] - 2 * k * s["xy"] - 2 * b * s["y"]
-
-
-def holdout_mask(folds: list[dict[str, Tensor]], lambda1: float, lambda2: float) -> Tensor:
-    """Blocks whose two-fold cross-fitted loss is below the identity's (see the module docstring)."""
-    cross = sum(fitted_loss(folds[1 - f], *solve_affine(folds[f], lambda1, lambda2)) for f in (0, 1))
-    one = torch.ones_like(folds[0]["w"])
-    identity = sum(fitted_loss(fold, one, torch.zeros_like(one)) for fold in folds)
-    return cross < identity
-
-
 def expand_blocks(p: Tensor, blocksize: int, shape: tuple[int, ...]) -> Tensor:
     """Block parameters ``(C, Hb, Wb)`` as a full ``(C, H, W)`` map."""
     full = p.repeat_interleave(blocksize, 1).repeat_interleave(blocksize, 2)
@@ -91,16 +72,14 @@ class BlockwiseAffiner(StepCorrector):
         blocksize: block edge in latent elements (packed FLUX latents: in tokens), ≥ 1.
         alpha: weight of the MSE against the relative MSE, in [0, 1].
         lambda1, lambda2: ridge penalties on ``K − 1`` and ``b`` (≥ 0).
-        holdout: keep only the blocks whose correction beats the identity on held-out rows.
         noise_target, enable_timesteps, packed_grid: see :class:`StepCorrector`.
     """
 
     kind = "affiner"
 
     def __init__(self, blocksize: int = 1, alpha: float = 0.5, lambda1: float = 0.0, lambda2: float = 0.0,
-                 holdout: bool = False, **common):
+                 **common):
         super().__init__(**common)
-        self.holdout = bool(holdout)
         if int(blocksize) < 1 or lambda1 < 0 or lambda2 < 0:
             raise ConfigError(f"affiner: blocksize={blocksize} must be ≥ 1, lambda1={lambda1}, "
                               f"lambda2={lambda2} must be ≥ 0")
@@ -109,23 +88,14 @@ class BlockwiseAffiner(StepCorrector):
 
     def config(self) -> dict:
         return {**super().config(), "blocksize": self.blocksize, "alpha": self.alpha,
-                "lambda1": self.lambda1, "lambda2": self.lambda2, "holdout": self.holdout}
+                "lambda1": self.lambda1, "lambda2": self.lambda2}
 
-    def accumulate(self, stats, q: Tensor, fp: Tensor) -> dict:
-        """``{"folds": [stats of even rows, stats of odd rows], "rows": rows seen}`` (rows counted per step)."""
-        weights, seen = row_weights(fp, self.alpha), 0 if stats is None else stats["rows"]
-        fold = (torch.arange(q.shape[0], device=q.device) + seen) % 2
-        new = [affine_stats(q[fold == f], fp[fold == f], weights[fold == f], self.blocksize) for f in (0, 1)]
-        if stats is not None:
-            new = [{k: old[k] + part[k] for k in STAT_NAMES} for old, part in zip(stats["folds"], new)]
-        return {"folds": new, "rows": seen + q.shape[0]}
+    def accumulate(self, stats, q: Tensor, fp: Tensor) -> dict[str, Tensor]:
+        new = affine_stats(q, fp, row_weights(fp, self.alpha), self.blocksize)
+        return new if stats is None else {k: stats[k] + new[k] for k in STAT_NAMES}
 
-    def solve(self, stats: dict) -> dict[str, Tensor]:
-        folds = stats["folds"]
-        k, b = solve_affine({n: folds[0][n] + folds[1][n] for n in STAT_NAMES}, self.lambda1, self.lambda2)
-        if self.holdout:
-            keep = holdout_mask(folds, self.lambda1, self.lambda2)
-            k, b = torch.where(keep, k, torch.ones_like(k)), torch.where(keep, b, torch.zeros_like(b))
+    def solve(self, stats: dict[str, Tensor]) -> dict[str, Tensor]:
+        k, b = solve_affine(stats, self.lambda1, self.lambda2)
         return {"K": k, "b": b}
 
     def correct(self, step: int, q: Tensor) -> Tensor:

@@ -36,8 +36,8 @@ METHODS = ("affiner", "ptqd", "tac")
 class AffinerConfig:
     """Settings of :func:`process_affiner` (a dict with these keys is accepted; unknown keys raise).
 
-    ``method``: "affiner", "ptqd" or "tac"; ``blocksize``, ``alpha``, ``lambda1``, ``lambda2``,
-    ``holdout``: the affiner's (see :mod:`segquant.affiner.blockwise`); ``noise_target``, ``enable_timesteps``,
+    ``method``: "affiner", "ptqd" or "tac"; ``blocksize``, ``alpha``, ``lambda1``, ``lambda2``: the
+    affiner's (see :mod:`segquant.affiner.blockwise`); ``noise_target``, ``enable_timesteps``,
     ``packed_grid``: every method's; ``recurrent``: fit along the corrected quantized trajectory;
     ``batch_size``: prompts per pipeline call; ``num_inference_steps``, ``guidance_scale`` (``None``:
     the pipeline's default), ``seed`` (prompt ``i`` of the pass uses seed ``seed + i``) and
@@ -49,7 +49,6 @@ class AffinerConfig:
     alpha: float = 0.5
     lambda1: float = 0.0
     lambda2: float = 0.0
-    holdout: bool = False
     noise_target: str = "all"
     enable_timesteps: list[int] | None = None
     packed_grid: tuple[int, int] | None = None
@@ -85,8 +84,7 @@ def build_corrector(cfg: AffinerConfig):
     common = {"noise_target": cfg.noise_target, "enable_timesteps": cfg.enable_timesteps,
               "packed_grid": cfg.packed_grid}
     if cfg.method == "affiner":
-        common.update(blocksize=cfg.blocksize, alpha=cfg.alpha, lambda1=cfg.lambda1, lambda2=cfg.lambda2,
-                      holdout=cfg.holdout)
+        common.update(blocksize=cfg.blocksize, alpha=cfg.alpha, lambda1=cfg.lambda1, lambda2=cfg.lambda2)
     return _kinds()[cfg.method](**common)
 
 

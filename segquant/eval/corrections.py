@@ -18,9 +18,8 @@ from segquant.errors import ConfigError
 CORRECTIONS = ("none", "affiner", "ptqd", "tac")
 
 
-_BOOL = {"true": True, "false": False}
 SETTINGS = {"blocksize": int, "alpha": float, "lambda1": float, "lambda2": float, "noise_target": str,
-            "recurrent": lambda v: _BOOL[v.lower()], "holdout": lambda v: _BOOL[v.lower()]}
+            "recurrent": lambda v: {"true": True, "false": False}[v.lower()]}
 
 
 def split_correction(label: str) -> tuple[str, dict]:
