@@ -55,7 +55,7 @@ def variants(o: dict) -> dict:
     """name -> (callable, twin callable or None)."""
     k = o["x"].shape[1]
 
-    def w4a8(lowrank: bool, fn=ops.scaled_gemm):
+    def w4a8(lowrank: bool, fn=ops.gemm):
         def run():
             codes = quantize_static(o["x"], o["in_mul"], DType.INT8)
             t = o["x"] @ o["down"].T if lowrank else None
@@ -63,7 +63,7 @@ def variants(o: dict) -> dict:
                       o["up"] if lowrank else None, o["packed"].shape[0], 2, GROUP, torch.bfloat16)
         return run
 
-    def w4a16(fn=ops.scaled_gemm):
+    def w4a16(fn=ops.gemm):
         ones = torch.ones(1, 1, 1, device="cuda")
         return lambda: fn(o["x"].unsqueeze(0), o["packed"], ones, None, o["w_scale"], o["a_col"], o["w_col"], None,
                           None, None, o["packed"].shape[0], 2, GROUP, torch.bfloat16)

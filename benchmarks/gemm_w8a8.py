@@ -151,7 +151,7 @@ def _gemm_args(mod, quantized):
 
 
 def _gemm(mod, quantized):
-    return ops.scaled_gemm(*_gemm_args(mod, quantized), torch.bfloat16)
+    return ops.gemm(*_gemm_args(mod, quantized), torch.bfloat16)
 
 
 def _rel(a, b) -> float:

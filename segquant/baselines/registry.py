@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 from segquant.baselines.baseline import Baseline
-from segquant.errors import ConfigError
 
 #: Segquant layer config fragments the baselines are built from.
 _INT8_STATIC = {"type": "int8", "granularity": "tensor", "dynamic": False}
@@ -92,15 +91,10 @@ BASELINES: dict[str, Baseline] = _table()
 
 def parse_baselines(spec: str | None) -> list[str]:
     """``"all"``, ``""``/``None`` (none) or a comma-separated list of baseline names, each checked."""
-    from segquant.eval.options import did_you_mean
+    from segquant.eval.options import checked_names
 
     if spec is None or not spec.strip():
         return []
     if spec.strip() == "all":
         return list(BASELINES)
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    for name in names:
-        if name not in BASELINES:
-            raise ConfigError(f"--baselines: unknown baseline {name!r}{did_you_mean(name, BASELINES)}; "
-                              f"baselines: {', '.join(BASELINES)}, or 'all'")
-    return names
+    return checked_names(spec, BASELINES, "--baselines", "baseline", f"baselines: {', '.join(BASELINES)}, or 'all'")

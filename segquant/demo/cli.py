@@ -21,7 +21,7 @@ from segquant.demo.models import MODEL_NAMES
 from segquant.errors import ConfigError
 from segquant.eval.cli import ModelSuite, print_results
 from segquant.eval.corrections import parse_corrections
-from segquant.eval.options import add_run_arguments, did_you_mean, parse_presets
+from segquant.eval.options import add_run_arguments, checked_names, parse_presets
 
 # The plain round-to-nearest baselines and SegQuant at W8A8 and W4A8 (fits the 5-minute CPU budget);
 # ``--presets all`` adds FP8 (slow to emulate on CPU), W4A16, W4A4 and the alpha search.
@@ -47,12 +47,7 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def demo_models(spec: str) -> list[str]:
     """The comma-separated demo model names of ``spec``; an unknown name raises ``ConfigError``."""
-    models = [m.strip() for m in spec.split(",") if m.strip()]
-    for m in models:
-        if m not in MODEL_NAMES:
-            raise ConfigError(f"--models: unknown demo model {m!r}{did_you_mean(m, MODEL_NAMES)}; "
-                              f"demo models: {', '.join(MODEL_NAMES)}")
-    return models
+    return checked_names(spec, MODEL_NAMES, "--models", "demo model", f"demo models: {', '.join(MODEL_NAMES)}")
 
 
 def demo_settings(args: argparse.Namespace) -> dict:

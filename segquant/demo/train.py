@@ -154,12 +154,34 @@ def _save(ema, info, log, folder: Path) -> None:
     sub = "unet" if info["model"] == "unet" else "transformer"
     copy.deepcopy(ema).to("cpu", torch.float16).save_pretrained(folder / sub)
     make_scheduler().save_pretrained(folder / "scheduler")
-    with open(folder / "train_log.csv", "w", newline="") as f:
+    write_log_csv(log, folder / "train_log.csv")
+    (folder / "train_config.json").write_text(json.dumps(info, indent=2, default=str))
+    plot_loss(log, folder / "loss.png", f"{info['model']} ({info['class']}, {info['parameters'] / 1e6:.2f}M params)")
+
+
+def write_log_csv(log, path: Path) -> None:
+    """The training log ``[(step, loss, lr, seconds)]`` as CSV."""
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "loss", "lr", "seconds"])
         w.writerows([(s, f"{l:.5f}", f"{lr:.3e}", f"{t:.1f}") for s, l, lr, t in log])
-    (folder / "train_config.json").write_text(json.dumps(info, indent=2, default=str))
-    plot_loss(log, folder / "loss.png", f"{info['model']} ({info['class']}, {info['parameters'] / 1e6:.2f}M params)")
+
+
+def add_schedule_args(p: argparse.ArgumentParser, *, max_minutes, batch_size: int, lr: float, warmup: int,
+                      log_every: int) -> None:
+    """The options a training run shares with the ControlNet's (data, model, output, schedule, seed)."""
+    p.add_argument("--npz", required=True, help="the npz of `python -m segquant.demo.train prepare`")
+    p.add_argument("--model", choices=MODEL_NAMES, required=True)
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--max-minutes", type=float, default=max_minutes,
+                   help="time budget (stops and decays LR by time)")
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--logit-std", type=float, default=1.0)
+    p.add_argument("--log-every", type=int, default=log_every)
+    p.add_argument("--seed", type=int, default=0)
 
 
 def plot_loss(log, path, title: str) -> None:
@@ -273,20 +295,10 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", required=True)
     sh.add_argument("--weights-dir", default=None)
     tr = sub.add_parser("train", help="train one denoiser")
-    tr.add_argument("--npz", required=True)
-    tr.add_argument("--model", choices=MODEL_NAMES, required=True)
+    add_schedule_args(tr, max_minutes=None, batch_size=256, lr=4e-4, warmup=300, log_every=25)
     tr.add_argument("--out", required=True)
-    tr.add_argument("--steps", type=int, default=100_000)
-    tr.add_argument("--max-minutes", type=float, default=None, help="time budget (stops and decays LR by time)")
-    tr.add_argument("--batch-size", type=int, default=256)
-    tr.add_argument("--lr", type=float, default=4e-4)
     tr.add_argument("--weight-decay", type=float, default=0.0)
-    tr.add_argument("--warmup", type=int, default=300)
     tr.add_argument("--ema", type=float, default=0.999)
-    tr.add_argument("--caption-dropout", type=float, default=0.1)
-    tr.add_argument("--logit-std", type=float, default=1.0)
-    tr.add_argument("--log-every", type=int, default=25)
-    tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--no-bf16", dest="bf16", action="store_false")
     tr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     tr.add_argument("--classifier", default=None, help="classifier folder: score class accuracy after training")

@@ -16,7 +16,6 @@ cosine decay over the time budget; no EMA (short runs). Writes ``OUT/<model>/con
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import time
@@ -27,8 +26,8 @@ import torch
 
 from segquant.demo.controlnet import (
     CONTROLNET_FOLDER, build_controlnet, control_to_model, controlnet_residuals, fashion_controls)
-from segquant.demo.models import MODEL_NAMES, count_params, denoiser_kwargs, output_to_image
-from segquant.demo.train import _batch, _lr_factor, load_embeddings, plot_loss
+from segquant.demo.models import count_params, denoiser_kwargs, output_to_image
+from segquant.demo.train import _batch, _lr_factor, add_schedule_args, load_embeddings, plot_loss, write_log_csv
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +83,7 @@ def train_controlnet(args) -> dict:
 def _save(controlnet, info: dict, log: list, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     controlnet.to(torch.float16).save_pretrained(folder / CONTROLNET_FOLDER)
-    with open(folder / "controlnet_train_log.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "loss", "lr", "seconds"])
-        w.writerows([(s, f"{l:.5f}", f"{lr:.3e}", f"{t:.1f}") for s, l, lr, t in log])
+    write_log_csv(log, folder / "controlnet_train_log.csv")
     (folder / "controlnet_train_config.json").write_text(json.dumps(info, indent=2, default=str))
     if log:
         plot_loss(log, folder / "controlnet_loss.png", f"{info['model']} {info['class']} "
@@ -96,19 +92,9 @@ def _save(controlnet, info: dict, log: list, folder: Path) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--npz", required=True, help="the npz of `python -m segquant.demo.train prepare`")
-    p.add_argument("--model", choices=MODEL_NAMES, required=True)
+    add_schedule_args(p, max_minutes=20.0, batch_size=32, lr=1e-3, warmup=20, log_every=10)
     p.add_argument("--out", required=True, help="weights folder (writes OUT/<model>/controlnet/)")
     p.add_argument("--weights-dir", default=None, help="demo denoiser weights (default: shipped)")
-    p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--max-minutes", type=float, default=20.0, help="time budget (stops and decays LR by time)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--caption-dropout", type=float, default=0.1)
-    p.add_argument("--logit-std", type=float, default=1.0)
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core CPU)")
     return p
 

@@ -41,6 +41,17 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def checked_names(spec: str, known: Iterable[str], option: str, what: str, listing: str) -> list[str]:
+    """The comma-separated names of ``spec``; one not in ``known`` raises ``ConfigError``
+    ``"{option}: unknown {what} 'x' (did you mean 'y'?); {listing}"``."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    known = list(known)
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"{option}: unknown {what} {name!r}{did_you_mean(name, known)}; {listing}")
+    return names
+
+
 def check_preset(entry: str) -> None:
     """Raise ``ConfigError`` unless ``entry`` is a preset name or a valid config file (which is loaded)."""
     from segquant.config import as_quant_config

@@ -64,7 +64,7 @@ def test_gemm_matches_twin(fmt, case, out_dtype):
     m, n, k, segments, dual, rows, sa = case
     args = op_case(fmt, m, n, k, segments, dual, rows, sa)
     poison_allocator()
-    y = ops.scaled_gemm(**args, out_dtype=out_dtype)
+    y = ops.gemm(**args, out_dtype=out_dtype)
     ref = scaled_gemm_reference(**args, out_dtype=torch.float32)
     assert y.shape == (m, n) and y.dtype == out_dtype and torch.isfinite(y).all()
     assert rel_err(y, ref) <= within_rounding(ref, out_dtype)
@@ -90,7 +90,7 @@ def test_int4_and_16bit_gemm_matches_twin(name, half):
     spec = dict(INT4_CASES[name], half=INT4_CASES[name].get("half", half))
     args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in interpreted_case(**spec)]
     poison_allocator()
-    y = ops.scaled_gemm(*args[:-1], torch.bfloat16)
+    y = ops.gemm(*args[:-1], torch.bfloat16)
     ref = scaled_gemm_reference(*args)
     assert y.shape == (spec["m"], spec["n"]) and torch.isfinite(y).all()
     assert rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
@@ -100,7 +100,7 @@ def test_int4_and_16bit_gemm_matches_twin(name, half):
 def test_fp8_plain_paths_agree(scaled_mm, monkeypatch):
     monkeypatch.setitem(ops.USE_SCALED_MM, "enabled", scaled_mm)
     args = op_case(DType.FP8E4M3, 333, 512, 1024, rows=True)
-    y = ops.scaled_gemm(**args, out_dtype=torch.bfloat16)
+    y = ops.gemm(**args, out_dtype=torch.bfloat16)
     ref = scaled_gemm_reference(**args, out_dtype=torch.float32)
     assert rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
 

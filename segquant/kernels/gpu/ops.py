@@ -1,8 +1,9 @@
-"""``torch.library`` custom op ``segquant::scaled_gemm``: CUDA -> Triton kernel (or cuBLASLt for plain FP8),
-CPU -> the pure-torch twin, plus a fake implementation so ``torch.compile`` traces it without graph breaks.
+"""``torch.library`` custom op ``segquant::scaled_gemm``: CUDA -> the Triton kernel, CPU -> the pure-torch twin,
+plus a fake implementation so ``torch.compile`` traces it without graph breaks.
 
-:func:`gemm` is what the backend calls: plain FP8 layers on CUDA go straight to ``torch._scaled_mm`` (an
-aten op that ``torch.compile`` lowers itself, with no Python dispatch per call), the rest to the custom op.
+:func:`gemm` is the one entry point (the backend, tests and benchmarks call it): plain FP8 layers on CUDA go
+straight to cuBLASLt's ``torch._scaled_mm`` (an aten op that ``torch.compile`` lowers itself, with no Python
+dispatch per call) unless ``USE_SCALED_MM`` is off, everything else to the custom op.
 
 Arguments and math: :func:`segquant.kernels.gemm_reference.scaled_gemm_reference`. Importing this module does
 not import Triton (the CUDA implementation imports it on first call).
@@ -34,8 +35,6 @@ def scaled_gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Ten
 @scaled_gemm.register_kernel("cuda")
 def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_segment,
                       scale_mode, k_align, out_dtype):
-    if _scaled_mm_fits(a, b, a_scale_neg, lowrank_t, scale_mode, out_dtype):
-        return _plain_fp8(a, b, a_scale, w_scale, bias, out_dtype)
     from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
 
     return scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up,
