@@ -1,10 +1,11 @@
-"""End-to-end latency, compile time and memory of full-size denoisers: bf16 vs torchao vs segquant W8A8.
+"""End-to-end latency, compile time and memory of full-size denoisers: bf16 vs torchao vs segquant W8A8 / 4-bit.
 
 One process, one GPU, random weights (speed does not depend on the values). Variants:
 
 - ``bf16``          eager bf16
 - ``bf16_compiled`` bf16, repeated blocks compiled (regional compilation)
 - ``torchao_fp8``   torchao ``Float8DynamicActivationFloat8WeightConfig(PerRow())``, compiled the same way
+- ``torchao_int4``  torchao ``Int4WeightOnlyConfig(group_size=64)`` (tinygemm packing), compiled the same way
 - ``sq_fp8``        segquant FP8 E4M3 W8A8 (per-channel weights, static per-tensor inputs, SmoothQuant per
                     output segment: the AdaLN chunks), backend "gpu", compiled the same way
 - ``sq_int8``       the same in INT8
@@ -12,6 +13,10 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
                     (the ``w8a8_fast`` preset)
 - ``sq_int8_full``  INT8 with all six SegPatterns: also per-head / per-``cat``-input scales (per-K-tile scaled
                     GEMM) and DualScale (two products per weight tile)
+- ``sq_w4a8_r32``   packed INT4 per-group(64) weights with SVDQuant's rank-32 branch (smoothing alpha 0.5,
+                    round-to-nearest: the kernel's work does not depend on GPTQ), INT8 static per-tensor inputs,
+                    output segments
+- ``sq_w4a16``      packed INT4 per-group(64) weights, 16-bit inputs (weight-only), output segments
 
     PYTHONPATH=. python benchmarks/e2e_w8a8.py --model sd35 --variants all --json out.json
 
@@ -39,15 +44,24 @@ import torch
 
 from fullsize import build
 
-VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "sq_fp8", "sq_int8", "sq_int8_dyn", "sq_int8_full")
+VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_int4", "sq_fp8", "sq_int8", "sq_int8_dyn", "sq_int8_full",
+            "sq_w4a8_r32", "sq_w4a16")
 LAYERS_CHECKED = 48
 _ALL_PATTERNS = ["linear_to_chunk", "linear_to_split", "concat_to_linear", "stack_to_linear",
                  "reshape_to_linear", "activation_to_linear"]
 
 
 def segquant_config(variant: str) -> dict:
-    """The segquant config of a ``sq_*`` variant (per-channel weights; static per-tensor inputs unless
-    ``_dyn``: dynamic per-token)."""
+    """The segquant config of a ``sq_*`` variant (8-bit: per-channel weights, static per-tensor inputs unless
+    ``_dyn``: dynamic per-token; 4-bit: see the module doc)."""
+    int4 = {"type": "int4", "granularity": "group", "group_size": 64}
+    if variant == "sq_w4a8_r32":
+        return {"default": {"search_patterns": _ALL_PATTERNS[:2], "opt": {"type": "svd", "alpha": 0.5, "low_rank": 32},
+                            "calib": {"type": "amax"}, "weight_quant": int4,
+                            "input_quant": {"type": "int8", "granularity": "tensor", "dynamic": False}}}
+    if variant == "sq_w4a16":
+        return {"default": {"search_patterns": _ALL_PATTERNS[:2], "opt": {"type": "default"}, "calib": {"type": "amax"},
+                            "weight_quant": int4, "input_quant": {"enable": False}}}
     fmt = "fpe4m3" if variant.startswith("sq_fp8") else "int8"
     patterns = _ALL_PATTERNS if variant.endswith("_full") else _ALL_PATTERNS[:2]
     dynamic = variant.endswith("_dyn")
@@ -138,6 +152,10 @@ def prepare(variant: str, model, example: dict) -> dict:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
         quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    if variant == "torchao_int4":
+        from torchao.quantization import Int4WeightOnlyConfig, quantize_
+
+        quantize_(model, Int4WeightOnlyConfig(group_size=64, int4_packing_format="tile_packed_to_4d"))
     if variant.startswith("sq_"):
         from segquant import quantize
         from segquant.kernels.backend import set_backend

@@ -1,6 +1,6 @@
 """GEMM-level benchmark of 4-bit weights at FLUX.1-dev shapes: segquant W4A8 / W4A16 against bf16 and torchao.
 
-Per shape (``M`` tokens x ``K`` -> ``N``) and ``M`` in {1 (batch-1 weight-bound), 4608 (1024², compute-bound)},
+Per shape (``M`` tokens x ``K`` -> ``N``) and ``M`` in {1 (batch-1 weight-bound), 64, 4608 (1024², compute-bound)},
 on random data, in one process, each timed as a CUDA-graph replay (``triton.testing.do_bench_cudagraph``:
 GPU time, no launch overhead):
 
@@ -10,6 +10,9 @@ GPU time, no launch overhead):
   up-projection in the GEMM's epilogue);
 - ``w4a16_g64``: bf16 inputs x packed INT4 weights, group-64 scales;
 - ``torchao_int4``: torchao ``Int4WeightOnlyConfig(group_size=64)`` (tinygemm packing) on an ``nn.Linear``.
+
+The segquant rows go through ``ops.gemm``, which picks the GEMV at ``M <= 4``, the tiled kernel (INT4 dequantized
+in registers) up to ``M < 128`` and the one-pass weight dequantization + cuBLAS from ``M >= 128``.
 
 Reports ms, TFLOP/s (``2·M·N·K``), the fraction of 1979 8-bit TFLOP/s, achieved bandwidth (weight bytes + input
 + output bytes over the time) and its fraction of 4.8 TB/s, and the relative error against the pure-torch
@@ -121,7 +124,7 @@ def measure(name: str, m: int, k: int, n: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None)
-    parser.add_argument("--m", default="1,4608")
+    parser.add_argument("--m", default="1,64,4608")
     opts = parser.parse_args()
     rows = []
     for m in [int(v) for v in opts.m.split(",")]:

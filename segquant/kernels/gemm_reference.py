@@ -13,7 +13,10 @@ itself with ``a_scale`` 1 (W4A16); ``b`` ``(N, K)`` 8-bit codes or packed INT4 c
 ``lowrank_t`` ``(M, r)`` / ``lowrank_up`` ``(N, r)`` the optional 16-bit low-rank branch (its down-projected
 input and up-projection; added in float32 in the epilogue), ``out_segment`` rows per output
 segment when ``Sa > 1``. The GPU kernel computes the same sum, in int32 (INT8 inputs) or float32 (FP8 /
-16-bit inputs) per K tile, so it differs from this only by accumulation order.
+16-bit inputs) per K tile, so it differs from this only by accumulation order; packed INT4 weights with
+group scales are the exception: the kernel rounds each dequantized weight ``code · w_scale`` once to its
+compute dtype (fp16 for INT8 inputs, ~2^-12 relative; the input's dtype for W4A16, i.e. bf16's 2^-9 in a
+bf16 model, as a bf16 model's dequantized weight is).
 """
 
 from __future__ import annotations

@@ -52,11 +52,56 @@ CASES = {
     "w4a8_plain": dict(m=33, n=64, k=128, fmt="int8", w4=True),
     "w4a8_odd_k": dict(m=7, n=32, k=80, fmt="int8", w4=True),
     "w4a8_group64_lowrank": dict(m=24, n=64, k=256, fmt="int8", segments=(64,) * 4, w4=True, rank=32),
+    "w4a8_group128_one_group": dict(m=80, n=256, k=384, fmt="int8", segments=(128,) * 3, w4=True),
     "w4a8_dual": dict(m=9, n=32, k=128, fmt="int8", dual=True, w4=True),
     "w4a16_plain": dict(m=16, n=32, k=128, fmt="int8", w4=True, a16=True),
     "w4a16_group32_lowrank5": dict(m=3, n=64, k=128, fmt="int8", segments=(32,) * 4, w4=True, a16=True, rank=5),
     "w4a16_fp32_inputs": dict(m=5, n=32, k=64, fmt="int8", w4=True, a16=True, half=torch.float32),
 }
+#: The GEMV of packed INT4 weights (a few rows; input scale constant along K, no DualScale).
+GEMV_CASES = {
+    "gemv_w4a8_g64_lowrank": dict(m=1, n=80, k=384, fmt="int8", segments=(64,) * 6, w4=True, rank=32),
+    "gemv_w4a8_channel_tail": dict(m=3, n=16, k=600, fmt="int8", w4=True),
+    "gemv_w4a8_out_segments": dict(m=2, n=96, k=256, fmt="int8", sa=3, w4=True),
+    "gemv_w4a16_uneven_groups": dict(m=1, n=24, k=480, fmt="int8", segments=(96, 384), w4=True, a16=True),
+}
+#: The one-pass dequantization of packed INT4 weights (float32 / fp16 output).
+DEQUANTIZE_CASES = {"dequantize_g64": dict(n=40, k=384, segments=(64,) * 6),
+                    "dequantize_uneven_tail": dict(n=33, k=200, segments=(96, 104))}
+ALL_CASES = {**CASES, **GEMV_CASES, **DEQUANTIZE_CASES}
+
+
+def one_input_scale(args: tuple) -> tuple:
+    """The op arguments of :func:`case` with one input scale along K (column 0): the weight's group scales
+    still vary; what the GEMV and the dequantized-weight path take."""
+    a, b, a_scale, _, w_scale, a_col, *rest = args
+    return (a, b, a_scale[..., :1].contiguous(), None, w_scale, torch.zeros_like(a_col), *rest)
+
+
+def dequantize_case(n, k, segments, seed=0):
+    """Packed codes, group scales and scale columns (CPU tensors) of one dequantization case."""
+    g = torch.Generator().manual_seed(seed)
+    cols = torch.arange(len(segments)).repeat_interleave(torch.tensor(segments)).int()
+    codes = torch.randint(-8, 8, (n, k), generator=g, dtype=torch.int8)
+    return pack_int4(codes), torch.rand(n, len(segments), generator=g) * 0.01 + 1e-3, cols
+
+
+def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kernel output, reference) of case ``name``."""
+    from segquant.kernels.gpu.ops import dequantize_w4
+    from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
+    from segquant.kernels.gpu.triton_w4 import dequantize_w4_triton, gemv_w4_triton
+
+    if name in DEQUANTIZE_CASES:
+        b, scale, cols = dequantize_case(**DEQUANTIZE_CASES[name])
+        return dequantize_w4_triton(b, scale, cols, torch.float32), dequantize_w4(b, scale, cols, torch.float32)
+    args = case(**ALL_CASES[name])
+    if name in GEMV_CASES:
+        args = one_input_scale(args)
+        a, b, a_scale, _, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
+        return (gemv_w4_triton(a, b, a_scale, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype),
+                scaled_gemm_reference(*args))
+    return scaled_gemm_triton(*args), scaled_gemm_reference(*args)
 
 def prepare_interpreter() -> None:
     """One config per launch (nothing to time) and a fix for NumPy >= 2.4, which refuses the interpreter's
@@ -78,10 +123,6 @@ def prepare_interpreter() -> None:
 
 if __name__ == "__main__":
     prepare_interpreter()
-    from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
-
-    names = sys.argv[1:] or list(CASES)
-    for name in names:
-        args = case(**CASES[name])
-        y, ref = scaled_gemm_triton(*args), scaled_gemm_reference(*args)
+    for name in sys.argv[1:] or list(ALL_CASES):
+        y, ref = run(name)
         print(name, f"{float((y - ref).norm() / ref.norm()):.3e}", flush=True)

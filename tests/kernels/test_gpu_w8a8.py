@@ -14,6 +14,7 @@ from segquant.kernels.gpu.plan import quantize_input
 from segquant.nn.spec import SegLinearSpec
 from segquant.numerics import PerToken
 from tests.kernels.interpret_triton_gemm import CASES as CASES_INTERPRETED
+from tests.kernels.interpret_triton_gemm import GEMV_CASES, dequantize_case, one_input_scale
 from tests.kernels.interpret_triton_gemm import case as interpreted_case
 from tests.kernels.test_gemm_reference import SPECS, filled, pack, rel_err
 
@@ -94,6 +95,32 @@ def test_int4_and_16bit_gemm_matches_twin(name, half):
     ref = scaled_gemm_reference(*args)
     assert y.shape == (spec["m"], spec["n"]) and torch.isfinite(y).all()
     assert rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
+
+
+ONE_SCALE_INT4_CASES = dict(  # ops.gemm picks: GEMV (M <= 4), tiled kernel, dequantized weight + cuBLAS (M >= 128)
+    GEMV_CASES, w4a8_m64_g64_tiled=dict(m=64, n=512, k=1024, fmt="int8", segments=(64,) * 16, w4=True, rank=32),
+    w4a8_flux_g64_r32_dequantized=dict(m=4608, n=3072, k=3072, fmt="int8", segments=(64,) * 48, w4=True, rank=32),
+    w4a16_flux_g64_dequantized=dict(m=4608, n=3072, k=12288, fmt="int8", segments=(64,) * 192, w4=True, a16=True),
+    w4a8_adaln_m1_segments=dict(m=1, n=6 * 512, k=3072, fmt="int8", segments=(64,) * 48, w4=True, sa=6))
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", list(ONE_SCALE_INT4_CASES))
+def test_int4_paths_with_one_input_scale_match_twin(name, half):
+    spec = dict(ONE_SCALE_INT4_CASES[name], half=half)
+    args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in one_input_scale(interpreted_case(**spec))]
+    poison_allocator()
+    y = ops.gemm(*args[:-1], torch.bfloat16)
+    ref = scaled_gemm_reference(*args)
+    assert y.shape == (spec["m"], spec["n"]) and torch.isfinite(y).all()
+    assert rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
+
+
+def test_dequantize_w4_matches_cpu():
+    b, scale, cols = dequantize_case(n=3072, k=3072, segments=(64,) * 48)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        gpu = ops.dequantize_w4(b.cuda(), scale.cuda(), cols.cuda(), dtype).cpu()
+        assert torch.equal(gpu, ops.dequantize_w4(b, scale, cols, dtype))
 
 
 @pytest.mark.parametrize("scaled_mm", [True, False])

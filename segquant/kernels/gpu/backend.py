@@ -60,7 +60,9 @@ def _layout_problem(layout: GemmLayout) -> str | None:
     if spec.weight_dtype is DType.INT4 and spec.in_features % 2:
         return (f"INT4 weights need an even number of input channels (the kernel reads inputs in pairs), "
                 f"got {spec.in_features}")
-    if layout.scale_mode and layout.k_align % MIN_TILE_K:
+    if spec.weight_dtype is DType.INT4 and layout.k_align % 2:
+        return f"INT4 weight-scale groups must have even sizes (codes are read in pairs), got alignment {layout.k_align}"
+    if layout.tile_scaled and layout.k_align % MIN_TILE_K:
         return (f"input segment / scale-group boundaries must be multiples of {MIN_TILE_K} channels (K tiles), "
                 f"got segments {spec.input_segments} (alignment {layout.k_align})")
     if layout.per_segment_input and (len(set(spec.output_segments)) > 1 or layout.out_segment % MIN_TILE_N):

@@ -1,12 +1,19 @@
-"""``torch.library`` custom op ``segquant::scaled_gemm``: CUDA -> the Triton kernel, CPU -> the pure-torch twin,
-plus a fake implementation so ``torch.compile`` traces it without graph breaks.
+"""``torch.library`` custom ops ``segquant::scaled_gemm`` and ``segquant::dequantize_w4``: CUDA -> Triton,
+CPU -> the pure-torch twin, plus fake implementations so ``torch.compile`` traces them without graph breaks.
 
-:func:`gemm` is the one entry point (the backend, tests and benchmarks call it): plain FP8 layers on CUDA go
-straight to cuBLASLt's ``torch._scaled_mm`` (an aten op that ``torch.compile`` lowers itself, with no Python
-dispatch per call) unless ``USE_SCALED_MM`` is off, everything else to the custom op.
+:func:`gemm` is the one entry point (the backend, tests and benchmarks call it). It picks, on CUDA:
+
+- plain FP8 layers: cuBLASLt's ``torch._scaled_mm`` (an aten op that ``torch.compile`` lowers itself, with
+  no Python dispatch per call) unless ``USE_SCALED_MM`` is off;
+- packed INT4 weights with at least ``DEQUANTIZE_MIN_M`` rows (compute-bound), one input, no DualScale and
+  an input scale constant along K: the weight dequantized to 16 bits in one pass (the same rounding as the
+  tiled kernel: fp16 for INT8 codes, the input's dtype for W4A16), then a cuBLAS product with float32
+  output and the scales, bias and low-rank branch as one elementwise epilogue (fused by the compiler);
+- everything else: the custom op, whose CUDA kernel is the GEMV (packed INT4, at most ``GEMV_MAX_M`` rows,
+  see :mod:`.triton_w4`) or the tiled Triton kernel (:mod:`.triton_gemm`).
 
 Arguments and math: :func:`segquant.kernels.gemm_reference.scaled_gemm_reference`. Importing this module does
-not import Triton (the CUDA implementation imports it on first call).
+not import Triton (the CUDA implementations import it on first call).
 """
 
 from __future__ import annotations
@@ -17,9 +24,12 @@ import torch
 from torch import Tensor
 
 from segquant.kernels.gemm_reference import scaled_gemm_reference
+from segquant.numerics import unpack_int4
 
 #: Plain FP8 layers (no per-tile scales, no DualScale, one input) run on ``torch._scaled_mm`` when True.
 USE_SCALED_MM = {"enabled": True}
+#: Rows from which packed INT4 layers dequantize the weight and use cuBLAS (see the module doc).
+DEQUANTIZE_MIN_M = 128
 
 
 @torch.library.custom_op("segquant::scaled_gemm", mutates_args=())
@@ -36,7 +46,11 @@ def scaled_gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Ten
 def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_segment,
                       scale_mode, k_align, out_dtype):
     from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
+    from segquant.kernels.gpu.triton_w4 import GEMV_MAX_M, gemv_w4_triton
 
+    if b.dtype == torch.uint8 and a.shape[1] <= GEMV_MAX_M and _w4_simple(a_scale, a_scale_neg, scale_mode):
+        return gemv_w4_triton(a, b, a_scale, w_scale, w_col, bias, lowrank_t, lowrank_up, out_segment, k_align,
+                              out_dtype)
     return scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up,
                               out_segment, scale_mode, k_align, out_dtype)
 
@@ -47,6 +61,9 @@ def gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Tensor], w
     """The op's math; plain FP8 on CUDA without the custom op (same cuBLASLt call, visible to the compiler)."""
     if a.is_cuda and _scaled_mm_fits(a, b, a_scale_neg, lowrank_t, scale_mode, out_dtype):
         return _plain_fp8(a, b, a_scale, w_scale, bias, out_dtype)
+    if (a.is_cuda and b.dtype == torch.uint8 and a.shape[0] == 1 and a.shape[1] >= DEQUANTIZE_MIN_M
+            and _w4_simple(a_scale, a_scale_neg, scale_mode)):
+        return _dequantized_w4(a, b, a_scale, w_scale, w_col, bias, lowrank_t, lowrank_up, out_dtype)
     return scaled_gemm(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_segment,
                        scale_mode, k_align, out_dtype)
 
@@ -69,3 +86,45 @@ def _plain_fp8(a: Tensor, b: Tensor, a_scale: Tensor, w_scale: Tensor, bias: Ten
     scale_a = a_scale[0].expand(a.shape[1], 1).contiguous()
     return torch._scaled_mm(a[0], b.t(), scale_a=scale_a, scale_b=w_scale[:, :1].reshape(1, -1),
                             bias=bias.to(out_dtype) if bias is not None else None, out_dtype=out_dtype)
+
+
+@torch.library.custom_op("segquant::dequantize_w4", mutates_args=())
+def dequantize_w4(b: Tensor, w_scale: Tensor, w_col: Tensor, dtype: torch.dtype) -> Tensor:
+    """Packed INT4 ``(N, K/2)`` -> ``code · w_scale[n, w_col[k]]`` ``(N, K)`` in ``dtype`` (rounded once)."""
+    return (unpack_int4(b, w_col.shape[0]).float() * w_scale[:, w_col.long()]).to(dtype)
+
+
+@dequantize_w4.register_kernel("cuda")
+def _dequantize_w4_cuda(b, w_scale, w_col, dtype):
+    from segquant.kernels.gpu.triton_w4 import dequantize_w4_triton
+
+    return dequantize_w4_triton(b, w_scale, w_col, dtype)
+
+
+@dequantize_w4.register_fake
+def _dequantize_w4_fake(b, w_scale, w_col, dtype):
+    return b.new_empty((b.shape[0], w_col.shape[0]), dtype=dtype)
+
+
+def _w4_simple(a_scale: Tensor, a_scale_neg: Optional[Tensor], scale_mode: int) -> bool:
+    """No DualScale and one input scale along K (the GEMV and the dequantized path need no per-tile scales)."""
+    return a_scale_neg is None and (scale_mode == 0 or a_scale.shape[2] == 1)
+
+
+def _dequantized_w4(a: Tensor, b: Tensor, a_scale: Tensor, w_scale: Tensor, w_col: Tensor, bias: Optional[Tensor],
+                    lowrank_t: Optional[Tensor], lowrank_up: Optional[Tensor], out_dtype: torch.dtype) -> Tensor:
+    """Compute-bound packed INT4: ``a`` ``(1, M, K)`` INT8 codes (fp16, exact) or 16-bit / float32 inputs."""
+    compute = torch.float16 if a.dtype == torch.int8 else a.dtype
+    x = a[0].to(compute)
+    w = dequantize_w4(b, w_scale, w_col, compute)
+    y = _mm_float32(x, w) * a_scale[0]
+    if bias is not None:
+        y = y + bias.float()
+    if lowrank_t is not None:
+        y = y + _mm_float32(lowrank_t, lowrank_up)
+    return y.to(out_dtype)
+
+
+def _mm_float32(x: Tensor, w: Tensor) -> Tensor:
+    """``x (M, K) @ w (N, K)ᵀ`` with a float32 result (16-bit operands: float32 accumulation and output)."""
+    return x @ w.t() if x.dtype == torch.float32 else torch.mm(x, w.t(), out_dtype=torch.float32)

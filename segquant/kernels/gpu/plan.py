@@ -35,6 +35,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
 from segquant.numerics import PerGroup
 from segquant.kernels.gpu.quant import quantize_dynamic, quantize_static, quantize_static_dual
@@ -45,9 +46,9 @@ class GemmLayout:
     """Static facts of one packed layer that choose the kernel variant.
 
     ``scale_mode``: 0 = scales constant along K; 1 = the input scale varies along K (input segments,
-    groups); 2 = the weight scale too. ``k_align``: gcd of the positions where a scale changes (a K tile
-    must divide it; 0 = never); ``out_segment``: rows per output segment when each has its own input
-    (``Sa > 1``), else ``N``.
+    groups); 2 = the weight scale varies (the input scale may too: ``input_varies``). ``k_align``: gcd of
+    the positions where a scale changes (0 = never); ``out_segment``: rows per output segment when each has
+    its own input (``Sa > 1``), else ``N``.
     """
 
     spec: SegLinearSpec
@@ -55,6 +56,14 @@ class GemmLayout:
     scale_mode: int
     k_align: int
     out_segment: int
+    input_varies: bool
+
+    @property
+    def tile_scaled(self) -> bool:
+        """Whether the kernel rescales every K tile (so a K tile must divide ``k_align``): the input scale
+        varies along K, or 8-bit weight scales do (packed INT4 weights take their group scales in the
+        dequantized weight tile instead)."""
+        return self.input_varies or (self.scale_mode == 2 and self.spec.weight_dtype is not DType.INT4)
 
 
 def input_columns(spec: SegLinearSpec) -> Tensor:
@@ -90,7 +99,8 @@ def layout_of(module) -> GemmLayout:
     mode = 2 if w_changes else (1 if a_changes else 0)
     per_segment = spec.smooth and len(spec.output_segments) > 1
     return GemmLayout(spec, per_segment, scale_mode=mode, k_align=math.gcd(*a_changes, *w_changes, 0),
-                      out_segment=spec.output_segments[0] if per_segment else spec.out_features)
+                      out_segment=spec.output_segments[0] if per_segment else spec.out_features,
+                      input_varies=bool(a_changes))
 
 
 def pack_tensors(module) -> dict[str, Tensor]:

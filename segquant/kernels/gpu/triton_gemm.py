@@ -18,11 +18,18 @@ One kernel, constexpr switches (see :mod:`segquant.kernels.gemm_reference` for t
   byte ``i``, ``K`` even); each B tile is read as ``BK/2`` bytes and split by shifts into the codes of
   the even and of the odd k, and A is read as pairs (int8 codes as int16, bf16/fp16 as int32, float32 as
   int64) split the same way, so a K tile is two products of depth ``BK/2`` with no register shuffle.
-  W4A8: INT8 inputs; W4A16: ``a`` holds the bf16/fp16 input itself and ``a_scale`` is 1 (the codes are
-  exact in 16 bits; group scales multiply the float32 tile sums as in ``MODE`` 2).
+  The codes are dequantized in registers to the compute dtype (Hopper has no INT4 tensor cores): with
+  group scales (``MODE`` 2) ``code · w_scale[n, group]`` is formed in float32 and rounded once to it, so
+  the whole K accumulates in one float32 accumulator with no per-tile rescaling (the weight scale is in
+  B; a tile may span several groups). W4A8: INT8 input codes compute in fp16 (exact; the dequantized
+  weight rounds to fp16, ~2^-12 relative); W4A16: ``a`` holds the bf16/fp16/float32 input itself, which
+  sets the compute dtype, and ``a_scale`` is 1 (the rounding of the dequantized weight to bf16 is that of
+  a bf16 model's dequantized weight).
 - ``HAS_BIAS``; ``HAS_LR``: the low-rank branch in the epilogue, one more product per output tile:
   ``t (BM, R) @ Uᵀ (R, BN)`` in float32 (``t = x D'ᵀ`` is the down-projected input, ``R`` the rank
   padded to a power of 2 >= 16), so the output is written once, in its final dtype (SVDQuant's fusion).
+- ``A_VARIES``: the input scale changes along K (input segments / groups); only then (and for 8-bit weights
+  with ``MODE`` 2) is each K tile accumulated on its own and rescaled (``TILE_SCALE``).
 
 Weights ``b`` ``(N, K)`` are K-major, as Hopper's wgmma wants for 8-bit operands.
 ``SEGQUANT_TRITON_AUTOTUNE=0`` in the environment skips autotuning (first legal config; for tests).
@@ -38,9 +45,9 @@ import triton.language as tl
 
 # (BM, BN, BK, num_warps, num_stages); for each launch only the configs with the largest legal BK compete
 _BIG = [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4), (128, 256, 64, 8, 4),
-        (128, 128, 64, 4, 5), (128, 128, 32, 4, 6)]
-_SMALL = [(16, 64, 128, 4, 4), (16, 32, 128, 4, 4), (16, 32, 256, 4, 3), (64, 128, 128, 4, 4), (16, 64, 64, 4, 5),
-          (16, 32, 32, 4, 6)]
+        (256, 128, 64, 8, 4), (128, 128, 64, 4, 5), (128, 128, 32, 4, 6)]
+_SMALL = [(16, 64, 128, 4, 4), (16, 32, 128, 4, 4), (16, 32, 256, 4, 3), (16, 16, 256, 4, 4), (64, 128, 128, 4, 4),
+          (16, 64, 64, 4, 5), (16, 32, 32, 4, 6)]
 _A_KINDS = {torch.int8: 0, torch.float8_e4m3fn: -1, torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
 _PAIR_DTYPES = {torch.int8: torch.int16, torch.bfloat16: torch.int32, torch.float16: torch.int32,
                 torch.float32: torch.int64}
@@ -49,15 +56,22 @@ CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps
            for bm, bn, bk, w, st in _BIG + _SMALL]
 
 
+def _tile_scaled(args: dict) -> bool:
+    """Whether each K tile is rescaled on its own (see ``TILE_SCALE`` in the kernel)."""
+    return bool(args["A_VARIES"] or (args["MODE"] == 2 and not args["W4"]))
+
+
 def legal_configs(configs, named_args, **kwargs):
-    """Configs whose BK divides ``k_align`` (scaled tiles) and BN divides ``OUT_SEG``, sized for M, BK >= 128
+    """Configs whose BK divides ``k_align`` (rescaled tiles) and BN divides ``OUT_SEG``, sized for M, BK >= 128
     where legal (narrower K tiles only compete where the segments force them)."""
     args = {**named_args, **kwargs}
-    m, k_align, out_seg, tile = args["M"], args["K_ALIGN"], args["OUT_SEG"], args["MODE"] > 0
+    m, k_align, out_seg, tile = args["M"], args["K_ALIGN"], args["OUT_SEG"], _tile_scaled(args)
     fits = [c for c in configs if (not tile or k_align % c.kwargs["BK"] == 0)
             and out_seg % c.kwargs["BN"] == 0 and c.kwargs["BK"] <= max(32, triton.next_power_of_2(args["K"]))]
     sized = [c for c in fits if (c.kwargs["BM"] <= 64) == (m <= 64)] or fits
     widest = min(128, max(c.kwargs["BK"] for c in sized))
+    if args["W4"] and args["MODE"] == 2 and not tile:  # tiles inside one group (ONE_GROUP) compete too
+        widest = min(widest, max(32, k_align))
     legal = [c for c in sized if c.kwargs["BK"] >= widest]
     return legal[:1] if os.environ.get("SEGQUANT_TRITON_AUTOTUNE") == "0" else legal
 
@@ -78,11 +92,12 @@ def _load(a_ptrs, b_ptrs, k0, K, BK: tl.constexpr, DUAL: tl.constexpr, EVEN_K: t
 
 @triton.jit
 def _split_pairs(p, A_KIND: tl.constexpr):
-    """Pairs of inputs read as one wider integer -> (values at even k, values at odd k), little-endian.
-    ``A_KIND`` 0: INT8 codes in int16; 1 / 2: bf16 / fp16 in int32; 3: float32 in int64."""
+    """Pairs of inputs read as one wider integer -> (values at even k, values at odd k) in the compute dtype,
+    little-endian. ``A_KIND`` 0: INT8 codes in int16 (-> fp16, exact); 1 / 2: bf16 / fp16 in int32;
+    3: float32 in int64."""
     if A_KIND == 0:
-        lo = ((p << 8) >> 8).to(tl.int8)
-        hi = (p >> 8).to(tl.int8)
+        lo = ((p << 8) >> 8).to(tl.int8).to(tl.float16)
+        hi = (p >> 8).to(tl.int8).to(tl.float16)
     elif A_KIND == 3:
         lo = p.to(tl.int32).to(tl.float32, bitcast=True)
         hi = (p >> 32).to(tl.int32).to(tl.float32, bitcast=True)
@@ -94,33 +109,45 @@ def _split_pairs(p, A_KIND: tl.constexpr):
 
 
 @triton.jit
-def _load_w4(a_ptrs, b_ptrs, k0, K, BK: tl.constexpr, DUAL: tl.constexpr, EVEN_K: tl.constexpr,
-             A_KIND: tl.constexpr):
+def _load_w4(a_ptrs, b_ptrs, w_rows, wcol_ptr, k0, K, BK: tl.constexpr, DUAL: tl.constexpr, EVEN_K: tl.constexpr,
+             A_KIND: tl.constexpr, W_IN_B: tl.constexpr, ONE_GROUP: tl.constexpr):
     """Packed INT4 weights: the K tile at ``k0`` as its even-k and odd-k halves, so that no register shuffle
     is needed: byte ``i`` of B holds codes ``2i`` (low nibble) and ``2i + 1`` (high nibble), and A is read as
-    pairs (``a_ptrs`` in pair units). Returns ``(a_even, a_odd, b_even, b_odd, a_neg_even, a_neg_odd)``."""
+    pairs (``a_ptrs`` in pair units). With ``W_IN_B`` the codes are multiplied by their group's weight scale
+    (``w_rows`` ``(BN,)`` pointers to the rows of ``w_scale``; a pair never straddles a group; ``ONE_GROUP``:
+    the tile lies in one group). Returns
+    ``(a_even, a_odd, b_even, b_odd, a_neg_even, a_neg_odd)`` in the compute dtype."""
+    pairs = tl.arange(0, BK // 2)
     if EVEN_K:
         a, b = tl.load(a_ptrs), tl.load(b_ptrs)
         a_neg = tl.load(a_ptrs + K // 2) if DUAL else a
     else:
-        pair_ok = tl.arange(0, BK // 2) < (K - k0) // 2
+        pair_ok = pairs < (K - k0) // 2
         a = tl.load(a_ptrs, mask=pair_ok[None, :], other=0)
         b = tl.load(b_ptrs, mask=pair_ok[:, None], other=0)
         a_neg = tl.load(a_ptrs + K // 2, mask=pair_ok[None, :], other=0) if DUAL else a
     a_even, a_odd = _split_pairs(a, A_KIND)
     a_neg_even, a_neg_odd = _split_pairs(a_neg, A_KIND)
     codes = b.to(tl.int8, bitcast=True)
-    b_even = ((codes << 4) >> 4).to(a_even.dtype)  # arithmetic shifts sign-extend the 4-bit two's complement
-    b_odd = (codes >> 4).to(a_even.dtype)
-    return a_even, a_odd, b_even, b_odd, a_neg_even, a_neg_odd
+    b_even = ((codes << 4) >> 4).to(tl.float32)  # arithmetic shifts sign-extend the 4-bit two's complement
+    b_odd = (codes >> 4).to(tl.float32)
+    if W_IN_B and ONE_GROUP:  # the tile lies in one group: one scale per output column
+        scale = tl.load(w_rows + tl.load(wcol_ptr + k0))[None, :]
+        b_even, b_odd = b_even * scale, b_odd * scale
+    elif W_IN_B:  # several groups per tile (wide tiles for small M)
+        group = tl.load(wcol_ptr + tl.minimum(k0 + 2 * pairs, K - 1))  # (BK/2,) scale column of each pair
+        scale = tl.load(w_rows[None, :] + group[:, None])  # (BK/2, BN), L1-resident
+        b_even, b_odd = b_even * scale, b_odd * scale
+    ct: tl.constexpr = a_even.dtype
+    return a_even, a_odd, b_even.to(ct), b_odd.to(ct), a_neg_even, a_neg_odd
 
 
 @triton.jit
-def _dot(a, b, acc, IS_INT: tl.constexpr, BK: tl.constexpr):
-    """``acc += a @ b``: int32 for INT8; FP8 promotes to float32 after every BK (Hopper's fast FP8
+def _dot(a, b, acc, INT_DOT: tl.constexpr, BK: tl.constexpr):
+    """``acc += a @ b``: int32 for INT8 x INT8; FP8 promotes to float32 after every BK (Hopper's fast FP8
     accumulation alone loses ~1e-3 relative over long K); float32 inputs (W4A16 on a float32 model) in
     full precision, not TF32."""
-    if IS_INT:
+    if INT_DOT:
         out = tl.dot(a, b, acc, out_dtype=tl.int32)
     elif a.dtype == tl.float32:
         out = tl.dot(a, b, acc, input_precision="ieee")
@@ -130,29 +157,33 @@ def _dot(a, b, acc, IS_INT: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
-def _tile(a_ptrs, b_ptrs, k0, K, acc, acc_neg, BK: tl.constexpr, DUAL: tl.constexpr, EVEN_K: tl.constexpr,
-          IS_INT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr):
+def _tile(a_ptrs, b_ptrs, w_rows, wcol_ptr, k0, K, acc, acc_neg, BK: tl.constexpr, DUAL: tl.constexpr,
+          EVEN_K: tl.constexpr, INT_DOT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr, W_IN_B: tl.constexpr,
+          ONE_GROUP: tl.constexpr):
     """``acc += A_tile @ B_tile`` for the K tile at ``k0`` (and ``acc_neg`` with DualScale's negative A)."""
     if W4:
-        a_even, a_odd, b_even, b_odd, an_even, an_odd = _load_w4(a_ptrs, b_ptrs, k0, K, BK, DUAL, EVEN_K, A_KIND)
-        acc = _dot(a_odd, b_odd, _dot(a_even, b_even, acc, IS_INT, BK // 2), IS_INT, BK // 2)
+        a_even, a_odd, b_even, b_odd, an_even, an_odd = _load_w4(a_ptrs, b_ptrs, w_rows, wcol_ptr, k0, K, BK, DUAL,
+                                                                  EVEN_K, A_KIND, W_IN_B, ONE_GROUP)
+        acc = _dot(a_odd, b_odd, _dot(a_even, b_even, acc, INT_DOT, BK // 2), INT_DOT, BK // 2)
         if DUAL:
-            acc_neg = _dot(an_odd, b_odd, _dot(an_even, b_even, acc_neg, IS_INT, BK // 2), IS_INT, BK // 2)
+            acc_neg = _dot(an_odd, b_odd, _dot(an_even, b_even, acc_neg, INT_DOT, BK // 2), INT_DOT, BK // 2)
     else:
         a, b, a_neg = _load(a_ptrs, b_ptrs, k0, K, BK, DUAL, EVEN_K)
-        acc = _dot(a, b, acc, IS_INT, BK)
+        acc = _dot(a, b, acc, INT_DOT, BK)
         if DUAL:
-            acc_neg = _dot(a_neg, b, acc_neg, IS_INT, BK)
+            acc_neg = _dot(a_neg, b, acc_neg, INT_DOT, BK)
     return acc, acc_neg
 
 
 @triton.jit
-def _mainloop(a_ptrs, b_ptrs, K, acc, acc_neg, BK: tl.constexpr, DUAL: tl.constexpr, EVEN_K: tl.constexpr,
-              IS_INT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr):
+def _mainloop(a_ptrs, b_ptrs, w_rows, wcol_ptr, K, acc, acc_neg, BK: tl.constexpr, DUAL: tl.constexpr,
+              EVEN_K: tl.constexpr, INT_DOT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr,
+              W_IN_B: tl.constexpr, ONE_GROUP: tl.constexpr):
     """Accumulate the whole K into ``acc`` (and DualScale's ``acc_neg``)."""
     step: tl.constexpr = BK // 2 if W4 else BK  # A (pairs) and B (bytes) advance per K tile
     for k0 in range(0, K, BK):
-        acc, acc_neg = _tile(a_ptrs, b_ptrs, k0, K, acc, acc_neg, BK, DUAL, EVEN_K, IS_INT, W4, A_KIND)
+        acc, acc_neg = _tile(a_ptrs, b_ptrs, w_rows, wcol_ptr, k0, K, acc, acc_neg, BK, DUAL, EVEN_K, INT_DOT, W4,
+                             A_KIND, W_IN_B, ONE_GROUP)
         a_ptrs += step
         b_ptrs += step
     return acc, acc_neg
@@ -167,9 +198,11 @@ def _scaled(part, part_neg, s_rows, sn_rows, j, DUAL: tl.constexpr):
     return out
 
 
-@triton.autotune(configs=CONFIGS, key=["M_BUCKET", "N", "K", "K_ALIGN", "OUT_SEG", "MODE", "DUAL", "SA_ROWS", "W4"],
+@triton.autotune(configs=CONFIGS, key=["M_BUCKET", "N", "K", "K_ALIGN", "OUT_SEG", "MODE", "DUAL", "SA_ROWS", "W4",
+                                       "A_VARIES"],
                  prune_configs_by={"early_config_prune": legal_configs})
-@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BK"] == 0})
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BK"] == 0,
+                    "ONE_GROUP": lambda args: args["K_ALIGN"] % args["BK"] == 0})
 @triton.jit
 def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, wcol_ptr, bias_ptr, t_ptr, u_ptr,
                         M, N, K, M_BUCKET, K_ALIGN, OUT_SEG, SA_ROWS, RANK,
@@ -177,8 +210,8 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
                         stride_un,
                         MODE: tl.constexpr, DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
                         R: tl.constexpr, IS_INT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr,
-                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-                        EVEN_K: tl.constexpr):
+                        A_VARIES: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+                        EVEN_K: tl.constexpr, ONE_GROUP: tl.constexpr):
     pid = tl.program_id(0)
     num_m, num_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
     group = GROUP_M * num_n
@@ -196,17 +229,21 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
     s_rows = as_ptr + seg * stride_ss + rm * stride_sm
     sn_rows = asn_ptr + seg * stride_ss + rm * stride_sm
     w_rows = ws_ptr + rn * stride_wn
-    acc_t = tl.int32 if IS_INT else tl.float32
-    zero = tl.zeros((BM, BN), acc_t)
-    if MODE == 0:  # scales constant along K: one accumulation, scales in the epilogue
-        acc, acc_neg = _mainloop(a_ptrs, b_ptrs, K, zero, zero, BK, DUAL, EVEN_K, IS_INT, W4, A_KIND)
+    INT_DOT: tl.constexpr = IS_INT and not W4  # packed INT4 weights compute in a float dtype
+    W_IN_B: tl.constexpr = W4 and MODE == 2  # group scales applied to the dequantized weight tile
+    TILE_SCALE: tl.constexpr = A_VARIES or (MODE == 2 and not W4)
+    zero = tl.zeros((BM, BN), tl.int32 if INT_DOT else tl.float32)
+    if not TILE_SCALE:  # scales constant along K (or in B): one accumulation, input scales in the epilogue
+        acc, acc_neg = _mainloop(a_ptrs, b_ptrs, w_rows, wcol_ptr, K, zero, zero, BK, DUAL, EVEN_K, INT_DOT, W4,
+                                 A_KIND, W_IN_B, ONE_GROUP)
         out = _scaled(acc, acc_neg, s_rows, sn_rows, tl.load(acol_ptr), DUAL)
     else:  # the scale changes along K: accumulate each K tile exactly, scale it, add it in float32
         out = tl.zeros((BM, BN), tl.float32)
         for k0 in range(0, K, BK):
-            part, part_neg = _tile(a_ptrs, b_ptrs, k0, K, zero, zero, BK, DUAL, EVEN_K, IS_INT, W4, A_KIND)
+            part, part_neg = _tile(a_ptrs, b_ptrs, w_rows, wcol_ptr, k0, K, zero, zero, BK, DUAL, EVEN_K, INT_DOT, W4,
+                                   A_KIND, W_IN_B, ONE_GROUP)
             part = _scaled(part, part_neg, s_rows, sn_rows, tl.load(acol_ptr + k0), DUAL)
-            if MODE == 2:
+            if MODE == 2 and not W4:
                 part = part * tl.load(w_rows + tl.load(wcol_ptr + k0))[None, :]
             out += part
             a_ptrs += step
@@ -252,5 +289,6 @@ def scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, 
         a.stride(0) if sa > 1 else 0, a.stride(1), b.stride(0), out.stride(0), seg_stride, row_stride, ws.stride(0),
         t.stride(0), u.stride(0),
         MODE=scale_mode, DUAL=a_scale_neg is not None, HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None,
-        R=max(16, triton.next_power_of_2(rank)), IS_INT=is_int, W4=w4, A_KIND=a_kind)
+        R=max(16, triton.next_power_of_2(rank)), IS_INT=is_int, W4=w4, A_KIND=a_kind,
+        A_VARIES=scale_mode > 0 and a_scale.shape[2] > 1)
     return out
