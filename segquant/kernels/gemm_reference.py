@@ -12,11 +12,11 @@ itself with ``a_scale`` 1 (W4A16); ``b`` ``(N, K)`` 8-bit codes or packed INT4 c
 ``(N, G)`` float32, ``a_col`` / ``w_col`` ``(K,)`` the scale columns (``K`` is ``a_col``'s length),
 ``lowrank_t`` ``(M, r)`` / ``lowrank_up`` ``(N, r)`` the optional 16-bit low-rank branch (its down-projected
 input and up-projection; added in float32 in the epilogue), ``out_segment`` rows per output
-segment when ``Sa > 1``. The GPU kernel computes the same sum, in int32 (INT8 inputs) or float32 (FP8 /
-16-bit inputs) per K tile, so it differs from this only by accumulation order; packed INT4 weights with
-group scales are the exception: the kernel rounds each dequantized weight ``code · w_scale`` once to its
-compute dtype (fp16 for INT8 inputs, ~2^-12 relative; the input's dtype for W4A16, i.e. bf16's 2^-9 in a
-bf16 model, as a bf16 model's dequantized weight is).
+segment when ``Sa > 1``. Packed INT4 weights are dequantized to a 16-bit compute dtype, as the GPU has no
+INT4 tensor cores: ``code · w_scale`` is rounded once to fp16 for INT8 input codes, to the input's dtype
+for bf16 / fp16 inputs (``_INT4_COMPUTE``; the emulated SegLinear rounds the same way). The GPU kernels
+compute the same sum, in int32 (INT8 x INT8) or float32, so they differ from this only by accumulation
+order.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ import torch
 from torch import Tensor
 
 from segquant.numerics import unpack_int4
+
+
+#: Input dtype -> the dtype a dequantized packed-INT4 weight is rounded to (absent: kept in float32).
+_INT4_COMPUTE = {torch.int8: torch.float16, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16}
 
 
 def dequantized_input(a: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, a_col: Tensor, k: int) -> Tensor:
@@ -43,9 +47,12 @@ def scaled_gemm_reference(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Te
     """The op's math (module doc) -> ``(M, N)`` in ``out_dtype``. ``scale_mode`` (0: scales constant along K,
     1: input scales vary along K, 2: weight scales too) and ``k_align`` only steer the kernel."""
     k = a_col.shape[0]
-    b = unpack_int4(b, k) if b.dtype == torch.uint8 else b
+    packed_int4 = b.dtype == torch.uint8
+    b = unpack_int4(b, k) if packed_int4 else b
     x = dequantized_input(a, a_scale, a_scale_neg, a_col, k)
     w = b.float() * w_scale[:, w_col.long()]
+    if packed_int4 and a.dtype in _INT4_COMPUTE:
+        w = w.to(_INT4_COMPUTE[a.dtype]).float()
     y = _per_segment(x, w, out_segment)
     if bias is not None:
         y = y + bias.float()

@@ -6,7 +6,9 @@
 
 ``j`` runs over input segments; ``Q`` is the input fake-quantizer (static scale per ``(s, j)`` or dynamic;
 DualScale: one scale per sign, see :mod:`segquant.algorithms.dualscale`); ``Ŵ`` is the dequantized weight.
-Everything is computed in float32 and the result is cast to ``x.dtype``. The buffers are those of
+Everything is computed in float32 and the result is cast to ``x.dtype``, with one exception that the
+deployed kernels impose: INT4 weights are dequantized to a 16-bit compute dtype on the GPU (there are no
+INT4 tensor cores), so ``Ŵ = code · scale`` is rounded once to it here too (:func:`int4_compute_dtype`). The buffers are those of
 :class:`segquant.nn.seglinear.SegLinear` (its docstring lists shapes and dtypes), gathered in
 :class:`SegLinearBuffers`. Nothing here modifies its inputs. The emulated backend runs exactly these
 functions; a kernel is correct when it matches them (bitwise where it computes the same float32 ops).
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor
 
 from segquant.algorithms.dualscale import dynamic_fake_quant_dualscale, fake_quant_dualscale
+from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
 from segquant.numerics import codes_of_storage, dequantize_codes, dynamic_fake_quant, fake_quant
 
@@ -45,6 +48,19 @@ def dequantized_weight(b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
         return b.weight_codes.float()
     codes = codes_of_storage(b.weight_codes, spec.weight_dtype, spec.in_features)
     return dequantize_codes(codes, b.weight_scale[:, b.weight_col_group])
+
+
+def int4_compute_dtype(spec: SegLinearSpec, x_dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype a dequantized INT4 weight is rounded to where a GPU kernel exists: fp16 with INT8 input codes
+    (exact for the codes), the input's dtype for 16-bit inputs of a weight-only layer; else ``None`` (kept
+    in float32). The op's twin applies the same rule (:mod:`segquant.kernels.gemm_reference`)."""
+    if spec.weight_dtype is not DType.INT4:
+        return None
+    if spec.input_dtype is DType.INT8:
+        return torch.float16
+    if spec.input_dtype is None and x_dtype in (torch.bfloat16, torch.float16):
+        return x_dtype
+    return None
 
 
 def quantize_input_part(part: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: int, j: int) -> Tensor:
@@ -80,6 +96,9 @@ def seglinear_forward(x: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Te
     """
     rows = x.reshape(-1, spec.in_features).float()
     weight = dequantized_weight(b, spec)
+    compute = int4_compute_dtype(spec, x.dtype)
+    if compute is not None:
+        weight = weight.to(compute).float()
     outputs, start = [], 0
     quantized_input = None
     for s, size in enumerate(spec.output_segments):

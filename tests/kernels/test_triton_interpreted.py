@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernels.interpret_triton_gemm import ALL_CASES, CASES
+from tests.kernels.interpret_triton_gemm import ALL_CASES
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,12 +23,5 @@ def test_interpreted_kernel_matches_twin_on_every_variant():
     assert run.returncode == 0, run.stderr[-3000:]
     errors = dict(line.split() for line in run.stdout.splitlines())
     assert set(errors) == set(ALL_CASES)
-    assert all(float(err) <= tolerance(name) for name, err in errors.items()), errors
+    assert all(float(err) <= 1e-5 for err in errors.values()), errors  # accumulation order only
 
-
-def tolerance(name: str) -> float:
-    """Accumulation order only (1e-5), except the tiled kernel on packed INT4 with group scales: it rounds each
-    dequantized weight ``code · scale`` to the compute dtype (fp16 here: 2^-12 relative per weight). The GEMV
-    multiplies in float32; the dequantization rounds once to its float32 output."""
-    case = CASES.get(name, {})
-    return 3e-4 if case.get("w4") and case.get("segments") else 1e-5

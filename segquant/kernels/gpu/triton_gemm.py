@@ -18,13 +18,12 @@ One kernel, constexpr switches (see :mod:`segquant.kernels.gemm_reference` for t
   byte ``i``, ``K`` even); each B tile is read as ``BK/2`` bytes and split by shifts into the codes of
   the even and of the odd k, and A is read as pairs (int8 codes as int16, bf16/fp16 as int32, float32 as
   int64) split the same way, so a K tile is two products of depth ``BK/2`` with no register shuffle.
-  The codes are dequantized in registers to the compute dtype (Hopper has no INT4 tensor cores): with
-  group scales (``MODE`` 2) ``code · w_scale[n, group]`` is formed in float32 and rounded once to it, so
-  the whole K accumulates in one float32 accumulator with no per-tile rescaling (the weight scale is in
-  B; a tile may span several groups). W4A8: INT8 input codes compute in fp16 (exact; the dequantized
-  weight rounds to fp16, ~2^-12 relative); W4A16: ``a`` holds the bf16/fp16/float32 input itself, which
-  sets the compute dtype, and ``a_scale`` is 1 (the rounding of the dequantized weight to bf16 is that of
-  a bf16 model's dequantized weight).
+  The codes are dequantized in registers to the compute dtype (Hopper has no INT4 tensor cores):
+  ``code · w_scale[n, column]`` is formed in float32 and rounded once to it, so the whole K accumulates in
+  one float32 accumulator with no per-tile rescaling (the weight scale is in B; a tile may span several
+  groups). W4A8: INT8 input codes compute in fp16 (exact; the dequantized weight rounds to fp16, ~2^-12
+  relative); W4A16: ``a`` holds the bf16/fp16/float32 input itself, which sets the compute dtype, and
+  ``a_scale`` is 1. The twin and the emulated SegLinear round the same way.
 - ``HAS_BIAS``; ``HAS_LR``: the low-rank branch in the epilogue, one more product per output tile:
   ``t (BM, R) @ Uᵀ (R, BN)`` in float32 (``t = x D'ᵀ`` is the down-projected input, ``R`` the rank
   padded to a power of 2 >= 16), so the output is written once, in its final dtype (SVDQuant's fusion).
@@ -230,7 +229,7 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
     sn_rows = asn_ptr + seg * stride_ss + rm * stride_sm
     w_rows = ws_ptr + rn * stride_wn
     INT_DOT: tl.constexpr = IS_INT and not W4  # packed INT4 weights compute in a float dtype
-    W_IN_B: tl.constexpr = W4 and MODE == 2  # group scales applied to the dequantized weight tile
+    W_IN_B: tl.constexpr = W4  # INT4: the weight scale multiplies the codes before the rounding to 16 bits
     TILE_SCALE: tl.constexpr = A_VARIES or (MODE == 2 and not W4)
     zero = tl.zeros((BM, BN), tl.int32 if INT_DOT else tl.float32)
     if not TILE_SCALE:  # scales constant along K (or in B): one accumulation, input scales in the epilogue
@@ -248,7 +247,7 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
             out += part
             a_ptrs += step
             b_ptrs += step
-    if MODE != 2:
+    if MODE != 2 and not W4:
         out = out * tl.load(w_rows + tl.load(wcol_ptr))[None, :]
     if HAS_BIAS:
         out += tl.load(bias_ptr + rn).to(tl.float32)[None, :]

@@ -3,9 +3,9 @@
 - :func:`gemv_w4_triton`, the weight-bound case (``M`` a few rows: batch-1 AdaLN / time-embedding linears).
   A tensor-core tile wastes most of its rows there and the tiled kernel streams the weight at a fraction
   of the memory bandwidth, so each program reduces ``BN`` output channels of one row on the CUDA cores:
-  ``BKP`` byte pairs per step (``BN x BKP`` bytes in flight), products in float32 (exact for INT8 codes),
-  partial sums per scale chunk multiplied by their group scale, input scale, bias and the low-rank
-  branch in the epilogue. Same arguments and math as the op (:mod:`segquant.kernels.gemm_reference`),
+  ``BKP`` byte pairs per step (``BN x BKP`` bytes in flight), each weight dequantized and rounded to the
+  compute dtype as on the tensor-core paths, products and sums in float32, input scale, bias and the
+  low-rank branch in the epilogue. Same arguments and math as the op (:mod:`segquant.kernels.gemm_reference`),
   restricted to inputs whose scale is constant along K and no DualScale.
 - :func:`dequantize_w4_triton`: packed codes ``(N, K/2)`` -> ``code · w_scale[n, w_col[k]]`` ``(N, K)`` in
   a 16-bit dtype, one pass; the compute-bound case multiplies that with cuBLAS (see ``ops.gemm``), since
@@ -61,11 +61,13 @@ def _gemv_w4_kernel(a_ptr, b_ptr, c_ptr, as_ptr, ws_ptr, wcol_ptr, bias_ptr, t_p
         ok = p0 + pairs < half_k
         a_even, a_odd = _split_pairs(tl.load(a_row + p0 + pairs, mask=ok, other=0), A_KIND)
         codes = tl.load(b_rows + p0 + pairs[None, :], mask=ok[None, :], other=0).to(tl.int8, bitcast=True)
-        prod = (((codes << 4) >> 4).to(tl.float32) * a_even.to(tl.float32)[None, :]
-                + (codes >> 4).to(tl.float32) * a_odd.to(tl.float32)[None, :])  # (BN, BKP)
-        part = tl.sum(tl.reshape(prod, (BN, NC, CHUNK)), axis=2)  # (BN, NC)
         col = tl.load(wcol_ptr + tl.minimum(2 * p0 + chunk_k, K - 1))  # (NC,) scale column of each chunk
-        acc += tl.sum(part * tl.load(w_rows + col[None, :]), axis=1)
+        scale = tl.reshape(tl.broadcast_to(tl.load(w_rows + col[None, :])[:, :, None], (BN, NC, CHUNK)),
+                           (BN, BKP))  # (BN, BKP): the scale of every byte's two codes
+        w_even = _rounded(((codes << 4) >> 4).to(tl.float32) * scale, a_even.dtype)
+        w_odd = _rounded((codes >> 4).to(tl.float32) * scale, a_even.dtype)
+        prod = w_even * a_even.to(tl.float32)[None, :] + w_odd * a_odd.to(tl.float32)[None, :]  # (BN, BKP)
+        acc += tl.sum(prod, axis=1)
     out = acc * tl.load(as_ptr + seg * stride_ss + m * stride_sm)
     if HAS_BIAS:
         out += tl.load(bias_ptr + rn).to(tl.float32)
@@ -75,6 +77,17 @@ def _gemv_w4_kernel(a_ptr, b_ptr, c_ptr, as_ptr, ws_ptr, wcol_ptr, bias_ptr, t_p
         u = tl.load(u_ptr + rn[:, None] * stride_un + offs_r[None, :], mask=(offs_r < RANK)[None, :], other=0.0)
         out += tl.sum(u.to(tl.float32) * t[None, :], axis=1)
     tl.store(c_ptr + m * stride_cm + offs_n, out.to(c_ptr.dtype.element_ty), mask=offs_n < N)
+
+
+@triton.jit
+def _rounded(w, dtype: tl.constexpr):
+    """The dequantized weight as the tensor-core paths see it: rounded once to the 16-bit compute dtype
+    (float32 inputs: unchanged), returned in float32."""
+    if dtype == tl.float32:
+        out = w
+    else:
+        out = w.to(dtype).to(tl.float32)
+    return out
 
 
 def _pow2_part(value: int) -> int:
