@@ -16,6 +16,8 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``sq_w4a8_r32``   packed INT4 per-group(64) weights with SVDQuant's rank-32 branch (smoothing alpha 0.5,
                     round-to-nearest: the kernel's work does not depend on GPTQ), INT8 static per-tensor inputs,
                     output segments
+- ``sq_w4a8_r32_2l`` ``sq_w4a8_r32`` with two-level group scales (``two_level: true``): the layers with at
+                    least 128 rows expand INT4 to INT8 in one pass and run the 8-bit tensor-core GEMM
 - ``sq_w4a16``      packed INT4 per-group(64) weights, 16-bit inputs (weight-only), output segments
 
     PYTHONPATH=. python benchmarks/e2e_w8a8.py --model sd35 --variants all --json out.json
@@ -45,7 +47,7 @@ import torch
 from fullsize import build
 
 VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_int4", "sq_fp8", "sq_int8", "sq_int8_dyn", "sq_int8_full",
-            "sq_w4a8_r32", "sq_w4a16")
+            "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a16")
 LAYERS_CHECKED = 48
 _ALL_PATTERNS = ["linear_to_chunk", "linear_to_split", "concat_to_linear", "stack_to_linear",
                  "reshape_to_linear", "activation_to_linear"]
@@ -55,9 +57,9 @@ def segquant_config(variant: str) -> dict:
     """The segquant config of a ``sq_*`` variant (8-bit: per-channel weights, static per-tensor inputs unless
     ``_dyn``: dynamic per-token; 4-bit: see the module doc)."""
     int4 = {"type": "int4", "granularity": "group", "group_size": 64}
-    if variant == "sq_w4a8_r32":
+    if variant.startswith("sq_w4a8_r32"):
         return {"default": {"search_patterns": _ALL_PATTERNS[:2], "opt": {"type": "svd", "alpha": 0.5, "low_rank": 32},
-                            "calib": {"type": "amax"}, "weight_quant": int4,
+                            "calib": {"type": "amax"}, "weight_quant": {**int4, "two_level": variant.endswith("_2l")},
                             "input_quant": {"type": "int8", "granularity": "tensor", "dynamic": False}}}
     if variant == "sq_w4a16":
         return {"default": {"search_patterns": _ALL_PATTERNS[:2], "opt": {"type": "default"}, "calib": {"type": "amax"},

@@ -30,7 +30,7 @@ for step in "${steps[@]}"; do
                 --variants bf16_compiled,sq_fp8,sq_int8_dyn,torchao_fp8 --json "$OUT/e2e_flux.json") \
                 > "$OUT/e2e_flux.log" 2>&1; tail -n 8 "$OUT/e2e_flux.log" ;;
     e2e_flux_w4) (cd benchmarks && timeout 440 python3 e2e_w8a8.py --model flux --iters 6 \
-                --variants bf16_compiled,sq_w4a8_r32,sq_w4a16,torchao_int4 --json "$OUT/e2e_flux_w4.json") \
+                --variants bf16_compiled,sq_w4a8_r32_2l,sq_w4a8_r32,sq_w4a16,torchao_int4 --json "$OUT/e2e_flux_w4.json") \
                 > "$OUT/e2e_flux_w4.log" 2>&1; tail -n 8 "$OUT/e2e_flux_w4.log" ;;
     e2e_sd35) (cd benchmarks && timeout 240 python3 e2e_w8a8.py --model sd35 --iters 6 \
                 --variants bf16_compiled,sq_fp8,torchao_fp8 --json "$OUT/e2e_sd35.json") \

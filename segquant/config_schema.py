@@ -165,8 +165,14 @@ class InputQuantConfig(TensorQuantConfig):
 
 @dataclass(frozen=True)
 class WeightQuantConfig(TensorQuantConfig):
+    """``two_level``: INT4 group scales as integer multiples (1..16) of one scale per output channel
+    (QServe's progressive group quantization), so that the GPU can run large GEMMs on INT8 tensor cores.
+    It applies to INT4 group-wise weights only; on a layer whose rules make its weights anything else
+    (INT8, per-channel) it has no effect."""
+
     granularity: Granularity = _granularity({None: "tensor", 0: "channel", 1: "channel", -1: "channel"},
                                             ("tensor", "channel", "group"))
+    two_level: bool = setting(False, _bool)
 
     def check(self, path: str) -> None:
         _check(not self.dynamic, f"{path}.dynamic: weights are quantized once, so dynamic must be false")

@@ -122,6 +122,38 @@ def scale_from_amax(amax: Tensor, dtype: DType, negative: bool = False) -> Tenso
     return torch.where(amax > 0, amax / limit, torch.ones_like(amax))
 
 
+TWO_LEVEL_STEPS = 16
+"""Largest integer multiple of a row's base scale that a two-level group scale may be: INT4 codes times it
+stay within INT8 (``16 · [-8, 7] = [-128, 112]``)."""
+
+
+def two_level_amax(amax: Tensor, row_amax: Tensor) -> Tensor:
+    """Group clip values ``amax`` ``(N, G)`` raised to integer multiples ``m ∈ [1, 16]`` of one base per row,
+    ``row_amax / 16`` (``row_amax`` ``(N, 1)``: the row's largest magnitude; QServe's progressive group
+    quantization). Rounding up never clips more than ``amax`` does, except where a group exceeds
+    ``row_amax`` (then ``m = 16``)."""
+    base = row_amax.float() / TWO_LEVEL_STEPS
+    steps = torch.where(base > 0, torch.ceil(amax.float() / base.clamp(min=1e-30)), torch.ones_like(amax.float()))
+    return base * steps.clamp(1, TWO_LEVEL_STEPS)
+
+
+def two_level_split(scale: Tensor, tolerance: float = 1e-3) -> tuple[Tensor, Tensor] | None:
+    """``(multiplier, base)`` with ``scale ≈ base · multiplier`` where every row of ``scale`` ``(N, G)`` is a set
+    of integer multiples (1..16) of one base: multiplier ``(N, G)`` uint8, base ``(N, 1)`` float32 (the
+    smallest base that works per row); ``None`` when some row is not."""
+    scale = scale.float()
+    top = scale.amax(dim=1, keepdim=True)
+    candidates = torch.arange(1, TWO_LEVEL_STEPS + 1, device=scale.device, dtype=torch.float32)
+    ratios = scale.unsqueeze(0) * candidates.view(-1, 1, 1) / top.unsqueeze(0)  # (16, N, G): scale / (top / m)
+    steps = ratios.round()
+    fits = (((ratios - steps).abs() <= tolerance) & (steps >= 1)).all(dim=2)  # (16, N)
+    if not bool(fits.any(dim=0).all()):
+        return None
+    best = TWO_LEVEL_STEPS - 1 - fits.flip(0).float().argmax(dim=0)  # index of the largest fitting m per row
+    rows = torch.arange(scale.shape[0], device=scale.device)
+    return steps[best, rows].to(torch.uint8), (top[:, 0] / candidates[best]).unsqueeze(1)
+
+
 def asymmetric_params(xmin: Tensor, xmax: Tensor, dtype: DType) -> tuple[Tensor, Tensor]:
     """Scale and integer zero point (both float32) of an asymmetric integer quantizer.
 

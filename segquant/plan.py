@@ -21,7 +21,7 @@ from segquant.algorithms.dualscale import uses_dualscale
 from segquant.algorithms.svd import max_useful_rank
 from segquant.config import (LayerConfig, QuantConfig, as_quant_config, build_layer_config, layer_config_to_raw,
                              replace_config)
-from segquant.enums import Optimum, SegPattern
+from segquant.enums import DType, Optimum, SegPattern
 from segquant.errors import ConfigError, UnknownLayerError
 from segquant.nn.spec import AlphaSearch, LayerSettings, SegLinearSpec
 from segquant.numerics import PerGroup
@@ -77,8 +77,14 @@ class LayerPlan:
         return LayerSettings(
             alpha=opt.alpha, alpha_search=AlphaSearch(search.min, search.max, search.step) if search.enable else None,
             weight_method=calib.type, weight_granularity=self.config.weight_quant.granularity,
+            weight_two_level=self.two_level(),
             percentile=calib.percentile, gptq_blocksize=calib.blocksize, gptq_percdamp=calib.percdamp,
             gptq_actorder=calib.actorder, gptq_static_groups=calib.static_groups)
+
+    def two_level(self) -> bool:
+        """Whether the weight scales are two-level: asked for, and INT4 group-wise weights."""
+        wq = self.config.weight_quant
+        return wq.two_level and wq.enable and wq.dtype is DType.INT4 and isinstance(wq.granularity, PerGroup)
 
     def low_rank(self) -> int:
         """Rank of the SVD branch: the configured one, capped per output segment by

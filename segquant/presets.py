@@ -53,6 +53,10 @@ PRESET_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
              "per-tensor inputs.",
              {"default": {"opt": _SVD, "calib": {"type": "gptq"}, "input_quant": _INT8_STATIC,
                           "weight_quant": _INT4_GROUP}}),
+    "w4a8_two_level": ("w4a8 with two-level group scales: every group scale an integer multiple (1..16) of one "
+                       "scale per output channel, so the GPU runs the large GEMMs on INT8 tensor cores.",
+                       {"default": {"opt": _SVD, "calib": {"type": "gptq"}, "input_quant": _INT8_STATIC,
+                                    "weight_quant": {**_INT4_GROUP, "two_level": True}}}),
     "w4a4": ("SegQuant W4A4: INT4 per-group(64) weights by GPTQ with a rank-32 SVD branch, INT4 dynamic "
              "per-group(64) inputs.",
              {"default": {"opt": _SVD, "calib": {"type": "gptq"},

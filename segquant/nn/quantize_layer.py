@@ -28,7 +28,8 @@ from segquant.enums import Calibrate
 from segquant.errors import CalibrationError
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import LayerSettings, SegLinearSpec
-from segquant.numerics import PerTensor, asymmetric_params, block_amax, quantize_codes, scale_from_amax, stored_codes
+from segquant.numerics import (PerTensor, asymmetric_params, block_amax, quantize_codes, scale_from_amax,
+                               stored_codes, two_level_amax)
 from segquant.observers import InputObserver
 
 MAX_SEARCH_ROWS = 512
@@ -166,6 +167,8 @@ def _quantize_weight(weight: Tensor, spec: SegLinearSpec, settings: LayerSetting
     if settings.weight_method is Calibrate.GPTQ:
         return _gptq_weight(weight, spec, settings, stats, col_group, smooth)
     amax = _weight_amax(weight, spec, settings, col_group)
+    if settings.weight_two_level:
+        amax = two_level_amax(amax, weight.abs().amax(dim=1, keepdim=True))
     scale = scale_from_amax(amax, spec.weight_dtype)
     return {"codes": quantize_codes(weight, scale[:, col_group], spec.weight_dtype), "scale": scale}
 
@@ -180,8 +183,12 @@ def _gptq_weight(weight: Tensor, spec: SegLinearSpec, settings: LayerSettings, s
     hessian = stats.hessian.hessian().to(weight.device) / torch.outer(smooth, smooth)
     # Output segments share one column-to-group map, so act-order groups must be static there.
     static_groups = settings.gptq_static_groups or (settings.gptq_actorder and len(spec.output_segments) > 1)
+    row_amax = weight.abs().amax(dim=1, keepdim=True)
+    clip_fn = (lambda block, granularity: two_level_amax(block_amax(block, granularity), row_amax)) \
+        if settings.weight_two_level else None
     result = gptq_quantize(weight, hessian, spec.weight_dtype, settings.weight_granularity,
-                           settings.gptq_blocksize, settings.gptq_percdamp, settings.gptq_actorder, static_groups)
+                           settings.gptq_blocksize, settings.gptq_percdamp, settings.gptq_actorder, static_groups,
+                           clip_fn)
     if settings.weight_group_size:
         return {"codes": result.codes, "scale": result.scale, "col_group": result.g_idx}
     scale = result.scale.expand(weight.shape[0], spec.weight_scale_columns).contiguous()

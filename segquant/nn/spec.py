@@ -89,13 +89,16 @@ class LayerSettings:
 
     ``alpha``: SmoothQuant strength (used when ``spec.smooth`` and no ``alpha_search``).
     ``weight_method``: AMAX / PERCENTILE / MSE clipping (the latter two also clip static input ranges)
-    or GPTQ. ``weight_granularity``: ``PerTensor`` / ``PerChannel`` / ``PerGroup(g)`` of the weight scales.
+    or GPTQ. ``weight_granularity``: ``PerTensor`` / ``PerChannel`` / ``PerGroup(g)`` of the weight scales;
+    ``weight_two_level``: group scales as integer multiples (1..16) of one scale per row
+    (:func:`segquant.numerics.two_level_amax`).
     """
 
     alpha: float = 0.5
     alpha_search: AlphaSearch | None = None
     weight_method: Calibrate = Calibrate.AMAX
     weight_granularity: Granularity = field(default_factory=PerChannel)
+    weight_two_level: bool = False
     percentile: float = 99.99
     gptq_blocksize: int = 128
     gptq_percdamp: float = 0.01

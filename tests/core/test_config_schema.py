@@ -21,7 +21,7 @@ _LANGUAGE_DEFAULTS = {
     "input_quant": {"enable": True, "type": "int8", "axis": None, "granularity": None, "group_size": None,
                     "dynamic": False, "symmetric": True},
     "weight_quant": {"enable": True, "type": "int8", "axis": None, "granularity": None, "group_size": None,
-                     "dynamic": False, "symmetric": True},
+                     "dynamic": False, "symmetric": True, "two_level": False},
 }
 
 

@@ -67,7 +67,8 @@ GEMV_CASES = {
 }
 #: The one-pass dequantization of packed INT4 weights (float32 / fp16 output).
 DEQUANTIZE_CASES = {"dequantize_g64": dict(n=40, k=384, segments=(64,) * 6),
-                    "dequantize_uneven_tail": dict(n=33, k=200, segments=(96, 104))}
+                    "dequantize_uneven_tail": dict(n=33, k=200, segments=(96, 104)),
+                    "expand_two_level_int8": dict(n=40, k=384, segments=(64,) * 6, steps=True)}
 ALL_CASES = {**CASES, **GEMV_CASES, **DEQUANTIZE_CASES}
 
 
@@ -78,11 +79,13 @@ def one_input_scale(args: tuple) -> tuple:
     return (a, b, a_scale[..., :1].contiguous(), None, w_scale, torch.zeros_like(a_col), *rest)
 
 
-def dequantize_case(n, k, segments, seed=0):
-    """Packed codes, group scales and scale columns (CPU tensors) of one dequantization case."""
+def dequantize_case(n, k, segments, steps=False, seed=0):
+    """Packed codes, group scales (``steps``: two-level uint8 steps 1..16) and scale columns (CPU tensors)."""
     g = torch.Generator().manual_seed(seed)
     cols = torch.arange(len(segments)).repeat_interleave(torch.tensor(segments)).int()
     codes = torch.randint(-8, 8, (n, k), generator=g, dtype=torch.int8)
+    if steps:
+        return pack_int4(codes), torch.randint(1, 17, (n, len(segments)), generator=g, dtype=torch.uint8), cols
     return pack_int4(codes), torch.rand(n, len(segments), generator=g) * 0.01 + 1e-3, cols
 
 
@@ -94,7 +97,8 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
     if name in DEQUANTIZE_CASES:
         b, scale, cols = dequantize_case(**DEQUANTIZE_CASES[name])
-        return dequantize_w4_triton(b, scale, cols, torch.float32), dequantize_w4(b, scale, cols, torch.float32)
+        dtype = torch.int8 if scale.dtype == torch.uint8 else torch.float32
+        return (dequantize_w4_triton(b, scale, cols, dtype).float(), dequantize_w4(b, scale, cols, dtype).float())
     args = case(**ALL_CASES[name])
     if name in GEMV_CASES:
         args = one_input_scale(args)

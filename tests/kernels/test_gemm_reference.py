@@ -110,3 +110,32 @@ def test_static_multiplier_folds_smoothing_and_segment_scales():
     expected = 1.0 / (module.smooth * module.input_scale.repeat_interleave(32, dim=1))
     torch.testing.assert_close(packed["gpu_in_mul"], expected)
     assert packed["gpu_a_scale"].shape == (2, 1, 2)
+
+
+@pytest.mark.parametrize("name", ["int4_lowrank", "int4_group32_dynamic", "heads_int4"])
+def test_two_level_int4_runs_as_an_int8_gemm_from_enough_rows(name):
+    """Two-level group scales (``base · step``): packing finds the steps; from DEQUANTIZE_MIN_M rows the GEMM
+    takes the exact INT8 weight ``code · step`` and the per-row base, matching the emulated layer."""
+    spec = dict(SPECS, heads_int4=SegLinearSpec(128, 24, (24,), (32,) * 4, I8, weight_dtype=DType.INT4,
+                                                 weight_scale_columns=4))[name]
+    module = filled(spec)
+    g = torch.Generator().manual_seed(5)
+    base = torch.rand(spec.out_features, 1, generator=g) * 1e-2 + 1e-3
+    module.weight_scale.copy_(base * torch.randint(1, 17, module.weight_scale.shape, generator=g))
+    calls = []
+
+    def recording_gemm(*args):
+        calls.append(args[1].dtype)
+        return scaled_gemm_reference(*args)
+
+    packed = pack(module)
+    assert packed.gpu_w4_steps.dtype == torch.uint8 and packed.gpu_w4_base.shape == (spec.out_features, 1)
+    for rows in (7, 130):
+        x = torch.randn(rows, spec.in_features) * 2
+        y = seglinear_forward(packed, layout_of(packed), x, recording_gemm)
+        assert rel_err(y, module(x)) <= 1e-3
+    assert calls == [torch.uint8, torch.int8]  # packed INT4 below the threshold, INT8 from it
+
+
+def test_free_group_scales_are_not_taken_for_two_level():
+    assert "gpu_w4_steps" not in pack_tensors(filled(SPECS["int4_lowrank"]))

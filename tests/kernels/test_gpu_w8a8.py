@@ -191,3 +191,27 @@ def test_compiled_backend_has_no_graph_breaks(name):
     compiled = torch.compile(lambda t: backend.forward(module, t), fullgraph=True)
     eager = backend.forward(module, x.float())
     assert rel_err(compiled(x), eager) <= within_rounding(eager, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("rows", [3, 333])
+def test_two_level_int4_backend_matches_emulated(rows, dtype):
+    """Two-level INT4 group scales: the GEMV / tiled path below DEQUANTIZE_MIN_M rows, the INT8 GEMM on the
+    expanded weight ``code · step`` from it (smoothing and the rank-4 branch included)."""
+    from segquant.kernels.gpu.backend import GpuBackend
+
+    spec = SegLinearSpec(1024, 384, (384,), (1024,), DType.INT8, weight_dtype=DType.INT4, weight_scale_columns=16,
+                         smooth=True, low_rank=4)
+    module = filled(spec).cuda()
+    g = torch.Generator().manual_seed(3)
+    base = torch.rand(384, 1, generator=g) * 1e-2 + 1e-3
+    module.weight_scale.copy_((base * torch.randint(1, 17, (384, 16), generator=g)).cuda())
+    backend = GpuBackend()
+    backend.check(module, "two_level")
+    backend.pack(module)
+    assert hasattr(module, "gpu_w4_steps")
+    x = (torch.randn(rows, 1024, device="cuda") * 2).to(dtype)
+    y = backend.forward(module, x)
+    ref = module(x.float())
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert rel_err(y, ref) <= within_rounding(ref, dtype)

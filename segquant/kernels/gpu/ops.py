@@ -90,8 +90,12 @@ def _plain_fp8(a: Tensor, b: Tensor, a_scale: Tensor, w_scale: Tensor, bias: Ten
 
 @torch.library.custom_op("segquant::dequantize_w4", mutates_args=())
 def dequantize_w4(b: Tensor, w_scale: Tensor, w_col: Tensor, dtype: torch.dtype) -> Tensor:
-    """Packed INT4 ``(N, K/2)`` -> ``code · w_scale[n, w_col[k]]`` ``(N, K)`` in ``dtype`` (rounded once)."""
-    return (unpack_int4(b, w_col.shape[0]).float() * w_scale[:, w_col.long()]).to(dtype)
+    """Packed INT4 ``(N, K/2)`` -> ``code · w_scale[n, w_col[k]]`` ``(N, K)`` in ``dtype`` (rounded once).
+    ``w_scale`` uint8 (two-level steps 1..16) with ``dtype`` int8: the exact INT8 weight ``code · step``."""
+    codes = unpack_int4(b, w_col.shape[0])
+    if w_scale.dtype == torch.uint8:
+        return (codes.to(torch.int16) * w_scale[:, w_col.long()]).to(dtype)
+    return (codes.float() * w_scale[:, w_col.long()]).to(dtype)
 
 
 @dequantize_w4.register_kernel("cuda")

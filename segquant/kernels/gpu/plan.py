@@ -15,6 +15,10 @@ name                  shape / dtype     meaning
 ``gpu_unit_scale``    (1, 1, 1)         W4A16 (16-bit inputs): the input "scale" 1
 ``gpu_lowrank_down``  (r, K) 16-bit     one output segment with a low-rank branch: ``D / λ``
                                         (smoothing folded in), so the branch needs no float32 pass
+``gpu_w4_steps``      (N, G) uint8      INT4 with two-level scales and INT8 inputs: ``weight_scale
+                                        = gpu_w4_base · gpu_w4_steps`` (steps 1..16)
+``gpu_w4_base``       (N, 1) float32    the per-row base scale of those
+``gpu_zero_col``      (K,) int32        all 0: the base is one scale column
 ====================  ================  =====================================================
 
 ``Sa`` is the number of differently quantized inputs: ``S`` with per-output-segment smoothing, else 1
@@ -37,7 +41,8 @@ from torch import Tensor
 
 from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import PerGroup
+from segquant.numerics import PerGroup, two_level_split
+from segquant.kernels.gpu.ops import DEQUANTIZE_MIN_M, dequantize_w4
 from segquant.kernels.gpu.quant import quantize_dynamic, quantize_static, quantize_static_dual
 
 
@@ -115,6 +120,7 @@ def pack_tensors(module) -> dict[str, Tensor]:
     if spec.input_dtype is None:
         packed["gpu_unit_scale"] = torch.ones(1, 1, 1, device=device)
         return packed
+    packed.update(_two_level_tensors(module))
     if spec.input_dynamic:
         return packed
     sides = [("", module.input_scale)] + ([("_neg", module.input_scale_neg)] if spec.dual_scale else [])
@@ -124,6 +130,19 @@ def pack_tensors(module) -> dict[str, Tensor]:
         packed["gpu_in_mul" + suffix] = 1.0 / (lam * per_channel)
         packed["gpu_a_scale" + suffix] = scale[:sa].unsqueeze(1).contiguous()
     return packed
+
+
+def _two_level_tensors(module) -> dict[str, Tensor]:
+    """INT4 weights whose group scales are two-level (:func:`segquant.numerics.two_level_split`) with INT8
+    inputs: their steps and base, so large GEMMs run on INT8 tensor cores; else nothing."""
+    if module.spec.weight_dtype is not DType.INT4 or module.spec.input_dtype is not DType.INT8:
+        return {}
+    split = two_level_split(module.weight_scale)
+    if split is None:
+        return {}
+    steps, base = split
+    return {"gpu_w4_steps": steps, "gpu_w4_base": base,
+            "gpu_zero_col": torch.zeros(module.in_features, dtype=torch.int32, device=steps.device)}
 
 
 GemmFn = Callable[..., Tensor]
@@ -158,9 +177,13 @@ def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Te
     fused = fused_lowrank(module)
     separate = module.lowrank_up is not None and not fused  # added in float32 before the one rounding
     down_projected = rows.to(module.lowrank_up.dtype) @ module.gpu_lowrank_down.T if fused else None  # (M, r)
-    y = gemm(codes, module.weight_codes, a_scale, a_scale_neg, module.weight_scale, module.gpu_a_col,
-             module.gpu_w_col, module.bias, down_projected, module.lowrank_up if fused else None, layout.out_segment,
-             layout.scale_mode, layout.k_align, torch.float32 if separate else x.dtype)
+    weight, w_scale, w_col, mode = module.weight_codes, module.weight_scale, module.gpu_w_col, layout.scale_mode
+    if hasattr(module, "gpu_w4_base") and rows.shape[0] >= DEQUANTIZE_MIN_M:  # INT8 tensor cores
+        weight = dequantize_w4(module.weight_codes, module.gpu_w4_steps, module.gpu_w_col, torch.int8)
+        w_scale, w_col, mode = module.gpu_w4_base, module.gpu_zero_col, int(layout.input_varies)
+    y = gemm(codes, weight, a_scale, a_scale_neg, w_scale, module.gpu_a_col, w_col, module.bias, down_projected,
+             module.lowrank_up if fused else None, layout.out_segment, mode, layout.k_align,
+             torch.float32 if separate else x.dtype)
     if separate:
         y = (y + lowrank_branch(module, rows).float()).to(x.dtype)
     return y.reshape(*x.shape[:-1], module.out_features)
