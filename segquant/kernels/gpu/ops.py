@@ -117,10 +117,14 @@ def _w4_simple(a_scale: Tensor, a_scale_neg: Optional[Tensor], scale_mode: int) 
 
 def _dequantized_w4(a: Tensor, b: Tensor, a_scale: Tensor, w_scale: Tensor, w_col: Tensor, bias: Optional[Tensor],
                     lowrank_t: Optional[Tensor], lowrank_up: Optional[Tensor], out_dtype: torch.dtype) -> Tensor:
-    """Compute-bound packed INT4: ``a`` ``(1, M, K)`` INT8 codes (fp16, exact) or 16-bit / float32 inputs."""
+    """Compute-bound packed INT4: ``a`` ``(1, M, K)`` INT8 codes (fp16, exact) or 16-bit / float32 inputs
+    (W4A16, whose ``a_scale`` is 1: without a low-rank branch, one cuBLAS call with the bias in its epilogue
+    writes the 16-bit output directly)."""
     compute = torch.float16 if a.dtype == torch.int8 else a.dtype
     x = a[0].to(compute)
     w = dequantize_w4(b, w_scale, w_col, compute)
+    if compute == out_dtype != torch.float32 and a.dtype != torch.int8 and lowrank_t is None:
+        return torch.addmm(bias.to(compute), x, w.t()) if bias is not None else x @ w.t()
     y = _mm_float32(x, w) * a_scale[0]
     if bias is not None:
         y = y + bias.float()
