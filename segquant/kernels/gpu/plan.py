@@ -171,7 +171,9 @@ def quantize_input(module, rows: Tensor) -> tuple[Tensor, Tensor, Tensor | None]
 
 def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Tensor:
     """``x`` ``(..., K)`` -> ``(..., N)`` in ``x.dtype``: quantize, one scaled GEMM (low-rank branch in its
-    epilogue where :func:`fused_lowrank`, else added afterwards)."""
+    epilogue where :func:`fused_lowrank`, else added afterwards). Packed INT4 with two-level scales and at
+    least ``DEQUANTIZE_MIN_M`` rows: the weight expanded to INT8 (``code · step``) for the 8-bit tensor cores,
+    the per-row base as its scale."""
     rows = x.reshape(-1, module.in_features)
     codes, a_scale, a_scale_neg = quantize_input(module, rows)
     fused = fused_lowrank(module)
