@@ -14,7 +14,7 @@ itself with ``a_scale`` 1 (W4A16); ``b`` ``(N, K)`` 8-bit codes or packed INT4 c
 input and up-projection; added in float32 in the epilogue), ``out_segment`` rows per output
 segment when ``Sa > 1``. Packed INT4 weights are dequantized to a 16-bit compute dtype, as the GPU has no
 INT4 tensor cores: ``code · w_scale`` is rounded once to fp16 for INT8 input codes, to the input's dtype
-for bf16 / fp16 inputs (``_INT4_COMPUTE``; the emulated SegLinear rounds the same way). The GPU kernels
+for bf16 / fp16 inputs (``INT4_COMPUTE``; the emulated SegLinear rounds the same way). The GPU kernels
 compute the same sum, in int32 (INT8 x INT8) or float32, so they differ from this only by accumulation
 order.
 """
@@ -28,7 +28,12 @@ from segquant.numerics import unpack_int4
 
 
 #: Input dtype -> the dtype a dequantized packed-INT4 weight is rounded to (absent: kept in float32).
-_INT4_COMPUTE = {torch.int8: torch.float16, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16}
+INT4_COMPUTE = {torch.int8: torch.float16, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16}
+
+
+def input_scale_varies(a_scale: Tensor, scale_mode: int) -> bool:
+    """Whether the input scale changes along K (``scale_mode`` > 0 and more than one scale column)."""
+    return scale_mode > 0 and a_scale.shape[2] > 1
 
 
 def dequantized_input(a: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, a_col: Tensor, k: int) -> Tensor:
@@ -51,8 +56,8 @@ def scaled_gemm_reference(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Te
     b = unpack_int4(b, k) if packed_int4 else b
     x = dequantized_input(a, a_scale, a_scale_neg, a_col, k)
     w = b.float() * w_scale[:, w_col.long()]
-    if packed_int4 and a.dtype in _INT4_COMPUTE:
-        w = w.to(_INT4_COMPUTE[a.dtype]).float()
+    if packed_int4 and a.dtype in INT4_COMPUTE:
+        w = w.to(INT4_COMPUTE[a.dtype]).float()
     y = _per_segment(x, w, out_segment)
     if bias is not None:
         y = y + bias.float()

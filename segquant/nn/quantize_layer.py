@@ -14,7 +14,7 @@ the order of the method:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -167,9 +167,8 @@ def _quantize_weight(weight: Tensor, spec: SegLinearSpec, settings: LayerSetting
     if settings.weight_method is Calibrate.GPTQ:
         return _gptq_weight(weight, spec, settings, stats, col_group, smooth)
     amax = _weight_amax(weight, spec, settings, col_group)
-    if settings.weight_two_level:
-        amax = two_level_amax(amax, weight.abs().amax(dim=1, keepdim=True))
-    scale = scale_from_amax(amax, spec.weight_dtype)
+    snap = _two_level_snap(weight, settings)
+    scale = scale_from_amax(snap(amax) if snap else amax, spec.weight_dtype)
     return {"codes": quantize_codes(weight, scale[:, col_group], spec.weight_dtype), "scale": scale}
 
 
@@ -183,9 +182,8 @@ def _gptq_weight(weight: Tensor, spec: SegLinearSpec, settings: LayerSettings, s
     hessian = stats.hessian.hessian().to(weight.device) / torch.outer(smooth, smooth)
     # Output segments share one column-to-group map, so act-order groups must be static there.
     static_groups = settings.gptq_static_groups or (settings.gptq_actorder and len(spec.output_segments) > 1)
-    row_amax = weight.abs().amax(dim=1, keepdim=True)
-    clip_fn = (lambda block, granularity: two_level_amax(block_amax(block, granularity), row_amax)) \
-        if settings.weight_two_level else None
+    snap = _two_level_snap(weight, settings)
+    clip_fn = (lambda block, granularity: snap(block_amax(block, granularity))) if snap else None
     result = gptq_quantize(weight, hessian, spec.weight_dtype, settings.weight_granularity,
                            settings.gptq_blocksize, settings.gptq_percdamp, settings.gptq_actorder, static_groups,
                            clip_fn)
@@ -193,6 +191,15 @@ def _gptq_weight(weight: Tensor, spec: SegLinearSpec, settings: LayerSettings, s
         return {"codes": result.codes, "scale": result.scale, "col_group": result.g_idx}
     scale = result.scale.expand(weight.shape[0], spec.weight_scale_columns).contiguous()
     return {"codes": result.codes, "scale": scale, "col_group": col_group}
+
+
+def _two_level_snap(weight: Tensor, settings: LayerSettings) -> Callable[[Tensor], Tensor] | None:
+    """With two-level scales: clip values ``(n, G|1)`` -> raised to integer steps of each row's base
+    (:func:`~segquant.numerics.two_level_amax`); else ``None``."""
+    if not settings.weight_two_level:
+        return None
+    row_amax = weight.abs().amax(dim=1, keepdim=True)
+    return lambda amax: two_level_amax(amax, row_amax)
 
 
 def _weight_amax(weight: Tensor, spec: SegLinearSpec, settings: LayerSettings, col_group: Tensor) -> Tensor:

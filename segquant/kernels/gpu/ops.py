@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from segquant.kernels.gemm_reference import scaled_gemm_reference
+from segquant.kernels.gemm_reference import INT4_COMPUTE, input_scale_varies, scaled_gemm_reference
 from segquant.numerics import unpack_int4
 
 #: Plain FP8 layers (no per-tile scales, no DualScale, one input) run on ``torch._scaled_mm`` when True.
@@ -112,7 +112,7 @@ def _dequantize_w4_fake(b, w_scale, w_col, dtype):
 
 def _w4_simple(a_scale: Tensor, a_scale_neg: Optional[Tensor], scale_mode: int) -> bool:
     """No DualScale and one input scale along K (the GEMV and the dequantized path need no per-tile scales)."""
-    return a_scale_neg is None and (scale_mode == 0 or a_scale.shape[2] == 1)
+    return a_scale_neg is None and not input_scale_varies(a_scale, scale_mode)
 
 
 def _dequantized_w4(a: Tensor, b: Tensor, a_scale: Tensor, w_scale: Tensor, w_col: Tensor, bias: Optional[Tensor],
@@ -120,7 +120,7 @@ def _dequantized_w4(a: Tensor, b: Tensor, a_scale: Tensor, w_scale: Tensor, w_co
     """Compute-bound packed INT4: ``a`` ``(1, M, K)`` INT8 codes (fp16, exact) or 16-bit / float32 inputs
     (W4A16, whose ``a_scale`` is 1: without a low-rank branch, one cuBLAS call with the bias in its epilogue
     writes the 16-bit output directly)."""
-    compute = torch.float16 if a.dtype == torch.int8 else a.dtype
+    compute = INT4_COMPUTE.get(a.dtype, a.dtype)
     x = a[0].to(compute)
     w = dequantize_w4(b, w_scale, w_col, compute)
     if compute == out_dtype != torch.float32 and a.dtype != torch.int8 and lowrank_t is None:

@@ -27,8 +27,8 @@ One kernel, constexpr switches (see :mod:`segquant.kernels.gemm_reference` for t
 - ``HAS_BIAS``; ``HAS_LR``: the low-rank branch in the epilogue, one more product per output tile:
   ``t (BM, R) @ Uᵀ (R, BN)`` in float32 (``t = x D'ᵀ`` is the down-projected input, ``R`` the rank
   padded to a power of 2 >= 16), so the output is written once, in its final dtype (SVDQuant's fusion).
-- ``A_VARIES``: the input scale changes along K (input segments / groups); only then (and for 8-bit weights
-  with ``MODE`` 2) is each K tile accumulated on its own and rescaled (``TILE_SCALE``).
+- ``TILE_SCALE``: each K tile is accumulated on its own and rescaled: where the input scale changes along K
+  (input segments / groups), or an 8-bit weight's scale does (``MODE`` 2; INT4 takes its scale in B).
 
 Weights ``b`` ``(N, K)`` are K-major, as Hopper's wgmma wants for 8-bit operands.
 ``SEGQUANT_TRITON_AUTOTUNE=0`` in the environment skips autotuning (first legal config; for tests).
@@ -41,6 +41,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from segquant.kernels.gemm_reference import input_scale_varies
 
 # (BM, BN, BK, num_warps, num_stages); for each launch only the configs with the largest legal BK compete
 _BIG = [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4), (128, 256, 64, 8, 4),
@@ -55,16 +57,11 @@ CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps
            for bm, bn, bk, w, st in _BIG + _SMALL]
 
 
-def _tile_scaled(args: dict) -> bool:
-    """Whether each K tile is rescaled on its own (see ``TILE_SCALE`` in the kernel)."""
-    return bool(args["A_VARIES"] or (args["MODE"] == 2 and not args["W4"]))
-
-
 def legal_configs(configs, named_args, **kwargs):
     """Configs whose BK divides ``k_align`` (rescaled tiles) and BN divides ``OUT_SEG``, sized for M, BK >= 128
     where legal (narrower K tiles only compete where the segments force them)."""
     args = {**named_args, **kwargs}
-    m, k_align, out_seg, tile = args["M"], args["K_ALIGN"], args["OUT_SEG"], _tile_scaled(args)
+    m, k_align, out_seg, tile = args["M"], args["K_ALIGN"], args["OUT_SEG"], args["TILE_SCALE"]
     fits = [c for c in configs if (not tile or k_align % c.kwargs["BK"] == 0)
             and out_seg % c.kwargs["BN"] == 0 and c.kwargs["BK"] <= max(32, triton.next_power_of_2(args["K"]))]
     sized = [c for c in fits if (c.kwargs["BM"] <= 64) == (m <= 64)] or fits
@@ -109,10 +106,10 @@ def _split_pairs(p, A_KIND: tl.constexpr):
 
 @triton.jit
 def _load_w4(a_ptrs, b_ptrs, w_rows, wcol_ptr, k0, K, BK: tl.constexpr, DUAL: tl.constexpr, EVEN_K: tl.constexpr,
-             A_KIND: tl.constexpr, W_IN_B: tl.constexpr, ONE_GROUP: tl.constexpr):
+             A_KIND: tl.constexpr, ONE_GROUP: tl.constexpr):
     """Packed INT4 weights: the K tile at ``k0`` as its even-k and odd-k halves, so that no register shuffle
     is needed: byte ``i`` of B holds codes ``2i`` (low nibble) and ``2i + 1`` (high nibble), and A is read as
-    pairs (``a_ptrs`` in pair units). With ``W_IN_B`` the codes are multiplied by their group's weight scale
+    pairs (``a_ptrs`` in pair units). The codes are multiplied by their group's weight scale
     (``w_rows`` ``(BN,)`` pointers to the rows of ``w_scale``; a pair never straddles a group; ``ONE_GROUP``:
     the tile lies in one group). Returns
     ``(a_even, a_odd, b_even, b_odd, a_neg_even, a_neg_odd)`` in the compute dtype."""
@@ -130,13 +127,12 @@ def _load_w4(a_ptrs, b_ptrs, w_rows, wcol_ptr, k0, K, BK: tl.constexpr, DUAL: tl
     codes = b.to(tl.int8, bitcast=True)
     b_even = ((codes << 4) >> 4).to(tl.float32)  # arithmetic shifts sign-extend the 4-bit two's complement
     b_odd = (codes >> 4).to(tl.float32)
-    if W_IN_B and ONE_GROUP:  # the tile lies in one group: one scale per output column
+    if ONE_GROUP:  # the tile lies in one group: one scale per output column
         scale = tl.load(w_rows + tl.load(wcol_ptr + k0))[None, :]
-        b_even, b_odd = b_even * scale, b_odd * scale
-    elif W_IN_B:  # several groups per tile (wide tiles for small M)
+    else:  # several groups per tile (wide tiles for small M)
         group = tl.load(wcol_ptr + tl.minimum(k0 + 2 * pairs, K - 1))  # (BK/2,) scale column of each pair
         scale = tl.load(w_rows[None, :] + group[:, None])  # (BK/2, BN), L1-resident
-        b_even, b_odd = b_even * scale, b_odd * scale
+    b_even, b_odd = b_even * scale, b_odd * scale
     ct: tl.constexpr = a_even.dtype
     return a_even, a_odd, b_even.to(ct), b_odd.to(ct), a_neg_even, a_neg_odd
 
@@ -157,12 +153,12 @@ def _dot(a, b, acc, INT_DOT: tl.constexpr, BK: tl.constexpr):
 
 @triton.jit
 def _tile(a_ptrs, b_ptrs, w_rows, wcol_ptr, k0, K, acc, acc_neg, BK: tl.constexpr, DUAL: tl.constexpr,
-          EVEN_K: tl.constexpr, INT_DOT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr, W_IN_B: tl.constexpr,
+          EVEN_K: tl.constexpr, INT_DOT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr,
           ONE_GROUP: tl.constexpr):
     """``acc += A_tile @ B_tile`` for the K tile at ``k0`` (and ``acc_neg`` with DualScale's negative A)."""
     if W4:
         a_even, a_odd, b_even, b_odd, an_even, an_odd = _load_w4(a_ptrs, b_ptrs, w_rows, wcol_ptr, k0, K, BK, DUAL,
-                                                                  EVEN_K, A_KIND, W_IN_B, ONE_GROUP)
+                                                                  EVEN_K, A_KIND, ONE_GROUP)
         acc = _dot(a_odd, b_odd, _dot(a_even, b_even, acc, INT_DOT, BK // 2), INT_DOT, BK // 2)
         if DUAL:
             acc_neg = _dot(an_odd, b_odd, _dot(an_even, b_even, acc_neg, INT_DOT, BK // 2), INT_DOT, BK // 2)
@@ -177,12 +173,12 @@ def _tile(a_ptrs, b_ptrs, w_rows, wcol_ptr, k0, K, acc, acc_neg, BK: tl.constexp
 @triton.jit
 def _mainloop(a_ptrs, b_ptrs, w_rows, wcol_ptr, K, acc, acc_neg, BK: tl.constexpr, DUAL: tl.constexpr,
               EVEN_K: tl.constexpr, INT_DOT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr,
-              W_IN_B: tl.constexpr, ONE_GROUP: tl.constexpr):
+              ONE_GROUP: tl.constexpr):
     """Accumulate the whole K into ``acc`` (and DualScale's ``acc_neg``)."""
     step: tl.constexpr = BK // 2 if W4 else BK  # A (pairs) and B (bytes) advance per K tile
     for k0 in range(0, K, BK):
         acc, acc_neg = _tile(a_ptrs, b_ptrs, w_rows, wcol_ptr, k0, K, acc, acc_neg, BK, DUAL, EVEN_K, INT_DOT, W4,
-                             A_KIND, W_IN_B, ONE_GROUP)
+                             A_KIND, ONE_GROUP)
         a_ptrs += step
         b_ptrs += step
     return acc, acc_neg
@@ -198,7 +194,7 @@ def _scaled(part, part_neg, s_rows, sn_rows, j, DUAL: tl.constexpr):
 
 
 @triton.autotune(configs=CONFIGS, key=["M_BUCKET", "N", "K", "K_ALIGN", "OUT_SEG", "MODE", "DUAL", "SA_ROWS", "W4",
-                                       "A_VARIES"],
+                                       "TILE_SCALE"],
                  prune_configs_by={"early_config_prune": legal_configs})
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BK"] == 0,
                     "ONE_GROUP": lambda args: args["K_ALIGN"] % args["BK"] == 0})
@@ -209,7 +205,7 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
                         stride_un,
                         MODE: tl.constexpr, DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
                         R: tl.constexpr, IS_INT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr,
-                        A_VARIES: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+                        TILE_SCALE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                         EVEN_K: tl.constexpr, ONE_GROUP: tl.constexpr):
     pid = tl.program_id(0)
     num_m, num_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
@@ -229,18 +225,16 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
     sn_rows = asn_ptr + seg * stride_ss + rm * stride_sm
     w_rows = ws_ptr + rn * stride_wn
     INT_DOT: tl.constexpr = IS_INT and not W4  # packed INT4 weights compute in a float dtype
-    W_IN_B: tl.constexpr = W4  # INT4: the weight scale multiplies the codes before the rounding to 16 bits
-    TILE_SCALE: tl.constexpr = A_VARIES or (MODE == 2 and not W4)
     zero = tl.zeros((BM, BN), tl.int32 if INT_DOT else tl.float32)
     if not TILE_SCALE:  # scales constant along K (or in B): one accumulation, input scales in the epilogue
         acc, acc_neg = _mainloop(a_ptrs, b_ptrs, w_rows, wcol_ptr, K, zero, zero, BK, DUAL, EVEN_K, INT_DOT, W4,
-                                 A_KIND, W_IN_B, ONE_GROUP)
+                                 A_KIND, ONE_GROUP)
         out = _scaled(acc, acc_neg, s_rows, sn_rows, tl.load(acol_ptr), DUAL)
     else:  # the scale changes along K: accumulate each K tile exactly, scale it, add it in float32
         out = tl.zeros((BM, BN), tl.float32)
         for k0 in range(0, K, BK):
             part, part_neg = _tile(a_ptrs, b_ptrs, w_rows, wcol_ptr, k0, K, zero, zero, BK, DUAL, EVEN_K, INT_DOT, W4,
-                                   A_KIND, W_IN_B, ONE_GROUP)
+                                   A_KIND, ONE_GROUP)
             part = _scaled(part, part_neg, s_rows, sn_rows, tl.load(acol_ptr + k0), DUAL)
             if MODE == 2 and not W4:
                 part = part * tl.load(w_rows + tl.load(wcol_ptr + k0))[None, :]
@@ -261,6 +255,18 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
     tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
 
 
+def lowrank_args(lowrank_t, lowrank_up, placeholder: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(t, u, rank)`` for a launch: the branch's contiguous factors, or ``placeholder`` twice and rank 0."""
+    if lowrank_t is None:
+        return placeholder, placeholder, 0
+    return lowrank_t.contiguous(), lowrank_up.contiguous(), lowrank_up.shape[1]
+
+
+def scale_strides(a_scale: torch.Tensor) -> tuple[int, int]:
+    """Strides of ``a_scale`` ``(Sa, M|1, J)`` over segments and rows, 0 where that dimension is broadcast."""
+    return (a_scale.stride(0) if a_scale.shape[0] > 1 else 0, a_scale.stride(1) if a_scale.shape[1] > 1 else 0)
+
+
 def scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_segment: int,
                        scale_mode: int, k_align: int, out_dtype: torch.dtype) -> torch.Tensor:
     """Launch the kernel; arguments as :func:`segquant.kernels.gemm_reference.scaled_gemm_reference`."""
@@ -277,10 +283,8 @@ def scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, 
         return out
     ws, a_scale = w_scale.contiguous(), a_scale.contiguous()
     neg = a_scale_neg.contiguous() if a_scale_neg is not None else a_scale
-    t, u = (lowrank_t.contiguous(), lowrank_up.contiguous()) if lowrank_t is not None else (ws, ws)
-    rank = lowrank_up.shape[1] if lowrank_t is not None else 0
-    seg_stride = a_scale.stride(0) if a_scale.shape[0] > 1 else 0
-    row_stride = a_scale.stride(1) if a_scale.shape[1] > 1 else 0
+    t, u, rank = lowrank_args(lowrank_t, lowrank_up, ws)
+    seg_stride, row_stride = scale_strides(a_scale)
     grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)  # noqa: E731
     _scaled_gemm_kernel[grid](
         a, b, out, a_scale, neg, ws, a_col, w_col, bias if bias is not None else ws, t, u,
@@ -289,5 +293,5 @@ def scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, 
         t.stride(0), u.stride(0),
         MODE=scale_mode, DUAL=a_scale_neg is not None, HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None,
         R=max(16, triton.next_power_of_2(rank)), IS_INT=is_int, W4=w4, A_KIND=a_kind,
-        A_VARIES=scale_mode > 0 and a_scale.shape[2] > 1)
+        TILE_SCALE=input_scale_varies(a_scale, scale_mode) or (scale_mode == 2 and not w4))
     return out

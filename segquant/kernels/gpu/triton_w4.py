@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from segquant.kernels.gpu.triton_gemm import _A_KINDS, _NO_SEGMENT, _PAIR_DTYPES, _split_pairs
+from segquant.kernels.gpu.triton_gemm import (_A_KINDS, _NO_SEGMENT, _PAIR_DTYPES, _split_pairs, lowrank_args,
+                                              scale_strides)
 
 GEMV_MAX_M = 4  # rows up to which the GEMV beats a tensor-core tile
 _GEMV_CONFIGS = [triton.Config({"BN": bn, "BKP": bkp}, num_warps=w, num_stages=st)
@@ -105,14 +106,12 @@ def gemv_w4_triton(a, b, a_scale, w_scale, w_col, bias, lowrank_t, lowrank_up, o
     pairs = a.contiguous().view(_PAIR_DTYPES[a.dtype])
     out = torch.empty(m, n, device=a.device, dtype=out_dtype)
     ws, a_scale = w_scale.contiguous(), a_scale.contiguous()
-    t, u = (lowrank_t.contiguous(), lowrank_up.contiguous()) if lowrank_t is not None else (ws, ws)
-    rank = lowrank_up.shape[1] if lowrank_t is not None else 0
+    t, u, rank = lowrank_args(lowrank_t, lowrank_up, ws)
     grid = lambda meta: (triton.cdiv(n, meta["BN"]), m)  # noqa: E731
     _gemv_w4_kernel[grid](
         pairs, b.contiguous(), out, a_scale, ws, w_col, bias if bias is not None else ws, t, u,
         n, k, out_segment if sa > 1 else _NO_SEGMENT, rank, _pow2_part(k_align // 2),
-        pairs.stride(0) if sa > 1 else 0, pairs.stride(1), b.stride(0), out.stride(0),
-        a_scale.stride(0) if a_scale.shape[0] > 1 else 0, a_scale.stride(1) if a_scale.shape[1] > 1 else 0,
+        pairs.stride(0) if sa > 1 else 0, pairs.stride(1), b.stride(0), out.stride(0), *scale_strides(a_scale),
         ws.stride(0), t.stride(0), u.stride(0),
         HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None, R=max(16, triton.next_power_of_2(rank)),
         A_KIND=_A_KINDS[a.dtype])
