@@ -12,7 +12,8 @@ file                       content
 =========================  =====================================================================
 
 Format versions: 1 (no ``segquant_model.json``; int4 codes held unpacked in int8, packed on load),
-2 (current). A folder of a newer version raises :class:`CheckpointVersionError`.
+2 (two-level INT4 scales held as float32 group scales, split into steps and row bases on load),
+3 (current). A folder of a newer version raises :class:`CheckpointVersionError`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ WEIGHTS_NAME = "model.safetensors"
 PLAN_NAME = "segquant_plan.json"
 MODEL_NAME = "segquant_model.json"
 MANIFEST_NAME = "segquant_manifest.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST_FORMAT = f"segquant-checkpoint/{FORMAT_VERSION}"
 CHECKED = (WEIGHTS_NAME, PLAN_NAME, MODEL_NAME)
 _CHECKED_V1 = (WEIGHTS_NAME, PLAN_NAME)

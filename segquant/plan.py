@@ -67,6 +67,7 @@ class LayerPlan:
             dual_scale=uses_dualscale(self.dual_scale_activation, inp.enable),
             weight_dtype=wq.dtype if wq.enable else None,
             weight_scale_columns=weight_scale_columns(input_segments, self.weight_group_size()),
+            weight_two_level=self.two_level(),
             smooth=cfg.opt.type in (Optimum.SMOOTH, Optimum.SVD) and inp.enable and wq.enable,
             low_rank=self.low_rank(),
             low_rank_precision=cfg.opt.precision, has_bias=self.has_bias)

@@ -30,7 +30,7 @@ from segquant.conversion import check_backends, set_plan_backends
 from segquant.enums import DType
 from segquant.errors import CheckpointMismatchError, CorruptCheckpointError
 from segquant.nn.seglinear import SegLinear
-from segquant.numerics import pack_int4
+from segquant.numerics import pack_int4, two_level_split
 from segquant.plan import QuantPlan
 
 __all__ = ["MANIFEST_NAME", "MODEL_NAME", "PLAN_NAME", "WEIGHTS_NAME", "load_quantized", "save_quantized",
@@ -73,6 +73,8 @@ def load_quantized(model: nn.Module | str | Path, path: str | Path | None = None
     tensors = read_tensors(path / WEIGHTS_NAME, device if model is None else "cpu")
     if version < 2:
         _pack_legacy_int4(tensors, plan)
+    if version < 3:
+        _split_legacy_two_level(tensors, plan)
     for layer in plan.enabled_layers():
         linear = target.get_submodule(layer.name)
         target.set_submodule(layer.name, SegLinear(layer.spec(), device=linear.weight.device,
@@ -136,6 +138,8 @@ def _check_tensors(model: nn.Module, plan: QuantPlan, saved: dict[str, tuple[int
         skeleton = SegLinear(layer.spec(), device="meta")
         if version < 2 and layer.spec().weight_dtype is DType.INT4:
             skeleton.weight_codes = torch.empty(linear.out_features, linear.in_features, device="meta")
+        if version < 3 and skeleton.weight_steps is not None:
+            skeleton.weight_scale, skeleton.weight_steps = skeleton.weight_steps.float(), None
         expected.update({f"{layer.name}.{name}": tuple(t.shape) for name, t in skeleton.state_dict().items()})
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     wrong = sorted(name for name in set(expected) & set(saved) if expected[name] != saved[name])
@@ -169,6 +173,18 @@ def _pack_legacy_int4(tensors: dict[str, torch.Tensor], plan: QuantPlan) -> None
         if layer.spec().weight_dtype is DType.INT4:
             key = f"{layer.name}.weight_codes"
             tensors[key] = pack_int4(tensors[key])
+
+
+def _split_legacy_two_level(tensors: dict[str, torch.Tensor], plan: QuantPlan) -> None:
+    """Format 2 held two-level INT4 scales as float32 group scales ``(N, G)``: split them (in place) into
+    ``weight_steps`` and the row bases ``weight_scale`` ``(N, 1)``."""
+    for layer in plan.enabled_layers():
+        if layer.spec().weight_two_level:
+            key = f"{layer.name}.weight_scale"
+            parts = two_level_split(tensors[key])
+            if parts is None:
+                raise CorruptCheckpointError(f"{key}: the plan says two-level INT4 scales, the saved scales are not")
+            tensors[f"{layer.name}.weight_steps"], tensors[key] = parts
 
 
 def _check_materialized(model: nn.Module, path: Path) -> None:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from segquant.baselines.adaround import AdaRoundSettings, reconstruct_block
 from segquant.calibration import run_batch
 from segquant.errors import ConfigError
+from segquant.kernels.reference import weight_scales
 from segquant.numerics import stored_codes
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def record_blocks(model: nn.Module, blocks: list[str], loader: Any, batches: int
 
 def full_scale(qlinear: nn.Module) -> Tensor:
     """A ``SegLinear``'s weight scales expanded to the weight's shape ``(N, K)`` float32."""
-    return qlinear.weight_scale.float()[:, qlinear.weight_col_group]
+    return weight_scales(qlinear.canonical_buffers())[:, qlinear.weight_col_group]
 
 
 def reconstruct(fp: nn.Module, qmodel: nn.Module, blocks: list[tuple[str, list[str]]], loader: Any,

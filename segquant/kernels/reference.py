@@ -31,7 +31,7 @@ class SegLinearBuffers(NamedTuple):
     """The canonical buffers of a ``SegLinear`` (what save/load writes); ``None`` where the spec has none."""
 
     weight_codes: Tensor                 # (N, K) int8/int16/float8 codes, or the float weight; int4: (N, ⌈K/2⌉) uint8
-    weight_scale: Tensor                 # (N, G) float32
+    weight_scale: Tensor                 # (N, G) float32; two-level INT4: (N, 1), the row's base
     weight_col_group: Tensor             # (K,) int64: scale column of every weight column
     bias: Tensor | None = None           # (N,)
     smooth: Tensor | None = None         # (S, K) float32 SmoothQuant divisor
@@ -40,6 +40,12 @@ class SegLinearBuffers(NamedTuple):
     input_zero_point: Tensor | None = None   # (S, J) float32 static asymmetric zero point
     lowrank_up: Tensor | None = None     # (N, r) 16-bit
     lowrank_down: Tensor | None = None   # (S, r, K) 16-bit
+    weight_steps: Tensor | None = None   # (N, G) uint8, two-level INT4: group scale = base · step
+
+
+def weight_scales(b: SegLinearBuffers) -> Tensor:
+    """``(N, G)`` float32 scale of each row and scale column (two-level: ``base · step``)."""
+    return b.weight_scale if b.weight_steps is None else b.weight_scale * b.weight_steps.float()
 
 
 def dequantized_weight(b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
@@ -47,7 +53,7 @@ def dequantized_weight(b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
     if spec.weight_dtype is None:
         return b.weight_codes.float()
     codes = codes_of_storage(b.weight_codes, spec.weight_dtype, spec.in_features)
-    return dequantize_codes(codes, b.weight_scale[:, b.weight_col_group])
+    return dequantize_codes(codes, weight_scales(b)[:, b.weight_col_group])
 
 
 def int4_compute_dtype(spec: SegLinearSpec, x_dtype: torch.dtype) -> torch.dtype | None:

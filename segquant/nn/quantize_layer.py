@@ -29,7 +29,7 @@ from segquant.errors import CalibrationError
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import LayerSettings, SegLinearSpec
 from segquant.numerics import (PerTensor, asymmetric_params, block_amax, quantize_codes, scale_from_amax,
-                               stored_codes, two_level_amax)
+                               stored_codes, two_level_amax, two_level_split)
 from segquant.observers import InputObserver
 
 MAX_SEARCH_ROWS = 512
@@ -90,7 +90,10 @@ def quantize_linear(linear: nn.Linear, spec: SegLinearSpec, settings: LayerSetti
 
 def _store_segment(module: SegLinear, s: int, rows: slice, segment: dict[str, Tensor]) -> None:
     module.weight_codes[rows] = stored_codes(segment["codes"], module.spec.weight_dtype)
-    module.weight_scale[rows] = segment["scale"]
+    if module.weight_steps is None:
+        module.weight_scale[rows] = segment["scale"]
+    else:
+        module.weight_steps[rows], module.weight_scale[rows] = _two_level_parts(segment["scale"])
     for name in ("smooth", "input_scale", "input_scale_neg", "input_zero_point", "lowrank_down"):
         if getattr(module, name) is not None:
             getattr(module, name)[s] = segment[name]
@@ -200,6 +203,14 @@ def _two_level_snap(weight: Tensor, settings: LayerSettings) -> Callable[[Tensor
         return None
     row_amax = weight.abs().amax(dim=1, keepdim=True)
     return lambda amax: two_level_amax(amax, row_amax)
+
+
+def _two_level_parts(scale: Tensor) -> tuple[Tensor, Tensor]:
+    """Snapped group scales ``(n, G)`` -> their steps ``(n, G)`` uint8 and row bases ``(n, 1)``."""
+    parts = two_level_split(scale)
+    if parts is None:  # the snap guarantees the form; a failure here is a bug, not bad input
+        raise RuntimeError("two-level weight scales are not integer steps of one base per row")
+    return parts
 
 
 def _weight_amax(weight: Tensor, spec: SegLinearSpec, settings: LayerSettings, col_group: Tensor) -> Tensor:

@@ -23,6 +23,10 @@ name                   shape               dtype / meaning
                        (N, ⌈K/2⌉)          uint8 for int4 weights: two codes per byte along K,
                                            low nibble first (:func:`segquant.numerics.pack_int4`)
 ``weight_scale``       (N, G)              float32 scale of each row and scale column
+                       (N, 1)              two-level INT4 (``spec.weight_two_level``): the row's base
+``weight_steps``       (N, G)              uint8, two-level only: the group scales are
+                                           ``weight_scale · weight_steps`` (steps 1..16), so
+                                           ``code · step`` is an exact INT8 weight
 ``weight_col_group``   (K,)                int64: scale column of every weight column
 ``bias``               (N,)                the original bias (only if the layer had one)
 ``smooth``             (S, K)              float32 SmoothQuant divisor λ_s (only with smoothing)
@@ -70,7 +74,10 @@ class SegLinear(nn.Module):
         f32 = dict(device=device, dtype=torch.float32)
         columns, code_dtype = _codes_layout(spec, dtype)
         self.register_buffer("weight_codes", torch.zeros(n, columns, device=device, dtype=code_dtype))
-        self.register_buffer("weight_scale", torch.ones(n, spec.weight_scale_columns, **f32))
+        two_level = spec.weight_two_level
+        self.register_buffer("weight_scale", torch.ones(n, 1 if two_level else spec.weight_scale_columns, **f32))
+        self.register_buffer("weight_steps", torch.ones(n, spec.weight_scale_columns, device=device,
+                                                        dtype=torch.uint8) if two_level else None)
         self.register_buffer("weight_col_group", torch.zeros(k, device=device, dtype=torch.int64))
         self.register_buffer("bias", torch.zeros(n, device=device, dtype=dtype) if spec.has_bias else None)
         self.register_buffer("smooth", torch.ones(s, k, **f32) if spec.smooth else None)

@@ -30,6 +30,8 @@ class SegLinearSpec:
     ``output_segments`` sums to ``out_features`` and ``input_segments`` to ``in_features`` (a single
     segment means "not segmented"). ``input_dtype`` / ``weight_dtype`` of ``None`` mean "not quantized".
     ``weight_scale_columns`` is ``G``, the number of weight scale columns (input segments × groups).
+    ``weight_two_level``: INT4 group scales stored as integer steps 1..16 (``weight_steps``, uint8) of one
+    scale per row (``weight_scale`` ``(N, 1)``), see :mod:`segquant.nn.seglinear`.
     """
 
     in_features: int
@@ -43,6 +45,7 @@ class SegLinearSpec:
     dual_scale: bool = False
     weight_dtype: DType | None = DType.INT8
     weight_scale_columns: int = 1
+    weight_two_level: bool = False
     smooth: bool = False
     low_rank: int = 0
     low_rank_precision: str = "fp16"
@@ -68,7 +71,8 @@ class SegLinearSpec:
             parts.append(f"out_segments={len(self.output_segments)}")
         if len(self.input_segments) > 1:
             parts.append(f"in_segments={len(self.input_segments)}")
-        parts += [name for name, on in (("dualscale", self.dual_scale), ("smooth", self.smooth)) if on]
+        parts += [name for name, on in (("two_level", self.weight_two_level), ("dualscale", self.dual_scale),
+                                        ("smooth", self.smooth)) if on]
         if self.low_rank:
             parts.append(f"rank={self.low_rank}")
         return ", ".join(parts)

@@ -14,7 +14,7 @@ from segquant.errors import (CheckpointMismatchError, CheckpointVersionError, Co
 from segquant.models.tiny import build_tiny_denoiser, tiny_example_inputs
 from segquant.nn.seglinear import SegLinear
 from segquant.numerics import unpack_int4
-from segquant.serialization import MANIFEST_NAME, MODEL_NAME, PLAN_NAME, WEIGHTS_NAME
+from segquant.serialization import FORMAT_VERSION, MANIFEST_NAME, MODEL_NAME, PLAN_NAME, WEIGHTS_NAME
 from tests.core.test_serialization import copy_of
 
 W4A8 = {"default": {"weight_quant": {"type": "int4", "granularity": "group", "group_size": 16},
@@ -53,7 +53,7 @@ def test_load_without_a_model_is_bitwise_and_packed(saved):
 
 def test_model_description_holds_the_diffusers_class_and_config(saved):
     description = json.loads((saved[0] / MODEL_NAME).read_text())
-    assert description["class"] == "SD3Transformer2DModel" and description["format_version"] == 2
+    assert description["class"] == "SD3Transformer2DModel" and description["format_version"] == FORMAT_VERSION
     assert description["config"]["num_layers"] == saved[1].config.num_layers
 
 
@@ -142,3 +142,49 @@ def test_cli_takes_a_quantized_folder_where_a_model_is_expected(saved, capsys):
     assert output(model, example).shape == output(saved[1], example).shape
     assert main(["inspect", str(saved[0])]) == 0
     assert saved[1].segquant_plan.table() in capsys.readouterr().out
+
+
+def _as_format_2(folder, scales) -> None:
+    """Rewrite a two-level folder as format 2 held it: float32 group scales ``scales(base, steps)``."""
+    tensors = load_file(str(folder / WEIGHTS_NAME))
+    for key in [k for k in tensors if k.endswith(".weight_steps")]:
+        layer = key[: -len(".weight_steps")]
+        tensors[f"{layer}.weight_scale"] = scales(tensors[f"{layer}.weight_scale"], tensors.pop(key).float())
+    save_file(tensors, str(folder / WEIGHTS_NAME))
+    description = json.loads((folder / MODEL_NAME).read_text())
+    (folder / MODEL_NAME).write_text(json.dumps({**description, "format_version": 2}))
+
+
+@pytest.fixture(scope="module")
+def saved_two_level(tmp_path_factory):
+    """(folder, tiny SD3 quantized at W4A8 with two-level scales, test input)."""
+    config = copy.deepcopy(W4A8)
+    config["default"]["weight_quant"]["two_level"] = True
+    quantized = quantize(build_tiny_denoiser("sd3"), [tiny_example_inputs("sd3", batch=2, seed=0)], config)
+    folder = save_quantized(quantized, tmp_path_factory.mktemp("ckpt2") / "q")
+    return folder, quantized, tiny_example_inputs("sd3", batch=2, seed=5)
+
+
+def test_two_level_scales_are_saved_as_steps_and_row_bases(saved_two_level):
+    folder, quantized, x = saved_two_level
+    tensors = load_file(str(folder / WEIGHTS_NAME))
+    layers = [(n, m) for n, m in quantized.named_modules() if isinstance(m, SegLinear) and m.spec.weight_two_level]
+    assert layers and all(m.weight_steps is not None for _, m in layers)
+    for name, module in layers:
+        steps, base = tensors[f"{name}.weight_steps"], tensors[f"{name}.weight_scale"]
+        assert steps.dtype == torch.uint8 and 1 <= int(steps.min()) and int(steps.max()) <= 16
+        assert base.shape == (module.out_features, 1)
+    assert torch.equal(output(load_quantized(folder), x), output(quantized, x))
+
+
+def test_format_2_two_level_checkpoint_is_split_on_load(saved_two_level, tmp_path):
+    folder, quantized, x = saved_two_level
+    old = copy_of(saved_two_level, tmp_path)
+    _as_format_2(old, lambda base, steps: base * steps)
+    restored = load_quantized(old, verify=False)
+    torch.testing.assert_close(output(restored, x), output(quantized, x), rtol=1e-5, atol=1e-6)
+    (tmp_path / "broken").mkdir()
+    broken = copy_of(saved_two_level, tmp_path / "broken")
+    _as_format_2(broken, lambda base, steps: base * (steps + torch.rand_like(steps)))  # not integer steps
+    with pytest.raises(CorruptCheckpointError, match="two-level"):
+        load_quantized(broken, verify=False)

@@ -44,7 +44,8 @@ def test_quantized_int4_layers_have_two_level_scales(calib):
         **config["default"]["weight_quant"], "two_level": False}}})
     model = quantize(_model(), batches, config)
     layers = [m for m in model.modules() if isinstance(m, SegLinear)]
-    assert len(layers) == 2 and all(two_level_split(m.weight_scale) is not None for m in layers)
+    assert len(layers) == 2 and all(m.weight_scale.shape == (m.out_features, 1) for m in layers)
+    assert all(int(m.weight_steps.min()) >= 1 and int(m.weight_steps.max()) == TWO_LEVEL_STEPS for m in layers)
     assert any(two_level_split(m.weight_scale) is None for m in free.modules() if isinstance(m, SegLinear))
     x = torch.randn(8, 128)
     reference = _model()(x)
@@ -56,4 +57,6 @@ def test_two_level_has_no_effect_outside_int4_groups():
     config = {"default": {"weight_quant": {"type": "int8", "granularity": "group", "group_size": 32,
                                            "two_level": True}}}
     model = quantize(_model(), [torch.randn(16, 128)], config)
-    assert any(two_level_split(m.weight_scale) is None for m in model.modules() if isinstance(m, SegLinear))
+    layers = [m for m in model.modules() if isinstance(m, SegLinear)]
+    assert all(m.weight_steps is None for m in layers)
+    assert any(two_level_split(m.weight_scale) is None for m in layers)

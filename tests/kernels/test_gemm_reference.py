@@ -1,5 +1,7 @@
 """CPU twin of the GPU W8A8 path (packing + quantizer + reference GEMM) against the emulated SegLinear."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -28,6 +30,8 @@ def filled(spec: SegLinearSpec, seed: int = 0) -> SegLinear:
     elif spec.weight_scale_columns > 1:  # per-group scales: equal groups along K
         groups = spec.weight_scale_columns
         module.weight_col_group.copy_(torch.arange(groups).repeat_interleave(k // groups))
+    if module.weight_steps is not None:  # two-level: integer steps 1..16 of the row base in weight_scale
+        module.weight_steps.copy_(torch.randint(1, 17, module.weight_steps.shape, generator=g))
     if module.lowrank_down is not None:
         module.lowrank_down.mul_(0.1)
     return module
@@ -114,28 +118,27 @@ def test_static_multiplier_folds_smoothing_and_segment_scales():
 
 @pytest.mark.parametrize("name", ["int4_lowrank", "int4_group32_dynamic", "heads_int4"])
 def test_two_level_int4_runs_as_an_int8_gemm_from_enough_rows(name):
-    """Two-level group scales (``base · step``): packing finds the steps; from DEQUANTIZE_MIN_M rows the GEMM
-    takes the exact INT8 weight ``code · step`` and the per-row base, matching the emulated layer."""
+    """Two-level group scales (``base · step``): from DEQUANTIZE_MIN_M rows the GEMM takes the exact INT8
+    weight ``code · step`` and the per-row base, below them the group scales formed per call; both match
+    the emulated layer."""
     spec = dict(SPECS, heads_int4=SegLinearSpec(128, 24, (24,), (32,) * 4, I8, weight_dtype=DType.INT4,
                                                  weight_scale_columns=4))[name]
-    module = filled(spec)
-    g = torch.Generator().manual_seed(5)
-    base = torch.rand(spec.out_features, 1, generator=g) * 1e-2 + 1e-3
-    module.weight_scale.copy_(base * torch.randint(1, 17, module.weight_scale.shape, generator=g))
+    module = filled(replace(spec, weight_two_level=True))
+    assert module.weight_scale.shape == (spec.out_features, 1) and module.weight_steps.dtype == torch.uint8
     calls = []
 
     def recording_gemm(*args):
-        calls.append(args[1].dtype)
+        calls.append((args[1].dtype, tuple(args[4].shape)))
         return scaled_gemm_reference(*args)
 
     packed = pack(module)
-    assert packed.gpu_w4_steps.dtype == torch.uint8 and packed.gpu_w4_base.shape == (spec.out_features, 1)
     for rows in (7, 130):
         x = torch.randn(rows, spec.in_features) * 2
         y = seglinear_forward(packed, layout_of(packed), x, recording_gemm)
         assert rel_err(y, module(x)) <= 1e-3
-    assert calls == [torch.uint8, torch.int8]  # packed INT4 below the threshold, INT8 from it
+    groups = spec.weight_scale_columns  # packed INT4 with group scales below the threshold, INT8 from it
+    assert calls == [(torch.uint8, (spec.out_features, groups)), (torch.int8, (spec.out_features, 1))]
 
 
 def test_free_group_scales_are_not_taken_for_two_level():
-    assert "gpu_w4_steps" not in pack_tensors(filled(SPECS["int4_lowrank"]))
+    assert "gpu_zero_col" not in pack_tensors(filled(SPECS["int4_lowrank"]))

@@ -15,17 +15,16 @@ name                  shape / dtype     meaning
 ``gpu_unit_scale``    (1, 1, 1)         W4A16 (16-bit inputs): the input "scale" 1
 ``gpu_lowrank_down``  (r, K) 16-bit     one output segment with a low-rank branch: ``D / λ``
                                         (smoothing folded in), so the branch needs no float32 pass
-``gpu_w4_steps``      (N, G) uint8      INT4 with two-level scales and INT8 inputs: ``weight_scale
-                                        = gpu_w4_base · gpu_w4_steps`` (steps 1..16)
-``gpu_w4_base``       (N, 1) float32    the per-row base scale of those
-``gpu_zero_col``      (K,) int32        all 0: the base is one scale column
+``gpu_zero_col``      (K,) int32        two-level INT4 with INT8 inputs: all 0, the row base is
+                                        the one scale column of the expanded INT8 weight
 ====================  ================  =====================================================
 
 ``Sa`` is the number of differently quantized inputs: ``S`` with per-output-segment smoothing, else 1
 (without smoothing the emulated forward quantizes once, with segment 0's scales). The weight codes
 (8-bit ``(N, K)``, K-major as the tensor cores want 8-bit operands, or int4 packed two per byte
-``(N, ⌈K/2⌉)``, unpacked in the kernel's registers) and ``weight_scale`` are used as they are: nothing
-of the weight is copied. The low-rank branch of a layer with one output segment runs in the GEMM's
+``(N, ⌈K/2⌉)``, unpacked in the kernel's registers) and the scales are used as they are: nothing
+of the weight is copied (two-level INT4: ``weight_steps`` and the row bases ``weight_scale``; the group
+scales ``base · step`` are formed per call where a path needs them, ``(N, G)`` elements). The low-rank branch of a layer with one output segment runs in the GEMM's
 epilogue (``t = x D'ᵀ`` first, ``(M, r)`` 16-bit); with several segments (AdaLN chunks, small M) it runs
 as 16-bit torch products added to the float32 output.
 """
@@ -41,7 +40,8 @@ from torch import Tensor
 
 from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import PerGroup, two_level_split
+from segquant.kernels.reference import weight_scales
+from segquant.numerics import PerGroup
 from segquant.kernels.gpu.ops import DEQUANTIZE_MIN_M, dequantize_w4
 from segquant.kernels.gpu.quant import quantize_dynamic, quantize_static, quantize_static_dual
 
@@ -87,7 +87,7 @@ def input_columns(spec: SegLinearSpec) -> Tensor:
 
 def weight_columns(module) -> Tensor:
     """``(K,)`` int32 weight-scale column per input channel; all 0 if the scale columns are identical."""
-    scale = module.weight_scale
+    scale = module.weight_scale if module.weight_steps is None else module.weight_steps
     if bool((scale == scale[:, :1]).all()):
         return torch.zeros_like(module.weight_col_group, dtype=torch.int32)
     return module.weight_col_group.to(torch.int32)
@@ -133,16 +133,11 @@ def pack_tensors(module) -> dict[str, Tensor]:
 
 
 def _two_level_tensors(module) -> dict[str, Tensor]:
-    """INT4 weights whose group scales are two-level (:func:`segquant.numerics.two_level_split`) with INT8
-    inputs: their steps and base, so large GEMMs run on INT8 tensor cores; else nothing."""
-    if module.spec.weight_dtype is not DType.INT4 or module.spec.input_dtype is not DType.INT8:
+    """Two-level INT4 weights with INT8 inputs (large GEMMs expand them to INT8): the zero column map of the
+    expanded weight's one scale column; else nothing."""
+    if module.weight_steps is None or module.spec.input_dtype is not DType.INT8:
         return {}
-    split = two_level_split(module.weight_scale)
-    if split is None:
-        return {}
-    steps, base = split
-    return {"gpu_w4_steps": steps, "gpu_w4_base": base,
-            "gpu_zero_col": torch.zeros(module.in_features, dtype=torch.int32, device=steps.device)}
+    return {"gpu_zero_col": torch.zeros(module.in_features, dtype=torch.int32, device=module.weight_steps.device)}
 
 
 GemmFn = Callable[..., Tensor]
@@ -179,10 +174,12 @@ def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Te
     fused = fused_lowrank(module)
     separate = module.lowrank_up is not None and not fused  # added in float32 before the one rounding
     down_projected = rows.to(module.lowrank_up.dtype) @ module.gpu_lowrank_down.T if fused else None  # (M, r)
-    weight, w_scale, w_col, mode = module.weight_codes, module.weight_scale, module.gpu_w_col, layout.scale_mode
-    if hasattr(module, "gpu_w4_base") and rows.shape[0] >= DEQUANTIZE_MIN_M:  # INT8 tensor cores
-        weight = dequantize_w4(module.weight_codes, module.gpu_w4_steps, module.gpu_w_col, torch.int8)
-        w_scale, w_col, mode = module.gpu_w4_base, module.gpu_zero_col, int(layout.input_varies)
+    weight, w_col, mode = module.weight_codes, module.gpu_w_col, layout.scale_mode
+    if hasattr(module, "gpu_zero_col") and rows.shape[0] >= DEQUANTIZE_MIN_M:  # INT8 tensor cores
+        weight = dequantize_w4(module.weight_codes, module.weight_steps, module.gpu_w_col, torch.int8)
+        w_scale, w_col, mode = module.weight_scale, module.gpu_zero_col, int(layout.input_varies)
+    else:
+        w_scale = weight_scales(module.canonical_buffers())  # two-level: base · step, (N, G) elements
     y = gemm(codes, weight, a_scale, a_scale_neg, w_scale, module.gpu_a_col, w_col, module.bias, down_projected,
              module.lowrank_up if fused else None, layout.out_segment, mode, layout.k_align,
              torch.float32 if separate else x.dtype)
