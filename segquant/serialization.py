@@ -74,7 +74,7 @@ def load_quantized(model: nn.Module | str | Path, path: str | Path | None = None
     if version < 2:
         _pack_legacy_int4(tensors, plan)
     if version < 3:
-        _split_legacy_two_level(tensors, plan)
+        _convert_format_2(tensors, plan)
     for layer in plan.enabled_layers():
         linear = target.get_submodule(layer.name)
         target.set_submodule(layer.name, SegLinear(layer.spec(), device=linear.weight.device,
@@ -175,16 +175,21 @@ def _pack_legacy_int4(tensors: dict[str, torch.Tensor], plan: QuantPlan) -> None
             tensors[key] = pack_int4(tensors[key])
 
 
-def _split_legacy_two_level(tensors: dict[str, torch.Tensor], plan: QuantPlan) -> None:
-    """Format 2 held two-level INT4 scales as float32 group scales ``(N, G)``: split them (in place) into
-    ``weight_steps`` and the row bases ``weight_scale`` ``(N, 1)``."""
+def _convert_format_2(tensors: dict[str, torch.Tensor], plan: QuantPlan) -> None:
+    """Format 2 held two-level INT4 scales as float32 group scales ``(N, G)`` and the low-rank ``D_s`` without
+    the smoothing: split the scales into ``weight_steps`` and row bases ``(N, 1)``, fold ``1/λ_s`` into
+    ``D_s`` (in place)."""
     for layer in plan.enabled_layers():
-        if layer.spec().weight_two_level:
-            key = f"{layer.name}.weight_scale"
-            parts = two_level_split(tensors[key])
+        spec, prefix = layer.spec(), layer.name + "."
+        if spec.weight_two_level:
+            parts = two_level_split(tensors[prefix + "weight_scale"])
             if parts is None:
-                raise CorruptCheckpointError(f"{key}: the plan says two-level INT4 scales, the saved scales are not")
-            tensors[f"{layer.name}.weight_steps"], tensors[key] = parts
+                raise CorruptCheckpointError(f"{prefix}weight_scale: the plan says two-level INT4 scales, the "
+                                             "saved scales are not")
+            tensors[prefix + "weight_steps"], tensors[prefix + "weight_scale"] = parts
+        if spec.low_rank and spec.smooth:
+            down = tensors[prefix + "lowrank_down"]
+            tensors[prefix + "lowrank_down"] = (down.float() / tensors[prefix + "smooth"][:, None, :]).to(down.dtype)
 
 
 def _check_materialized(model: nn.Module, path: Path) -> None:

@@ -2,7 +2,7 @@
 
 ``y = x Wᵀ + b`` with ``W`` ``(N, K)``; for output segment ``s`` with SmoothQuant divisor ``λ_s`` ``(K,)``:
 
-    y_s = Σ_j Q(x_j / λ_s,j) · Ŵ[s, j]ᵀ  (+ (x / λ_s) · D_sᵀ · U_sᵀ  the low-rank branch)
+    y_s = Σ_j Q(x_j / λ_s,j) · Ŵ[s, j]ᵀ  (+ x · D_sᵀ · U_sᵀ  the low-rank branch, λ_s folded into D_s)
 
 ``j`` runs over input segments; ``Q`` is the input fake-quantizer (static scale per ``(s, j)`` or dynamic;
 DualScale: one scale per sign, see :mod:`segquant.algorithms.dualscale`); ``Ŵ`` is the dequantized weight.
@@ -90,9 +90,9 @@ def quantize_input(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: in
     return torch.cat([quantize_input_part(part, b, spec, s, j) for j, part in enumerate(parts)], dim=-1)
 
 
-def lowrank_output(segment_input: Tensor, b: SegLinearBuffers, s: int, rows: slice) -> Tensor:
-    """The 16-bit branch of output segment ``s``: ``(x / λ_s) D_sᵀ U_sᵀ`` ``(M, n_s)`` float32."""
-    return (segment_input @ b.lowrank_down[s].float().T) @ b.lowrank_up[rows].float().T
+def lowrank_output(rows: Tensor, b: SegLinearBuffers, s: int, out_rows: slice) -> Tensor:
+    """The 16-bit branch of output segment ``s``: ``x D_sᵀ U_sᵀ`` ``(M, n_s)`` float32 (``D_s`` holds ``1/λ_s``)."""
+    return (rows @ b.lowrank_down[s].float().T) @ b.lowrank_up[out_rows].float().T
 
 
 def seglinear_forward(x: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
@@ -113,7 +113,7 @@ def seglinear_forward(x: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Te
             quantized_input = quantize_input(segment_input, b, spec, s)
         y = quantized_input @ weight[start:start + size].T
         if b.lowrank_up is not None:
-            y = y + lowrank_output(segment_input, b, s, slice(start, start + size))
+            y = y + lowrank_output(rows, b, s, slice(start, start + size))
         outputs.append(y)
         start += size
     y = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]

@@ -152,9 +152,9 @@ def _quantize_segment(weight: Tensor, spec: SegLinearSpec, settings: LayerSettin
         up, down = lowrank_branch(weight, spec.low_rank)
         missing = spec.low_rank - up.shape[1]  # a segment narrower than the rank: pad with zero components
         up = torch.nn.functional.pad(up, (0, missing)).to(spec.low_rank_dtype)
-        down = torch.nn.functional.pad(down, (0, 0, 0, missing)).to(spec.low_rank_dtype)
+        down = (torch.nn.functional.pad(down, (0, 0, 0, missing)) / smooth).to(spec.low_rank_dtype)  # D / λ
         segment["lowrank_up"], segment["lowrank_down"] = up, down
-        weight = weight - up.float() @ down.float()
+        weight = weight - up.float() @ (down.float() * smooth)  # the residual of the branch as stored
     segment.update(_quantize_weight(weight, spec, settings, stats, col_group, smooth))
     if spec.input_dtype is not None and not spec.input_dynamic:
         segment.update(_static_input_scales(spec, settings, stats, smooth))

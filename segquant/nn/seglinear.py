@@ -4,7 +4,7 @@
 AdaLN modulation linear), input columns into input segments (e.g. attention heads, or the two parts of a
 ``cat``). For output segment ``s`` with SmoothQuant vector ``λ_s`` ``(K,)``:
 
-    y_s = Σ_j Q(x_j / λ_s,j) · Ŵ[s, j]ᵀ  (+ (x / λ_s) · D_sᵀ · U_sᵀ  the low-rank branch)
+    y_s = Σ_j Q(x_j / λ_s,j) · Ŵ[s, j]ᵀ  (+ x · D_sᵀ · U_sᵀ  the low-rank branch)
 
 where ``j`` runs over input segments, ``Q`` is the input quantizer (static scale per ``(s, j)`` or dynamic;
 DualScale splits ``x = x⁺ + x⁻`` with one scale per sign) and ``Ŵ`` the dequantized weight (which already
@@ -34,7 +34,8 @@ name                   shape               dtype / meaning
 ``input_scale_neg``    (S, J)              float32 static DualScale negative-side scale
 ``input_zero_point``   (S, J)              float32 static asymmetric zero point
 ``lowrank_up``         (N, r)              16-bit low-rank branch ``U`` (rows of all segments)
-``lowrank_down``       (S, r, K)           16-bit low-rank branch ``D_s``
+``lowrank_down``       (S, r, K)           16-bit low-rank branch ``D_s``, smoothing folded in
+                                           (the SVD's factor of ``W·λ_s``, divided by ``λ_s``)
 =====================  ==================  ====================================================
 
 A backend may add packed tensors of its own as non-persistent buffers (moved by ``.to()``, never saved).

@@ -159,7 +159,7 @@ def legacy_forward(b: dict, spec, x: Tensor) -> Tensor:
             quantized_input = _quantize_input(b, spec, segment_input, s)
         y = quantized_input @ weight[start:start + size].T
         if up is not None:
-            y = y + (segment_input @ down[s].float().T) @ up[start:start + size].float().T
+            y = y + (rows @ down[s].float().T) @ up[start:start + size].float().T  # D_s holds 1/λ_s
         outputs.append(y)
         start += size
     y = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]

@@ -13,8 +13,6 @@ name                  shape / dtype     meaning
 ``gpu_w_col``         (K,) int32        weight-scale column of every input channel (all 0 when
                                         every column of ``weight_scale`` holds the same values)
 ``gpu_unit_scale``    (1, 1, 1)         W4A16 (16-bit inputs): the input "scale" 1
-``gpu_lowrank_down``  (r, K) 16-bit     one output segment with a low-rank branch: ``D / λ``
-                                        (smoothing folded in), so the branch needs no float32 pass
 ``gpu_zero_col``      (K,) int32        two-level INT4 with INT8 inputs: all 0, the row base is
                                         the one scale column of the expanded INT8 weight
 ====================  ================  =====================================================
@@ -24,9 +22,10 @@ name                  shape / dtype     meaning
 (8-bit ``(N, K)``, K-major as the tensor cores want 8-bit operands, or int4 packed two per byte
 ``(N, ⌈K/2⌉)``, unpacked in the kernel's registers) and the scales are used as they are: nothing
 of the weight is copied (two-level INT4: ``weight_steps`` and the row bases ``weight_scale``; the group
-scales ``base · step`` are formed per call where a path needs them, ``(N, G)`` elements). The low-rank branch of a layer with one output segment runs in the GEMM's
-epilogue (``t = x D'ᵀ`` first, ``(M, r)`` 16-bit); with several segments (AdaLN chunks, small M) it runs
-as 16-bit torch products added to the float32 output.
+scales ``base · step`` are formed per call where a path needs them, ``(N, G)`` elements). The low-rank
+branch (``lowrank_down`` holds ``D_s / λ_s``, so it reads the unsmoothed input) of a layer with one output
+segment runs in the GEMM's epilogue (``t = x Dᵀ`` first, ``(M, r)`` 16-bit); with several segments
+(AdaLN chunks, small M) it runs as 16-bit torch products added to the float32 output.
 """
 
 from __future__ import annotations
@@ -114,9 +113,6 @@ def pack_tensors(module) -> dict[str, Tensor]:
     sa = len(spec.output_segments) if spec.smooth else 1
     packed = {"gpu_a_col": input_columns(spec).to(device),
               "gpu_w_col": weight_columns(module).to(device)}
-    if fused_lowrank(module):
-        down = module.lowrank_down[0]
-        packed["gpu_lowrank_down"] = (down.float() / module.smooth[0]).to(down.dtype) if spec.smooth else down
     if spec.input_dtype is None:
         packed["gpu_unit_scale"] = torch.ones(1, 1, 1, device=device)
         return packed
@@ -173,7 +169,7 @@ def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Te
     codes, a_scale, a_scale_neg = quantize_input(module, rows)
     fused = fused_lowrank(module)
     separate = module.lowrank_up is not None and not fused  # added in float32 before the one rounding
-    down_projected = rows.to(module.lowrank_up.dtype) @ module.gpu_lowrank_down.T if fused else None  # (M, r)
+    down_projected = rows.to(module.lowrank_up.dtype) @ module.lowrank_down[0].T if fused else None  # (M, r)
     weight, w_col, mode = module.weight_codes, module.gpu_w_col, layout.scale_mode
     if hasattr(module, "gpu_zero_col") and rows.shape[0] >= DEQUANTIZE_MIN_M:  # INT8 tensor cores
         weight = dequantize_w4(module.weight_codes, module.weight_steps, module.gpu_w_col, torch.int8)
@@ -189,10 +185,9 @@ def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Te
 
 
 def lowrank_branch(module, rows: Tensor) -> Tensor:
-    """``Σ_s ((x / λ_s) D_sᵀ) U_sᵀ`` in the branch's 16-bit dtype, ``(M, N)``."""
+    """``Σ_s (x D_sᵀ) U_sᵀ`` in the branch's 16-bit dtype, ``(M, N)`` (``D_s`` holds ``1/λ_s``)."""
     dtype, outputs, start = module.lowrank_up.dtype, [], 0
     for s, size in enumerate(module.spec.output_segments):
-        xs = rows.float() / module.smooth[s] if module.smooth is not None else rows
-        outputs.append((xs.to(dtype) @ module.lowrank_down[s].T) @ module.lowrank_up[start:start + size].T)
+        outputs.append((rows.to(dtype) @ module.lowrank_down[s].T) @ module.lowrank_up[start:start + size].T)
         start += size
     return torch.cat(outputs, dim=-1)
