@@ -59,8 +59,10 @@ def dequantized_weight(b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
 def int4_compute_dtype(spec: SegLinearSpec, x_dtype: torch.dtype) -> torch.dtype | None:
     """The dtype a dequantized INT4 weight is rounded to where a GPU kernel exists: fp16 with INT8 input codes
     (exact for the codes), the input's dtype for 16-bit inputs of a weight-only layer; else ``None`` (kept
-    in float32). The op's twin applies the same rule (:mod:`segquant.kernels.gemm_reference`)."""
-    if spec.weight_dtype is not DType.INT4:
+    in float32). Two-level scales: ``None``, the GPU multiplies the exact integers ``code · step`` (fp16 and
+    bf16 hold them) and scales the sum by the row's base. The op's twin applies the same rule
+    (:mod:`segquant.kernels.gemm_reference`)."""
+    if spec.weight_dtype is not DType.INT4 or spec.weight_two_level:
         return None
     if spec.input_dtype is DType.INT8:
         return torch.float16
@@ -91,8 +93,11 @@ def quantize_input(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: in
 
 
 def lowrank_output(rows: Tensor, b: SegLinearBuffers, s: int, out_rows: slice) -> Tensor:
-    """The 16-bit branch of output segment ``s``: ``x D_sᵀ U_sᵀ`` ``(M, n_s)`` float32 (``D_s`` holds ``1/λ_s``)."""
-    return (rows @ b.lowrank_down[s].float().T) @ b.lowrank_up[out_rows].float().T
+    """The 16-bit branch of output segment ``s``, ``x D_sᵀ U_sᵀ`` ``(M, n_s)`` float32 (``D_s`` holds ``1/λ_s``),
+    rounded as the GPU computes it: the input and ``t = x D_sᵀ`` in the branch's dtype, ``t U_sᵀ`` in float32."""
+    dtype = b.lowrank_down.dtype
+    t = (rows.to(dtype).float() @ b.lowrank_down[s].float().T).to(dtype)
+    return t.float() @ b.lowrank_up[out_rows].float().T
 
 
 def seglinear_forward(x: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:

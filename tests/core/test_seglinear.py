@@ -61,7 +61,8 @@ def reference_forward(module: SegLinear, x: torch.Tensor) -> torch.Tensor:
             y = y + q @ w[r0:r0 + n_s, c0:c0 + k_j].T
             c0 += k_j
         if module.lowrank_up is not None:
-            y = y + rows @ module.lowrank_down[s].float().T @ module.lowrank_up[r0:r0 + n_s].float().T
+            t = (rows.half().float() @ module.lowrank_down[s].float().T).half()  # the branch's fp16 rounding
+            y = y + t.float() @ module.lowrank_up[r0:r0 + n_s].float().T
         outs.append(y)
         r0 += n_s
     y = torch.cat(outs, -1) + (module.bias if module.bias is not None else 0)

@@ -159,7 +159,8 @@ def legacy_forward(b: dict, spec, x: Tensor) -> Tensor:
             quantized_input = _quantize_input(b, spec, segment_input, s)
         y = quantized_input @ weight[start:start + size].T
         if up is not None:
-            y = y + (rows @ down[s].float().T) @ up[start:start + size].float().T  # D_s holds 1/λ_s
+            t = (rows.to(down.dtype).float() @ down[s].float().T).to(down.dtype)  # D_s holds 1/λ_s; t in 16 bits
+            y = y + t.float() @ up[start:start + size].float().T
         outputs.append(y)
         start += size
     y = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]

@@ -135,7 +135,7 @@ def test_two_level_int4_runs_as_an_int8_gemm_from_enough_rows(name):
     for rows in (7, 130):
         x = torch.randn(rows, spec.in_features) * 2
         y = seglinear_forward(packed, layout_of(packed), x, recording_gemm)
-        assert rel_err(y, module(x)) <= 1e-3
+        assert rel_err(y, module(x)) <= 1e-5  # the same exact products as the emulated layer, other order
     groups = spec.weight_scale_columns  # packed INT4 with group scales below the threshold, INT8 from it
     assert calls == [(torch.uint8, (spec.out_features, groups)), (torch.int8, (spec.out_features, 1))]
 

@@ -21,8 +21,8 @@ name                  shape / dtype     meaning
 (without smoothing the emulated forward quantizes once, with segment 0's scales). The weight codes
 (8-bit ``(N, K)``, K-major as the tensor cores want 8-bit operands, or int4 packed two per byte
 ``(N, ⌈K/2⌉)``, unpacked in the kernel's registers) and the scales are used as they are: nothing
-of the weight is copied (two-level INT4: ``weight_steps`` and the row bases ``weight_scale``; the group
-scales ``base · step`` are formed per call where a path needs them, ``(N, G)`` elements). The low-rank
+of the weight is copied (two-level INT4: the integer ``weight_steps`` are the group scales of the GEMM,
+in float per call, ``(N, G)`` elements, and the row bases ``weight_scale`` scale its float32 output). The low-rank
 branch (``lowrank_down`` holds ``D_s / λ_s``, so it reads the unsmoothed input) of a layer with one output
 segment runs in the GEMM's epilogue (``t = x Dᵀ`` first, ``(M, r)`` 16-bit); with several segments
 (AdaLN chunks, small M) it runs as 16-bit torch products added to the float32 output.
@@ -39,7 +39,6 @@ from torch import Tensor
 
 from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
-from segquant.kernels.reference import weight_scales
 from segquant.numerics import PerGroup
 from segquant.kernels.gpu.ops import DEQUANTIZE_MIN_M, dequantize_w4
 from segquant.kernels.gpu.quant import quantize_dynamic, quantize_static, quantize_static_dual
@@ -167,27 +166,40 @@ def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Te
     the per-row base as its scale."""
     rows = x.reshape(-1, module.in_features)
     codes, a_scale, a_scale_neg = quantize_input(module, rows)
-    fused = fused_lowrank(module)
-    separate = module.lowrank_up is not None and not fused  # added in float32 before the one rounding
+    weight, w_scale, w_col, mode, row_scale = _weight_operands(module, layout, rows.shape[0])
+    fused = fused_lowrank(module) and row_scale is None
+    separate = module.lowrank_up is not None and not fused
+    finish = separate or row_scale is not None  # completed here in float32, rounded once
     down_projected = rows.to(module.lowrank_up.dtype) @ module.lowrank_down[0].T if fused else None  # (M, r)
-    weight, w_col, mode = module.weight_codes, module.gpu_w_col, layout.scale_mode
-    if hasattr(module, "gpu_zero_col") and rows.shape[0] >= DEQUANTIZE_MIN_M:  # INT8 tensor cores
-        weight = dequantize_w4(module.weight_codes, module.weight_steps, module.gpu_w_col, torch.int8)
-        w_scale, w_col, mode = module.weight_scale, module.gpu_zero_col, int(layout.input_varies)
-    else:
-        w_scale = weight_scales(module.canonical_buffers())  # two-level: base · step, (N, G) elements
-    y = gemm(codes, weight, a_scale, a_scale_neg, w_scale, module.gpu_a_col, w_col, module.bias, down_projected,
-             module.lowrank_up if fused else None, layout.out_segment, mode, layout.k_align,
-             torch.float32 if separate else x.dtype)
+    y = gemm(codes, weight, a_scale, a_scale_neg, w_scale, module.gpu_a_col, w_col,
+             None if row_scale is not None else module.bias, down_projected, module.lowrank_up if fused else None,
+             layout.out_segment, mode, layout.k_align, torch.float32 if finish else x.dtype)
+    if row_scale is not None:
+        y = y * row_scale.T + (module.bias.float() if module.bias is not None else 0.0)
     if separate:
-        y = (y + lowrank_branch(module, rows).float()).to(x.dtype)
-    return y.reshape(*x.shape[:-1], module.out_features)
+        y = y + lowrank_branch(module, rows)
+    return y.to(x.dtype).reshape(*x.shape[:-1], module.out_features)
+
+
+def _weight_operands(module, layout: GemmLayout, m: int) -> tuple[Tensor, Tensor, Tensor, int, Tensor | None]:
+    """``(weight, w_scale, w_col, scale_mode, row_scale)`` of the GEMM for ``m`` rows. Two-level INT4: from
+    ``DEQUANTIZE_MIN_M`` rows with INT8 inputs the expanded INT8 weight with the row bases as its scale;
+    otherwise the packed codes with the integer steps as scales (``code · step`` is exact in every compute
+    dtype) and the row bases ``(N, 1)`` applied to the GEMM's float32 output (``row_scale``)."""
+    if module.weight_steps is None:
+        return module.weight_codes, module.weight_scale, module.gpu_w_col, layout.scale_mode, None
+    if hasattr(module, "gpu_zero_col") and m >= DEQUANTIZE_MIN_M:  # INT8 tensor cores
+        weight = dequantize_w4(module.weight_codes, module.weight_steps, module.gpu_w_col, torch.int8)
+        return weight, module.weight_scale, module.gpu_zero_col, int(layout.input_varies), None
+    return module.weight_codes, module.weight_steps.float(), module.gpu_w_col, layout.scale_mode, module.weight_scale
 
 
 def lowrank_branch(module, rows: Tensor) -> Tensor:
-    """``Σ_s (x D_sᵀ) U_sᵀ`` in the branch's 16-bit dtype, ``(M, N)`` (``D_s`` holds ``1/λ_s``)."""
+    """``Σ_s (x D_sᵀ) U_sᵀ`` ``(M, N)`` float32 (``D_s`` holds ``1/λ_s``): ``t = x D_sᵀ`` in the branch's 16-bit
+    dtype, ``t U_sᵀ`` in float32 (the rounding of the reference and of the fused epilogue)."""
     dtype, outputs, start = module.lowrank_up.dtype, [], 0
     for s, size in enumerate(module.spec.output_segments):
-        outputs.append((rows.to(dtype) @ module.lowrank_down[s].T) @ module.lowrank_up[start:start + size].T)
+        t = rows.to(dtype) @ module.lowrank_down[s].T  # (M, r)
+        outputs.append(t.float() @ module.lowrank_up[start:start + size].float().T)
         start += size
     return torch.cat(outputs, dim=-1)
