@@ -26,7 +26,7 @@ Per variant: first-call time (includes compilation), median latency of ``--iters
 the same with the whole forward captured in one CUDA graph (``graph_ms``: no CPU launch overhead, the
 number a deployment with ``mode="reduce-overhead"`` or a captured sampler gets), memory the model holds on
 the GPU (allocated bytes after preparation: weights, buffers and the example inputs; this also counts
-tensor subclasses such as torchao's), peak allocated memory during a call, and for the segquant variants
+tensor subclasses such as torchao's; ``model_tensor_gib``: the model's own parameters and buffers), peak allocated memory during a call, and for the segquant variants
 the relative error of the GPU backend against the emulated backend on the same input: of the whole
 output (``‖y_gpu − y_emul‖ / ‖y_emul‖``; through dozens of random-weight blocks in bf16 this grows with
 depth, whatever the kernel) and of each of the first ``LAYERS_CHECKED`` layers on its own captured input
@@ -179,6 +179,14 @@ def prepare(variant: str, model, example: dict) -> dict:
     return facts
 
 
+def model_bytes(model) -> int:
+    """Bytes of the model's parameters and buffers (each storage once; packed buffers included)."""
+    storages = {}
+    for t in (*model.parameters(), *model.buffers()):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
 def run_variant(name: str, variant: str, iters: int) -> dict:
     model, example = build(name)
     facts = prepare(variant, model, example)
@@ -186,6 +194,8 @@ def run_variant(name: str, variant: str, iters: int) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()  # the model's weights (and the small example inputs)
+    if not variant.startswith("torchao"):  # its tensor subclasses have no plain storage
+        facts["model_tensor_gib"] = round(model_bytes(model) / 2**30, 3)
     stage(f"{variant}: prepared")
     first, times = timed_calls(model, example, iters)
     times.sort()

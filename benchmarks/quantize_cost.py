@@ -7,6 +7,9 @@ image), random weights. Each case runs in its own subprocess so its peak RSS is 
     python benchmarks/quantize_cost.py [--presets w8a8 w4a8] [--batches 2]
     python benchmarks/quantize_cost.py --factor 1536 6144   # GPTQ inverse-Hessian factor, old vs new
 
+``--cases sd35_full`` (CUDA): the whole SD3.5-medium transformer, random bf16 weights, ``--batches`` calibration
+batches of two 1024² latents (4096 + 333 tokens) each, quantized with ``tmp_device="cuda"``.
+
 ``--factor`` times, in one process on the same damped random Hessians, the upper Cholesky factor of
 ``H⁻¹`` as GPTQ computes it (a flipped Cholesky and one triangular solve) against the former
 ``cholesky(cholesky_inverse(cholesky(H)), upper=True)``, and their relative difference.
@@ -25,11 +28,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant, not an installed one
 
 CASES = ("sd3", "flux", "unet", "sd35_block")
+GPU_CASES = ("sd35_full",)  # the whole SD3.5-medium transformer (random bf16 weights) on CUDA, tmp_device cuda
 
 
 def build(case: str, batches: int):
     import torch
 
+    if case == "sd35_full":
+        from fullsize import SD35_MEDIUM, sd35_inputs
+        from fullsize import build as build_full
+
+        model, _ = build_full("sd35")
+        torch.manual_seed(1)
+        return model, [sd35_inputs(SD35_MEDIUM, "cuda", torch.bfloat16) for _ in range(batches)]
     if case != "sd35_block":
         from segquant.models.tiny import build_tiny_denoiser, tiny_example_inputs
 
@@ -47,15 +58,23 @@ def build(case: str, batches: int):
 def run_case(case: str, preset: str, batches: int) -> dict:
     from segquant import quantize
 
+    import torch
+
     model, data = build(case, batches)
+    gpu = case in GPU_CASES
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    quantized = quantize(model, data, preset)
+    quantized = quantize(model, data, preset, tmp_device="cuda" if gpu else None)
+    if gpu:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {"case": case, "preset": preset, "batches": batches, "seconds": round(seconds, 2),
             "layers": len(quantized.segquant_plan.enabled_layers()),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "rss_before_mib": round(rss_before)}
+            "rss_before_mib": round(rss_before),
+            "gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20) if gpu else None}
 
 
 def time_factor(k: int) -> dict:
@@ -81,7 +100,7 @@ def time_factor(k: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--presets", nargs="+", default=["w8a8", "w4a8"])
-    parser.add_argument("--cases", nargs="+", default=list(CASES))
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES + GPU_CASES)
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--factor", nargs="+", type=int, help="time the GPTQ factor at these Hessian sizes")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -96,15 +115,15 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_case(args.child[0], args.child[1], args.batches)))
         return
-    print("| case | preset | calib batches | layers | time (s) | peak RSS (MiB) | RSS after build (MiB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| case | preset | calib batches | layers | time (s) | peak RSS (MiB) | RSS after build (MiB) | GPU peak (MiB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for case in args.cases:
         for preset in args.presets:
             out = subprocess.run([sys.executable, __file__, "--child", case, preset, "--batches", str(args.batches)],
                                  capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
             print(f"| {r['case']} | {r['preset']} | {r['batches']} | {r['layers']} | {r['seconds']} | "
-                  f"{r['peak_rss_mib']} | {r['rss_before_mib']} |", flush=True)
+                  f"{r['peak_rss_mib']} | {r['rss_before_mib']} | {r['gpu_peak_mib'] or '–'} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from segquant import distributed
 from segquant.calib.records import tree_copy
+from segquant.devices import model_device, move_to
 from segquant.pipeline.seeding import seeded_global_rng
 from segquant.pipeline.steps import StepInfo
 from segquant.pipeline.tap import DenoiserTap, TapCall, output_sample
@@ -229,10 +230,10 @@ def step_errors(model: nn.Module, calls: list[FPCall], num_steps: int, correctio
     ``q(x)`` first (``correction(q(x), info)``). Under torchrun ``calls`` are this rank's; the per-call
     errors of all ranks are averaged in rank order (= call order), the same on every rank."""
     sums, counts = [0.0] * num_steps, [0] * num_steps
-    device = next(model.parameters()).device
+    device = model_device(model)
     per_call = []
     for call in calls:
-        kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in call.inputs.items()}
+        kwargs = move_to(call.inputs, device)  # nested too: a UNet's added_cond_kwargs
         out = output_sample(model(**kwargs))
         out = (out if correction is None else correction(out, call.info)).float().cpu()
         per_call.append((call.info.step_index, float((out - call.sample).norm() / call.sample.norm().clamp_min(1e-12))))

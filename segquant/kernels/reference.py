@@ -24,7 +24,7 @@ from torch import Tensor
 from segquant.algorithms.dualscale import dynamic_fake_quant_dualscale, fake_quant_dualscale
 from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import codes_of_storage, dequantize_codes, dynamic_fake_quant, fake_quant
+from segquant.numerics import codes_of_storage, dequantize_codes, dynamic_fake_quant, fake_quant, to_codes
 
 
 class SegLinearBuffers(NamedTuple):
@@ -85,11 +85,34 @@ def quantize_input_part(part: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, 
 
 
 def quantize_input(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: int) -> Tensor:
-    """Fake-quantize ``rows`` ``(M, K)`` float32 for output segment ``s``, input segment by segment."""
+    """Fake-quantize the layer input ``rows`` ``(M, K)`` float32 (not smoothed) for output segment ``s``.
+
+    Static symmetric inputs are quantized as the GPU does, with the folded multiplier
+    ``1 / (λ_s · input_scale[s, j])`` (:func:`static_folded`); the others input segment by segment on
+    ``x / λ_s``."""
+    smoothed = rows / b.smooth[s] if b.smooth is not None else rows
     if spec.input_dtype is None:
-        return rows
-    parts = rows.split(list(spec.input_segments), dim=-1)
+        return smoothed
+    if not spec.input_dynamic and b.input_zero_point is None:
+        return static_folded(rows, b, spec, s)
+    parts = smoothed.split(list(spec.input_segments), dim=-1)
     return torch.cat([quantize_input_part(part, b, spec, s, j) for j, part in enumerate(parts)], dim=-1)
+
+
+def static_folded(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: int) -> Tensor:
+    """Static symmetric fake-quantization of ``rows`` ``(M, K)``: codes ``round(x · c)`` with the per-channel
+    multiplier ``c = 1 / (λ_s · scale_j)`` (DualScale: one per sign), times ``scale_j``: the numerics of the
+    GPU's one-pass quantizer (:mod:`segquant.kernels.gpu.quant`), which differ from rounding ``(x / λ) / s``
+    only where a value lies within float32 rounding of a code boundary."""
+    segments = torch.tensor(spec.input_segments, device=rows.device)
+    lam = b.smooth[s] if b.smooth is not None else torch.ones(spec.in_features, device=rows.device)
+    scale = b.input_scale[s].repeat_interleave(segments)
+    if not spec.dual_scale:
+        return to_codes(rows * (1.0 / (lam * scale)), spec.input_dtype).float() * scale
+    scale_neg = b.input_scale_neg[s].repeat_interleave(segments)
+    pos = to_codes(rows.clamp(min=0) * (1.0 / (lam * scale)), spec.input_dtype).float() * scale
+    neg = to_codes(rows.clamp(max=0) * (1.0 / (lam * scale_neg)), spec.input_dtype).float() * scale_neg
+    return pos + neg
 
 
 def lowrank_output(rows: Tensor, b: SegLinearBuffers, s: int, out_rows: slice) -> Tensor:
@@ -113,9 +136,8 @@ def seglinear_forward(x: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Te
     outputs, start = [], 0
     quantized_input = None
     for s, size in enumerate(spec.output_segments):
-        segment_input = rows / b.smooth[s] if b.smooth is not None else rows
         if quantized_input is None or b.smooth is not None:
-            quantized_input = quantize_input(segment_input, b, spec, s)
+            quantized_input = quantize_input(rows, b, spec, s)
         y = quantized_input @ weight[start:start + size].T
         if b.lowrank_up is not None:
             y = y + lowrank_output(rows, b, s, slice(start, start + size))

@@ -134,6 +134,30 @@ def _quantize_part(b, spec, part: Tensor, s: int, j: int) -> Tensor:
     return _fake_quant(part, scale, spec.input_dtype, zero_point)
 
 
+def _codes(v: Tensor, dtype: DType) -> Tensor:
+    """Round (integers) and saturate; FP8 through its storage dtype."""
+    if dtype.is_fp8:
+        return v.clamp(dtype.qmin, dtype.qmax).to(dtype.torch_dtype).float()
+    return torch.round(v).clamp(dtype.qmin, dtype.qmax)
+
+
+def _static_folded(b, spec, x: Tensor, s: int) -> Tensor:
+    """Static symmetric inputs as the GPU quantizes them: ``round(x · 1/(λ·scale))·scale`` per input segment
+    (DualScale: per sign), on the unsmoothed ``x``."""
+    lam = b["smooth"][s] if b["smooth"] is not None else torch.ones(x.shape[-1])
+    out, c0 = [], 0
+    for j, k_j in enumerate(spec.input_segments):
+        part, l, scale = x[:, c0:c0 + k_j], lam[c0:c0 + k_j], b["input_scale"][s, j]
+        if spec.dual_scale:
+            neg_scale = b["input_scale_neg"][s, j]
+            out.append(_codes(part.clamp(min=0) * (1.0 / (l * scale)), spec.input_dtype) * scale
+                       + _codes(part.clamp(max=0) * (1.0 / (l * neg_scale)), spec.input_dtype) * neg_scale)
+        else:
+            out.append(_codes(part * (1.0 / (l * scale)), spec.input_dtype) * scale)
+        c0 += k_j
+    return torch.cat(out, dim=-1)
+
+
 def _quantize_input(b, spec, rows: Tensor, s: int) -> Tensor:
     if spec.input_dtype is None:
         return rows
@@ -156,7 +180,9 @@ def legacy_forward(b: dict, spec, x: Tensor) -> Tensor:
     for s, size in enumerate(spec.output_segments):
         segment_input = rows / smooth[s] if smooth is not None else rows
         if quantized_input is None or smooth is not None:
-            quantized_input = _quantize_input(b, spec, segment_input, s)
+            static_symmetric = spec.input_dtype is not None and not spec.input_dynamic and b["input_zero_point"] is None
+            quantized_input = (_static_folded(b, spec, rows, s) if static_symmetric
+                               else _quantize_input(b, spec, segment_input, s))
         y = quantized_input @ weight[start:start + size].T
         if up is not None:
             t = (rows.to(down.dtype).float() @ down[s].float().T).to(down.dtype)  # D_s holds 1/λ_s; t in 16 bits

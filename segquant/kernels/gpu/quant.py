@@ -16,15 +16,7 @@ import torch
 from torch import Tensor
 
 from segquant.enums import DType
-from segquant.numerics import block_amax, block_minmax, expand_scale, quantize_codes, scale_from_amax
-
-
-def to_codes(v: Tensor, dtype: DType) -> Tensor:
-    """Scaled float32 values -> codes of ``dtype`` (round half-to-even and clamp; FP8 saturates to ±qmax,
-    then the cast rounds to nearest even). Out of place: the form that measured fastest compiled (notes)."""
-    if not dtype.is_fp8:
-        v = v.round()
-    return v.clamp(dtype.qmin, dtype.qmax).to(dtype.torch_dtype)
+from segquant.numerics import block_amax, block_minmax, expand_scale, quantize_codes, scale_from_amax, to_codes
 
 
 def quantize_static(rows: Tensor, mul: Tensor, dtype: DType) -> Tensor:
