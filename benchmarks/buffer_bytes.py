@@ -25,6 +25,7 @@ def buffer_bytes(variant: str) -> dict[str, int]:
     """Buffer / parameter name (last component) -> bytes in the full 19 + 38-block model."""
     from diffusers import FluxTransformer2DModel
 
+    import segquant.kernels.gpu.backend  # noqa: F401 (patched below)
     from segquant import quantize
     from segquant.kernels.backend import set_backend
 

