@@ -60,8 +60,12 @@ def run_case(case: str, preset: str, batches: int) -> dict:
 
     import torch
 
-    model, data = build(case, batches)
     gpu = case in GPU_CASES
+    if gpu:  # stage times on stderr: a run cut short still shows how far it got
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="[%(relativeCreated)9.0f ms] %(name)s: %(message)s")
+    model, data = build(case, batches)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -120,7 +124,7 @@ def main() -> None:
     for case in args.cases:
         for preset in args.presets:
             out = subprocess.run([sys.executable, __file__, "--child", case, preset, "--batches", str(args.batches)],
-                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+                                 stdout=subprocess.PIPE, text=True, check=True).stdout.strip().splitlines()[-1]
             r = json.loads(out)
             print(f"| {r['case']} | {r['preset']} | {r['batches']} | {r['layers']} | {r['seconds']} | "
                   f"{r['peak_rss_mib']} | {r['rss_before_mib']} | {r['gpu_peak_mib'] or '–'} |", flush=True)
