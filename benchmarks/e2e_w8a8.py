@@ -21,6 +21,7 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``sq_w4a16``      packed INT4 per-group(64) weights, 16-bit inputs (weight-only), output segments
 
     PYTHONPATH=. python benchmarks/e2e_w8a8.py --model sd35 --variants all --json out.json
+    ... --compile-mode reduce-overhead    # the blocks compiled with per-block CUDA graphs (eager-call latency)
 
 Per variant: first-call time (includes compilation), median latency of ``--iters`` calls (CUDA events),
 the same with the whole forward captured in one CUDA graph (``graph_ms``: no CPU launch overhead, the
@@ -145,7 +146,7 @@ def timed_calls(model, example: dict, iters: int) -> tuple[float, list[float]]:
     return first, times
 
 
-def prepare(variant: str, model, example: dict) -> dict:
+def prepare(variant: str, model, example: dict, compile_mode: str | None = None) -> dict:
     """Quantize/compile ``model`` in place for ``variant``; returns extra facts (quantize time, errors)."""
     from segquant.pipeline.regional_compile import compile_repeated_blocks
 
@@ -175,7 +176,8 @@ def prepare(variant: str, model, example: dict) -> dict:
             set_backend(model, "gpu")
         stage(f"{variant}: errors {facts}")
     if variant != "bf16":
-        compile_repeated_blocks(model, fullgraph=variant.startswith("sq_"))
+        compile_repeated_blocks(model, fullgraph=variant.startswith("sq_"),
+                                **({"mode": compile_mode} if compile_mode else {}))
     return facts
 
 
@@ -187,9 +189,9 @@ def model_bytes(model) -> int:
     return sum(storages.values())
 
 
-def run_variant(name: str, variant: str, iters: int) -> dict:
+def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = None) -> dict:
     model, example = build(name)
-    facts = prepare(variant, model, example)
+    facts = prepare(variant, model, example, compile_mode)
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -249,6 +251,8 @@ def main() -> None:
     parser.add_argument("--variants", default="all", help=f"comma list of {VARIANTS} or 'all'")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode of the blocks, e.g. reduce-overhead (per-block CUDA graphs)")
     parser.add_argument("--smoke", action="store_true", help="CPU check of the sq_* variants on a small config")
     opts = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -258,7 +262,7 @@ def main() -> None:
     results = []
     for variant in variants:
         try:
-            results.append(run_variant(opts.model, variant, opts.iters))
+            results.append(run_variant(opts.model, variant, opts.iters, opts.compile_mode))
         except Exception as error:  # a failing variant must not hide the others' numbers
             logging.exception("variant %s failed", variant)
             results.append(dict(model=opts.model, variant=variant, error=f"{type(error).__name__}: {error}"))
