@@ -193,6 +193,9 @@ def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = 
     model, example = build(name)
     facts = prepare(variant, model, example, compile_mode)
     gc.collect()
+    clear_cublas = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)  # workspaces of the error check
+    if clear_cublas is not None:
+        clear_cublas()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()  # the model's weights (and the small example inputs)
