@@ -43,10 +43,9 @@ def demo_settings(per_class: int, steps: int, models: list[str], presets: list) 
 
 def needed_prompts(settings: dict) -> list[str]:
     """Every prompt the run encodes: evaluation and calibration prompts, and the empty negative prompt."""
-    from segquant.demo.data import eval_prompts
+    from segquant.demo.cli import demo_prompts
 
-    prompts = eval_prompts(settings["per_class"], seed=settings["seed"])[0]
-    calib = eval_prompts(max(1, -(-settings["calib_prompts"] // 10)), seed=settings["seed"] + 1)[0]
+    prompts, _labels, calib = demo_prompts(settings)
     return sorted(set(prompts) | set(calib) | {""})
 
 

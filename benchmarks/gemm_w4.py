@@ -31,7 +31,7 @@ import triton
 
 from segquant.kernels.gemm_reference import scaled_gemm_reference
 from segquant.kernels.gpu import ops
-from segquant.kernels.gpu.quant import quantize_static
+from segquant.numerics import quantize_static
 from segquant.enums import DType
 from segquant.numerics import pack_int4
 

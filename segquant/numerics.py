@@ -201,6 +201,19 @@ def to_codes(v: Tensor, dtype: DType) -> Tensor:
     return v.clamp(dtype.qmin, dtype.qmax).to(dtype.torch_dtype)
 
 
+def quantize_static(rows: Tensor, mul: Tensor, dtype: DType) -> Tensor:
+    """``rows`` ``(M, K)`` float, ``mul`` ``(S, K)`` float32 -> codes ``(S, M, K)`` (the product is float32)."""
+    return to_codes(rows.unsqueeze(0) * mul.unsqueeze(1), dtype)
+
+
+def quantize_static_dual(rows: Tensor, mul_pos: Tensor, mul_neg: Tensor, dtype: DType) -> Tensor:
+    """DualScale: codes ``[q⁺ | q⁻]`` ``(S, M, 2K)``, ``q⁺ ∈ [0, qmax]`` and ``q⁻ ∈ [qmin, 0]``."""
+    x = rows.unsqueeze(0)
+    pos = to_codes(x.clamp(min=0) * mul_pos.unsqueeze(1), dtype)
+    neg = to_codes(x.clamp(max=0) * mul_neg.unsqueeze(1), dtype)
+    return torch.cat([pos, neg], dim=-1)
+
+
 def fake_quant(x: Tensor, scale: Tensor, dtype: DType, zero_point: Tensor | None = None) -> Tensor:
     """Quantize-dequantize ``x`` ``(..., K)`` with a broadcastable ``scale``; returns ``x.dtype``."""
     if dtype.is_passthrough:

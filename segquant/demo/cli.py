@@ -63,6 +63,21 @@ def demo_settings(args: argparse.Namespace) -> dict:
     return s
 
 
+def demo_prompts(settings: dict) -> tuple[list[str], list[int], list[str]]:
+    """``(prompts, labels, calibration prompts)`` of a demo run: class captions (or their paraphrases with
+    ``settings["prompts"] == "paraphrased"``), and calibration captions of another seed, disjoint from them
+    where possible."""
+    from segquant.demo import paraphrases
+    from segquant.demo.data import eval_prompts
+
+    prompts, labels = eval_prompts(settings["per_class"], seed=settings["seed"])
+    calib = eval_prompts(max(1, -(-settings["calib_prompts"] // 10)), seed=settings["seed"] + 1)[0]
+    calib = [c for c in calib if c not in prompts][: settings["calib_prompts"]] or calib[: settings["calib_prompts"]]
+    if settings.get("prompts") == paraphrases.NAME:  # unseen wording; calibration stays the same
+        prompts, labels = paraphrases.paraphrase_prompts(settings["per_class"])
+    return prompts, labels, calib
+
+
 def evaluate_demo_models(settings: dict, out: str | Path, weights_dir=None, progress: bool = True,
                          optional_weights: dict | None = None) -> dict:
     """Run the harness on each demo model of ``settings`` and write the report into ``out``.
@@ -71,19 +86,13 @@ def evaluate_demo_models(settings: dict, out: str | Path, weights_dir=None, prog
     step_error.png) and ``out/README.md`` + ``out/results.json`` with every table.
     """
     from segquant.demo.classifier import load_classifier
-    from segquant.demo import paraphrases
-    from segquant.demo.data import eval_prompts
     from segquant.demo.pipeline import WEIGHTS_DIR
     from segquant.distributed import current
     from segquant.eval.harness import EvalConfig, evaluate
     from segquant.eval.report import write_report
 
     out = Path(out)
-    prompts, labels = eval_prompts(settings["per_class"], seed=settings["seed"])
-    calib = eval_prompts(max(1, -(-settings["calib_prompts"] // 10)), seed=settings["seed"] + 1)[0]
-    calib = [c for c in calib if c not in prompts][: settings["calib_prompts"]] or calib[: settings["calib_prompts"]]
-    if settings.get("prompts") == paraphrases.NAME:  # unseen wording; calibration stays the same
-        prompts, labels = paraphrases.paraphrase_prompts(settings["per_class"])
+    prompts, labels, calib = demo_prompts(settings)
     classifier = load_classifier(Path(weights_dir or WEIGHTS_DIR) / "classifier")
     results, t0 = {}, time.perf_counter()
     control = settings.get("controlnet", False)

@@ -24,7 +24,9 @@ from torch import Tensor
 from segquant.algorithms.dualscale import dynamic_fake_quant_dualscale, fake_quant_dualscale
 from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import codes_of_storage, dequantize_codes, dynamic_fake_quant, fake_quant, to_codes
+from segquant.kernels.gemm_reference import INT4_COMPUTE
+from segquant.numerics import (codes_of_storage, dequantize_codes, dynamic_fake_quant, fake_quant, quantize_static,
+                               quantize_static_dual)
 
 
 class SegLinearBuffers(NamedTuple):
@@ -59,16 +61,13 @@ def dequantized_weight(b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
 def int4_compute_dtype(spec: SegLinearSpec, x_dtype: torch.dtype) -> torch.dtype | None:
     """The dtype a dequantized INT4 weight is rounded to where a GPU kernel exists: fp16 with INT8 input codes
     (exact for the codes), the input's dtype for 16-bit inputs of a weight-only layer; else ``None`` (kept
-    in float32). Two-level scales: ``None``, the GPU multiplies the exact integers ``code · step`` (fp16 and
-    bf16 hold them) and scales the sum by the row's base. The op's twin applies the same rule
-    (:mod:`segquant.kernels.gemm_reference`)."""
+    in float32): the op twin's ``INT4_COMPUTE`` for the GEMM's input dtype. Two-level scales: ``None``, the
+    GPU multiplies the exact integers ``code · step`` (fp16 and bf16 hold them) and scales the sum by the
+    row's base."""
     if spec.weight_dtype is not DType.INT4 or spec.weight_two_level:
         return None
-    if spec.input_dtype is DType.INT8:
-        return torch.float16
-    if spec.input_dtype is None and x_dtype in (torch.bfloat16, torch.float16):
-        return x_dtype
-    return None
+    gemm_input = torch.int8 if spec.input_dtype is DType.INT8 else x_dtype if spec.input_dtype is None else None
+    return INT4_COMPUTE.get(gemm_input)
 
 
 def quantize_input_part(part: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: int, j: int) -> Tensor:
@@ -90,29 +89,37 @@ def quantize_input(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: in
     Static symmetric inputs are quantized as the GPU does, with the folded multiplier
     ``1 / (λ_s · input_scale[s, j])`` (:func:`static_folded`); the others input segment by segment on
     ``x / λ_s``."""
+    if spec.input_dtype is not None and not spec.input_dynamic and b.input_zero_point is None:
+        return static_folded(rows, b, spec, s)
     smoothed = rows / b.smooth[s] if b.smooth is not None else rows
     if spec.input_dtype is None:
         return smoothed
-    if not spec.input_dynamic and b.input_zero_point is None:
-        return static_folded(rows, b, spec, s)
     parts = smoothed.split(list(spec.input_segments), dim=-1)
     return torch.cat([quantize_input_part(part, b, spec, s, j) for j, part in enumerate(parts)], dim=-1)
 
 
+def folded_multiplier(input_scale: Tensor, smooth: Tensor | None, segments: tuple[int, ...]) -> Tensor:
+    """``(S, K)`` float32 static input multipliers ``1 / (λ_s[k] · input_scale[s, j(k)])`` from ``input_scale``
+    ``(S, J)`` and ``smooth`` ``(S, K)`` (``None``: no smoothing): the one multiplication that quantizes a static
+    input, here and on the GPU."""
+    per_channel = input_scale.repeat_interleave(torch.tensor(segments, device=input_scale.device), dim=1)
+    return 1.0 / ((smooth if smooth is not None else torch.ones_like(per_channel)) * per_channel)
+
+
 def static_folded(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: int) -> Tensor:
     """Static symmetric fake-quantization of ``rows`` ``(M, K)``: codes ``round(x · c)`` with the per-channel
-    multiplier ``c = 1 / (λ_s · scale_j)`` (DualScale: one per sign), times ``scale_j``: the numerics of the
-    GPU's one-pass quantizer (:mod:`segquant.kernels.gpu.quant`), which differ from rounding ``(x / λ) / s``
-    only where a value lies within float32 rounding of a code boundary."""
+    :func:`folded_multiplier` ``c`` (DualScale: one per sign), times the scale: the GPU's one-pass quantizer,
+    which differs from rounding ``(x / λ) / s`` only where a value lies within float32 rounding of a code
+    boundary."""
+    smooth = b.smooth[s:s + 1] if b.smooth is not None else None
     segments = torch.tensor(spec.input_segments, device=rows.device)
-    lam = b.smooth[s] if b.smooth is not None else torch.ones(spec.in_features, device=rows.device)
-    scale = b.input_scale[s].repeat_interleave(segments)
-    if not spec.dual_scale:
-        return to_codes(rows * (1.0 / (lam * scale)), spec.input_dtype).float() * scale
-    scale_neg = b.input_scale_neg[s].repeat_interleave(segments)
-    pos = to_codes(rows.clamp(min=0) * (1.0 / (lam * scale)), spec.input_dtype).float() * scale
-    neg = to_codes(rows.clamp(max=0) * (1.0 / (lam * scale_neg)), spec.input_dtype).float() * scale_neg
-    return pos + neg
+    sides = [b.input_scale[s:s + 1]] + ([b.input_scale_neg[s:s + 1]] if spec.dual_scale else [])
+    muls = [folded_multiplier(scale, smooth, spec.input_segments) for scale in sides]
+    quantize = quantize_static_dual if spec.dual_scale else quantize_static
+    codes = quantize(rows, *muls, spec.input_dtype)[0].float()  # (M, K·(1+dual)): [q⁺ | q⁻]
+    k, per_channel = spec.in_features, [scale[0].repeat_interleave(segments) for scale in sides]
+    positive = codes[:, :k] * per_channel[0]
+    return positive + codes[:, k:] * per_channel[1] if spec.dual_scale else positive
 
 
 def lowrank_output(rows: Tensor, b: SegLinearBuffers, s: int, out_rows: slice) -> Tensor:

@@ -39,9 +39,10 @@ from torch import Tensor
 
 from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import PerGroup
+from segquant.numerics import PerGroup, quantize_static, quantize_static_dual
 from segquant.kernels.gpu.ops import DEQUANTIZE_MIN_M, dequantize_w4
-from segquant.kernels.gpu.quant import quantize_dynamic, quantize_static, quantize_static_dual
+from segquant.kernels.gpu.quant import quantize_dynamic
+from segquant.kernels.reference import folded_multiplier
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,7 @@ def pack_tensors(module) -> dict[str, Tensor]:
         return packed
     sides = [("", module.input_scale)] + ([("_neg", module.input_scale_neg)] if spec.dual_scale else [])
     for suffix, scale in sides:
-        per_channel = scale[:sa].repeat_interleave(torch.tensor(spec.input_segments, device=device), dim=1)
-        lam = module.smooth if module.smooth is not None else torch.ones_like(per_channel)
-        packed["gpu_in_mul" + suffix] = 1.0 / (lam * per_channel)
+        packed["gpu_in_mul" + suffix] = folded_multiplier(scale[:sa], module.smooth, spec.input_segments)
         packed["gpu_a_scale" + suffix] = scale[:sa].unsqueeze(1).contiguous()
     return packed
 

@@ -1,9 +1,10 @@
 """Activation quantization for the W8A8 GEMM, in plain elementwise torch ops (any device).
 
-Static inputs use the folded per-channel multiplier ``c_s[k] = 1 / (λ_s[k] · input_scale[s, j(k)])``:
-``q = clamp(round(x · c), qmin, qmax)`` (FP8: ``clamp(x · c, ±448)`` cast to E4M3, which rounds to
-nearest even). DualScale quantizes each sign with its own multiplier and concatenates the codes along K:
-``[q⁺ | q⁻]`` ``(S, M, 2K)``. Dynamic inputs compute their scales per call from the (smoothed) input,
+Static inputs use the folded per-channel multiplier ``c_s[k] = 1 / (λ_s[k] · input_scale[s, j(k)])``
+(:func:`segquant.kernels.reference.folded_multiplier`) and :func:`segquant.numerics.quantize_static` /
+``quantize_static_dual``, which the emulated layer runs too: ``q = clamp(round(x · c), qmin, qmax)``
+(FP8: ``clamp(x · c, ±448)`` cast to E4M3, which rounds to nearest even); DualScale quantizes each sign
+with its own multiplier and concatenates the codes along K: ``[q⁺ | q⁻]`` ``(S, M, 2K)``. Dynamic inputs compute their scales per call from the (smoothed) input,
 block by block, exactly like :func:`segquant.numerics.dynamic_fake_quant`.
 
 Every function returns codes ``(S, M, K·(1+dual))`` plus, for dynamic inputs, the scales
@@ -16,20 +17,7 @@ import torch
 from torch import Tensor
 
 from segquant.enums import DType
-from segquant.numerics import block_amax, block_minmax, expand_scale, quantize_codes, scale_from_amax, to_codes
-
-
-def quantize_static(rows: Tensor, mul: Tensor, dtype: DType) -> Tensor:
-    """``rows`` ``(M, K)`` float, ``mul`` ``(S, K)`` float32 -> codes ``(S, M, K)`` (the product is float32)."""
-    return to_codes(rows.unsqueeze(0) * mul.unsqueeze(1), dtype)
-
-
-def quantize_static_dual(rows: Tensor, mul_pos: Tensor, mul_neg: Tensor, dtype: DType) -> Tensor:
-    """DualScale: codes ``[q⁺ | q⁻]`` ``(S, M, 2K)``, ``q⁺ ∈ [0, qmax]`` and ``q⁻ ∈ [qmin, 0]``."""
-    x = rows.unsqueeze(0)
-    pos = to_codes(x.clamp(min=0) * mul_pos.unsqueeze(1), dtype)
-    neg = to_codes(x.clamp(max=0) * mul_neg.unsqueeze(1), dtype)
-    return torch.cat([pos, neg], dim=-1)
+from segquant.numerics import block_amax, block_minmax, expand_scale, quantize_codes, scale_from_amax
 
 
 def quantize_dynamic(rows: Tensor, smooth: Tensor | None, segments: tuple[int, ...], dtype: DType,
