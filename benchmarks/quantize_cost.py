@@ -61,10 +61,12 @@ def run_case(case: str, preset: str, batches: int) -> dict:
     import torch
 
     gpu = case in GPU_CASES
-    if gpu:  # stage times on stderr: a run cut short still shows how far it got
+    if gpu:  # stage times and, every minute, the stack on stderr: a run cut short still shows how far it got
+        import faulthandler
         import logging
 
         logging.basicConfig(level=logging.INFO, format="[%(relativeCreated)9.0f ms] %(name)s: %(message)s")
+        faulthandler.dump_traceback_later(60, repeat=True)
     model, data = build(case, batches)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if gpu:

@@ -58,8 +58,14 @@ CASES = {
     "w4a16_group32_lowrank5": dict(m=3, n=64, k=128, fmt="int8", segments=(32,) * 4, w4=True, a16=True, rank=5),
     "w4a16_fp32_inputs": dict(m=5, n=32, k=64, fmt="int8", w4=True, a16=True, half=torch.float32),
 }
-#: The GEMV of packed INT4 weights (a few rows; input scale constant along K, no DualScale).
+#: The GEMV (a few rows, input scale constant along K): packed INT4 weights with group scales, 8-bit weights
+#: with one scale per row; DualScale, output segments and tails.
 GEMV_CASES = {
+    "gemv_int8_dual_out_segments": dict(m=1, n=96, k=256, fmt="int8", dual=True, sa=3),
+    "gemv_fp8_tails": dict(m=3, n=40, k=200, fmt="fp8"),
+    "gemv_int8_lowrank": dict(m=2, n=64, k=384, fmt="int8", rank=8),
+    "gemv_fp8_dual": dict(m=2, n=48, k=320, fmt="fp8", dual=True),
+    "gemv_w4a8_dual": dict(m=2, n=64, k=256, fmt="int8", dual=True, w4=True),
     "gemv_w4a8_g64_lowrank": dict(m=1, n=80, k=384, fmt="int8", segments=(64,) * 6, w4=True, rank=32),
     "gemv_w4a8_channel_tail": dict(m=3, n=16, k=600, fmt="int8", w4=True),
     "gemv_w4a8_out_segments": dict(m=2, n=96, k=256, fmt="int8", sa=3, w4=True),
@@ -75,8 +81,9 @@ ALL_CASES = {**CASES, **GEMV_CASES, **DEQUANTIZE_CASES}
 def one_input_scale(args: tuple) -> tuple:
     """The op arguments of :func:`case` with one input scale along K (column 0): the weight's group scales
     still vary; what the GEMV and the dequantized-weight path take."""
-    a, b, a_scale, _, w_scale, a_col, *rest = args
-    return (a, b, a_scale[..., :1].contiguous(), None, w_scale, torch.zeros_like(a_col), *rest)
+    a, b, a_scale, a_scale_neg, w_scale, a_col, *rest = args
+    neg = a_scale_neg[..., :1].contiguous() if a_scale_neg is not None else None
+    return (a, b, a_scale[..., :1].contiguous(), neg, w_scale, torch.zeros_like(a_col), *rest)
 
 
 def dequantize_case(n, k, segments, steps=False, seed=0):
@@ -93,7 +100,8 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(kernel output, reference) of case ``name``."""
     from segquant.kernels.gpu.ops import dequantize_w4
     from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
-    from segquant.kernels.gpu.triton_w4 import dequantize_w4_triton, gemv_w4_triton
+    from segquant.kernels.gpu.triton_gemv import gemv_triton
+    from segquant.kernels.gpu.triton_w4 import dequantize_w4_triton
 
     if name in DEQUANTIZE_CASES:
         b, scale, cols = dequantize_case(**DEQUANTIZE_CASES[name])
@@ -102,8 +110,8 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     args = case(**ALL_CASES[name])
     if name in GEMV_CASES:
         args = one_input_scale(args)
-        a, b, a_scale, _, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
-        return (gemv_w4_triton(a, b, a_scale, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype),
+        a, b, a_scale, a_scale_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
+        return (gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype),
                 scaled_gemm_reference(*args))
     return scaled_gemm_triton(*args), scaled_gemm_reference(*args)
 

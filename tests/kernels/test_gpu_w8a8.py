@@ -97,7 +97,7 @@ def test_int4_and_16bit_gemm_matches_twin(name, half):
     assert rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
 
 
-ONE_SCALE_INT4_CASES = dict(  # ops.gemm picks: GEMV (M <= 4), tiled kernel, dequantized weight + cuBLAS (M >= 128)
+ONE_INPUT_SCALE_CASES = dict(  # ops.gemm picks: GEMV (M <= 4), tiled kernel, dequantized weight + cuBLAS (M >= 128)
     GEMV_CASES, w4a8_m64_g64_tiled=dict(m=64, n=512, k=1024, fmt="int8", segments=(64,) * 16, w4=True, rank=32),
     w4a8_flux_g64_r32_dequantized=dict(m=4608, n=3072, k=3072, fmt="int8", segments=(64,) * 48, w4=True, rank=32),
     w4a16_flux_g64_dequantized=dict(m=4608, n=3072, k=12288, fmt="int8", segments=(64,) * 192, w4=True, a16=True),
@@ -105,9 +105,9 @@ ONE_SCALE_INT4_CASES = dict(  # ops.gemm picks: GEMV (M <= 4), tiled kernel, deq
 
 
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("name", list(ONE_SCALE_INT4_CASES))
-def test_int4_paths_with_one_input_scale_match_twin(name, half):
-    spec = dict(ONE_SCALE_INT4_CASES[name], half=half)
+@pytest.mark.parametrize("name", list(ONE_INPUT_SCALE_CASES))
+def test_paths_with_one_input_scale_match_twin(name, half):
+    spec = dict(ONE_INPUT_SCALE_CASES[name], half=half)
     args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in one_input_scale(interpreted_case(**spec))]
     poison_allocator()
     y = ops.gemm(*args[:-1], torch.bfloat16)

@@ -9,8 +9,9 @@ CPU -> the pure-torch twin, plus fake implementations so ``torch.compile`` trace
   an input scale constant along K: the weight dequantized to 16 bits in one pass (the same rounding as the
   tiled kernel: fp16 for INT8 codes, the input's dtype for W4A16), then a cuBLAS product with float32
   output and the scales, bias and low-rank branch as one elementwise epilogue (fused by the compiler);
-- everything else: the custom op, whose CUDA kernel is the GEMV (packed INT4, at most ``GEMV_MAX_M`` rows,
-  see :mod:`.triton_w4`) or the tiled Triton kernel (:mod:`.triton_gemm`).
+- everything else: the custom op, whose CUDA kernel is the GEMV (at most ``GEMV_MAX_M`` rows, an input
+  scale constant along K, 8-bit weights with one scale per row or packed INT4; see :mod:`.triton_gemv`) or
+  the tiled Triton kernel (:mod:`.triton_gemm`). Plain FP8 layers with that few rows take the GEMV too.
 
 Arguments and math: :func:`segquant.kernels.gemm_reference.scaled_gemm_reference`. Importing this module does
 not import Triton (the CUDA implementations import it on first call).
@@ -30,6 +31,9 @@ from segquant.numerics import unpack_int4
 USE_SCALED_MM = {"enabled": True}
 #: Rows from which packed INT4 layers dequantize the weight and use cuBLAS (see the module doc).
 DEQUANTIZE_MIN_M = 128
+#: Rows up to which the CUDA-core GEMV beats a tensor-core tile (weight-bound layers), when enabled.
+GEMV_MAX_M = 4
+USE_GEMV = {"enabled": True}
 
 
 @torch.library.custom_op("segquant::scaled_gemm", mutates_args=())
@@ -46,11 +50,11 @@ def scaled_gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Ten
 def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_segment,
                       scale_mode, k_align, out_dtype):
     from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
-    from segquant.kernels.gpu.triton_w4 import GEMV_MAX_M, gemv_w4_triton
+    from segquant.kernels.gpu.triton_gemv import gemv_triton
 
-    if b.dtype == torch.uint8 and a.shape[1] <= GEMV_MAX_M and _w4_simple(a_scale, a_scale_neg, scale_mode):
-        return gemv_w4_triton(a, b, a_scale, w_scale, w_col, bias, lowrank_t, lowrank_up, out_segment, k_align,
-                              out_dtype)
+    if _gemv_fits(a, b, a_scale, scale_mode):
+        return gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, lowrank_t, lowrank_up, out_segment,
+                           k_align, out_dtype)
     return scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up,
                               out_segment, scale_mode, k_align, out_dtype)
 
@@ -59,7 +63,8 @@ def gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Tensor], w
          w_col: Tensor, bias: Optional[Tensor], lowrank_t: Optional[Tensor], lowrank_up: Optional[Tensor],
          out_segment: int, scale_mode: int, k_align: int, out_dtype: torch.dtype) -> Tensor:
     """The op's math; plain FP8 on CUDA without the custom op (same cuBLASLt call, visible to the compiler)."""
-    if a.is_cuda and _scaled_mm_fits(a, b, a_scale_neg, lowrank_t, scale_mode, out_dtype):
+    if a.is_cuda and _scaled_mm_fits(a, b, a_scale_neg, lowrank_t, scale_mode, out_dtype) and not _gemv_fits(
+            a, b, a_scale, scale_mode):
         return _plain_fp8(a, b, a_scale, w_scale, bias, out_dtype)
     if (a.is_cuda and b.dtype == torch.uint8 and a.shape[0] == 1 and a.shape[1] >= DEQUANTIZE_MIN_M
             and _w4_simple(a_scale, a_scale_neg, scale_mode)):
@@ -72,6 +77,13 @@ def gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Tensor], w
 def _scaled_gemm_fake(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_segment,
                       scale_mode, k_align, out_dtype):
     return a.new_empty((a.shape[1], b.shape[0]), dtype=out_dtype)
+
+
+def _gemv_fits(a: Tensor, b: Tensor, a_scale: Tensor, scale_mode: int) -> bool:
+    """The GEMV takes at most ``GEMV_MAX_M`` rows with one input scale along K, and 8-bit weights only with
+    one weight scale per row (``scale_mode`` 0)."""
+    return (USE_GEMV["enabled"] and a.shape[1] <= GEMV_MAX_M and not input_scale_varies(a_scale, scale_mode)
+            and (b.dtype == torch.uint8 or scale_mode == 0))
 
 
 def _scaled_mm_fits(a: Tensor, b: Tensor, a_scale_neg, lowrank_t, scale_mode: int, out_dtype: torch.dtype) -> bool:
