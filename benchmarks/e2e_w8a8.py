@@ -22,6 +22,7 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 
     PYTHONPATH=. python benchmarks/e2e_w8a8.py --model sd35 --variants all --json out.json
     ... --compile-mode reduce-overhead    # the blocks compiled with per-block CUDA graphs (eager-call latency)
+    ... --profile                         # also the GPU time of one call per kernel (where the time goes)
 
 Per variant: first-call time (includes compilation), median latency of ``--iters`` calls (CUDA events),
 the same with the whole forward captured in one CUDA graph (``graph_ms``: no CPU launch overhead, the
@@ -181,6 +182,24 @@ def prepare(variant: str, model, example: dict, compile_mode: str | None = None)
     return facts
 
 
+def kernel_profile(model, example: dict, top: int = 25) -> dict:
+    """GPU time of one forward by kernel (torch.profiler, CUDA activity only: launch overhead excluded):
+    ``{"total_ms": ..., "kernels": [[name, ms, calls], ...]}`` for the ``top`` kernels by time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        model(**example)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            model(**example)
+            torch.cuda.synchronize()
+    rows = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
+            if e.self_device_time_total > 0]
+    rows.sort(key=lambda r: -r[1])
+    return {"total_ms": round(sum(r[1] for r in rows), 2),
+            "kernels": [[name[:90], round(ms, 3), calls] for name, ms, calls in rows[:top]]}
+
+
 def model_bytes(model) -> int:
     """Bytes of the model's parameters and buffers (each storage once; packed buffers included)."""
     storages = {}
@@ -189,7 +208,7 @@ def model_bytes(model) -> int:
     return sum(storages.values())
 
 
-def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = None) -> dict:
+def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = None, profile: bool = False) -> dict:
     model, example = build(name)
     facts = prepare(variant, model, example, compile_mode)
     gc.collect()
@@ -211,6 +230,9 @@ def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = 
     except Exception as error:  # a forward that cannot be captured: say so, keep the eager numbers
         facts["graph_error"] = f"{type(error).__name__}: {error}"[:300]
     stage(f"{variant}: graph {facts.get('graph_ms')}")
+    if profile:
+        facts["profile"] = kernel_profile(model, example)
+        stage(f"{variant}: kernels {json.dumps(facts['profile'])}")
     result = dict(model=name, variant=variant, first_call_s=round(first, 1),
                   median_ms=round(times[len(times) // 2], 2), min_ms=round(times[0], 2),
                   weight_gib=round(base / 2**30, 3),
@@ -257,6 +279,7 @@ def main() -> None:
     parser.add_argument("--compile-mode", default=None,
                         help="torch.compile mode of the blocks, e.g. reduce-overhead (per-block CUDA graphs)")
     parser.add_argument("--smoke", action="store_true", help="CPU check of the sq_* variants on a small config")
+    parser.add_argument("--profile", action="store_true", help="GPU time per kernel of one call (torch.profiler)")
     opts = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     variants = VARIANTS if opts.variants == "all" else opts.variants.split(",")
@@ -265,7 +288,7 @@ def main() -> None:
     results = []
     for variant in variants:
         try:
-            results.append(run_variant(opts.model, variant, opts.iters, opts.compile_mode))
+            results.append(run_variant(opts.model, variant, opts.iters, opts.compile_mode, opts.profile))
         except Exception as error:  # a failing variant must not hide the others' numbers
             logging.exception("variant %s failed", variant)
             results.append(dict(model=opts.model, variant=variant, error=f"{type(error).__name__}: {error}"))

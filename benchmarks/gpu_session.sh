@@ -33,7 +33,7 @@ for step in "${steps[@]}"; do
              --layers adaln_plain,adaln_seg6,adaln_seg6_dual,time_linear_2,sd35_adaln_m2,sd35_adaln_dual_m2) \
              > "$OUT/gemv.log" 2>&1; tail -n 16 "$OUT/gemv.log" ;;
     e2e_flux_w8) (cd benchmarks && timeout 270 python3 e2e_w8a8.py --model flux --iters 6 \
-                --variants bf16_compiled,sq_fp8,sq_int8 --json "$OUT/e2e_flux_w8.json") \
+                --variants ${E2E_VARIANTS:-bf16_compiled,sq_fp8,sq_int8} --profile --json "$OUT/e2e_flux_w8.json") \
                 > "$OUT/e2e_flux_w8.log" 2>&1; tail -n 8 "$OUT/e2e_flux_w8.log" ;;
     e2e_flux) (cd benchmarks && timeout 330 python3 e2e_w8a8.py --model flux --iters 6 \
                 --variants bf16_compiled,sq_fp8,sq_int8_dyn,torchao_fp8 --json "$OUT/e2e_flux.json") \
@@ -48,7 +48,7 @@ for step in "${steps[@]}"; do
              timeout 400 python3 benchmarks/demo_backends.py run --embeddings gpu_inputs/demo_prompts.safetensors \
                --out "$OUT/demo_backends" --presets w8a8,w4a8,w4a8_two_level,w4a16 > "$OUT/demo_backends.log" 2>&1
              grep "^|" "$OUT/demo_backends.log" ;;
-    quantize_sd35) (cd benchmarks && timeout 590 python3 quantize_cost.py --cases sd35_full --presets w4a8 --batches 4) \
+    quantize_sd35) (cd benchmarks && timeout ${QUANTIZE_LIMIT:-590} python3 quantize_cost.py --cases sd35_full --presets w4a8 --batches 4) \
                > "$OUT/quantize_sd35.log" 2>&1; tail -n 3 "$OUT/quantize_sd35.log" ;;
     load_flux) timeout 300 python3 benchmarks/load_memory.py --model flux --layers 19 --single-layers 38 --device cuda \
                --dir /tmp/segquant_load_memory > "$OUT/load_flux.log" 2>&1; tail -n 4 "$OUT/load_flux.log" ;;

@@ -136,6 +136,8 @@ GPU_SPECS = dict(SPECS, big_heads=SegLinearSpec(1024, 384, (384,), (128,) * 8, D
                  big_dual_fp8=SegLinearSpec(1024, 256, (256,), (1024,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3,
                                             dual_scale=True, smooth=True),
                  adaln6=SegLinearSpec(256, 6 * 64, (64,) * 6, (256,), DType.INT8, smooth=True, low_rank=4),
+                 plain_fp8_cublas=SegLinearSpec(256, 128, (128,), (256,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3,
+                                                smooth=True),
                  dyn_fp8=SegLinearSpec(512, 128, (128,), (512,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3,
                                        input_dynamic=True, input_granularity=PerToken()))
 RUNNABLE = [name for name, s in GPU_SPECS.items() if s.in_features % 32 == 0 and all(
@@ -180,7 +182,7 @@ def test_backend_matches_emulated(name, dtype):
     assert rel_err(y, ref) <= within_rounding(ref, dtype)
 
 
-@pytest.mark.parametrize("name", ["big_heads", "big_dual_fp8", "adaln6", "dyn_fp8"])
+@pytest.mark.parametrize("name", ["big_heads", "big_dual_fp8", "adaln6", "dyn_fp8", "plain_fp8_cublas"])
 def test_compiled_backend_has_no_graph_breaks(name):
     from segquant.kernels.gpu.backend import GpuBackend
 

@@ -31,9 +31,15 @@ from segquant.numerics import unpack_int4
 USE_SCALED_MM = {"enabled": True}
 #: Rows from which packed INT4 layers dequantize the weight and use cuBLAS (see the module doc).
 DEQUANTIZE_MIN_M = 128
-#: Rows up to which the CUDA-core GEMV beats a tensor-core tile (weight-bound layers), when enabled.
+#: Rows up to which the CUDA-core GEMV beats a tensor-core tile (weight-bound layers), when enabled: packed
+#: INT4 up to 4 rows; 8-bit weights one row (at 2 rows the GEMV, which reads the weight once per row, measured
+#: 0.6-1.1x the tiled kernel on an H200; at 1 row 1.0-1.9x, see BENCHMARKS.md).
 GEMV_MAX_M = 4
+GEMV_MAX_M_8BIT = 1
 USE_GEMV = {"enabled": True}
+#: Rows of the shared all-ones row-scale vector of static FP8 layers (see :func:`unit_row_scales`).
+UNIT_ROWS = 1 << 16
+_UNIT_ROW_SCALES: dict = {}
 
 
 @torch.library.custom_op("segquant::scaled_gemm", mutates_args=())
@@ -65,7 +71,8 @@ def gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Tensor], w
     """The op's math; plain FP8 on CUDA without the custom op (same cuBLASLt call, visible to the compiler)."""
     if a.is_cuda and _scaled_mm_fits(a, b, a_scale_neg, lowrank_t, scale_mode, out_dtype) and not _gemv_fits(
             a, b, a_scale, scale_mode):
-        return _plain_fp8(a, b, a_scale, w_scale, bias, out_dtype)
+        return plain_fp8(a[0], b, a_scale[0].expand(a.shape[1], 1).contiguous(), w_scale[:, :1].reshape(1, -1), bias,
+                         out_dtype)
     if (a.is_cuda and b.dtype == torch.uint8 and a.shape[0] == 1 and a.shape[1] >= DEQUANTIZE_MIN_M
             and _w4_simple(a_scale, a_scale_neg, scale_mode)):
         return _dequantized_w4(a, b, a_scale, w_scale, w_col, bias, lowrank_t, lowrank_up, out_dtype)
@@ -80,10 +87,11 @@ def _scaled_gemm_fake(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, l
 
 
 def _gemv_fits(a: Tensor, b: Tensor, a_scale: Tensor, scale_mode: int) -> bool:
-    """The GEMV takes at most ``GEMV_MAX_M`` rows with one input scale along K, and 8-bit weights only with
-    one weight scale per row (``scale_mode`` 0)."""
-    return (USE_GEMV["enabled"] and a.shape[1] <= GEMV_MAX_M and not input_scale_varies(a_scale, scale_mode)
-            and (b.dtype == torch.uint8 or scale_mode == 0))
+    """The GEMV takes at most ``GEMV_MAX_M`` rows of packed INT4 or ``GEMV_MAX_M_8BIT`` rows of 8-bit weights
+    with one input scale along K, and 8-bit weights only with one weight scale per row (``scale_mode`` 0)."""
+    packed = b.dtype == torch.uint8
+    return (USE_GEMV["enabled"] and a.shape[1] <= (GEMV_MAX_M if packed else GEMV_MAX_M_8BIT)
+            and not input_scale_varies(a_scale, scale_mode) and (packed or scale_mode == 0))
 
 
 def _scaled_mm_fits(a: Tensor, b: Tensor, a_scale_neg, lowrank_t, scale_mode: int, out_dtype: torch.dtype) -> bool:
@@ -92,12 +100,22 @@ def _scaled_mm_fits(a: Tensor, b: Tensor, a_scale_neg, lowrank_t, scale_mode: in
             and b.shape[1] % 16 == 0)
 
 
-def _plain_fp8(a: Tensor, b: Tensor, a_scale: Tensor, w_scale: Tensor, bias: Tensor | None, out_dtype) -> Tensor:
-    """cuBLASLt FP8 with row-wise scales: ``a`` ``(1, M, K)``, ``a_scale`` ``(1, M|1, 1)``, ``w_scale`` ``(N, G)``
-    of which column 0 applies (``scale_mode`` 0: every input channel uses column 0, see ``plan.weight_columns``)."""
-    scale_a = a_scale[0].expand(a.shape[1], 1).contiguous()
-    return torch._scaled_mm(a[0], b.t(), scale_a=scale_a, scale_b=w_scale[:, :1].reshape(1, -1),
+def plain_fp8(a: Tensor, b: Tensor, row_scales: Tensor, column_scales: Tensor, bias: Tensor | None,
+              out_dtype: torch.dtype) -> Tensor:
+    """cuBLASLt FP8 with row-wise scales: ``a`` ``(M, K)`` and ``b`` ``(N, K)`` E4M3 codes, ``row_scales``
+    ``(M, 1)`` and ``column_scales`` ``(1, N)`` float32 -> ``(M, N)`` (``scale_mode`` 0: every input channel
+    uses weight-scale column 0, see ``plan.weight_columns``)."""
+    return torch._scaled_mm(a, b.t(), scale_a=row_scales, scale_b=column_scales,
                             bias=bias.to(out_dtype) if bias is not None else None, out_dtype=out_dtype)
+
+
+def unit_row_scales(device: torch.device) -> Tensor:
+    """``(UNIT_ROWS, 1)`` float32 ones on ``device``, one tensor shared by every static FP8 layer: their input
+    scale is folded into the column scales, so a call slices its row scales from this (no kernel per call)."""
+    key = torch.device(device)
+    if key not in _UNIT_ROW_SCALES:
+        _UNIT_ROW_SCALES[key] = torch.ones(UNIT_ROWS, 1, device=key)
+    return _UNIT_ROW_SCALES[key]
 
 
 @torch.library.custom_op("segquant::dequantize_w4", mutates_args=())

@@ -15,6 +15,10 @@ name                  shape / dtype     meaning
 ``gpu_unit_scale``    (1, 1, 1)         W4A16 (16-bit inputs): the input "scale" 1
 ``gpu_zero_col``      (K,) int32        two-level INT4 with INT8 inputs: all 0, the row base is
                                         the one scale column of the expanded INT8 weight
+``gpu_fp8_columns``   (1, N) float32    plain static FP8 layers: ``input_scale · w_scale[n]``, the
+                                        column scales of cuBLASLt's row-wise FP8 GEMM
+``gpu_fp8_rows``      (R, 1) float32    the same layers: ones, one tensor shared by all of them
+                                        (``ops.unit_row_scales``), sliced to the call's rows
 ====================  ================  =====================================================
 
 ``Sa`` is the number of differently quantized inputs: ``S`` with per-output-segment smoothing, else 1
@@ -40,7 +44,8 @@ from torch import Tensor
 from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
 from segquant.numerics import PerGroup, quantize_static, quantize_static_dual
-from segquant.kernels.gpu.ops import DEQUANTIZE_MIN_M, dequantize_w4
+from segquant.kernels.gpu.ops import (DEQUANTIZE_MIN_M, GEMV_MAX_M_8BIT, USE_SCALED_MM, dequantize_w4, plain_fp8,
+                                     unit_row_scales)
 from segquant.kernels.gpu.quant import quantize_dynamic
 from segquant.kernels.reference import folded_multiplier
 
@@ -123,7 +128,23 @@ def pack_tensors(module) -> dict[str, Tensor]:
     for suffix, scale in sides:
         packed["gpu_in_mul" + suffix] = folded_multiplier(scale[:sa], module.smooth, spec.input_segments)
         packed["gpu_a_scale" + suffix] = scale[:sa].unsqueeze(1).contiguous()
+    packed.update(_static_fp8_tensors(module, packed["gpu_w_col"]))
     return packed
+
+
+def _static_fp8_tensors(module, w_col: Tensor) -> dict[str, Tensor]:
+    """Plain static FP8 layers (one input and weight scale column, no DualScale, no per-segment input, no
+    low-rank branch): the column scales with the input scale folded in and the shared unit row scales, so a
+    call passes cuBLASLt its scales without building them; else nothing."""
+    spec, layout = module.spec, layout_of(module)
+    plain = (spec.weight_dtype is DType.FP8E4M3 and spec.input_dtype is DType.FP8E4M3 and not spec.dual_scale
+             and layout.scale_mode == 0 and not layout.per_segment_input and module.lowrank_up is None
+             and spec.in_features % 16 == 0 and spec.out_features % 16 == 0)  # cuBLASLt's FP8 alignment
+    if not plain:
+        return {}
+    columns = module.input_scale[0, 0] * module.weight_scale[:, int(w_col[0])]
+    return {"gpu_fp8_columns": columns.reshape(1, -1).float().contiguous(),
+            "gpu_fp8_rows": unit_row_scales(columns.device)}
 
 
 def _two_level_tensors(module) -> dict[str, Tensor]:
@@ -160,11 +181,16 @@ def quantize_input(module, rows: Tensor) -> tuple[Tensor, Tensor, Tensor | None]
 
 def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Tensor:
     """``x`` ``(..., K)`` -> ``(..., N)`` in ``x.dtype``: quantize, one scaled GEMM (low-rank branch in its
-    epilogue where :func:`fused_lowrank`, else added afterwards). Packed INT4 with two-level scales and at
+    epilogue where :func:`fused_lowrank`, else added afterwards; plain static FP8 layers call cuBLASLt with
+    their packed scales, :func:`_static_fp8_fits`). Packed INT4 with two-level scales and at
     least ``DEQUANTIZE_MIN_M`` rows: the weight expanded to INT8 (``code · step``) for the 8-bit tensor cores,
     the per-row base as its scale."""
     rows = x.reshape(-1, module.in_features)
     codes, a_scale, a_scale_neg = quantize_input(module, rows)
+    if _static_fp8_fits(module, codes, x.dtype):
+        y = plain_fp8(codes[0], module.weight_codes, module.gpu_fp8_rows[:codes.shape[1]], module.gpu_fp8_columns,
+                      module.bias, x.dtype)
+        return y.reshape(*x.shape[:-1], module.out_features)
     weight, w_scale, w_col, mode, row_scale = _weight_operands(module, layout, rows.shape[0])
     fused = fused_lowrank(module) and row_scale is None
     separate = module.lowrank_up is not None and not fused
@@ -178,6 +204,14 @@ def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Te
     if separate:
         y = y + lowrank_branch(module, rows)
     return y.to(x.dtype).reshape(*x.shape[:-1], module.out_features)
+
+
+def _static_fp8_fits(module, codes: Tensor, dtype: torch.dtype) -> bool:
+    """A plain static FP8 layer on CUDA with a bf16 output (cuBLASLt's row-wise FP8 writes bf16), more rows
+    than the GEMV takes and at most ``UNIT_ROWS`` (and cuBLASLt enabled, ``ops.USE_SCALED_MM``)."""
+    return (hasattr(module, "gpu_fp8_columns") and codes.is_cuda and dtype == torch.bfloat16
+            and USE_SCALED_MM["enabled"]
+            and GEMV_MAX_M_8BIT < codes.shape[1] <= module.gpu_fp8_rows.shape[0])
 
 
 def _weight_operands(module, layout: GemmLayout, m: int) -> tuple[Tensor, Tensor, Tensor, int, Tensor | None]:
