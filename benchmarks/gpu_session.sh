@@ -8,7 +8,8 @@
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
 # e.g. `tests gemm_w4 scaling` (~8 min), then `e2e_flux` (~5.5 min), `e2e_flux_w4` (~7 min), then
 # `e2e_sd35 gemm_w8a8`; `gemv` (~1.5 min) and `e2e_flux_w8` (the segquant 8-bit variants without torchao's
-# slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min); `demo_backends` (~5 min, carry gpu_inputs/ made by `demo_backends.py embed`) and
+# slow first compilation, ~4 min; E2E_VARIANTS / E2E_LIMIT / SD35_VARIANTS override the variants and the
+# limit) fit beside `tests`; `load_flux` (~3 min); `demo_backends` (~5 min, carry gpu_inputs/ made by `demo_backends.py embed`) and
 # `quantize_sd35` (up to 10 min) each in a call of their own.
 # Needs diffusers (and torchao for its rows) importable; on the lent H200 carry them as wheels in .whl/
 # and install them first (see the device README). SEGQUANT_TRITON_AUTOTUNE=0 keeps the tests from
@@ -24,7 +25,7 @@ steps=("$@")
 for step in "${steps[@]}"; do
   case $step in
     tests) SEGQUANT_TRITON_AUTOTUNE=0 timeout 240 python3 -m pytest -q -p no:cacheprovider \
-             tests/kernels/test_gpu_w8a8.py > "$OUT/tests_gpu.log" 2>&1; tail -n 5 "$OUT/tests_gpu.log" ;;
+             tests/kernels/test_gpu_w8a8.py ${TESTS_K:+-k "$TESTS_K"} > "$OUT/tests_gpu.log" 2>&1; tail -n 5 "$OUT/tests_gpu.log" ;;
     gemm_w4) (cd benchmarks && timeout 150 python3 gemm_w4.py --json "$OUT/gemm_w4.json") > "$OUT/gemm_w4.log" 2>&1
              tail -n 20 "$OUT/gemm_w4.log" ;;
     gemm_w8a8) (cd benchmarks && timeout 300 python3 gemm_w8a8.py --out "$OUT/gemm_w8a8") > "$OUT/gemm_w8a8.log" 2>&1
@@ -32,7 +33,7 @@ for step in "${steps[@]}"; do
     gemv) (cd benchmarks && timeout 150 python3 gemm_w8a8.py --out "$OUT/gemv" --compile-layers none \
              --layers adaln_plain,adaln_seg6,adaln_seg6_dual,time_linear_2,sd35_adaln_m2,sd35_adaln_dual_m2) \
              > "$OUT/gemv.log" 2>&1; tail -n 16 "$OUT/gemv.log" ;;
-    e2e_flux_w8) (cd benchmarks && timeout 270 python3 e2e_w8a8.py --model flux --iters 6 \
+    e2e_flux_w8) (cd benchmarks && timeout ${E2E_LIMIT:-270} python3 e2e_w8a8.py --model flux --iters 6 \
                 --variants ${E2E_VARIANTS:-bf16_compiled,sq_fp8,sq_int8} --profile --json "$OUT/e2e_flux_w8.json") \
                 > "$OUT/e2e_flux_w8.log" 2>&1; tail -n 8 "$OUT/e2e_flux_w8.log" ;;
     e2e_flux) (cd benchmarks && timeout 330 python3 e2e_w8a8.py --model flux --iters 6 \
@@ -42,7 +43,7 @@ for step in "${steps[@]}"; do
                 --variants bf16_compiled,sq_w4a8_r32_2l,sq_w4a8_r32,sq_w4a16,torchao_int4 --json "$OUT/e2e_flux_w4.json") \
                 > "$OUT/e2e_flux_w4.log" 2>&1; tail -n 8 "$OUT/e2e_flux_w4.log" ;;
     e2e_sd35) (cd benchmarks && timeout 420 python3 e2e_w8a8.py --model sd35 --iters 6 \
-                --variants bf16_compiled,sq_fp8,torchao_fp8 --json "$OUT/e2e_sd35.json") \
+                --variants ${SD35_VARIANTS:-bf16_compiled,sq_fp8,torchao_fp8} --profile --json "$OUT/e2e_sd35.json") \
                 > "$OUT/e2e_sd35.log" 2>&1; tail -n 7 "$OUT/e2e_sd35.log" ;;
     demo_backends) [ -f gpu_inputs/demo_prompts.safetensors ] || { echo "demo_backends: make gpu_inputs/demo_prompts.safetensors first (demo_backends.py embed) and carry gpu_inputs" >&2; continue; }
              timeout 400 python3 benchmarks/demo_backends.py run --embeddings gpu_inputs/demo_prompts.safetensors \

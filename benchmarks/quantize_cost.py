@@ -61,12 +61,11 @@ def run_case(case: str, preset: str, batches: int) -> dict:
     import torch
 
     gpu = case in GPU_CASES
-    if gpu:  # stage times and, every minute, the stack on stderr: a run cut short still shows how far it got
-        import faulthandler
+    if gpu:  # stage times and layer progress on stderr: a run cut short still shows how far it got
         import logging
 
         logging.basicConfig(level=logging.INFO, format="[%(relativeCreated)9.0f ms] %(name)s: %(message)s")
-        faulthandler.dump_traceback_later(60, repeat=True)
+        log_layer_progress()
     model, data = build(case, batches)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if gpu:
@@ -81,6 +80,24 @@ def run_case(case: str, preset: str, batches: int) -> dict:
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "rss_before_mib": round(rss_before),
             "gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20) if gpu else None}
+
+
+def log_layer_progress(every: int = 10) -> None:
+    """Log every ``every``-th converted layer (wraps ``segquant.conversion.quantize_linear``)."""
+    import logging
+
+    from segquant import conversion
+
+    convert_one, done = conversion.quantize_linear, {"layers": 0}
+
+    def counted(*args, **kwargs):
+        result = convert_one(*args, **kwargs)
+        done["layers"] += 1
+        if done["layers"] % every == 0:
+            logging.getLogger("quantize_cost").info("%d layers converted", done["layers"])
+        return result
+
+    conversion.quantize_linear = counted
 
 
 def time_factor(k: int) -> dict:
