@@ -10,7 +10,7 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
                     output segment: the AdaLN chunks), backend "gpu", compiled the same way
 - ``sq_int8``       the same in INT8
 - ``sq_int8_dyn``   INT8 with dynamic per-token inputs (scale computed per call), otherwise as ``sq_int8``
-                    (the ``w8a8_fast`` preset)
+                    (the ``w8a8_fast`` preset without its DualScale on the weight-bound AdaLN layers)
 - ``sq_int8_full``  INT8 with all six SegPatterns: also per-head / per-``cat``-input scales (per-K-tile scaled
                     GEMM) and DualScale (two products per weight tile)
 - ``sq_w4a8_r32``   packed INT4 per-group(64) weights with SVDQuant's rank-32 branch (smoothing alpha 0.5,

@@ -20,23 +20,28 @@ _INT8_TENSOR = {"type": "int8", "granularity": "tensor"}
 _INT8_CHANNEL = {"type": "int8", "granularity": "channel"}
 _INT4_GROUP = {"type": "int4", "granularity": "group", "group_size": 64}
 _OUTPUT_SEGMENTS = ["linear_to_chunk", "linear_to_split"]  # segments the GPU kernel runs in one plain GEMM
+#: diffusers ``FeedForward`` down-projections: compute-bound, where DualScale doubles the tensor-core work.
+_FFN_DOWN = "*ff*.net.2"
 _PLAIN = {"seglinear": False, "search_patterns": [], "opt": {"type": "default"}, "calib": {"type": "amax"}}
 _W8A8 = {"opt": _SMOOTH, "calib": {"type": "amax"}, "input_quant": _INT8_TOKEN, "weight_quant": _INT8_CHANNEL}
 
 # The W8A8 presets were chosen by measurement on the three demo models (image PSNR vs full precision,
 # MMDiT / FLUX / UNet, BENCHMARKS.md "Choosing the W8A8 presets"): w8a8 39.6 / 43.0 / 52.1 dB,
-# w8a8_fast 38.9 / 42.1 / 51.0, w8a8_static 35.8 / 37.7 / 46.7, w8a8_original 34.7 / 36.8 / 47.4,
+# w8a8_fast 38.9 / 42.1 / 51.0 (with DualScale on the weight-bound layers since: 39.0 / 42.2 / 52.0, BENCHMARKS.md
+# "DualScale where it is cheap"), w8a8_static 35.8 / 37.7 / 46.7, w8a8_original 34.7 / 36.8 / 47.4,
 # rtn_w8a8 37.2 / 40.0 / 51.5, w8a8_fp8 27.7 / 28.6 / 37.8.
 #: name -> (what it is, config dict).
 PRESET_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "w8a8": ("SegQuant W8A8, the best measured: INT8 per-channel weights, dynamic per-token INT8 inputs, "
              "SmoothQuant alpha 0.5 per segment, AMAX, SegLinear with all six patterns (DualScale).",
              {"default": _W8A8}),
-    "w8a8_fast": ("w8a8 with output segments only (linear_to_chunk / linear_to_split): each layer is one "
-                  "plain 8-bit GEMM on the GPU; about 1 dB below w8a8.",
-                  {"default": {**_W8A8, "search_patterns": _OUTPUT_SEGMENTS}}),
-    "w8a8_static": ("w8a8_fast with static per-tensor inputs (no per-call scale): the cheapest activation "
-                    "quantization, about 4-5 dB below w8a8.",
+    "w8a8_fast": ("w8a8 with output segments (linear_to_chunk / linear_to_split) and DualScale only where it is "
+                  "cheap (activation-fed layers except the FFN down-projections: AdaLN and time embeddings, "
+                  "weight-bound on the GPU): each large layer is one plain 8-bit GEMM; 0.7-0.8 dB below w8a8.",
+                  {"default": {**_W8A8, "search_patterns": _OUTPUT_SEGMENTS + ["activation_to_linear"]},
+                   _FFN_DOWN: {"search_patterns": _OUTPUT_SEGMENTS}}),
+    "w8a8_static": ("w8a8 with output segments only and static per-tensor inputs (no per-call scale): the "
+                    "cheapest activation quantization, about 4-5 dB below w8a8.",
                     {"default": {**_W8A8, "search_patterns": _OUTPUT_SEGMENTS, "input_quant": _INT8_STATIC}}),
     "w8a8_original": ("The original SegQuant's W8A8 default: INT8 per-tensor weights and static per-tensor "
                       "inputs, SmoothQuant alpha 0.5, AMAX, all six patterns.",

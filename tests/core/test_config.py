@@ -119,8 +119,11 @@ def test_w8a8_preset_is_segquant_on_per_channel_weights_and_dynamic_per_token_in
     assert layer.input_quant.granularity == PerToken()
     assert layer.opt.type is Optimum.SMOOTH and set(layer.search_patterns) == set(SegPattern.all())
     fast, static = get_preset("w8a8_fast").for_layer("x"), get_preset("w8a8_static").for_layer("x")
-    assert set(fast.search_patterns) == {SegPattern.LINEAR2CHUNK, SegPattern.LINEAR2SPLIT} and fast.input_quant.dynamic
-    assert static.search_patterns == fast.search_patterns and not static.input_quant.dynamic
+    segments = {SegPattern.LINEAR2CHUNK, SegPattern.LINEAR2SPLIT}
+    assert set(fast.search_patterns) == segments | {SegPattern.ACTIVATION2LINEAR} and fast.input_quant.dynamic
+    ffn_down = get_preset("w8a8_fast").for_layer("transformer_blocks.3.ff_context.net.2")
+    assert set(ffn_down.search_patterns) == segments  # no DualScale on the compute-bound FFN down-projection
+    assert set(static.search_patterns) == segments and not static.input_quant.dynamic
 
 
 def test_preset_dict_is_a_fresh_copy_and_unknown_preset_errors():

@@ -9,9 +9,10 @@ CPU -> the pure-torch twin, plus fake implementations so ``torch.compile`` trace
   an input scale constant along K: the weight dequantized to 16 bits in one pass (the same rounding as the
   tiled kernel: fp16 for INT8 codes, the input's dtype for W4A16), then a cuBLAS product with float32
   output and the scales, bias and low-rank branch as one elementwise epilogue (fused by the compiler);
-- everything else: the custom op, whose CUDA kernel is the GEMV (at most ``GEMV_MAX_M`` rows, an input
-  scale constant along K, 8-bit weights with one scale per row or packed INT4; see :mod:`.triton_gemv`) or
-  the tiled Triton kernel (:mod:`.triton_gemm`). Plain FP8 layers with that few rows take the GEMV too.
+- everything else: the custom op, whose CUDA kernel is the GEMV (packed INT4 up to ``GEMV_MAX_M`` rows,
+  8-bit weights with one scale per row up to ``GEMV_MAX_M_8BIT``, an input scale constant along K; see
+  :mod:`.triton_gemv`) or the tiled Triton kernel (:mod:`.triton_gemm`). Plain FP8 layers with that few rows
+  take the GEMV too.
 
 Arguments and math: :func:`segquant.kernels.gemm_reference.scaled_gemm_reference`. Importing this module does
 not import Triton (the CUDA implementations import it on first call).

@@ -1,5 +1,6 @@
-"""The weight-bound case of the scaled GEMM: ``M`` a few rows (batch-1 / batch-2 AdaLN and time-embedding
-linears), 8-bit or packed INT4 weights, on the CUDA cores.
+"""The weight-bound case of the scaled GEMM: ``M`` a few rows (batch-1 AdaLN and time-embedding linears),
+8-bit or packed INT4 weights, on the CUDA cores (``ops`` sends it one row of 8-bit weights, up to four of
+packed INT4: each row reads the weight again).
 
 A tensor-core tile wastes most of its rows there and the tiled kernel (:mod:`.triton_gemm`) streams the
 weight at a fraction of the memory bandwidth, so each program reduces ``BN`` output channels of one input
