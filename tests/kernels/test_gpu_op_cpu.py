@@ -105,3 +105,28 @@ def test_int4_weights_with_odd_input_width_are_refused_by_name():
     odd = filled(SegLinearSpec(33, 16, (16,), (33,), DType.INT8, weight_dtype=DType.INT4))
     assert "even number of input channels" in _layout_problem(layout_of(odd))
     assert _layout_problem(layout_of(filled(SPECS["int4_lowrank"]))) is None
+
+
+def test_plain_static_fp8_layers_pack_folded_column_scales_and_share_unit_rows():
+    """cuBLASLt's row-wise FP8 GEMM gets ``input_scale · w_scale[n]`` as its column scales and a slice of one
+    shared ones-vector as its row scales: no scale tensor is built per call. Only plain static FP8 layers
+    (16-aligned, no DualScale, no segmented input) get them."""
+    spec = SegLinearSpec(64, 32, (32,), (64,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3, smooth=True)
+    first, second = pack(filled(spec, seed=0)), pack(filled(spec, seed=1))
+    expected = first.input_scale[0, 0] * first.weight_scale[:, 0]
+    torch.testing.assert_close(first.gpu_fp8_columns, expected.reshape(1, -1), rtol=0, atol=0)
+    assert first.gpu_fp8_rows is second.gpu_fp8_rows and bool((first.gpu_fp8_rows == 1).all())
+    for name in ("plain_fp8", "dual_fp8_segments", "cat_unequal", "plain"):  # 40 outputs: not 16-aligned
+        assert not hasattr(pack(filled(SPECS[name])), "gpu_fp8_columns"), name
+
+
+@pytest.mark.parametrize("rows,weights,scale_mode,expected", [
+    (1, torch.int8, 0, True), (2, torch.int8, 0, False), (1, torch.float8_e4m3fn, 0, True),
+    (1, torch.int8, 2, False), (4, torch.uint8, 2, True), (5, torch.uint8, 0, False)])
+def test_gemv_takes_one_row_of_8bit_weights_and_up_to_four_of_packed_int4(rows, weights, scale_mode, expected):
+    from segquant.kernels.gpu.ops import _gemv_fits
+
+    a = torch.zeros(1, rows, 64, dtype=torch.int8)
+    b = torch.zeros(32, 32 if weights == torch.uint8 else 64, dtype=weights)
+    assert _gemv_fits(a, b, torch.ones(1, 1, 1), scale_mode) is expected
+    assert not _gemv_fits(a, b, torch.ones(1, 1, 2), 1)  # the input scale changes along K: the tiled kernel
