@@ -18,7 +18,8 @@ name                  shape / dtype     meaning
 ``gpu_fp8_columns``   (1, N) float32    plain static FP8 layers: ``input_scale · w_scale[n]``, the
                                         column scales of cuBLASLt's row-wise FP8 GEMM
 ``gpu_fp8_rows``      (R, 1) float32    the same layers: ones, one tensor shared by all of them
-                                        (``ops.unit_row_scales``), sliced to the call's rows
+                                        (``ops.unit_row_scales``), sliced to the call's rows (a
+                                        module moved after packing gets its own 256 KB copy)
 ====================  ================  =====================================================
 
 ``Sa`` is the number of differently quantized inputs: ``S`` with per-output-segment smoothing, else 1
