@@ -28,7 +28,8 @@ Per variant: first-call time (includes compilation), median latency of ``--iters
 the same with the whole forward captured in one CUDA graph (``graph_ms``: no CPU launch overhead, the
 number a deployment with ``mode="reduce-overhead"`` or a captured sampler gets), memory the model holds on
 the GPU (allocated bytes after preparation: weights, buffers and the example inputs; this also counts
-tensor subclasses such as torchao's; ``model_tensor_gib``: the model's own parameters and buffers), peak allocated memory during a call, and for the segquant variants
+tensor subclasses such as torchao's; ``model_tensor_gib``: the model's own parameters and buffers), peak
+allocated memory during a call, and for the segquant variants
 the relative error of the GPU backend against the emulated backend on the same input: of the whole
 output (``‖y_gpu − y_emul‖ / ‖y_emul‖``; through dozens of random-weight blocks in bf16 this grows with
 depth, whatever the kernel) and of each of the first ``LAYERS_CHECKED`` layers on its own captured input

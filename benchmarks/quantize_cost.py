@@ -138,7 +138,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(run_case(args.child[0], args.child[1], args.batches)))
         return
-    print("| case | preset | calib batches | layers | time (s) | peak RSS (MiB) | RSS after build (MiB) | GPU peak (MiB) |")
+    print("| case | preset | calib batches | layers | time (s) | peak RSS (MiB) | RSS after build (MiB) | "
+          "GPU peak (MiB) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for case in args.cases:
         for preset in args.presets:

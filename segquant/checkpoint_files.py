@@ -13,7 +13,8 @@ file                       content
 
 Format versions: 1 (no ``segquant_model.json``; int4 codes held unpacked in int8, packed on load),
 2 (two-level INT4 scales held as float32 group scales, split into steps and row bases on load; the
-low-rank ``D_s`` without ``1/λ_s``, folded in on load), 3 (current). A folder of a newer version raises :class:`CheckpointVersionError`.
+low-rank ``D_s`` without ``1/λ_s``, folded in on load), 3 (current). A folder of a newer version raises
+:class:`CheckpointVersionError`.
 """
 
 from __future__ import annotations

@@ -98,12 +98,17 @@ def quantize_input(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: in
     return torch.cat([quantize_input_part(part, b, spec, s, j) for j, part in enumerate(parts)], dim=-1)
 
 
+def per_channel(input_scale: Tensor, segments: tuple[int, ...]) -> Tensor:
+    """Input scales ``(S, J)``, one per input segment, repeated over each segment's channels: ``(S, K)``."""
+    return input_scale.repeat_interleave(torch.tensor(segments, device=input_scale.device), dim=1)
+
+
 def folded_multiplier(input_scale: Tensor, smooth: Tensor | None, segments: tuple[int, ...]) -> Tensor:
     """``(S, K)`` float32 static input multipliers ``1 / (λ_s[k] · input_scale[s, j(k)])`` from ``input_scale``
     ``(S, J)`` and ``smooth`` ``(S, K)`` (``None``: no smoothing): the one multiplication that quantizes a static
     input, here and on the GPU."""
-    per_channel = input_scale.repeat_interleave(torch.tensor(segments, device=input_scale.device), dim=1)
-    return 1.0 / ((smooth if smooth is not None else torch.ones_like(per_channel)) * per_channel)
+    scale = per_channel(input_scale, segments)
+    return 1.0 / (scale if smooth is None else smooth * scale)
 
 
 def static_folded(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: int) -> Tensor:
@@ -112,14 +117,13 @@ def static_folded(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: int
     which differs from rounding ``(x / λ) / s`` only where a value lies within float32 rounding of a code
     boundary."""
     smooth = b.smooth[s:s + 1] if b.smooth is not None else None
-    segments = torch.tensor(spec.input_segments, device=rows.device)
     sides = [b.input_scale[s:s + 1]] + ([b.input_scale_neg[s:s + 1]] if spec.dual_scale else [])
     muls = [folded_multiplier(scale, smooth, spec.input_segments) for scale in sides]
     quantize = quantize_static_dual if spec.dual_scale else quantize_static
     codes = quantize(rows, *muls, spec.input_dtype)[0].float()  # (M, K·(1+dual)): [q⁺ | q⁻]
-    k, per_channel = spec.in_features, [scale[0].repeat_interleave(segments) for scale in sides]
-    positive = codes[:, :k] * per_channel[0]
-    return positive + codes[:, k:] * per_channel[1] if spec.dual_scale else positive
+    k, scales = spec.in_features, [per_channel(scale, spec.input_segments)[0] for scale in sides]
+    positive = codes[:, :k] * scales[0]
+    return positive + codes[:, k:] * scales[1] if spec.dual_scale else positive
 
 
 def lowrank_output(rows: Tensor, b: SegLinearBuffers, s: int, out_rows: slice) -> Tensor:

@@ -84,9 +84,10 @@ class GpuBackend(Backend):
             raise BackendUnavailableError(layer_name, self.name, reason, EMULATED_ALTERNATIVE)
 
     def pack(self, module) -> None:
-        for name, tensor in pack_tensors(module).items():
+        layout = layout_of(module)
+        for name, tensor in pack_tensors(module, layout).items():
             module.register_buffer(name, tensor, persistent=False)
-        module.gpu_layout = layout_of(module)
+        module.gpu_layout = layout
 
     def forward(self, module, x: Tensor) -> Tensor:
         return seglinear_forward(module, module.gpu_layout, x, gemm)

@@ -113,8 +113,9 @@ def layout_of(module) -> GemmLayout:
                       input_varies=bool(a_changes))
 
 
-def pack_tensors(module) -> dict[str, Tensor]:
-    """The packed tensors of the table above, on the module's device."""
+def pack_tensors(module, layout: GemmLayout | None = None) -> dict[str, Tensor]:
+    """The packed tensors of the table above, on the module's device (``layout``: the module's, if the caller
+    has it already)."""
     spec, device = module.spec, module.weight_codes.device
     sa = len(spec.output_segments) if spec.smooth else 1
     packed = {"gpu_a_col": input_columns(spec).to(device),
@@ -129,15 +130,15 @@ def pack_tensors(module) -> dict[str, Tensor]:
     for suffix, scale in sides:
         packed["gpu_in_mul" + suffix] = folded_multiplier(scale[:sa], module.smooth, spec.input_segments)
         packed["gpu_a_scale" + suffix] = scale[:sa].unsqueeze(1).contiguous()
-    packed.update(_static_fp8_tensors(module, packed["gpu_w_col"]))
+    packed.update(_static_fp8_tensors(module, layout or layout_of(module), packed["gpu_w_col"]))
     return packed
 
 
-def _static_fp8_tensors(module, w_col: Tensor) -> dict[str, Tensor]:
+def _static_fp8_tensors(module, layout: GemmLayout, w_col: Tensor) -> dict[str, Tensor]:
     """Plain static FP8 layers (one input and weight scale column, no DualScale, no per-segment input, no
     low-rank branch): the column scales with the input scale folded in and the shared unit row scales, so a
     call passes cuBLASLt its scales without building them; else nothing."""
-    spec, layout = module.spec, layout_of(module)
+    spec = module.spec
     plain = (spec.weight_dtype is DType.FP8E4M3 and spec.input_dtype is DType.FP8E4M3 and not spec.dual_scale
              and layout.scale_mode == 0 and not layout.per_segment_input and module.lowrank_up is None
              and spec.in_features % 16 == 0 and spec.out_features % 16 == 0)  # cuBLASLt's FP8 alignment

@@ -4,8 +4,9 @@ Static inputs use the folded per-channel multiplier ``c_s[k] = 1 / (λ_s[k] · i
 (:func:`segquant.kernels.reference.folded_multiplier`) and :func:`segquant.numerics.quantize_static` /
 ``quantize_static_dual``, which the emulated layer runs too: ``q = clamp(round(x · c), qmin, qmax)``
 (FP8: ``clamp(x · c, ±448)`` cast to E4M3, which rounds to nearest even); DualScale quantizes each sign
-with its own multiplier and concatenates the codes along K: ``[q⁺ | q⁻]`` ``(S, M, 2K)``. Dynamic inputs compute their scales per call from the (smoothed) input,
-block by block, exactly like :func:`segquant.numerics.dynamic_fake_quant`.
+with its own multiplier and concatenates the codes along K: ``[q⁺ | q⁻]`` ``(S, M, 2K)``. Dynamic inputs
+compute their scales per call from the (smoothed) input, block by block, exactly like
+:func:`segquant.numerics.dynamic_fake_quant`.
 
 Every function returns codes ``(S, M, K·(1+dual))`` plus, for dynamic inputs, the scales
 ``(S, M|1, JA)`` (``JA`` scale columns: one per input segment, or per group) that the GEMM applies.
