@@ -64,6 +64,8 @@ GEMV_CASES = {
     "gemv_int8_dual_out_segments": dict(m=1, n=96, k=256, fmt="int8", dual=True, sa=3),
     "gemv_fp8_tails": dict(m=3, n=40, k=200, fmt="fp8"),
     "gemv_int8_lowrank": dict(m=2, n=64, k=384, fmt="int8", rank=8),
+    "gemv_int8_dual_k_tail": dict(m=1, n=40, k=300, fmt="int8", dual=True),  # dp4a words, a partial last step
+    "gemv_int8_k_not_words": dict(m=2, n=24, k=202, fmt="int8", dual=True),  # K % 4 != 0: the per-byte loop
     "gemv_fp8_dual": dict(m=2, n=48, k=320, fmt="fp8", dual=True),
     "gemv_w4a8_dual": dict(m=2, n=64, k=256, fmt="int8", dual=True, w4=True),
     "gemv_w4a8_g64_lowrank": dict(m=1, n=80, k=384, fmt="int8", segments=(64,) * 6, w4=True, rank=32),

@@ -116,6 +116,21 @@ def test_paths_with_one_input_scale_match_twin(name, half):
     assert rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
 
 
+@pytest.mark.parametrize("name", list(GEMV_CASES))
+def test_gemv_kernel_matches_twin(name):
+    """The GEMV called directly (``ops`` routes only one row of 8-bit weights to it): every case, both INT8
+    inner loops (``dp4a`` words and the per-byte loop)."""
+    from segquant.kernels.gpu.triton_gemv import gemv_triton
+
+    args = [t.cuda() if isinstance(t, torch.Tensor) else t
+            for t in one_input_scale(interpreted_case(**GEMV_CASES[name]))]
+    a, b, a_scale, a_scale_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
+    poison_allocator()
+    y = gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype)
+    ref = scaled_gemm_reference(*args)
+    assert rel_err(y, ref) <= within_rounding(ref, out_dtype)
+
+
 def test_dequantize_w4_matches_cpu():
     b, scale, cols = dequantize_case(n=3072, k=3072, segments=(64,) * 48)
     for dtype in (torch.float16, torch.bfloat16, torch.float32):

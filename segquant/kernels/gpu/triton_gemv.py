@@ -10,7 +10,11 @@ math as the op (:mod:`segquant.kernels.gemm_reference`), restricted to inputs wh
 K and, for 8-bit weights, one weight scale per output row (``scale_mode`` 0):
 
 - 8-bit weights (``W4`` off): INT8 x INT8 products summed in int32 (exact, as on the tensor cores), FP8
-  E4M3 x E4M3 products in float32 (exact products; only the summation order differs);
+  E4M3 x E4M3 products in float32 (exact products; only the summation order differs). On a GPU with
+  ``K % 4 == 0`` the INT8 operands are read as int32 words and multiplied four lanes at a time by PTX
+  ``dp4a`` (``DP4A``): one instruction per four weight bytes instead of four unpacks and four multiply-adds,
+  which keeps DualScale's second sum off the critical path (the interpreter, which has no inline assembly,
+  runs the per-byte loop);
 - packed INT4 (``W4``): byte ``i`` of a weight row holds codes ``2i`` (low nibble) and ``2i + 1``, the input
   is read as pairs and split by shifts (:func:`.triton_gemm._split_pairs`), each code is dequantized with
   its group's scale and rounded to the compute dtype as on the tensor-core paths, products and sums in
@@ -41,6 +45,33 @@ def _legal(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     legal = [c for c in configs if args["OUT_SEG"] % c.kwargs["BN"] == 0] or configs[-1:]
     return legal[:1] if os.environ.get("SEGQUANT_TRITON_AUTOTUNE") == "0" else legal
+
+
+@triton.jit
+def _dp4a(w, a, acc):
+    """``acc + Σ_j w_j · a_j`` over the four int8 lanes of the int32 words ``w`` and ``a`` (PTX ``dp4a``)."""
+    return tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [w, a, acc], dtype=tl.int32,
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def _int8_row_dp4a(a_row, b_rows, K, DUAL: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """INT8 weights and inputs as int32 words (``K / 4`` per row): ``(Σ_k a[k] · b[n, k], the same with the
+    negative codes at word K / 4)`` ``(BN,)`` int32, kept per lane over K and reduced once at the end."""
+    BW: tl.constexpr = BK // 4
+    offs = tl.arange(0, BW)
+    words = K // 4
+    lanes = tl.zeros((BN, BW), tl.int32)
+    lanes_neg = tl.zeros((BN, BW), tl.int32)
+    for k0 in range(0, words, BW):
+        ok = k0 + offs < words
+        w = tl.load(b_rows + k0 + offs[None, :], mask=ok[None, :], other=0)
+        a = tl.load(a_row + k0 + offs, mask=ok, other=0)
+        lanes = _dp4a(w, tl.broadcast_to(a[None, :], (BN, BW)), lanes)
+        if DUAL:
+            a_neg = tl.load(a_row + words + k0 + offs, mask=ok, other=0)
+            lanes_neg = _dp4a(w, tl.broadcast_to(a_neg[None, :], (BN, BW)), lanes_neg)
+    return tl.sum(lanes, axis=1), tl.sum(lanes_neg, axis=1)
 
 
 @triton.jit
@@ -104,7 +135,7 @@ def _w4_row(a_row, b_rows, w_rows, wcol_ptr, K, acc, acc_neg, A_KIND: tl.constex
     return acc, acc_neg
 
 
-@triton.autotune(configs=_CONFIGS, key=["N", "K", "OUT_SEG", "CHUNK_ALIGN", "W4", "DUAL", "A_KIND"],
+@triton.autotune(configs=_CONFIGS, key=["N", "K", "OUT_SEG", "CHUNK_ALIGN", "W4", "DUAL", "A_KIND", "DP4A"],
                  prune_configs_by={"early_config_prune": _legal})
 @triton.heuristics({"CHUNK": lambda args: min(args["BK"], args["CHUNK_ALIGN"])})
 @triton.jit
@@ -112,7 +143,7 @@ def _gemv_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, wcol_ptr, bias_pt
                  N, K, OUT_SEG, RANK, CHUNK_ALIGN,
                  stride_as, stride_am, stride_bn, stride_cm, stride_ss, stride_sm, stride_wn, stride_tm, stride_un,
                  W4: tl.constexpr, DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr,
-                 A_KIND: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, CHUNK: tl.constexpr):
+                 A_KIND: tl.constexpr, DP4A: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, CHUNK: tl.constexpr):
     pid_n, m = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BN + tl.arange(0, BN)
     rn = tl.where(offs_n < N, offs_n, 0)
@@ -123,6 +154,8 @@ def _gemv_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, wcol_ptr, bias_pt
         zero = tl.zeros((BN,), tl.float32)
         acc, acc_neg = _w4_row(a_row, b_rows, ws_ptr + rn[:, None] * stride_wn, wcol_ptr, K, zero, zero, A_KIND,
                                DUAL, BN, BK, CHUNK)
+    elif DP4A:
+        acc, acc_neg = _int8_row_dp4a(a_row, b_rows, K, DUAL, BN, BK)
     else:
         zero = tl.zeros((BN,), tl.int32 if A_KIND == 0 else tl.float32)
         acc, acc_neg = _w8_row(a_row, b_rows, K, zero, zero, A_KIND == 0, DUAL, BK)
@@ -154,17 +187,30 @@ def gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, lowrank_t, low
     sa, m, _ = a.shape
     n, k = b.shape[0], w_col.shape[0]
     w4 = b.dtype == torch.uint8
-    inputs = a.contiguous().view(_PAIR_DTYPES[a.dtype]) if w4 else a.contiguous()
+    inputs, weights = a.contiguous(), b.contiguous()
+    dp4a = _dp4a_fits(inputs, weights, k)
+    if w4:
+        inputs = inputs.view(_PAIR_DTYPES[a.dtype])
+    elif dp4a:
+        inputs, weights = inputs.view(torch.int32), weights.view(torch.int32)
     out = torch.empty(m, n, device=a.device, dtype=out_dtype)
     ws, a_scale = w_scale.contiguous(), a_scale.contiguous()
     neg = a_scale_neg.contiguous() if a_scale_neg is not None else a_scale
     t, u, rank = lowrank_args(lowrank_t, lowrank_up, ws)
     grid = lambda meta: (triton.cdiv(n, meta["BN"]), m)  # noqa: E731
     _gemv_kernel[grid](
-        inputs, b.contiguous(), out, a_scale, neg, ws, w_col, bias if bias is not None else ws, t, u,
+        inputs, weights, out, a_scale, neg, ws, w_col, bias if bias is not None else ws, t, u,
         n, k, out_segment if sa > 1 else _NO_SEGMENT, rank, _pow2_part(k_align // 2) if w4 else 1 << 30,
-        inputs.stride(0) if sa > 1 else 0, inputs.stride(1), b.stride(0), out.stride(0), *scale_strides(a_scale),
+        inputs.stride(0) if sa > 1 else 0, inputs.stride(1), weights.stride(0), out.stride(0), *scale_strides(a_scale),
         ws.stride(0), t.stride(0), u.stride(0),
         W4=w4, DUAL=a_scale_neg is not None, HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None,
-        R=max(16, triton.next_power_of_2(rank)), A_KIND=_A_KINDS[a.dtype])
+        R=max(16, triton.next_power_of_2(rank)), A_KIND=_A_KINDS[a.dtype], DP4A=dp4a)
     return out
+
+
+def _dp4a_fits(inputs: torch.Tensor, weights: torch.Tensor, k: int) -> bool:
+    """INT8 x INT8 on a GPU (not the interpreter) with ``K % 4 == 0`` and both operands 4-byte aligned: read as
+    int32 words for ``dp4a``."""
+    return (inputs.dtype == weights.dtype == torch.int8 and k % 4 == 0 and inputs.is_cuda
+            and os.environ.get("TRITON_INTERPRET") != "1"
+            and inputs.storage_offset() % 4 == 0 and weights.storage_offset() % 4 == 0)
