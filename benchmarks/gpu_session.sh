@@ -10,7 +10,7 @@
 # `e2e_sd35 gemm_w8a8`; `gemv` (~1.5 min) and `e2e_flux_w8` (the segquant 8-bit variants without torchao's
 # slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min); `demo_backends` (~5 min, carry
 # gpu_inputs/ made by `demo_backends.py embed`) and `quantize_sd35` (up to 10 min) each in a call of their own.
-# Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8), SD35_VARIANTS (e2e_sd35), TESTS_K (a pytest
+# Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8), SD35_VARIANTS / SD35_LIMIT (e2e_sd35), TESTS_K (a pytest
 # -k selection for tests), QUANTIZE_LIMIT (quantize_sd35).
 # Needs diffusers (and torchao for its rows) importable; on the lent H200 carry them as wheels in .whl/
 # and install them first (see the device README). SEGQUANT_TRITON_AUTOTUNE=0 keeps the tests from
@@ -43,7 +43,7 @@ for step in "${steps[@]}"; do
     e2e_flux_w4) (cd benchmarks && timeout 440 python3 e2e_w8a8.py --model flux --iters 6 \
                 --variants bf16_compiled,sq_w4a8_r32_2l,sq_w4a8_r32,sq_w4a16,torchao_int4 --json "$OUT/e2e_flux_w4.json") \
                 > "$OUT/e2e_flux_w4.log" 2>&1; tail -n 8 "$OUT/e2e_flux_w4.log" ;;
-    e2e_sd35) (cd benchmarks && timeout 420 python3 e2e_w8a8.py --model sd35 --iters 6 \
+    e2e_sd35) (cd benchmarks && timeout ${SD35_LIMIT:-420} python3 e2e_w8a8.py --model sd35 --iters 6 \
                 --variants ${SD35_VARIANTS:-bf16_compiled,sq_fp8,torchao_fp8} --profile --json "$OUT/e2e_sd35.json") \
                 > "$OUT/e2e_sd35.log" 2>&1; tail -n 7 "$OUT/e2e_sd35.log" ;;
     demo_backends) [ -f gpu_inputs/demo_prompts.safetensors ] || { echo "demo_backends: make gpu_inputs/demo_prompts.safetensors first (demo_backends.py embed) and carry gpu_inputs" >&2; continue; }
