@@ -2,7 +2,8 @@
 ``correction.json`` (kind, constructor config, step count, timesteps, latent grid). No pickle.
 
     save_correction(affiner, "affiner-w4a8")
-    affiner = load_correction("affiner-w4a8")        # -> BlockwiseAffiner / PTQDCorrector / TACCorrector
+    affiner = load_correction("affiner-w4a8")        # -> BlockwiseAffiner / PTQDCorrector / TACCorrector /
+                                                     #    ChannelCorrector
 
 A missing, truncated or inconsistent file raises :class:`~segquant.errors.CorruptCheckpointError`.
 """
@@ -20,10 +21,11 @@ TENSORS_NAME, META_NAME = "correction.safetensors", "correction.json"
 
 def _kinds() -> dict:
     from segquant.affiner.blockwise import BlockwiseAffiner
+    from segquant.affiner.channel import ChannelCorrector
     from segquant.affiner.ptqd import PTQDCorrector
     from segquant.affiner.tac import TACCorrector
 
-    return {cls.kind: cls for cls in (BlockwiseAffiner, PTQDCorrector, TACCorrector)}
+    return {cls.kind: cls for cls in (BlockwiseAffiner, PTQDCorrector, TACCorrector, ChannelCorrector)}
 
 
 def save_correction(corr, folder: str | Path) -> Path:
