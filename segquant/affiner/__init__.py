@@ -1,5 +1,4 @@
-"""Timestep-wise error correction of quantized diffusion models: the blockwise affiner, PTQD, TAC-Diffusion,
-the channel corrector.
+"""Timestep-wise error correction of quantized diffusion models: the blockwise affiner, PTQD, TAC-Diffusion.
 
     affiner = process_affiner({"blocksize": 2}, prompts, fp_pipe, quantized_denoiser)
     with install_stepper(fp_pipe, affiner), swapped_denoiser(fp_pipe, quantized_denoiser):
@@ -11,12 +10,11 @@ The protocol every correction (and a ``thirdparty_affiner``) follows is in :mod:
 
 from segquant.affiner.base import CorrectionMismatchError, StepCorrector
 from segquant.affiner.blockwise import BlockwiseAffiner
-from segquant.affiner.channel import ChannelCorrector
 from segquant.affiner.hooks import installed
 from segquant.affiner.io import load_correction, save_correction
 from segquant.affiner.process import AffinerConfig, process_affiner
 from segquant.affiner.ptqd import PTQDCorrector
 from segquant.affiner.tac import TACCorrector
 
-__all__ = ["AffinerConfig", "BlockwiseAffiner", "ChannelCorrector", "CorrectionMismatchError", "PTQDCorrector",
-           "StepCorrector", "TACCorrector", "installed", "load_correction", "process_affiner", "save_correction"]
+__all__ = ["AffinerConfig", "BlockwiseAffiner", "CorrectionMismatchError", "PTQDCorrector", "StepCorrector",
+           "TACCorrector", "installed", "load_correction", "process_affiner", "save_correction"]

@@ -5,15 +5,12 @@
     corr.fit(pred_q, pred_fp, info, inputs)  # add one denoiser call (both predictions at the same input)
                                              # to step info.step_index's statistics and refit that step
     corr.apply(pred_q, info) -> Tensor       # the corrected prediction, same shape and dtype
-                                             # (``uses_input``: apply(pred_q, info, inputs), see below)
     corr(pred_q, info) -> Tensor             # = apply: the object is a stepper (install_stepper)
 
 ``pred_q``, ``pred_fp``: the denoiser outputs of the whole call, ``(B, C, H, W)`` or packed FLUX
 ``(B, S, C)``; ``info``: :class:`~segquant.pipeline.steps.StepInfo`; ``inputs``: the call's keyword
-inputs (for ``img_ids``; a correction with ``uses_input`` True also reads the denoiser input ``x_t`` there,
-at fit and at apply, and installs itself with ``install(pipe)``). Optional: ``finish(num_steps)`` after
-fitting, ``install(pipe)`` when the correction needs more than the stepper hook (TAC's input bias,
-the channel corrector's ``x_t``), ``save(folder)``.
+inputs (for ``img_ids``). Optional: ``finish(num_steps)`` after fitting, ``install(pipe)`` when the
+correction needs more than the stepper hook (TAC's input bias), ``save(folder)``.
 
 :class:`StepCorrector` implements the bookkeeping shared by the affiner, PTQD and TAC: the
 ``noise_target`` rows, the ``enable_timesteps`` subset, the fitted step count, timesteps and latent
@@ -30,7 +27,6 @@ from torch import Tensor
 
 from segquant.errors import ConfigError
 from segquant.affiner.layout import from_grid, packed_grid, to_grid
-from segquant.pipeline.steps import first_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +49,6 @@ class StepCorrector:
     """
 
     kind = "base"
-    uses_input = False  # True: fit/apply read the call's denoiser input x_t (accumulate/correct get ``x``)
 
     def __init__(self, noise_target: str = "all", enable_timesteps: list[int] | None = None,
                  packed_grid: tuple[int, int] | None = None):
@@ -99,8 +94,7 @@ class StepCorrector:
         fp = to_grid(pred_fp, self.packed_grid)[rows].detach().double()
         self._check_grid(q, fitting=True)
         self.timesteps[step] = float(info.timestep)
-        extra = {"x": self._input_rows(inputs, rows, q)} if self.uses_input else {}
-        self._stats[step] = self.accumulate(self._stats.get(step), q, fp, **extra)
+        self._stats[step] = self.accumulate(self._stats.get(step), q, fp)
         self.params[step] = {k: v.float() for k, v in self.solve(self._stats[step]).items()}
         self._cache.pop(step, None)
 
@@ -113,9 +107,8 @@ class StepCorrector:
         self._stats.clear()
 
     # -- applying --------------------------------------------------------------------------------
-    def apply(self, pred_q: Tensor, info, inputs: dict | None = None) -> Tensor:
-        """The corrected prediction (``pred_q`` itself for steps and rows that are not corrected);
-        ``inputs``: the call's keyword inputs, needed only when ``uses_input``."""
+    def apply(self, pred_q: Tensor, info) -> Tensor:
+        """The corrected prediction (``pred_q`` itself for steps and rows that are not corrected)."""
         step = info.step_index
         self._check_step(step, info.timestep)
         if step not in self.params:
@@ -123,12 +116,10 @@ class StepCorrector:
         grid = to_grid(pred_q, self.packed_grid)
         self._check_grid(grid, fitting=False)
         rows = self.rows(info)
-        q = grid[rows].float()
-        extra = {"x": self._input_rows(inputs, rows, q)} if self.uses_input else {}
         if len(rows) == grid.shape[0]:
-            return from_grid(self.correct(step, q, **extra).to(grid.dtype), pred_q)
+            return from_grid(self.correct(step, grid.float()).to(grid.dtype), pred_q)
         out = grid.clone()
-        out[rows] = self.correct(step, q, **extra).to(grid.dtype)
+        out[rows] = self.correct(step, grid[rows].float()).to(grid.dtype)
         return from_grid(out, pred_q)
 
     __call__ = apply
@@ -152,22 +143,8 @@ class StepCorrector:
                                           f"{self.grid_shape} it was fitted on")
 
     # -- subclass hooks --------------------------------------------------------------------------
-    def _input_rows(self, inputs: dict | None, rows: list[int], like: Tensor) -> Tensor:
-        """Rows ``rows`` of the call's denoiser input ``x_t`` (its first tensor argument, e.g. ``hidden_states``
-        / ``sample``) as a grid with the shape, dtype and device of ``like`` ``(R, C, H, W)``."""
-        x = None if inputs is None else first_tensor(inputs)
-        if x is None:
-            raise ConfigError(f"{self.kind} reads the denoiser input x_t: fit it with process_affiner and apply it "
-                              "with installed(pipe, corr) or apply(pred, info, inputs), not as a bare stepper")
-        x = to_grid(x, self.packed_grid)[rows]
-        if x.shape != like.shape:
-            raise CorrectionMismatchError(f"{self.kind}: denoiser input {tuple(x.shape)} does not match the "
-                                          f"prediction {tuple(like.shape)} (as (R, C, H, W) grids)")
-        return x.to(device=like.device, dtype=like.dtype)
-
     def accumulate(self, stats: Any, q: Tensor, fp: Tensor) -> Any:
-        """New statistics from old ``stats`` (``None`` at first) and float64 grids ``(R, C, H, W)``
-        (``uses_input``: also ``x``, the rows of the denoiser input, same shape)."""
+        """New statistics from old ``stats`` (``None`` at first) and float64 grids ``(R, C, H, W)``."""
         raise NotImplementedError
 
     def solve(self, stats: Any) -> dict[str, Tensor]:

@@ -2,8 +2,7 @@
 ``correction.json`` (kind, constructor config, step count, timesteps, latent grid). No pickle.
 
     save_correction(affiner, "affiner-w4a8")
-    affiner = load_correction("affiner-w4a8")        # -> BlockwiseAffiner / PTQDCorrector / TACCorrector /
-                                                     #    ChannelCorrector
+    affiner = load_correction("affiner-w4a8")        # -> BlockwiseAffiner / PTQDCorrector / TACCorrector
 
 A missing, truncated or inconsistent file raises :class:`~segquant.errors.CorruptCheckpointError`.
 """
@@ -21,11 +20,10 @@ TENSORS_NAME, META_NAME = "correction.safetensors", "correction.json"
 
 def _kinds() -> dict:
     from segquant.affiner.blockwise import BlockwiseAffiner
-    from segquant.affiner.channel import ChannelCorrector
     from segquant.affiner.ptqd import PTQDCorrector
     from segquant.affiner.tac import TACCorrector
 
-    return {cls.kind: cls for cls in (BlockwiseAffiner, PTQDCorrector, TACCorrector, ChannelCorrector)}
+    return {cls.kind: cls for cls in (BlockwiseAffiner, PTQDCorrector, TACCorrector)}
 
 
 def save_correction(corr, folder: str | Path) -> Path:

@@ -29,16 +29,15 @@ from segquant.pipeline.steps import first_tensor
 from segquant.pipeline.tap import DenoiserTap, TapCall, output_sample
 
 logger = logging.getLogger(__name__)
-METHODS = ("affiner", "ptqd", "tac", "channel")
+METHODS = ("affiner", "ptqd", "tac")
 
 
 @dataclass
 class AffinerConfig:
     """Settings of :func:`process_affiner` (a dict with these keys is accepted; unknown keys raise).
 
-    ``method``: "affiner", "ptqd", "tac" or "channel"; ``blocksize``, ``alpha``, ``lambda1``, ``lambda2``: the
-    affiner's (see :mod:`segquant.affiner.blockwise`); ``alpha``, ``lambda1``, ``lambda2`` and ``use_input``:
-    the channel corrector's (see :mod:`segquant.affiner.channel`); ``noise_target``, ``enable_timesteps``,
+    ``method``: "affiner", "ptqd" or "tac"; ``blocksize``, ``alpha``, ``lambda1``, ``lambda2``: the
+    affiner's (see :mod:`segquant.affiner.blockwise`); ``noise_target``, ``enable_timesteps``,
     ``packed_grid``: every method's; ``recurrent``: fit along the corrected quantized trajectory;
     ``batch_size``: prompts per pipeline call; ``num_inference_steps``, ``guidance_scale`` (``None``:
     the pipeline's default), ``seed`` (prompt ``i`` of the pass uses seed ``seed + i``) and
@@ -50,7 +49,6 @@ class AffinerConfig:
     alpha: float = 0.5
     lambda1: float = 0.0
     lambda2: float = 0.0
-    use_input: bool = True
     noise_target: str = "all"
     enable_timesteps: list[int] | None = None
     packed_grid: tuple[int, int] | None = None
@@ -87,8 +85,6 @@ def build_corrector(cfg: AffinerConfig):
               "packed_grid": cfg.packed_grid}
     if cfg.method == "affiner":
         common.update(blocksize=cfg.blocksize, alpha=cfg.alpha, lambda1=cfg.lambda1, lambda2=cfg.lambda2)
-    elif cfg.method == "channel":
-        common.update(use_input=cfg.use_input, alpha=cfg.alpha, lambda1=cfg.lambda1, lambda2=cfg.lambda2)
     return _kinds()[cfg.method](**common)
 
 
@@ -141,10 +137,7 @@ def _lockstep(corr, other: nn.Module, recurrent: bool):
         other_sample = output_sample(call.run(other))
         q, fp = (call.sample, other_sample) if recurrent else (other_sample, call.sample)
         corr.fit(q, fp, call.info, call.inputs)
-        if not recurrent:
-            return None
-        extra = (call.inputs,) if getattr(corr, "uses_input", False) else ()
-        return call.with_sample(corr.apply(q, call.info, *extra))
+        return call.with_sample(corr.apply(q, call.info)) if recurrent else None
 
     return after
 

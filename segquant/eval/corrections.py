@@ -1,4 +1,4 @@
-"""``--correction``: per-step error corrections (affiner, PTQD, TAC, channel) on top of each quantization preset.
+"""``--correction``: per-step error corrections (affiner, PTQD, TAC) on top of each quantization preset.
 
 For each preset and each correction, the harness (``harness.correction_rows``) fits the correction
 with ``process_affiner`` on the calibration prompts (never the evaluation prompts; recurrent, ``EvalConfig.correction_config``
@@ -15,12 +15,11 @@ import time
 
 from segquant.errors import ConfigError
 
-CORRECTIONS = ("none", "affiner", "ptqd", "tac", "channel")
+CORRECTIONS = ("none", "affiner", "ptqd", "tac")
 
 
 SETTINGS = {"blocksize": int, "alpha": float, "lambda1": float, "lambda2": float, "noise_target": str,
-            "recurrent": lambda v: {"true": True, "false": False}[v.lower()],
-            "use_input": lambda v: {"true": True, "false": False}[v.lower()]}
+            "recurrent": lambda v: {"true": True, "false": False}[v.lower()]}
 
 
 def split_correction(label: str) -> tuple[str, dict]:

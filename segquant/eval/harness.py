@@ -227,8 +227,7 @@ def fp_call_tap(pipe, name: str, calls: list[FPCall]) -> DenoiserTap:
 def step_errors(model: nn.Module, calls: list[FPCall], num_steps: int, correction=None) -> list[float]:
     """Relative L2 error ``‖q(x) − fp(x)‖ / ‖fp(x)‖`` of ``model`` on recorded FP calls, averaged per step;
     a list of length ``num_steps`` (NaN for steps without a call). ``correction``: a stepper applied to
-    ``q(x)`` first (``correction(q(x), info)``; ``correction(q(x), info, inputs)`` when it
-    ``uses_input``). Under torchrun ``calls`` are this rank's; the per-call
+    ``q(x)`` first (``correction(q(x), info)``). Under torchrun ``calls`` are this rank's; the per-call
     errors of all ranks are averaged in rank order (= call order), the same on every rank."""
     sums, counts = [0.0] * num_steps, [0] * num_steps
     device = model_device(model)
@@ -236,10 +235,7 @@ def step_errors(model: nn.Module, calls: list[FPCall], num_steps: int, correctio
     for call in calls:
         kwargs = move_to(call.inputs, device)  # nested too: a UNet's added_cond_kwargs
         out = output_sample(model(**kwargs))
-        if correction is not None:
-            extra = (kwargs,) if getattr(correction, "uses_input", False) else ()
-            out = correction(out, call.info, *extra)
-        out = out.float().cpu()
+        out = (out if correction is None else correction(out, call.info)).float().cpu()
         per_call.append((call.info.step_index, float((out - call.sample).norm() / call.sample.norm().clamp_min(1e-12))))
     for step, err in distributed.gather_list(per_call):
         sums[step] += err

@@ -30,9 +30,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights-dir", default=None, help="folder with the demo weights (default: shipped)")
     p.add_argument("--correction", default="none",
                    help="comma-separated per-step corrections shown on top of each preset: none, affiner, ptqd, "
-                        "tac, channel (fitted on the calibration prompts; the uncorrected row is always shown); an "
-                        "item may carry settings of its own, e.g. affiner:blocksize=8:lambda1=0.01 (keys: blocksize, "
-                        "alpha, lambda1, lambda2, noise_target, recurrent, use_input)")
+                        "tac (fitted on the calibration prompts; the uncorrected row is always shown); an item "
+                        "may carry settings of its own, e.g. affiner:blocksize=8:lambda1=0.01 (keys: blocksize, "
+                        "alpha, lambda1, lambda2, noise_target, recurrent)")
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
