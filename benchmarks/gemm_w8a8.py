@@ -2,8 +2,8 @@
 
 For every layer and format (FP8 E4M3, INT8) it times, on random data, in one process:
 bf16 ``F.linear`` (torch.mm) and its ``torch.compile``; the gpu backend's forward (quantize + W8A8 GEMM) in
-eager and under ``torch.compile``; the GEMM alone on pre-quantized codes; and checks the output against
-the pure-torch twin. Prints a table last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
+eager and under ``torch.compile``; the GEMM alone on pre-quantized codes (also on the persistent TMA kernel,
+``gemm_tma_us``, where the layer fits it); and checks the output against the pure-torch twin. Prints a table last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
 
     python benchmarks/gemm_w8a8.py --out /tmp/bench [--layers ff_up,ff_down_dual] [--compile-layers ff_up]
 
@@ -22,10 +22,11 @@ import torch.nn.functional as F
 import triton
 
 from segquant.enums import DType
-from segquant.kernels.gemm_reference import scaled_gemm_reference
+from segquant.kernels.gemm_reference import input_scale_varies, scaled_gemm_reference
 from segquant.kernels.gpu import ops
 from segquant.kernels.gpu.backend import GpuBackend
 from segquant.kernels.gpu.plan import quantize_input
+from segquant.kernels.gpu.triton_tma import tma_fits
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import SegLinearSpec
 
@@ -129,14 +130,15 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
     gemm_calls = [lambda mod=mod, q=q: _gemm(mod, q) for (mod, _), q in zip(pairs, quantized)]
     row["gemm_only_us"] = bench(gemm_calls, graph)
     if fmt_name == "fp8" and ops.USE_SCALED_MM["enabled"]:
-        ops.USE_SCALED_MM["enabled"] = False
-        row["gemm_triton_us"] = bench(gemm_calls, graph)
-        row["rel_err_triton"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
-        ops.USE_SCALED_MM["enabled"] = True
+        row["gemm_triton_us"], row["rel_err_triton"] = _with_switches({"USE_SCALED_MM": False}, lambda: (
+            bench(gemm_calls, graph), _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))))
+    if tma_fits(quantized[0][0], modules[0].weight_codes, quantized[0][2], modules[0].gpu_layout.scale_mode,
+                input_scale_varies(quantized[0][1], modules[0].gpu_layout.scale_mode)):
+        row["gemm_tma_us"], row["rel_err_tma"] = _with_switches(
+            {"USE_TMA": True, "USE_SCALED_MM": False}, lambda: (bench(gemm_calls, graph), _rel(
+                _gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))))
     if m <= ops.GEMV_MAX_M:  # the routing before the GEMV: cuBLASLt (plain FP8) or the tiled kernel
-        ops.USE_GEMV["enabled"] = False
-        row["gemm_no_gemv_us"] = bench(gemm_calls, graph)
-        ops.USE_GEMV["enabled"] = True
+        row["gemm_no_gemv_us"] = _with_switches({"USE_GEMV": False}, lambda: bench(gemm_calls, graph))
     row["quant_only_us"] = bench([lambda mod=mod, x=x: quantize_input(mod, x) for mod, x in pairs], graph)
     row["rel_err_vs_twin"] = _rel(backend.forward(modules[0], xs[0]), ref_of(modules[0], quantized[0]))
     row["best_config"] = "; ".join(_tuned()[key] for key in _tuned() if key not in tuned_before) or "cuBLASLt"
@@ -156,6 +158,18 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
         row["speedup_compiled_vs_mm"] = row["bf16_mm_us"] / row["ours_compiled_us"]
         row["speedup_compiled_vs_compiled"] = row["bf16_compiled_us"] / row["ours_compiled_us"]
     return row
+
+
+def _with_switches(values: dict, run):
+    """``run()`` with the named ``ops`` switches set to ``values``, restored afterwards."""
+    saved = {name: getattr(ops, name)["enabled"] for name in values}
+    try:
+        for name, value in values.items():
+            getattr(ops, name)["enabled"] = value
+        return run()
+    finally:
+        for name, value in saved.items():
+            getattr(ops, name)["enabled"] = value
 
 
 def _gemm_args(mod, quantized):
@@ -192,9 +206,9 @@ def _tuned() -> dict:
 
 
 COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
-           "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "quant_only_us", "tflops_gemm", "peak_frac_gemm",
-           "tbps_gemm", "speedup_eager",
-           "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled", "rel_err_vs_twin", "best_config"]
+           "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us", "quant_only_us", "tflops_gemm",
+           "peak_frac_gemm", "tbps_gemm", "speedup_eager", "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled",
+           "rel_err_vs_twin", "best_config"]
 
 
 def table(rows: list[dict]) -> str:

@@ -2,16 +2,18 @@
 # One device-machine call that checks and measures the GPU backend (what BENCHMARKS.md reports), each step
 # under its own time limit so that a slow step cannot hide the others. Outputs go to $OUT (or ./gpu_out).
 #
-#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|demo_backends|
-#                                   quantize_sd35|load_flux|scaling ...]
+#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|tma|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|
+#                                   demo_backends|quantize_sd35|load_flux|scaling ...]
 #
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
 # e.g. `tests gemm_w4 scaling` (~8 min), then `e2e_flux` (~5.5 min), `e2e_flux_w4` (~7 min), then
-# `e2e_sd35 gemm_w8a8`; `gemv` (~1.5 min) and `e2e_flux_w8` (the segquant 8-bit variants without torchao's
+# `e2e_sd35 gemm_w8a8`; `gemv` (~1.5 min), `tma` (the compute-bound FLUX layers on the persistent TMA kernel
+# against the tiled one, not run yet) and `e2e_flux_w8` (the segquant 8-bit variants without torchao's
 # slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min); `demo_backends` (~5 min, carry
 # gpu_inputs/ made by `demo_backends.py embed`) and `quantize_sd35` (up to 10 min) each in a call of their own.
-# Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8), SD35_VARIANTS / SD35_LIMIT (e2e_sd35), TESTS_K (a pytest
-# -k selection for tests), QUANTIZE_LIMIT (quantize_sd35).
+# Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tma` puts the whole model on the TMA
+# kernel), SD35_VARIANTS / SD35_LIMIT (e2e_sd35), TESTS_K (a pytest -k selection for tests), QUANTIZE_LIMIT
+# (quantize_sd35).
 # Needs diffusers (and torchao for its rows) importable; on the lent H200 carry them as wheels in .whl/
 # and install them first (see the device README). SEGQUANT_TRITON_AUTOTUNE=0 keeps the tests from
 # compiling every autotuning config.
@@ -31,6 +33,9 @@ for step in "${steps[@]}"; do
              tail -n 20 "$OUT/gemm_w4.log" ;;
     gemm_w8a8) (cd benchmarks && timeout 300 python3 gemm_w8a8.py --out "$OUT/gemm_w8a8") > "$OUT/gemm_w8a8.log" 2>&1
                tail -n 20 "$OUT/gemm_w8a8.log" ;;
+    tma) (cd benchmarks && timeout 240 python3 gemm_w8a8.py --out "$OUT/tma" --compile-layers none \
+             --layers qkv_fused,out_proj_plain,ff_up,ff_down_plain,proj_out_plain) > "$OUT/tma.log" 2>&1
+         tail -n 12 "$OUT/tma.log" ;;
     gemv) (cd benchmarks && timeout 150 python3 gemm_w8a8.py --out "$OUT/gemv" --compile-layers none \
              --layers adaln_plain,adaln_seg6,adaln_seg6_dual,time_linear_2,sd35_adaln_m2,sd35_adaln_dual_m2) \
              > "$OUT/gemv.log" 2>&1; tail -n 16 "$OUT/gemv.log" ;;

@@ -73,11 +73,16 @@ GEMV_CASES = {
     "gemv_w4a8_out_segments": dict(m=2, n=96, k=256, fmt="int8", sa=3, w4=True),
     "gemv_w4a16_uneven_groups": dict(m=1, n=24, k=480, fmt="int8", segments=(96, 384), w4=True, a16=True),
 }
+#: The persistent TMA kernel (8-bit, one input scale along K): tails in M, N and K (zeros from the descriptors).
+TMA_CASES = {
+    "tma_int8_tails": dict(m=130, n=72, k=80, fmt="int8"),
+    "tma_fp8_lowrank": dict(m=136, n=48, k=160, fmt="fp8", rank=8),
+}
 #: The one-pass dequantization of packed INT4 weights (float32 / fp16 output).
 DEQUANTIZE_CASES = {"dequantize_g64": dict(n=40, k=384, segments=(64,) * 6),
                     "dequantize_uneven_tail": dict(n=33, k=200, segments=(96, 104)),
                     "expand_two_level_int8": dict(n=40, k=384, segments=(64,) * 6, steps=True)}
-ALL_CASES = {**CASES, **GEMV_CASES, **DEQUANTIZE_CASES}
+ALL_CASES = {**CASES, **GEMV_CASES, **TMA_CASES, **DEQUANTIZE_CASES}
 
 
 def one_input_scale(args: tuple) -> tuple:
@@ -103,6 +108,7 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     from segquant.kernels.gpu.ops import dequantize_w4
     from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
     from segquant.kernels.gpu.triton_gemv import gemv_triton
+    from segquant.kernels.gpu.triton_tma import tma_gemm_triton
     from segquant.kernels.gpu.triton_w4 import dequantize_w4_triton
 
     if name in DEQUANTIZE_CASES:
@@ -115,6 +121,10 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         a, b, a_scale, a_scale_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
         return (gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype),
                 scaled_gemm_reference(*args))
+    if name in TMA_CASES:
+        args = one_input_scale(args)
+        a, b, a_scale, _, w_scale, a_col, w_col, bias, t, u, *_, out_dtype = args
+        return tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype), scaled_gemm_reference(*args)
     return scaled_gemm_triton(*args), scaled_gemm_reference(*args)
 
 def prepare_interpreter() -> None:

@@ -14,7 +14,7 @@ from segquant.kernels.gpu.plan import quantize_input
 from segquant.nn.spec import SegLinearSpec
 from segquant.numerics import PerToken
 from tests.kernels.interpret_triton_gemm import CASES as CASES_INTERPRETED
-from tests.kernels.interpret_triton_gemm import GEMV_CASES, dequantize_case, one_input_scale
+from tests.kernels.interpret_triton_gemm import GEMV_CASES, TMA_CASES, dequantize_case, one_input_scale
 from tests.kernels.interpret_triton_gemm import case as interpreted_case
 from tests.kernels.test_gemm_reference import SPECS, filled, pack, rel_err
 
@@ -129,6 +129,29 @@ def test_gemv_kernel_matches_twin(name):
     y = gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype)
     ref = scaled_gemm_reference(*args)
     assert rel_err(y, ref) <= within_rounding(ref, out_dtype)
+
+
+TMA_GPU_CASES = dict(TMA_CASES, tma_int8_flux_ff_up=dict(m=4608, n=12288, k=3072, fmt="int8"),
+                     tma_fp8_flux_ff_down_lowrank=dict(m=4608, n=3072, k=12288, fmt="fp8", rank=32))
+
+
+@pytest.mark.parametrize("name", list(TMA_GPU_CASES))
+def test_tma_kernel_matches_twin(name, monkeypatch):
+    """``ops.gemm`` with ``USE_TMA`` on (cuBLASLt off, so FP8 reaches the op too) takes the persistent TMA
+    kernel and matches the twin."""
+    from segquant.kernels.gpu import triton_tma
+
+    calls = []
+    launch = triton_tma.tma_gemm_triton
+    monkeypatch.setattr(triton_tma, "tma_gemm_triton", lambda *a: calls.append(1) or launch(*a))
+    monkeypatch.setitem(ops.USE_TMA, "enabled", True)
+    monkeypatch.setitem(ops.USE_SCALED_MM, "enabled", False)
+    args = [t.cuda() if isinstance(t, torch.Tensor) else t
+            for t in one_input_scale(interpreted_case(**TMA_GPU_CASES[name]))]
+    poison_allocator()
+    y = ops.gemm(*args[:-1], torch.bfloat16)
+    ref = scaled_gemm_reference(*args)
+    assert calls and rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
 
 
 def test_dequantize_w4_matches_cpu():

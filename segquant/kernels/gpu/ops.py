@@ -11,7 +11,8 @@ CPU -> the pure-torch twin, plus fake implementations so ``torch.compile`` trace
   output and the scales, bias and low-rank branch as one elementwise epilogue (fused by the compiler);
 - everything else: the custom op, whose CUDA kernel is the GEMV (packed INT4 up to ``GEMV_MAX_M`` rows,
   8-bit weights with one scale per row up to ``GEMV_MAX_M_8BIT``, an input scale constant along K; see
-  :mod:`.triton_gemv`) or the tiled Triton kernel (:mod:`.triton_gemm`). Plain FP8 layers with that few rows
+  :mod:`.triton_gemv`), the persistent TMA kernel where ``USE_TMA`` is on (:mod:`.triton_tma`) or the tiled
+  Triton kernel (:mod:`.triton_gemm`). Plain FP8 layers with that few rows
   take the GEMV too.
 
 Arguments and math: :func:`segquant.kernels.gemm_reference.scaled_gemm_reference`. Importing this module does
@@ -42,6 +43,9 @@ DEQUANTIZE_MIN_M = 128
 GEMV_MAX_M = 4
 GEMV_MAX_M_8BIT = 1
 USE_GEMV = {"enabled": True}
+#: Compute-bound 8-bit layers with one input and scales constant along K run on the persistent TMA kernel
+#: (:mod:`.triton_tma`) instead of the tiled one when True. Off until it is measured faster on an H200.
+USE_TMA = {"enabled": False}
 #: Rows of the shared all-ones row-scale vector of static FP8 layers (see :func:`unit_row_scales`).
 UNIT_ROWS = 1 << 16
 _UNIT_ROW_SCALES: dict = {}
@@ -62,10 +66,13 @@ def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, l
                       scale_mode, k_align, out_dtype):
     from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
     from segquant.kernels.gpu.triton_gemv import gemv_triton
+    from segquant.kernels.gpu.triton_tma import tma_fits, tma_gemm_triton
 
     if _gemv_fits(a, b, a_scale, scale_mode):
         return gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, lowrank_t, lowrank_up, out_segment,
                            k_align, out_dtype)
+    if USE_TMA["enabled"] and tma_fits(a, b, a_scale_neg, scale_mode, input_scale_varies(a_scale, scale_mode)):
+        return tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_dtype)
     return scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up,
                               out_segment, scale_mode, k_align, out_dtype)
 

@@ -193,6 +193,16 @@ def _scaled(part, part_neg, s_rows, sn_rows, j, DUAL: tl.constexpr):
     return out
 
 
+@triton.jit
+def tile_position(tile, num_m, num_n, GROUP_M: tl.constexpr):
+    """``(pid_m, pid_n)`` of output tile number ``tile``: groups of ``GROUP_M`` row tiles sweep the columns
+    together, so the B tiles they share stay in L2."""
+    group = GROUP_M * num_n
+    first_m = (tile // group) * GROUP_M
+    group_rows = min(num_m - first_m, GROUP_M)
+    return first_m + (tile % group) % group_rows, (tile % group) // group_rows
+
+
 @triton.autotune(configs=CONFIGS, key=["M_BUCKET", "N", "K", "K_ALIGN", "OUT_SEG", "MODE", "DUAL", "SA_ROWS", "W4",
                                        "TILE_SCALE"],
                  prune_configs_by={"early_config_prune": legal_configs})
@@ -207,13 +217,7 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
                         R: tl.constexpr, IS_INT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr,
                         TILE_SCALE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                         EVEN_K: tl.constexpr, ONE_GROUP: tl.constexpr):
-    pid = tl.program_id(0)
-    num_m, num_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
-    group = GROUP_M * num_n
-    first_m = (pid // group) * GROUP_M
-    group_rows = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % group_rows
-    pid_n = (pid % group) // group_rows
+    pid_m, pid_n = tile_position(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN), GROUP_M)
     seg = (pid_n * BN) // OUT_SEG
     offs_m, offs_n = pid_m * BM + tl.arange(0, BM), pid_n * BN + tl.arange(0, BN)
     step: tl.constexpr = BK // 2 if W4 else BK  # A pairs / B bytes per K tile
@@ -243,6 +247,16 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
             b_ptrs += step
     if MODE != 2 and not W4:
         out = out * tl.load(w_rows + tl.load(wcol_ptr))[None, :]
+    finish_tile(out, offs_m, offs_n, M, N, c_ptr, stride_cm, bias_ptr, t_ptr, u_ptr, stride_tm, stride_un, RANK,
+                HAS_BIAS, HAS_LR, R)
+
+
+@triton.jit
+def finish_tile(out, offs_m, offs_n, M, N, c_ptr, stride_cm, bias_ptr, t_ptr, u_ptr, stride_tm, stride_un, RANK,
+                HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr):
+    """The epilogue of a scaled ``(BM, BN)`` float32 tile: bias, the low-rank branch ``t (BM, R) @ Uᵀ (R, BN)``
+    (``R`` the rank padded to a power of 2 >= 16), and the masked store in ``c``'s dtype."""
+    rm, rn = tl.where(offs_m < M, offs_m, 0), tl.where(offs_n < N, offs_n, 0)
     if HAS_BIAS:
         out += tl.load(bias_ptr + rn).to(tl.float32)[None, :]
     if HAS_LR:
