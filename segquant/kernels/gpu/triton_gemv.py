@@ -10,7 +10,9 @@ math as the op (:mod:`segquant.kernels.gemm_reference`), restricted to inputs wh
 K and, for 8-bit weights, one weight scale per output row (``scale_mode`` 0):
 
 - 8-bit weights (``W4`` off): INT8 x INT8 products summed in int32 (exact, as on the tensor cores), FP8
-  E4M3 x E4M3 products in float32 (exact products; only the summation order differs). On a GPU with
+  E4M3 x E4M3 products in float32 (exact products; only the summation order differs; with DualScale the two
+  sides and their scales are folded into one float32 input ``s⁺ q⁺ + s⁻ q⁻`` first, one product per weight
+  byte instead of two, each term then rounded in float32, ≈ 1e-7 relative). On a GPU with
   ``K % 4 == 0`` the INT8 operands are read as int32 words and multiplied four lanes at a time by PTX
   ``dp4a`` (``DP4A``): one instruction per four weight bytes instead of four unpacks and four multiply-adds,
   which keeps DualScale's second sum off the critical path (the interpreter, which has no inline assembly,
@@ -75,9 +77,11 @@ def _int8_row_dp4a(a_row, b_rows, K, DUAL: tl.constexpr, BN: tl.constexpr, BK: t
 
 
 @triton.jit
-def _w8_row(a_row, b_rows, K, acc, acc_neg, IS_INT: tl.constexpr, DUAL: tl.constexpr, BK: tl.constexpr):
-    """8-bit weights: ``acc[n] += Σ_k a[k] · b[n, k]`` over the whole K (DualScale: ``acc_neg`` with the
-    negative codes at ``a_row + K``)."""
+def _w8_row(a_row, b_rows, K, acc, acc_neg, s_pos, s_neg, IS_INT: tl.constexpr, DUAL: tl.constexpr,
+            BK: tl.constexpr):
+    """8-bit weights: ``acc[n] += Σ_k a[k] · b[n, k]`` over the whole K (DualScale: INT8 sums the negative codes
+    at ``a_row + K`` into ``acc_neg``; FP8 folds both sides and their scales into one float32 input,
+    ``acc[n] += Σ_k (s⁺ a⁺[k] + s⁻ a⁻[k]) · b[n, k]``, already scaled)."""
     offs = tl.arange(0, BK)
     for k0 in range(0, K, BK):
         ok = k0 + offs < K
@@ -90,10 +94,10 @@ def _w8_row(a_row, b_rows, K, acc, acc_neg, IS_INT: tl.constexpr, DUAL: tl.const
             if DUAL:
                 acc_neg += tl.sum(w * a_neg.to(tl.int32)[None, :], axis=1)
         else:
-            w = w.to(tl.float32)
-            acc += tl.sum(w * a.to(tl.float32)[None, :], axis=1)
-            if DUAL:
-                acc_neg += tl.sum(w * a_neg.to(tl.float32)[None, :], axis=1)
+            a = a.to(tl.float32)
+            if DUAL:  # one product per weight byte instead of two
+                a = a * s_pos + a_neg.to(tl.float32) * s_neg
+            acc += tl.sum(w.to(tl.float32) * a[None, :], axis=1)
     return acc, acc_neg
 
 
@@ -150,6 +154,8 @@ def _gemv_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, wcol_ptr, bias_pt
     seg = (pid_n * BN) // OUT_SEG
     a_row = a_ptr + seg * stride_as + m * stride_am
     b_rows = b_ptr + rn[:, None] * stride_bn
+    scale_at = seg * stride_ss + m * stride_sm
+    s_pos, s_neg = tl.load(as_ptr + scale_at), tl.load(asn_ptr + scale_at)
     if W4:
         zero = tl.zeros((BN,), tl.float32)
         acc, acc_neg = _w4_row(a_row, b_rows, ws_ptr + rn[:, None] * stride_wn, wcol_ptr, K, zero, zero, A_KIND,
@@ -158,11 +164,14 @@ def _gemv_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, wcol_ptr, bias_pt
         acc, acc_neg = _int8_row_dp4a(a_row, b_rows, K, DUAL, BN, BK)
     else:
         zero = tl.zeros((BN,), tl.int32 if A_KIND == 0 else tl.float32)
-        acc, acc_neg = _w8_row(a_row, b_rows, K, zero, zero, A_KIND == 0, DUAL, BK)
-    scale_at = seg * stride_ss + m * stride_sm
-    out = acc.to(tl.float32) * tl.load(as_ptr + scale_at)
-    if DUAL:
-        out += acc_neg.to(tl.float32) * tl.load(asn_ptr + scale_at)
+        acc, acc_neg = _w8_row(a_row, b_rows, K, zero, zero, s_pos, s_neg, A_KIND == 0, DUAL, BK)
+    FOLDED: tl.constexpr = DUAL and A_KIND == -1 and not W4  # FP8 DualScale: the scales are in the sum
+    if FOLDED:
+        out = acc
+    else:
+        out = acc.to(tl.float32) * s_pos
+        if DUAL:
+            out += acc_neg.to(tl.float32) * s_neg
     if not W4:  # one weight scale per output row
         out = out * tl.load(ws_ptr + rn * stride_wn + tl.load(wcol_ptr))
     if HAS_BIAS:
