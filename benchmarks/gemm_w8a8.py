@@ -33,6 +33,7 @@ from segquant.nn.spec import SegLinearSpec
 PEAK_8BIT = 1979.0  # dense FP8 / INT8 TFLOP/s of an H100/H200 SXM
 TOKENS = 4096 + 512
 # name: (M, K, N, input segments, output segments, dual_scale, smooth)
+SD35_TOKENS = 2 * 4096
 LAYERS = {
     "qkv_fused": (TOKENS, 3072, 9216, (3072,), (9216,), False, False),
     "out_proj_plain": (TOKENS, 3072, 3072, (3072,), (3072,), False, False),
@@ -48,6 +49,9 @@ LAYERS = {
     "time_linear_2": (1, 3072, 3072, (3072,), (3072,), False, False),
     "sd35_adaln_dual_m2": (2, 1536, 13824, (1536,), (1536,) * 9, True, True),  # SD3.5-medium, batch 2
     "sd35_adaln_m2": (2, 1536, 9216, (1536,), (1536,) * 6, False, True),
+    "sd35_qkv": (SD35_TOKENS, 1536, 4608, (1536,), (4608,), False, False),  # 1024², batch 2: 2 x 4096 image rows
+    "sd35_ff_up": (SD35_TOKENS, 1536, 6144, (1536,), (6144,), False, False),
+    "sd35_ff_down": (SD35_TOKENS, 6144, 1536, (6144,), (1536,), False, False),
 }
 SMOKE_LAYERS = {  # tiny versions of the same kinds of layer, for --smoke on the CPU
     "heads": (33, 128, 64, (32,) * 4, (64,), False, False),

@@ -7,8 +7,8 @@
 #
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
 # e.g. `tests gemm_w4 scaling` (~8 min), then `e2e_flux` (~5.5 min), `e2e_flux_w4` (~7 min), then
-# `e2e_sd35 gemm_w8a8`; `gemv` (~1.5 min), `tma` (the compute-bound FLUX layers on the persistent TMA kernel
-# against the tiled one, not run yet) and `e2e_flux_w8` (the segquant 8-bit variants without torchao's
+# `e2e_sd35 gemm_w8a8`; `gemv` (~1.5 min), `tma` (the compute-bound FLUX and SD3.5 layers on the persistent
+# TMA kernel against the tiled one and cuBLASLt, not run yet) and `e2e_flux_w8` (the segquant 8-bit variants without torchao's
 # slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min); `demo_backends` (~5 min, carry
 # gpu_inputs/ made by `demo_backends.py embed`) and `quantize_sd35` (up to 10 min) each in a call of their own.
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tma` puts the whole model on the TMA
@@ -33,8 +33,9 @@ for step in "${steps[@]}"; do
              tail -n 20 "$OUT/gemm_w4.log" ;;
     gemm_w8a8) (cd benchmarks && timeout 300 python3 gemm_w8a8.py --out "$OUT/gemm_w8a8") > "$OUT/gemm_w8a8.log" 2>&1
                tail -n 20 "$OUT/gemm_w8a8.log" ;;
-    tma) (cd benchmarks && timeout 240 python3 gemm_w8a8.py --out "$OUT/tma" --compile-layers none \
-             --layers qkv_fused,out_proj_plain,ff_up,ff_down_plain,proj_out_plain) > "$OUT/tma.log" 2>&1
+    tma) (cd benchmarks && timeout 240 python3 gemm_w8a8.py --out "$OUT/tma" --compile-layers none --layers \
+             qkv_fused,out_proj_plain,ff_up,ff_down_plain,proj_out_plain,sd35_qkv,sd35_ff_up,sd35_ff_down) \
+             > "$OUT/tma.log" 2>&1
          tail -n 12 "$OUT/tma.log" ;;
     gemv) (cd benchmarks && timeout 150 python3 gemm_w8a8.py --out "$OUT/gemv" --compile-layers none \
              --layers adaln_plain,adaln_seg6,adaln_seg6_dual,time_linear_2,sd35_adaln_m2,sd35_adaln_dual_m2) \
