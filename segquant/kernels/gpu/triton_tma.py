@@ -54,6 +54,9 @@ def _tma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, 
                      R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     num_m, num_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
     a_col, w_col = tl.load(acol_ptr), tl.load(wcol_ptr)
+    # The epilogue counts its tiles itself: the flattened loop's pipeliner splits the loop into prologue and
+    # epilogue, and a value used in both is what it handles badly (as in Triton's persistent-matmul tutorial).
+    done = tl.program_id(0) - NUM_SMS
     for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=True):
         pid_m, pid_n = tile_position(tile, num_m, num_n, GROUP_M)
         acc = tl.zeros((BM, BN), tl.int32 if IS_INT else tl.float32)
@@ -61,6 +64,8 @@ def _tma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, 
             a = a_desc.load([pid_m * BM, k0])
             b = b_desc.load([pid_n * BN, k0])
             acc = _dot(a, b.T, acc, IS_INT, BK)
+        done += NUM_SMS
+        pid_m, pid_n = tile_position(done, num_m, num_n, GROUP_M)
         offs_m, offs_n = pid_m * BM + tl.arange(0, BM), pid_n * BN + tl.arange(0, BN)
         rm, rn = tl.where(offs_m < M, offs_m, 0), tl.where(offs_n < N, offs_n, 0)
         out = acc.to(tl.float32) * tl.load(as_ptr + rm * stride_sm + a_col)[:, None]
