@@ -9,6 +9,8 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``sq_fp8``        segquant FP8 E4M3 W8A8 (per-channel weights, static per-tensor inputs, SmoothQuant per
                     output segment: the AdaLN chunks), backend "gpu", compiled the same way
 - ``sq_fp8_fast``   ``sq_fp8`` with cuBLASLt's fast FP8 accumulation (``ops.FP8_FAST_ACCUM``, as torchao calls it)
+- ``sq_fp8_tma``    ``sq_fp8`` with the plain layers on the persistent TMA kernel instead of cuBLASLt (exact
+                    float32 promotion every K tile)
 - ``sq_int8``       the same in INT8
 - ``sq_int8_tma``   ``sq_int8`` with the compute-bound layers on the persistent TMA kernel (``ops.USE_TMA``)
 - ``sq_int8_dyn``   INT8 with dynamic per-token inputs (scale computed per call), otherwise as ``sq_int8``
@@ -51,10 +53,11 @@ import torch
 
 from fullsize import build
 
-VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_int4", "sq_fp8", "sq_fp8_fast", "sq_int8", "sq_int8_tma",
-            "sq_int8_dyn", "sq_int8_full", "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a16")
-#: Variants that turn on an opt-in switch of ``segquant.kernels.gpu.ops`` for their run.
-SWITCHES = {"sq_fp8_fast": "FP8_FAST_ACCUM", "sq_int8_tma": "USE_TMA"}
+VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_int4", "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_int8",
+            "sq_int8_tma", "sq_int8_dyn", "sq_int8_full", "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a16")
+#: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.
+SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tma": {"USE_TMA": True},
+            "sq_fp8_tma": {"USE_TMA": True, "USE_SCALED_MM": False}}
 LAYERS_CHECKED = 48
 _ALL_PATTERNS = ["linear_to_chunk", "linear_to_split", "concat_to_linear", "stack_to_linear",
                  "reshape_to_linear", "activation_to_linear"]
@@ -216,13 +219,8 @@ def model_bytes(model) -> int:
 def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = None, profile: bool = False) -> dict:
     from segquant.kernels.gpu import ops
 
-    switch = getattr(ops, SWITCHES[variant]) if variant in SWITCHES else {}
-    default = switch.get("enabled")
-    switch["enabled"] = True
-    try:
+    with ops.switched(**SWITCHES.get(variant, {})):
         return _run_prepared(name, variant, iters, compile_mode, profile)
-    finally:
-        switch["enabled"] = default
 
 
 def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None, profile: bool) -> dict:

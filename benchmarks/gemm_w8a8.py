@@ -134,15 +134,17 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
     gemm_calls = [lambda mod=mod, q=q: _gemm(mod, q) for (mod, _), q in zip(pairs, quantized)]
     row["gemm_only_us"] = bench(gemm_calls, graph)
     if fmt_name == "fp8" and ops.USE_SCALED_MM["enabled"]:
-        row["gemm_triton_us"], row["rel_err_triton"] = _with_switches({"USE_SCALED_MM": False}, lambda: (
-            bench(gemm_calls, graph), _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))))
+        with ops.switched(USE_SCALED_MM=False):
+            row["gemm_triton_us"] = bench(gemm_calls, graph)
+            row["rel_err_triton"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
     if tma_fits(quantized[0][0], modules[0].weight_codes, quantized[0][2], modules[0].gpu_layout.scale_mode,
                 input_scale_varies(quantized[0][1], modules[0].gpu_layout.scale_mode)):
-        row["gemm_tma_us"], row["rel_err_tma"] = _with_switches(
-            {"USE_TMA": True, "USE_SCALED_MM": False}, lambda: (bench(gemm_calls, graph), _rel(
-                _gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))))
+        with ops.switched(USE_TMA=True, USE_SCALED_MM=False):
+            row["gemm_tma_us"] = bench(gemm_calls, graph)
+            row["rel_err_tma"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
     if m <= ops.GEMV_MAX_M:  # the routing before the GEMV: cuBLASLt (plain FP8) or the tiled kernel
-        row["gemm_no_gemv_us"] = _with_switches({"USE_GEMV": False}, lambda: bench(gemm_calls, graph))
+        with ops.switched(USE_GEMV=False):
+            row["gemm_no_gemv_us"] = bench(gemm_calls, graph)
     row["quant_only_us"] = bench([lambda mod=mod, x=x: quantize_input(mod, x) for mod, x in pairs], graph)
     row["rel_err_vs_twin"] = _rel(backend.forward(modules[0], xs[0]), ref_of(modules[0], quantized[0]))
     row["best_config"] = "; ".join(_tuned()[key] for key in _tuned() if key not in tuned_before) or "cuBLASLt"
@@ -162,18 +164,6 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
         row["speedup_compiled_vs_mm"] = row["bf16_mm_us"] / row["ours_compiled_us"]
         row["speedup_compiled_vs_compiled"] = row["bf16_compiled_us"] / row["ours_compiled_us"]
     return row
-
-
-def _with_switches(values: dict, run):
-    """``run()`` with the named ``ops`` switches set to ``values``, restored afterwards."""
-    saved = {name: getattr(ops, name)["enabled"] for name in values}
-    try:
-        for name, value in values.items():
-            getattr(ops, name)["enabled"] = value
-        return run()
-    finally:
-        for name, value in saved.items():
-            getattr(ops, name)["enabled"] = value
 
 
 def _gemm_args(mod, quantized):

@@ -11,7 +11,7 @@
 # TMA kernel against the tiled one and cuBLASLt, not run yet) and `e2e_flux_w8` (the segquant 8-bit variants without torchao's
 # slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min); `demo_backends` (~5 min, carry
 # gpu_inputs/ made by `demo_backends.py embed`) and `quantize_sd35` (up to 10 min) each in a call of their own.
-# Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tma` puts the whole model on the TMA
+# Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tma` / `sq_fp8_tma` put the model on the TMA
 # kernel), SD35_VARIANTS / SD35_LIMIT (e2e_sd35), TESTS_K (a pytest -k selection for tests), QUANTIZE_LIMIT
 # (quantize_sd35).
 # Needs diffusers (and torchao for its rows) importable; on the lent H200 carry them as wheels in .whl/

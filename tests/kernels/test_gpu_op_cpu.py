@@ -130,3 +130,15 @@ def test_gemv_takes_one_row_of_8bit_weights_and_up_to_four_of_packed_int4(rows, 
     b = torch.zeros(32, 32 if weights == torch.uint8 else 64, dtype=weights)
     assert _gemv_fits(a, b, torch.ones(1, 1, 1), scale_mode) is expected
     assert not _gemv_fits(a, b, torch.ones(1, 1, 2), 1)  # the input scale changes along K: the tiled kernel
+
+
+def test_switched_sets_and_restores_the_routing_switches():
+    from segquant.kernels.gpu import ops
+
+    before = (ops.USE_TMA["enabled"], ops.USE_SCALED_MM["enabled"])
+    with ops.switched(USE_TMA=not before[0], USE_SCALED_MM=not before[1]):
+        assert (ops.USE_TMA["enabled"], ops.USE_SCALED_MM["enabled"]) == (not before[0], not before[1])
+    assert (ops.USE_TMA["enabled"], ops.USE_SCALED_MM["enabled"]) == before
+    with pytest.raises(ValueError, match="USE_TMAA"):
+        with ops.switched(USE_TMAA=True):
+            pass

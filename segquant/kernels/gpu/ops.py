@@ -21,7 +21,8 @@ not import Triton (the CUDA implementations import it on first call).
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -46,6 +47,26 @@ USE_GEMV = {"enabled": True}
 #: Compute-bound 8-bit layers with one input and scales constant along K run on the persistent TMA kernel
 #: (:mod:`.triton_tma`) instead of the tiled one when True. Off until it is measured faster on an H200.
 USE_TMA = {"enabled": False}
+_SWITCHES = ("USE_SCALED_MM", "FP8_FAST_ACCUM", "USE_GEMV", "USE_TMA")
+
+
+@contextlib.contextmanager
+def switched(**values: bool) -> Iterator[None]:
+    """The routing switches of this module set for a block, e.g. ``with switched(USE_TMA=True): ...``
+    (restored on exit; a compiled model keeps what it was compiled with)."""
+    unknown = set(values) - set(_SWITCHES)
+    if unknown:
+        raise ValueError(f"unknown switch(es) {sorted(unknown)}; choose from {', '.join(_SWITCHES)}")
+    saved = {name: globals()[name]["enabled"] for name in values}
+    try:
+        for name, value in values.items():
+            globals()[name]["enabled"] = bool(value)
+        yield
+    finally:
+        for name, value in saved.items():
+            globals()[name]["enabled"] = value
+
+
 #: Rows of the shared all-ones row-scale vector of static FP8 layers (see :func:`unit_row_scales`).
 UNIT_ROWS = 1 << 16
 _UNIT_ROW_SCALES: dict = {}
