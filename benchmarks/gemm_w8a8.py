@@ -3,7 +3,8 @@
 For every layer and format (FP8 E4M3, INT8) it times, on random data, in one process:
 bf16 ``F.linear`` (torch.mm) and its ``torch.compile``; the gpu backend's forward (quantize + W8A8 GEMM) in
 eager and under ``torch.compile``; the GEMM alone on pre-quantized codes (also on the persistent TMA kernel,
-``gemm_tma_us``, where the layer fits it); and checks the output against the pure-torch twin. Prints a table last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
+``gemm_tma_us``, where the layer fits it); and checks the output against the pure-torch twin. Prints a table
+last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
 
     python benchmarks/gemm_w8a8.py --out /tmp/bench [--layers ff_up,ff_down_dual] [--compile-layers ff_up]
 
@@ -32,8 +33,8 @@ from segquant.nn.spec import SegLinearSpec
 
 PEAK_8BIT = 1979.0  # dense FP8 / INT8 TFLOP/s of an H100/H200 SXM
 TOKENS = 4096 + 512
-# name: (M, K, N, input segments, output segments, dual_scale, smooth)
 SD35_TOKENS = 2 * 4096
+# name: (M, K, N, input segments, output segments, dual_scale, smooth)
 LAYERS = {
     "qkv_fused": (TOKENS, 3072, 9216, (3072,), (9216,), False, False),
     "out_proj_plain": (TOKENS, 3072, 3072, (3072,), (3072,), False, False),

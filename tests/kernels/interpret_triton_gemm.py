@@ -124,7 +124,8 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if name in TMA_CASES:
         args = one_input_scale(args)
         a, b, a_scale, _, w_scale, a_col, w_col, bias, t, u, *_, out_dtype = args
-        return tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype), scaled_gemm_reference(*args)
+        return (tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype),
+                scaled_gemm_reference(*args))
     return scaled_gemm_triton(*args), scaled_gemm_reference(*args)
 
 def prepare_interpreter() -> None:

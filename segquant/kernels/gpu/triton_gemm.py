@@ -215,8 +215,8 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
                         stride_un,
                         MODE: tl.constexpr, DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
                         R: tl.constexpr, IS_INT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr,
-                        TILE_SCALE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-                        EVEN_K: tl.constexpr, ONE_GROUP: tl.constexpr):
+                        TILE_SCALE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                        GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, ONE_GROUP: tl.constexpr):
     pid_m, pid_n = tile_position(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN), GROUP_M)
     seg = (pid_n * BN) // OUT_SEG
     offs_m, offs_n = pid_m * BM + tl.arange(0, BM), pid_n * BN + tl.arange(0, BN)
