@@ -1,14 +1,17 @@
-"""The ``"gpu"`` backend of :class:`~segquant.nn.seglinear.SegLinear`: real INT8 / FP8 W8A8 GEMMs on CUDA.
+"""The ``"gpu"`` backend of :class:`~segquant.nn.seglinear.SegLinear`: real 8-bit and packed-INT4 GEMMs on CUDA.
 
-Layout (only ``backend`` and ``ops`` / ``triton_gemm`` need CUDA and Triton; they are imported lazily):
+Layout (the ``triton_*`` kernels need Triton and are imported lazily, on the first CUDA call):
 
 - ``plan``: what a layer needs (formats, DualScale, segments) and the packed tensors built from the
   canonical buffers; the forward's data flow (quantize -> GEMM -> low-rank branch), shared by the
   GPU backend and its pure-torch twin.
 - ``quant``: the activation quantizer in plain elementwise torch ops (torch.compile fuses it into the
   preceding norm / modulation).
-- ``triton_gemm``: the Triton kernel (per-K-tile scaled 8-bit GEMM, DualScale, output segments).
-- ``ops``: ``torch.library`` custom op ``segquant::scaled_gemm`` with its fake implementation.
+- ``ops``: ``torch.library`` custom ops ``segquant::scaled_gemm`` / ``segquant::dequantize_w4`` with their fake
+  implementations, and the routing between the kernels below and cuBLAS(Lt) (its switches: ``ops.switched``).
+- ``triton_gemm``: the tiled kernel (per-K-tile scaled 8-bit or packed-INT4 GEMM, DualScale, output segments,
+  low-rank epilogue); ``triton_gemv``: the weight-bound few-row case on the CUDA cores; ``triton_tma``: the
+  persistent TMA kernel for compute-bound 8-bit layers (opt-in); ``triton_w4``: the one-pass INT4 dequantization.
 - ``backend``: the ``GpuBackend`` registered as ``"gpu"``.
 
 The pure-torch twin of the GEMM op is :mod:`segquant.kernels.gemm_reference`.
