@@ -142,3 +142,17 @@ def test_switched_sets_and_restores_the_routing_switches():
     with pytest.raises(ValueError, match="USE_TMAA"):
         with ops.switched(USE_TMAA=True):
             pass
+
+
+def test_tma_kernel_takes_only_aligned_compute_bound_8bit_layers():
+    pytest.importorskip("triton")
+    from segquant.kernels.gpu.triton_tma import tma_fits
+
+    a, b = torch.zeros(1, 256, 64, dtype=torch.int8), torch.zeros(32, 64, dtype=torch.int8)
+    assert tma_fits(a, b, None, 0, False)
+    assert not tma_fits(a[:, :100], b, None, 0, False)  # fewer than TMA_MIN_M rows: the tiled kernel / GEMV
+    assert not tma_fits(a, b, torch.ones(1, 1, 1), 0, False)  # DualScale
+    assert not tma_fits(a, b, None, 2, True)  # scales that change along K
+    assert not tma_fits(a[..., :40], b[:, :40], None, 0, False)  # rows not a multiple of 16 bytes
+    assert not tma_fits(torch.zeros(1, 256, 72, dtype=torch.int8)[..., 8:], b, None, 0, False)  # misaligned start
+    assert not tma_fits(a, b.to(torch.uint8), None, 0, False)  # packed INT4 weights

@@ -76,10 +76,12 @@ def _tma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, 
 
 def tma_fits(a: torch.Tensor, b: torch.Tensor, a_scale_neg, scale_mode: int, input_varies: bool) -> bool:
     """An 8-bit layer with at least ``TMA_MIN_M`` rows, one input (``Sa == 1``), no DualScale, scales constant
-    along K (``scale_mode`` 0), and rows of 16-byte multiples (TMA's alignment), on a GPU with TMA (sm_90+)."""
+    along K (``scale_mode`` 0), rows of 16-byte multiples starting at 16-byte offsets (TMA's alignment), on a
+    GPU with TMA (sm_90+)."""
     return (b.dtype == a.dtype and a.dtype in (torch.int8, torch.float8_e4m3fn) and a.shape[0] == 1
             and a.shape[1] >= TMA_MIN_M and a_scale_neg is None and scale_mode == 0 and not input_varies
-            and a.shape[2] % 16 == 0 and (not a.is_cuda or torch.cuda.get_device_capability(a.device)[0] >= 9))
+            and a.shape[2] % 16 == 0 and a.storage_offset() % 16 == 0 and b.storage_offset() % 16 == 0
+            and (not a.is_cuda or torch.cuda.get_device_capability(a.device)[0] >= 9))
 
 
 @functools.cache
