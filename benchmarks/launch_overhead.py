@@ -1,9 +1,9 @@
 """CPU time of the GPU backend's call path without the GPU: where the eager (non-graph) launch cost goes.
 
 Times, on the CPU with tiny tensors, (1) the custom op ``segquant::scaled_gemm`` on meta tensors against
-calling its (fake) implementation directly (the dispatcher's share), and (2) the Python wrappers of the tiled kernel and the GEMV with the
-Triton launch replaced by a no-op (our share). What is left of a measured per-layer eager cost on the GPU is
-Triton's own launch path (autotuner, specialization, driver call).
+calling its (fake) implementation directly (the dispatcher's share), and (2) the Python wrappers of the tiled
+kernel and the GEMV with the Triton launch replaced by a no-op (our share). What is left of a measured
+per-layer eager cost on the GPU is Triton's own launch path (autotuner, specialization, driver call).
 
     PYTHONPATH=. python benchmarks/launch_overhead.py
 """
