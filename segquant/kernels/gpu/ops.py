@@ -12,8 +12,7 @@ CPU -> the pure-torch twin, plus fake implementations so ``torch.compile`` trace
 - everything else: the custom op, whose CUDA kernel is the GEMV (packed INT4 up to ``GEMV_MAX_M`` rows,
   8-bit weights with one scale per row up to ``GEMV_MAX_M_8BIT``, an input scale constant along K; see
   :mod:`.triton_gemv`), the persistent TMA kernel where ``USE_TMA`` is on (:mod:`.triton_tma`) or the tiled
-  Triton kernel (:mod:`.triton_gemm`). Plain FP8 layers with that few rows
-  take the GEMV too.
+  Triton kernel (:mod:`.triton_gemm`). Plain FP8 layers with that few rows take the GEMV too.
 
 Arguments and math: :func:`segquant.kernels.gemm_reference.scaled_gemm_reference`. Importing this module does
 not import Triton (the CUDA implementations import it on first call).
@@ -47,7 +46,8 @@ USE_GEMV = {"enabled": True}
 #: Compute-bound 8-bit layers with one input and scales constant along K run on the persistent TMA kernel
 #: (:mod:`.triton_tma`) instead of the tiled one when True. Off until it is measured faster on an H200.
 USE_TMA = {"enabled": False}
-_SWITCHES = ("USE_SCALED_MM", "FP8_FAST_ACCUM", "USE_GEMV", "USE_TMA")
+_SWITCHES = {"USE_SCALED_MM": USE_SCALED_MM, "FP8_FAST_ACCUM": FP8_FAST_ACCUM, "USE_GEMV": USE_GEMV,
+             "USE_TMA": USE_TMA}
 
 
 @contextlib.contextmanager
@@ -57,14 +57,14 @@ def switched(**values: bool) -> Iterator[None]:
     unknown = set(values) - set(_SWITCHES)
     if unknown:
         raise ValueError(f"unknown switch(es) {sorted(unknown)}; choose from {', '.join(_SWITCHES)}")
-    saved = {name: globals()[name]["enabled"] for name in values}
+    saved = {name: _SWITCHES[name]["enabled"] for name in values}
     try:
         for name, value in values.items():
-            globals()[name]["enabled"] = bool(value)
+            _SWITCHES[name]["enabled"] = bool(value)
         yield
     finally:
         for name, value in saved.items():
-            globals()[name]["enabled"] = value
+            _SWITCHES[name]["enabled"] = value
 
 
 #: Rows of the shared all-ones row-scale vector of static FP8 layers (see :func:`unit_row_scales`).

@@ -36,6 +36,8 @@ import triton.language as tl
 from segquant.kernels.gpu.triton_gemm import (_A_KINDS, _NO_SEGMENT, _PAIR_DTYPES, _split_pairs, lowrank_args,
                                               scale_strides)
 
+#: Triton's CPU interpreter (set before Triton is imported) has no inline assembly: no ``dp4a`` there.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # (BN, BK bytes per weight row and step, warps, stages)
 _CONFIGS = [triton.Config({"BN": bn, "BK": bk}, num_warps=w, num_stages=st)
             for bn, bk, w, st in [(16, 256, 4, 3), (32, 128, 4, 4), (8, 256, 4, 4), (16, 128, 4, 4),
@@ -220,6 +222,5 @@ def gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, lowrank_t, low
 def _dp4a_fits(inputs: torch.Tensor, weights: torch.Tensor, k: int) -> bool:
     """INT8 x INT8 on a GPU (not the interpreter) with ``K % 4 == 0`` and both operands 4-byte aligned: read as
     int32 words for ``dp4a``."""
-    return (inputs.dtype == weights.dtype == torch.int8 and k % 4 == 0 and inputs.is_cuda
-            and os.environ.get("TRITON_INTERPRET") != "1"
+    return (inputs.dtype == weights.dtype == torch.int8 and k % 4 == 0 and inputs.is_cuda and not _INTERPRETED
             and inputs.storage_offset() % 4 == 0 and weights.storage_offset() % 4 == 0)

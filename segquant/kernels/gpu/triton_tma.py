@@ -81,12 +81,13 @@ def tma_fits(a: torch.Tensor, b: torch.Tensor, a_scale_neg, scale_mode: int, inp
     return (b.dtype == a.dtype and a.dtype in (torch.int8, torch.float8_e4m3fn) and a.shape[0] == 1
             and a.shape[1] >= TMA_MIN_M and a_scale_neg is None and scale_mode == 0 and not input_varies
             and a.shape[2] % 16 == 0 and a.storage_offset() % 16 == 0 and b.storage_offset() % 16 == 0
-            and (not a.is_cuda or torch.cuda.get_device_capability(a.device)[0] >= 9))
+            and (not a.is_cuda or _properties(a.device.index or 0).major >= 9))
 
 
 @functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+def _properties(device_index: int):
+    """The CUDA device's properties (compute capability, SM count), read once per device."""
+    return torch.cuda.get_device_properties(device_index)
 
 
 def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up,
@@ -98,7 +99,7 @@ def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowra
     a2, b = a[0].contiguous(), b.contiguous()
     ws, a_scale = w_scale.contiguous(), a_scale.contiguous()
     t, u, rank = lowrank_args(lowrank_t, lowrank_up, ws)
-    sms = _sm_count(a.device.index or 0) if a.is_cuda else 4
+    sms = _properties(a.device.index or 0).multi_processor_count if a.is_cuda else 4
     grid = lambda meta: (min(sms, triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"])),)  # noqa: E731
     _tma_gemm_kernel[grid](
         TensorDescriptor.from_tensor(a2, [1, 1]), TensorDescriptor.from_tensor(b, [1, 1]), out, a_scale, ws,
