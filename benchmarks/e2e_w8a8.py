@@ -9,10 +9,10 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``sq_fp8``        segquant FP8 E4M3 W8A8 (per-channel weights, static per-tensor inputs, SmoothQuant per
                     output segment: the AdaLN chunks), backend "gpu", compiled the same way
 - ``sq_fp8_fast``   ``sq_fp8`` with cuBLASLt's fast FP8 accumulation (``ops.FP8_FAST_ACCUM``, as torchao calls it)
-- ``sq_fp8_tma``    ``sq_fp8`` with the plain layers on the persistent TMA kernel instead of cuBLASLt (exact
-                    float32 promotion every K tile)
+- ``sq_fp8_tma``    ``sq_fp8`` with the plain layers on our Triton kernels (TMA or tiled, the faster per shape)
+                    instead of cuBLASLt (exact float32 promotion every K tile)
 - ``sq_int8``       the same in INT8
-- ``sq_int8_tma``   ``sq_int8`` with the compute-bound layers on the persistent TMA kernel (``ops.USE_TMA``)
+- ``sq_int8_tiled`` ``sq_int8`` without the persistent TMA kernel (``ops.USE_TMA`` off: the tiled kernel only)
 - ``sq_int8_dyn``   INT8 with dynamic per-token inputs (scale computed per call), otherwise as ``sq_int8``
                     (the ``w8a8_fast`` preset without its DualScale on the weight-bound AdaLN layers)
 - ``sq_int8_full``  INT8 with all six SegPatterns: also per-head / per-``cat``-input scales (per-K-tile scaled
@@ -54,10 +54,10 @@ import torch
 from fullsize import build
 
 VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_int4", "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_int8",
-            "sq_int8_tma", "sq_int8_dyn", "sq_int8_full", "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a16")
+            "sq_int8_tiled", "sq_int8_dyn", "sq_int8_full", "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a16")
 #: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.
-SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tma": {"USE_TMA": True},
-            "sq_fp8_tma": {"USE_TMA": True, "USE_SCALED_MM": False}}
+SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tiled": {"USE_TMA": False},
+            "sq_fp8_tma": {"USE_SCALED_MM": False}}
 LAYERS_CHECKED = 48
 _ALL_PATTERNS = ["linear_to_chunk", "linear_to_split", "concat_to_linear", "stack_to_linear",
                  "reshape_to_linear", "activation_to_linear"]

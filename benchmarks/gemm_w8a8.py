@@ -2,8 +2,9 @@
 
 For every layer and format (FP8 E4M3, INT8) it times, on random data, in one process:
 bf16 ``F.linear`` (torch.mm) and its ``torch.compile``; the gpu backend's forward (quantize + W8A8 GEMM) in
-eager and under ``torch.compile``; the GEMM alone on pre-quantized codes (also on the persistent TMA kernel,
-``gemm_tma_us``, where the layer fits it); and checks the output against the pure-torch twin. Prints a table
+eager and under ``torch.compile``; the GEMM alone on pre-quantized codes as routed (``gemm_only_us``), on the
+tiled Triton kernel alone (``gemm_triton_us``) and on the persistent TMA kernel alone (``gemm_tma_us``), where the
+layer fits them; and checks the output against the pure-torch twin. Prints a table
 last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
 
     python benchmarks/gemm_w8a8.py --out /tmp/bench [--layers ff_up,ff_down_dual] [--compile-layers ff_up]
@@ -17,6 +18,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -134,13 +136,14 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
     quantized = [quantize_input(mod, x) for mod, x in pairs]
     gemm_calls = [lambda mod=mod, q=q: _gemm(mod, q) for (mod, _), q in zip(pairs, quantized)]
     row["gemm_only_us"] = bench(gemm_calls, graph)
-    if fmt_name == "fp8" and ops.USE_SCALED_MM["enabled"]:
-        with ops.switched(USE_SCALED_MM=False):
+    fits_tma = tma_fits(quantized[0][0], modules[0].weight_codes, quantized[0][2], modules[0].gpu_layout.scale_mode,
+                        input_scale_varies(quantized[0][1], modules[0].gpu_layout.scale_mode))
+    if fits_tma or (fmt_name == "fp8" and ops.USE_SCALED_MM["enabled"]):  # the tiled kernel alone
+        with ops.switched(USE_SCALED_MM=False, USE_TMA=False):
             row["gemm_triton_us"] = bench(gemm_calls, graph)
             row["rel_err_triton"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
-    if tma_fits(quantized[0][0], modules[0].weight_codes, quantized[0][2], modules[0].gpu_layout.scale_mode,
-                input_scale_varies(quantized[0][1], modules[0].gpu_layout.scale_mode)):
-        with ops.switched(USE_TMA=True, USE_SCALED_MM=False):
+    if fits_tma:  # the TMA kernel alone
+        with ops.switched(USE_SCALED_MM=False), mock.patch.object(ops, "tma_is_faster", lambda *_: True):
             row["gemm_tma_us"] = bench(gemm_calls, graph)
             row["rel_err_tma"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
     if m <= ops.GEMV_MAX_M:  # the routing before the GEMV: cuBLASLt (plain FP8) or the tiled kernel

@@ -8,10 +8,10 @@
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
 # e.g. `tests gemm_w4 scaling` (~8 min), then `e2e_flux` (~5.5 min), `e2e_flux_w4` (~7 min), then
 # `e2e_sd35 gemm_w8a8`; `gemv` (~1.5 min), `tma` (the compute-bound FLUX and SD3.5 layers on the persistent
-# TMA kernel against the tiled one and cuBLASLt, not run yet) and `e2e_flux_w8` (the segquant 8-bit variants without torchao's
+# TMA kernel against the tiled one and cuBLASLt) and `e2e_flux_w8` (the segquant 8-bit variants without torchao's
 # slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min); `demo_backends` (~5 min, carry
 # gpu_inputs/ made by `demo_backends.py embed`) and `quantize_sd35` (up to 10 min) each in a call of their own.
-# Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tma` / `sq_fp8_tma` put the model on the TMA
+# Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
 # kernel), SD35_VARIANTS / SD35_LIMIT (e2e_sd35), TESTS_K (a pytest -k selection for tests), QUANTIZE_LIMIT
 # (quantize_sd35).
 # Needs diffusers (and torchao for its rows) importable; on the lent H200 carry them as wheels in .whl/

@@ -156,3 +156,21 @@ def test_tma_kernel_takes_only_aligned_compute_bound_8bit_layers():
     assert not tma_fits(a[..., :40], b[:, :40], None, 0, False)  # rows not a multiple of 16 bytes
     assert not tma_fits(torch.zeros(1, 256, 72, dtype=torch.int8)[..., 8:], b, None, 0, False)  # misaligned start
     assert not tma_fits(a, b.to(torch.uint8), None, 0, False)  # packed INT4 weights
+
+
+def test_tma_choice_is_timed_once_per_shape_and_keeps_the_faster(monkeypatch):
+    triton_testing = pytest.importorskip("triton.testing")
+    from segquant.kernels.gpu import ops
+
+    timed = []
+    monkeypatch.setattr(triton_testing, "do_bench", lambda fn, **_: timed.append(fn) or fn())
+    monkeypatch.setattr(ops, "_TMA_FASTER", {})
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert ops.tma_is_faster("fast_tma", lambda: 1.0, lambda: 2.0)
+    assert not ops.tma_is_faster("slow_tma", lambda: 3.0, lambda: 2.0)
+    assert len(timed) == 4
+    assert ops.tma_is_faster("fast_tma", lambda: 9.0, lambda: 1.0)  # remembered, not timed again
+    assert len(timed) == 4
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert not ops.tma_is_faster("captured", lambda: 1.0, lambda: 2.0)  # no timing inside a capture
+    assert "captured" not in ops._TMA_FASTER

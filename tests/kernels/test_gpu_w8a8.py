@@ -137,14 +137,15 @@ TMA_GPU_CASES = dict(TMA_CASES, tma_int8_flux_ff_up=dict(m=4608, n=12288, k=3072
 
 @pytest.mark.parametrize("name", list(TMA_GPU_CASES))
 def test_tma_kernel_matches_twin(name, monkeypatch):
-    """``ops.gemm`` with ``USE_TMA`` on (cuBLASLt off, so FP8 reaches the op too) takes the persistent TMA
-    kernel and matches the twin."""
+    """``ops.gemm`` with the TMA kernel chosen (cuBLASLt off, so FP8 reaches the op too) takes the persistent
+    TMA kernel and matches the twin."""
     from segquant.kernels.gpu import triton_tma
 
     calls = []
     launch = triton_tma.tma_gemm_triton
     monkeypatch.setattr(triton_tma, "tma_gemm_triton", lambda *a: calls.append(1) or launch(*a))
     monkeypatch.setitem(ops.USE_TMA, "enabled", True)
+    monkeypatch.setattr(ops, "tma_is_faster", lambda *_: True)
     monkeypatch.setitem(ops.USE_SCALED_MM, "enabled", False)
     args = [t.cuda() if isinstance(t, torch.Tensor) else t
             for t in one_input_scale(interpreted_case(**TMA_GPU_CASES[name]))]

@@ -11,8 +11,9 @@ CPU -> the pure-torch twin, plus fake implementations so ``torch.compile`` trace
   output and the scales, bias and low-rank branch as one elementwise epilogue (fused by the compiler);
 - everything else: the custom op, whose CUDA kernel is the GEMV (packed INT4 up to ``GEMV_MAX_M`` rows,
   8-bit weights with one scale per row up to ``GEMV_MAX_M_8BIT``, an input scale constant along K; see
-  :mod:`.triton_gemv`), the persistent TMA kernel where ``USE_TMA`` is on (:mod:`.triton_tma`) or the tiled
-  Triton kernel (:mod:`.triton_gemm`). Plain FP8 layers with that few rows take the GEMV too.
+  :mod:`.triton_gemv`), the persistent TMA kernel (:mod:`.triton_tma`) where it fits and measured faster for
+  the shape (``USE_TMA``) or the tiled Triton kernel (:mod:`.triton_gemm`). Plain FP8 layers with that few
+  rows take the GEMV too.
 
 Arguments and math: :func:`segquant.kernels.gemm_reference.scaled_gemm_reference`. Importing this module does
 not import Triton (the CUDA implementations import it on first call).
@@ -21,7 +22,7 @@ not import Triton (the CUDA implementations import it on first call).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -43,9 +44,12 @@ DEQUANTIZE_MIN_M = 128
 GEMV_MAX_M = 4
 GEMV_MAX_M_8BIT = 1
 USE_GEMV = {"enabled": True}
-#: Compute-bound 8-bit layers with one input and scales constant along K run on the persistent TMA kernel
-#: (:mod:`.triton_tma`) instead of the tiled one when True. Off until it is measured faster on an H200.
-USE_TMA = {"enabled": False}
+#: Compute-bound 8-bit layers with one input and scales constant along K may run on the persistent TMA kernel
+#: (:mod:`.triton_tma`): when True, the first call of each shape times it and the tiled kernel (same numerics) and
+#: keeps the faster. On an H200 the TMA kernel measured 0.6-1.25x the tiled one's speed depending on the shape
+#: (BENCHMARKS.md, run 9), hence a measured choice and no rule. False: always the tiled kernel.
+USE_TMA = {"enabled": True}
+_TMA_FASTER: dict = {}
 _SWITCHES = {"USE_SCALED_MM": USE_SCALED_MM, "FP8_FAST_ACCUM": FP8_FAST_ACCUM, "USE_GEMV": USE_GEMV,
              "USE_TMA": USE_TMA}
 
@@ -92,10 +96,31 @@ def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, l
     if _gemv_fits(a, b, a_scale, scale_mode):
         return gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, lowrank_t, lowrank_up, out_segment,
                            k_align, out_dtype)
-    if USE_TMA["enabled"] and tma_fits(a, b, a_scale_neg, scale_mode, input_scale_varies(a_scale, scale_mode)):
+    def tma():
         return tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_dtype)
-    return scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up,
-                              out_segment, scale_mode, k_align, out_dtype)
+
+    def tiled():
+        return scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up,
+                                  out_segment, scale_mode, k_align, out_dtype)
+
+    if USE_TMA["enabled"] and tma_fits(a, b, a_scale_neg, scale_mode, input_scale_varies(a_scale, scale_mode)):
+        key = (a.device, a.dtype, 1 << (a.shape[1] - 1).bit_length(), b.shape, bias is None, lowrank_t is None,
+               out_dtype)
+        if tma_is_faster(key, tma, tiled):
+            return tma()
+    return tiled()
+
+
+def tma_is_faster(key: tuple, tma: Callable[[], Tensor], tiled: Callable[[], Tensor]) -> bool:
+    """Whether the TMA kernel beat the tiled one for this shape ``key``, both timed at its first call (while a CUDA
+    graph is being captured nothing can be timed: the tiled kernel, not remembered)."""
+    if key not in _TMA_FASTER:
+        if torch.cuda.is_current_stream_capturing():
+            return False
+        from triton.testing import do_bench
+
+        _TMA_FASTER[key] = do_bench(tma, warmup=5, rep=20) < do_bench(tiled, warmup=5, rep=20)
+    return _TMA_FASTER[key]
 
 
 def gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Tensor], w_scale: Tensor, a_col: Tensor,
