@@ -160,6 +160,8 @@ def test_tma_kernel_takes_only_aligned_compute_bound_8bit_layers():
 
 def test_tma_choice_is_timed_once_per_shape_and_keeps_the_faster(monkeypatch):
     triton_testing = pytest.importorskip("triton.testing")
+    from triton.runtime.errors import OutOfResources
+
     from segquant.kernels.gpu import ops
 
     timed = []
@@ -174,3 +176,9 @@ def test_tma_choice_is_timed_once_per_shape_and_keeps_the_faster(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     assert not ops.tma_is_faster("captured", lambda: 1.0, lambda: 2.0)  # no timing inside a capture
     assert "captured" not in ops._TMA_FASTER
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+
+    def out_of_shared_memory():
+        raise OutOfResources(278552, 232448, "shared memory")
+
+    assert not ops.tma_is_faster("too_big", out_of_shared_memory, lambda: 2.0)
