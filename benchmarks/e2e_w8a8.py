@@ -53,6 +53,8 @@ import torch
 
 from fullsize import build
 
+from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graphs
+
 VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_int4", "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_int8",
             "sq_int8_tiled", "sq_int8_dyn", "sq_int8_full", "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a16")
 #: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.
@@ -89,26 +91,14 @@ def stage(message: str, _start=[time.perf_counter()]) -> None:  # noqa: B006 (th
 
 
 def graph_ms(model, example: dict, iters: int) -> float:
-    """Median milliseconds of replaying the forward captured in one CUDA graph (after ``timed_calls``)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.inference_mode(), torch.cuda.stream(stream):
-        for _ in range(2):
-            model(**example)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph):
-        model(**example)
-    times = []
-    for _ in range(iters + 2):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    del graph
-    return sorted(times[2:])[iters // 2]
+    """Median milliseconds of a forward replayed from one CUDA graph, as a pipeline gets it from
+    :func:`segquant.pipeline.cuda_graph.capture_cuda_graphs` (inputs copied in, graph replayed, output copied)."""
+    capture_cuda_graphs(model)
+    try:
+        times = sorted(timed_calls(model, example, iters)[1])
+    finally:
+        release_cuda_graphs(model)
+    return times[iters // 2]
 
 
 def layer_errors(model, example: dict) -> dict:

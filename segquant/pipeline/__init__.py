@@ -1,7 +1,8 @@
 """Diffusers pipeline integration: denoiser lookup and swap, fixed-seed generation, step location,
-the denoiser tap (every denoiser call with its step, inputs and output) and the ``stepper`` hook point
-built on it. Imports no diffusers code (pipelines are duck-typed)."""
+the denoiser tap (every denoiser call with its step, inputs and output), the ``stepper`` hook point
+built on it, and CUDA-graph replay of the denoiser. Imports no diffusers code (pipelines are duck-typed)."""
 
+from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graphs
 from segquant.pipeline.glue import (
     DENOISER_NAMES,
     find_denoisers,
@@ -22,6 +23,7 @@ __all__ = [
     "StepInfo",
     "Stepper",
     "TapCall",
+    "capture_cuda_graphs",
     "find_denoisers",
     "generate",
     "get_denoiser",
@@ -29,6 +31,7 @@ __all__ = [
     "locate_step",
     "output_sample",
     "pipeline_call_kwargs",
+    "release_cuda_graphs",
     "remove_stepper",
     "replace_sample",
     "resolve_layer",
