@@ -12,7 +12,8 @@
 # slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min); `demo_backends` (~5 min, carry
 # gpu_inputs/ made by `demo_backends.py embed`) and `quantize_sd35` (up to 10 min) each in a call of their own.
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
-# kernel), SD35_VARIANTS / SD35_LIMIT (e2e_sd35), TESTS_K (a pytest -k selection for tests), QUANTIZE_LIMIT
+# kernel), SD35_VARIANTS / SD35_LIMIT (e2e_sd35), TESTS_NODES (pytest node ids for tests; on the lent machine
+# `TESTS_K=tma` selected 224 of 225 tests, so name the tests by node id) / TESTS_K (a -k selection), QUANTIZE_LIMIT
 # (quantize_sd35).
 # Needs diffusers (and torchao for its rows) importable; on the lent H200 carry them as wheels in .whl/
 # and install them first (see the device README). SEGQUANT_TRITON_AUTOTUNE=0 keeps the tests from
@@ -28,7 +29,8 @@ steps=("$@")
 for step in "${steps[@]}"; do
   case $step in
     tests) SEGQUANT_TRITON_AUTOTUNE=0 timeout 240 python3 -m pytest -q -p no:cacheprovider \
-             tests/kernels/test_gpu_w8a8.py ${TESTS_K:+-k "$TESTS_K"} > "$OUT/tests_gpu.log" 2>&1; tail -n 5 "$OUT/tests_gpu.log" ;;
+             ${TESTS_NODES:-tests/kernels/test_gpu_w8a8.py tests/pipeline/test_cuda_graph.py} ${TESTS_K:+-k "$TESTS_K"} \
+             > "$OUT/tests_gpu.log" 2>&1; tail -n 5 "$OUT/tests_gpu.log" ;;
     gemm_w4) (cd benchmarks && timeout 150 python3 gemm_w4.py --json "$OUT/gemm_w4.json") > "$OUT/gemm_w4.log" 2>&1
              tail -n 20 "$OUT/gemm_w4.log" ;;
     gemm_w8a8) (cd benchmarks && timeout 300 python3 gemm_w8a8.py --out "$OUT/gemm_w8a8") > "$OUT/gemm_w8a8.log" 2>&1
