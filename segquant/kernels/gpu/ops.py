@@ -96,6 +96,7 @@ def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, l
     if _gemv_fits(a, b, a_scale, scale_mode):
         return gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, lowrank_t, lowrank_up, out_segment,
                            k_align, out_dtype)
+
     def tma():
         return tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_dtype)
 
