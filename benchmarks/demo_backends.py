@@ -116,11 +116,11 @@ def run(args: argparse.Namespace, settings: dict) -> None:
     table = compare(results, args.presets)
     (Path(args.out) / "backends.json").write_text(json.dumps(table, indent=1))
     print(f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}")
-    print("| model | preset | PSNR emulated | PSNR gpu | Δ dB | SSIM emulated | SSIM gpu | error |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | preset | PSNR emulated | PSNR gpu | Δ dB | Δ std. error dB | SSIM emulated | SSIM gpu | error |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in table:
         print(f"| {r['model']} | {r['preset']} | {r['psnr_emulated']} | {r['psnr_gpu']} | {r['delta_db']} | "
-              f"{r['ssim_emulated']} | {r['ssim_gpu']} | {r['error']} |")
+              f"{r['delta_se_db']} | {r['ssim_emulated']} | {r['ssim_gpu']} | {r['error']} |")
 
 
 def compare(results: dict, presets: list[str]) -> list[dict]:
@@ -135,10 +135,21 @@ def compare(results: dict, presets: list[str]) -> list[dict]:
                           "psnr_emulated": round(emul["psnr"], 3) if "psnr" in emul else None,
                           "psnr_gpu": round(gpu["psnr"], 3) if "psnr" in gpu else None,
                           "delta_db": round(gpu["psnr"] - emul["psnr"], 3) if both else None,
+                          "delta_se_db": paired_standard_error(emul, gpu) if both else None,
                           "ssim_emulated": round(emul["ssim"], 4) if "ssim" in emul else None,
                           "ssim_gpu": round(gpu["ssim"], 4) if "ssim" in gpu else None,
                           "error": (emul.get("error") or gpu.get("error") or "")[:200]})
     return table
+
+
+def paired_standard_error(emul: dict, gpu: dict) -> float | None:
+    """Standard error of the mean PSNR difference over the same prompts and seeds (``std(Δᵢ) / √N``): how much
+    of ``delta_db`` sampling alone explains (rounding flips send single images either way)."""
+    a, b = emul.get("psnr_per_image"), gpu.get("psnr_per_image")
+    if not a or not b or len(a) != len(b) or len(a) < 2:
+        return None
+    diffs = torch.tensor(b, dtype=torch.float64) - torch.tensor(a, dtype=torch.float64)
+    return round(float(diffs.std() / len(diffs) ** 0.5), 3)
 
 
 def main() -> None:

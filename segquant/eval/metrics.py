@@ -248,7 +248,8 @@ def score_reference(fp_images: torch.Tensor, cfg) -> Reference:
 def score_preset(images: torch.Tensor, ref: Reference, cfg) -> dict:
     """Metrics of one preset's images ``(N, C, H, W)`` against the FP reference."""
     p = psnr(images, ref.images)
-    row = {"psnr": float(p.mean()), "psnr_min": float(p.min()), "ssim": float(ssim(images, ref.images).mean())}
+    row = {"psnr": float(p.mean()), "psnr_min": float(p.min()), "psnr_per_image": [round(float(v), 4) for v in p],
+           "ssim": float(ssim(images, ref.images).mean())}
     if ref.inception is not None:
         feats = inception_features(images)
         row["fid"] = frechet_distance(feats, ref.inception)

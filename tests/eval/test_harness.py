@@ -50,6 +50,8 @@ def test_rows_metrics_and_failures(result):
         r = rows[name]
         assert r["quantized_layers"] > 0
         assert 10 < r["psnr"] < float("inf") and 0 < r["ssim"] <= 1
+        per_image = r["psnr_per_image"]  # one value per prompt, whose mean is the row's PSNR
+        assert len(per_image) == len(result.prompts) and abs(sum(per_image) / len(per_image) - r["psnr"]) < 1e-3
         assert r["fid"] >= 0 and "kid" in r and r["cls_fd"] >= 0 and 0 <= r["class_acc"] <= 1
         assert r["quant_s"] > 0 and r["gen_s"] > 0 and r["gen_peak_mb"] > 0
     assert 0 <= rows["fp"]["class_acc"] <= 1 and rows["fp"]["gen_s"] > 0
