@@ -14,7 +14,8 @@
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
 # kernel), SD35_VARIANTS / SD35_LIMIT (e2e_sd35), TESTS_NODES (pytest node ids for tests; on the lent machine
 # `TESTS_K=tma` selected 224 of 225 tests, so name the tests by node id) / TESTS_K (a -k selection), QUANTIZE_LIMIT
-# (quantize_sd35).
+# (quantize_sd35), DEMO_ARGS / DEMO_LIMIT (demo_backends, e.g. `--per-class 6 --presets w8a8,w4a8`; embed with the same
+# --per-class).
 # Needs diffusers (and torchao for its rows) importable; on the lent H200 carry them as wheels in .whl/
 # and install them first (see the device README). SEGQUANT_TRITON_AUTOTUNE=0 keeps the tests from
 # compiling every autotuning config.
@@ -55,8 +56,8 @@ for step in "${steps[@]}"; do
                 --variants ${SD35_VARIANTS:-bf16_compiled,sq_fp8,torchao_fp8} --profile --json "$OUT/e2e_sd35.json") \
                 > "$OUT/e2e_sd35.log" 2>&1; tail -n 7 "$OUT/e2e_sd35.log" ;;
     demo_backends) [ -f gpu_inputs/demo_prompts.safetensors ] || { echo "demo_backends: make gpu_inputs/demo_prompts.safetensors first (demo_backends.py embed) and carry gpu_inputs" >&2; continue; }
-             timeout 400 python3 benchmarks/demo_backends.py run --embeddings gpu_inputs/demo_prompts.safetensors \
-               --out "$OUT/demo_backends" --presets w8a8,w4a8,w4a8_two_level,w4a16 > "$OUT/demo_backends.log" 2>&1
+             timeout ${DEMO_LIMIT:-400} python3 benchmarks/demo_backends.py run --embeddings gpu_inputs/demo_prompts.safetensors \
+               --out "$OUT/demo_backends" ${DEMO_ARGS:---presets w8a8,w4a8,w4a8_two_level,w4a16} > "$OUT/demo_backends.log" 2>&1
              grep "^|" "$OUT/demo_backends.log" ;;
     quantize_sd35) (cd benchmarks && timeout ${QUANTIZE_LIMIT:-590} python3 quantize_cost.py --cases sd35_full --presets w4a8 --batches 4) \
                > "$OUT/quantize_sd35.log" 2>&1; tail -n 3 "$OUT/quantize_sd35.log" ;;
