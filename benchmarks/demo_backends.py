@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import sys
 from pathlib import Path
 from unittest import mock
@@ -148,8 +149,7 @@ def paired_standard_error(emul: dict, gpu: dict) -> float | None:
     a, b = emul.get("psnr_per_image"), gpu.get("psnr_per_image")
     if not a or not b or len(a) != len(b) or len(a) < 2:
         return None
-    diffs = torch.tensor(b, dtype=torch.float64) - torch.tensor(a, dtype=torch.float64)
-    return round(float(diffs.std() / len(diffs) ** 0.5), 3)
+    return round(statistics.stdev(y - x for x, y in zip(a, b)) / len(a) ** 0.5, 3)
 
 
 def main() -> None:

@@ -89,6 +89,8 @@ def scaled_gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Ten
 @scaled_gemm.register_kernel("cuda")
 def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_segment,
                       scale_mode, k_align, out_dtype):
+    import triton
+
     from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
     from segquant.kernels.gpu.triton_gemv import gemv_triton
     from segquant.kernels.gpu.triton_tma import tma_fits, tma_gemm_triton
@@ -105,7 +107,7 @@ def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, l
                                   out_segment, scale_mode, k_align, out_dtype)
 
     if USE_TMA["enabled"] and tma_fits(a, b, a_scale_neg, scale_mode, input_scale_varies(a_scale, scale_mode)):
-        key = (a.device, a.dtype, 1 << (a.shape[1] - 1).bit_length(), b.shape, bias is None, lowrank_t is None,
+        key = (a.device, a.dtype, triton.next_power_of_2(a.shape[1]), b.shape, bias is None, lowrank_t is None,
                out_dtype)
         if tma_is_faster(key, tma, tiled):
             return tma()

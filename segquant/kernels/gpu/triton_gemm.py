@@ -57,6 +57,11 @@ CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps
            for bm, bn, bk, w, st in _BIG + _SMALL]
 
 
+def tuned_or_first(configs: list) -> list:
+    """``configs`` to autotune over, or only the first when ``SEGQUANT_TRITON_AUTOTUNE=0`` (tests)."""
+    return configs[:1] if os.environ.get("SEGQUANT_TRITON_AUTOTUNE") == "0" else configs
+
+
 def legal_configs(configs, named_args, **kwargs):
     """Configs whose BK divides ``k_align`` (rescaled tiles) and BN divides ``OUT_SEG``, sized for M, BK >= 128
     where legal (narrower K tiles only compete where the segments force them)."""
@@ -69,7 +74,7 @@ def legal_configs(configs, named_args, **kwargs):
     if args["W4"] and args["MODE"] == 2 and not tile:  # tiles inside one group (ONE_GROUP) compete too
         widest = min(widest, max(32, k_align))
     legal = [c for c in sized if c.kwargs["BK"] >= widest]
-    return legal[:1] if os.environ.get("SEGQUANT_TRITON_AUTOTUNE") == "0" else legal
+    return tuned_or_first(legal)
 
 
 @triton.jit

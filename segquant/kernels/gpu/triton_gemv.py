@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from segquant.kernels.gpu.triton_gemm import (_A_KINDS, _NO_SEGMENT, _PAIR_DTYPES, _split_pairs, lowrank_args,
-                                              scale_strides)
+                                              scale_strides, tuned_or_first)
 
 #: Triton's CPU interpreter (set before Triton is imported) has no inline assembly: no ``dp4a`` there.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -48,7 +48,7 @@ _CONFIGS = [triton.Config({"BN": bn, "BK": bk}, num_warps=w, num_stages=st)
 def _legal(configs, named_args, **kwargs):
     args = {**named_args, **kwargs}
     legal = [c for c in configs if args["OUT_SEG"] % c.kwargs["BN"] == 0] or configs[-1:]
-    return legal[:1] if os.environ.get("SEGQUANT_TRITON_AUTOTUNE") == "0" else legal
+    return tuned_or_first(legal)
 
 
 @triton.jit

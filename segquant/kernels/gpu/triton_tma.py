@@ -15,14 +15,14 @@ Same arguments and math as the op (:mod:`segquant.kernels.gemm_reference`), rest
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from segquant.kernels.gpu.triton_gemm import _dot, finish_tile, lowrank_args, scale_strides, tile_position
+from segquant.kernels.gpu.triton_gemm import (_dot, finish_tile, lowrank_args, scale_strides, tile_position,
+                                              tuned_or_first)
 
 #: Rows from which an 8-bit layer is compute-bound enough for the persistent kernel.
 TMA_MIN_M = 128
@@ -42,7 +42,7 @@ _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warp
 
 
 def _first_only(configs, named_args, **kwargs):
-    return configs[:1] if os.environ.get("SEGQUANT_TRITON_AUTOTUNE") == "0" else configs
+    return tuned_or_first(configs)
 
 
 @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "IS_INT", "HAS_LR"],
