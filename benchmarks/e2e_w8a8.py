@@ -36,7 +36,8 @@ tensor subclasses such as torchao's; ``model_tensor_gib``: the model's own param
 allocated memory during a call, and for the segquant variants
 the relative error of the GPU backend against the emulated backend on the same input: of the whole
 output (``‖y_gpu − y_emul‖ / ‖y_emul‖``; through dozens of random-weight blocks in bf16 this grows with
-depth, whatever the kernel) and of each of the first ``LAYERS_CHECKED`` layers on its own captured input
+depth, whatever the kernel: ``bf16_compiled`` reports the same measure between its compiled and its eager
+forward, ``rel_err_compiled_vs_eager``, the floor that fusion and summation order alone give) and of each of the first ``LAYERS_CHECKED`` layers on its own captured input
 (median and max: what the kernel itself adds). Stage times go to stderr.
 """
 
@@ -213,8 +214,15 @@ def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = 
         return _run_prepared(name, variant, iters, compile_mode, profile)
 
 
+def output(model, example: dict) -> torch.Tensor:
+    """The model's first output for ``example``, in float32."""
+    with torch.inference_mode():
+        return model(**example)[0].float()
+
+
 def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None, profile: bool) -> dict:
     model, example = build(name)
+    eager = output(model, example) if variant == "bf16_compiled" else None  # the floor of the model-level error
     facts = prepare(variant, model, example, compile_mode)
     gc.collect()
     clear_cublas = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)  # workspaces of the error check
@@ -229,6 +237,9 @@ def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None,
     first, times = timed_calls(model, example, iters)
     times.sort()
     stage(f"{variant}: timed, first call {first:.1f} s")
+    if eager is not None:
+        facts["rel_err_compiled_vs_eager"] = float((output(model, example) - eager).norm() / eager.norm())
+        del eager
     peak_extra = torch.cuda.max_memory_allocated() - base
     try:
         facts["graph_ms"] = round(graph_ms(model, example, iters), 2)
