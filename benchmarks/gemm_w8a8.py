@@ -55,6 +55,12 @@ LAYERS = {
     "sd35_qkv": (SD35_TOKENS, 1536, 4608, (1536,), (4608,), False, False),  # 1024², batch 2: 2 x 4096 image rows
     "sd35_ff_up": (SD35_TOKENS, 1536, 6144, (1536,), (6144,), False, False),
     "sd35_ff_down": (SD35_TOKENS, 6144, 1536, (6144,), (1536,), False, False),
+    # the text stream of the joint blocks: its own linears at M = 512 (FLUX) / 2 x 333 (SD3.5, batch 2)
+    "ctx_proj": (512, 3072, 3072, (3072,), (3072,), False, False),  # add_q/k/v_proj, to_add_out
+    "ctx_ff_up": (512, 3072, 12288, (3072,), (12288,), False, False),
+    "ctx_ff_down": (512, 12288, 3072, (12288,), (3072,), False, False),
+    "sd35_ctx_proj": (666, 1536, 1536, (1536,), (1536,), False, False),
+    "sd35_ctx_ff_down": (666, 6144, 1536, (6144,), (1536,), False, False),
 }
 SMOKE_LAYERS = {  # tiny versions of the same kinds of layer, for --smoke on the CPU
     "heads": (33, 128, 64, (32,) * 4, (64,), False, False),

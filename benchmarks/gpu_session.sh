@@ -2,14 +2,15 @@
 # One device-machine call that checks and measures the GPU backend (what BENCHMARKS.md reports), each step
 # under its own time limit so that a slow step cannot hide the others. Outputs go to $OUT (or ./gpu_out).
 #
-#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|tma|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|
+#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|tma|ctx|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|
 #                                   demo_backends|quantize_sd35|load_flux|scaling ...]
 #
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
 # e.g. `tests gemm_w4 scaling` (~8 min), then `e2e_flux` (~5.5 min), `e2e_flux_w4` (~7 min), then
 # `e2e_sd35 gemm_w8a8`; `gemv` (~1.5 min), `tma` (the compute-bound FLUX and SD3.5 layers on the persistent
-# TMA kernel against the tiled one and cuBLASLt) and `e2e_flux_w8` (the segquant 8-bit variants without torchao's
-# slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min); `demo_backends` (~5 min, carry
+# TMA kernel against the tiled one and cuBLASLt), `ctx` (the joint blocks' text-stream layers, M = 512 / 666,
+# where FLUX's INT8 model spent 8.1 ms in 117 tiled-kernel calls in run 10) and `e2e_flux_w8` (the segquant
+# 8-bit variants without torchao's slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min); `demo_backends` (~5 min, carry
 # gpu_inputs/ made by `demo_backends.py embed`) and `quantize_sd35` (up to 10 min) each in a call of their own.
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
 # kernel), SD35_VARIANTS / SD35_LIMIT (e2e_sd35), TESTS_NODES (pytest node ids for tests; on the lent machine
@@ -40,6 +41,9 @@ for step in "${steps[@]}"; do
              qkv_fused,out_proj_plain,ff_up,ff_down_plain,proj_out_plain,sd35_qkv,sd35_ff_up,sd35_ff_down) \
              > "$OUT/tma.log" 2>&1
          tail -n 12 "$OUT/tma.log" ;;
+    ctx) (cd benchmarks && timeout 200 python3 gemm_w8a8.py --out "$OUT/ctx" --compile-layers none \
+             --layers ctx_proj,ctx_ff_up,ctx_ff_down,sd35_ctx_proj,sd35_ctx_ff_down,out_proj_plain) \
+             > "$OUT/ctx.log" 2>&1; tail -n 12 "$OUT/ctx.log" ;;
     gemv) (cd benchmarks && timeout 150 python3 gemm_w8a8.py --out "$OUT/gemv" --compile-layers none \
              --layers adaln_plain,adaln_seg6,adaln_seg6_dual,time_linear_2,sd35_adaln_m2,sd35_adaln_dual_m2) \
              > "$OUT/gemv.log" 2>&1; tail -n 16 "$OUT/gemv.log" ;;

@@ -182,3 +182,17 @@ def test_tma_choice_is_timed_once_per_shape_and_keeps_the_faster(monkeypatch):
         raise OutOfResources(278552, 232448, "shared memory")
 
     assert not ops.tma_is_faster("too_big", out_of_shared_memory, lambda: 2.0)
+
+
+def test_tiled_kernel_row_tiles_follow_the_number_of_rows(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.delenv("SEGQUANT_TRITON_AUTOTUNE", raising=False)  # all legal configs, not only the first
+    from segquant.kernels.gpu.triton_gemm import CONFIGS, legal_configs
+
+    def row_tiles(m: int) -> set[int]:
+        args = {"M": m, "K": 3072, "K_ALIGN": 3072, "OUT_SEG": 2 ** 30, "TILE_SCALE": False, "W4": False, "MODE": 0}
+        return {c.kwargs["BM"] for c in legal_configs(CONFIGS, args)}
+
+    assert row_tiles(32) == {16, 64}
+    assert row_tiles(512) == {64, 128, 256}  # the text stream: 64-row tiles give more CTAs than 132 SMs want
+    assert row_tiles(4096) == {128, 256}

@@ -48,7 +48,10 @@ from segquant.kernels.gemm_reference import input_scale_varies
 _BIG = [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4), (128, 256, 64, 8, 4),
         (256, 128, 64, 8, 4), (128, 128, 64, 4, 5), (128, 128, 32, 4, 6)]
 _SMALL = [(16, 64, 128, 4, 4), (16, 32, 128, 4, 4), (16, 32, 256, 4, 3), (16, 16, 256, 4, 4), (64, 128, 128, 4, 4),
-          (16, 64, 64, 4, 5), (16, 32, 32, 4, 6)]
+          (64, 256, 128, 8, 3), (16, 64, 64, 4, 5), (16, 32, 32, 4, 6)]
+#: Up to this many rows the 64-row tiles compete with the 128/256-row ones: the text stream of joint blocks (512 rows
+#: in FLUX, 666 in SD3.5 at batch 2) fills only 48-96 of the H200's 132 SMs with 128-row tiles.
+MID_M = 1024
 _A_KINDS = {torch.int8: 0, torch.float8_e4m3fn: -1, torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
 _PAIR_DTYPES = {torch.int8: torch.int16, torch.bfloat16: torch.int32, torch.float16: torch.int32,
                 torch.float32: torch.int64}
@@ -69,12 +72,19 @@ def legal_configs(configs, named_args, **kwargs):
     m, k_align, out_seg, tile = args["M"], args["K_ALIGN"], args["OUT_SEG"], args["TILE_SCALE"]
     fits = [c for c in configs if (not tile or k_align % c.kwargs["BK"] == 0)
             and out_seg % c.kwargs["BN"] == 0 and c.kwargs["BK"] <= max(32, triton.next_power_of_2(args["K"]))]
-    sized = [c for c in fits if (c.kwargs["BM"] <= 64) == (m <= 64)] or fits
+    sized = [c for c in fits if row_tile_fits(c.kwargs["BM"], m)] or fits
     widest = min(128, max(c.kwargs["BK"] for c in sized))
     if args["W4"] and args["MODE"] == 2 and not tile:  # tiles inside one group (ONE_GROUP) compete too
         widest = min(widest, max(32, k_align))
     legal = [c for c in sized if c.kwargs["BK"] >= widest]
     return tuned_or_first(legal)
+
+
+def row_tile_fits(bm: int, m: int) -> bool:
+    """16/64-row tiles for ``M <= 64``, 128/256-row tiles above, and the 64-row tiles also up to :data:`MID_M`."""
+    if m <= 64:
+        return bm <= 64
+    return bm >= 128 or (bm == 64 and m <= MID_M)
 
 
 @triton.jit
