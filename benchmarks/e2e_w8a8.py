@@ -37,8 +37,9 @@ allocated memory during a call, and for the segquant variants
 the relative error of the GPU backend against the emulated backend on the same input: of the whole
 output (``‖y_gpu − y_emul‖ / ‖y_emul‖``; through dozens of random-weight blocks in bf16 this grows with
 depth, whatever the kernel: ``bf16_compiled`` reports the same measure between its compiled and its eager
-forward, ``rel_err_compiled_vs_eager``, the floor that fusion and summation order alone give) and of each of the first ``LAYERS_CHECKED`` layers on its own captured input
-(median and max: what the kernel itself adds). Stage times go to stderr.
+forward, ``rel_err_compiled_vs_eager``, the floor that fusion and summation order alone give) and of each of
+the first ``LAYERS_CHECKED`` layers on its own captured input (median and max: what the kernel itself adds).
+Stage times go to stderr.
 """
 
 from __future__ import annotations
