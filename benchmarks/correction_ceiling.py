@@ -46,8 +46,8 @@ def mean_psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
     return float(psnr(images, reference).mean())
 
 
-def ceiling(name: str, presets: list[str], factors: list[float], settings: dict, steps: range) -> list[dict]:
-    """Rows ``{model, preset, factor, psnr}`` for one demo model, the error shrunk at ``steps``."""
+def ceiling(name: str, presets: list[str], factors: list[float], settings: dict, steps: range) -> None:
+    """Print the table rows of one demo model: PSNR per preset and factor, the error shrunk at ``steps``."""
     from segquant.baselines.harness import quantize_entry
     from segquant.demo.cli import _load, demo_prompts
     from segquant.eval.harness import EvalConfig, calibration_loader, generate_images
@@ -63,7 +63,6 @@ def ceiling(name: str, presets: list[str], factors: list[float], settings: dict,
     denoiser, fp = get_denoiser(pipe)
     reference = generate_images(pipe, cfg, "fp", progress=False)
     loader = calibration_loader(pipe, denoiser, cfg, progress=False)
-    rows = []
     for preset in presets:
         qmodel = quantize_entry(copy.deepcopy(fp), loader, preset_dict(preset))
         base = None
@@ -73,10 +72,8 @@ def ceiling(name: str, presets: list[str], factors: list[float], settings: dict,
                     images = generate_images(pipe, cfg, f"{preset} f={factor}", progress=False)
             value = mean_psnr(images, reference)
             base = value if base is None else base
-            rows.append({"model": name, "preset": preset, "factor": factor, "psnr": value})
             print(f"| {name} | {preset} | {steps.start}..{steps.stop - 1} | {factor:g} | {value:.2f} | "
                   f"{value - base:+.2f} |", flush=True)
-    return rows
 
 
 def oracle_curves(table: Path) -> dict:

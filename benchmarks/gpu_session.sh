@@ -10,8 +10,9 @@
 # `e2e_sd35 gemm_w8a8`; `gemv` (~1.5 min), `tma` (the compute-bound FLUX and SD3.5 layers on the persistent
 # TMA kernel against the tiled one and cuBLASLt), `ctx` (the joint blocks' text-stream layers, M = 512 / 666,
 # where FLUX's INT8 model spent 8.1 ms in 117 tiled-kernel calls in run 10) and `e2e_flux_w8` (the segquant
-# 8-bit variants without torchao's slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min); `demo_backends` (~5 min, carry
-# gpu_inputs/ made by `demo_backends.py embed`) and `quantize_sd35` (up to 10 min) each in a call of their own.
+# 8-bit variants without torchao's slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min);
+# `demo_backends` (~5 min, carry gpu_inputs/ made by `demo_backends.py embed`) and `quantize_sd35` (up to 10 min)
+# each in a call of their own.
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
 # kernel), SD35_VARIANTS / SD35_LIMIT (e2e_sd35), TESTS_NODES (pytest node ids for tests; on the lent machine
 # `TESTS_K=tma` selected 224 of 225 tests, so name the tests by node id) / TESTS_K (a -k selection), QUANTIZE_LIMIT
