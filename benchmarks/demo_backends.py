@@ -116,12 +116,20 @@ def run(args: argparse.Namespace, settings: dict) -> None:
         results = demo_cli.evaluate_demo_models(settings, args.out, progress=False)
     table = compare(results, args.presets)
     (Path(args.out) / "backends.json").write_text(json.dumps(table, indent=1))
-    print(f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}")
+    print(f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}, "
+          f"{float32_matmul_mode()}")
     print("| model | preset | PSNR emulated | PSNR gpu | Δ dB | Δ std. error dB | SSIM emulated | SSIM gpu | error |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in table:
         print(f"| {r['model']} | {r['preset']} | {r['psnr_emulated']} | {r['psnr_gpu']} | {r['delta_db']} | "
               f"{r['delta_se_db']} | {r['ssim_emulated']} | {r['ssim_gpu']} | {r['error']} |")
+
+
+def float32_matmul_mode() -> str:
+    """How float32 products run here (the emulated backend's and the full-precision model's): TF32 rounds their
+    operands to 10 mantissa bits, an error the integer GEMM of the gpu backend does not have."""
+    return (f"float32 matmul precision {torch.get_float32_matmul_precision()!r}, cuBLAS TF32 "
+            f"{torch.backends.cuda.matmul.allow_tf32}, cuDNN TF32 {torch.backends.cudnn.allow_tf32}")
 
 
 def compare(results: dict, presets: list[str]) -> list[dict]:

@@ -63,7 +63,7 @@ for step in "${steps[@]}"; do
     demo_backends) [ -f gpu_inputs/demo_prompts.safetensors ] || { echo "demo_backends: make gpu_inputs/demo_prompts.safetensors first (demo_backends.py embed) and carry gpu_inputs" >&2; continue; }
              timeout ${DEMO_LIMIT:-400} python3 benchmarks/demo_backends.py run --embeddings gpu_inputs/demo_prompts.safetensors \
                --out "$OUT/demo_backends" ${DEMO_ARGS:---presets w8a8,w4a8,w4a8_two_level,w4a16} > "$OUT/demo_backends.log" 2>&1
-             grep "^|" "$OUT/demo_backends.log" ;;
+             grep -E "^(\||device)" "$OUT/demo_backends.log" ;;
     quantize_sd35) (cd benchmarks && timeout ${QUANTIZE_LIMIT:-590} python3 quantize_cost.py --cases sd35_full --presets w4a8 --batches 4) \
                > "$OUT/quantize_sd35.log" 2>&1; tail -n 3 "$OUT/quantize_sd35.log" ;;
     load_flux) timeout 300 python3 benchmarks/load_memory.py --model flux --layers 19 --single-layers 38 --device cuda \
