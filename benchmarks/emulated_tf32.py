@@ -1,0 +1,75 @@
+"""What TF32 operands in the emulated layers' float32 product would cost in demo image PSNR.
+
+Run 10 (BENCHMARKS.md) found the gpu backend 0.28 dB closer to full precision than the emulated backend at W8A8 on
+the GPU, while at W4A8 the two agree within 0.1 dB. One candidate cause: if the GPU's float32 matrix products ran
+in TF32 (operands rounded to 10 mantissa bits), the emulated layer (dequantized operands, one float32 product)
+would carry an extra error of ≈ 2^-11 per operand that the gpu backend's integer GEMM does not — small against
+4-bit quantization error, not against 8-bit. This runs ``segquant demo``'s harness on the CPU twice with the same
+prompts, seeds and calibration: once as it is, once with both operands of every quantized layer's product rounded
+to TF32, and prints the paired PSNR difference per model and preset:
+
+    python benchmarks/emulated_tf32.py --models flux,unet --presets w8a8 --per-class 30 --out /tmp/tf32
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
+
+
+def to_tf32(t: torch.Tensor) -> torch.Tensor:
+    """float32 rounded to TF32's 10 mantissa bits (to nearest, ties away from zero)."""
+    bits = t.contiguous().view(torch.int32)
+    return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def demo_psnr(settings: dict, out: Path, tf32: bool) -> dict:
+    """``{(model, preset): per-image PSNR}`` of one harness run, TF32 operands in the quantized layers or not."""
+    import segquant.kernels.reference as reference
+    from segquant.demo.cli import evaluate_demo_models
+
+    weight_of, input_of = reference.dequantized_weight, reference.quantize_input
+    patches = [mock.patch.object(reference, "dequantized_weight", lambda *a: to_tf32(weight_of(*a))),
+               mock.patch.object(reference, "quantize_input", lambda *a: to_tf32(input_of(*a)))] if tf32 else []
+    for patch in patches:
+        patch.start()
+    try:
+        results = evaluate_demo_models(settings, out, progress=False)
+    finally:
+        for patch in patches:
+            patch.stop()
+    return {(model, row["config"]): row["psnr_per_image"] for model, result in results.items()
+            for row in result.rows if "psnr_per_image" in row and row["config"] != "fp"}
+
+
+def main() -> None:
+    from segquant.cli import build_parser
+    from segquant.demo.cli import demo_settings
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="flux,unet")
+    parser.add_argument("--presets", default="w8a8,w4a8")
+    parser.add_argument("--per-class", type=int, default=6)
+    parser.add_argument("--out", type=Path, required=True)
+    opts = parser.parse_args()
+    settings = demo_settings(build_parser().parse_args(
+        ["demo", "--per-class", str(opts.per_class), "--steps", "10", "--no-fid", "--models", opts.models,
+         "--presets", opts.presets]))
+    exact, rounded = demo_psnr(settings, opts.out / "float32", False), demo_psnr(settings, opts.out / "tf32", True)
+    print("| model | preset | images | PSNR float32 | PSNR TF32 operands | Δ dB | std. error of Δ |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for key, a in exact.items():
+        delta = [y - x for x, y in zip(a, rounded[key])]
+        print(f"| {key[0]} | {key[1]} | {len(a)} | {statistics.mean(a):.3f} | {statistics.mean(rounded[key]):.3f} | "
+              f"{statistics.mean(delta):+.3f} | {statistics.stdev(delta) / len(delta) ** 0.5:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
