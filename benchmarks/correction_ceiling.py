@@ -49,17 +49,15 @@ def mean_psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
 def ceiling(name: str, presets: list[str], factors: list[float], settings: dict, steps: range) -> None:
     """Print the table rows of one demo model: PSNR per preset and factor, the error shrunk at ``steps``."""
     from segquant.baselines.harness import quantize_entry
-    from segquant.demo.cli import _load, demo_prompts
-    from segquant.eval.harness import EvalConfig, calibration_loader, generate_images
+    from segquant.demo.cli import _load, demo_eval_config, demo_prompts
+    from segquant.eval.harness import calibration_loader, generate_images
     from segquant.pipeline.glue import get_denoiser, swapped_denoiser
     from segquant.pipeline.tap import DenoiserTap
     from segquant.presets import preset_dict
 
     prompts, labels, calib = demo_prompts(settings)
     pipe = _load(name, None, False)
-    cfg = EvalConfig(prompts=prompts, labels=labels, seed=settings["seed"], num_inference_steps=settings["steps"],
-                     guidance_scale=settings["guidance"], batch_size=10, calib_prompts=calib,
-                     calib_steps=settings["calib_steps"], calib_batch_size=max(1, len(calib)), fid=False)
+    cfg = demo_eval_config(settings, prompts, labels, calib)
     denoiser, fp = get_denoiser(pipe)
     reference = generate_images(pipe, cfg, "fp", progress=False)
     loader = calibration_loader(pipe, denoiser, cfg, progress=False)

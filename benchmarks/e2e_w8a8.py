@@ -103,6 +103,12 @@ def graph_ms(model, example: dict, iters: int) -> float:
     return times[iters // 2]
 
 
+def output(model, example: dict) -> torch.Tensor:
+    """The model's first output for ``example``, in float32."""
+    with torch.inference_mode():
+        return model(**example)[0].float()
+
+
 def layer_errors(model, example: dict) -> dict:
     """GPU vs emulated backend per layer, each on its own input captured from an emulated forward."""
     from segquant.kernels.backend import seglinear_modules, set_backend
@@ -115,11 +121,11 @@ def layer_errors(model, example: dict) -> dict:
 
     hooks = [m.register_forward_hook(keep_first) for m in layers]
     with torch.inference_mode():
-        y_emul = model(**example)[0].float()
+        y_emul = output(model, example)
         for hook in hooks:
             hook.remove()
         set_backend(model, "gpu")
-        y_gpu = model(**example)[0].float()
+        y_gpu = output(model, example)
         errors = sorted(float((m(x).float() - y.float()).norm() / y.float().norm()) for m, (x, y) in inputs.items())
     return {"rel_err_gpu_vs_emulated": float((y_gpu - y_emul).norm() / y_emul.norm()),
             "layer_rel_err_median": errors[len(errors) // 2], "layer_rel_err_max": errors[-1],
@@ -213,12 +219,6 @@ def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = 
 
     with ops.switched(**SWITCHES.get(variant, {})):
         return _run_prepared(name, variant, iters, compile_mode, profile)
-
-
-def output(model, example: dict) -> torch.Tensor:
-    """The model's first output for ``example``, in float32."""
-    with torch.inference_mode():
-        return model(**example)[0].float()
 
 
 def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None, profile: bool) -> dict:

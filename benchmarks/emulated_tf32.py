@@ -14,14 +14,17 @@ to TF32, and prints the paired PSNR difference per model and preset:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 from pathlib import Path
-from unittest import mock
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # summation_order_floor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
+
+from summation_order_floor import transformed_operands  # noqa: E402
 
 
 def to_tf32(t: torch.Tensor) -> torch.Tensor:
@@ -32,19 +35,10 @@ def to_tf32(t: torch.Tensor) -> torch.Tensor:
 
 def demo_psnr(settings: dict, out: Path, tf32: bool) -> dict:
     """``{(model, preset): per-image PSNR}`` of one harness run, TF32 operands in the quantized layers or not."""
-    import segquant.kernels.reference as reference
     from segquant.demo.cli import evaluate_demo_models
 
-    weight_of, input_of = reference.dequantized_weight, reference.quantize_input
-    patches = [mock.patch.object(reference, "dequantized_weight", lambda *a: to_tf32(weight_of(*a))),
-               mock.patch.object(reference, "quantize_input", lambda *a: to_tf32(input_of(*a)))] if tf32 else []
-    for patch in patches:
-        patch.start()
-    try:
+    with transformed_operands(to_tf32) if tf32 else contextlib.nullcontext():
         results = evaluate_demo_models(settings, out, progress=False)
-    finally:
-        for patch in patches:
-            patch.stop()
     return {(model, row["config"]): row["psnr_per_image"] for model, result in results.items()
             for row in result.rows if "psnr_per_image" in row and row["config"] != "fp"}
 

@@ -19,7 +19,9 @@ The architecture is the real one at full depth (FLUX: 19 + 38 blocks, SD3.5-medi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -73,18 +75,27 @@ def bf16_floor(model, example: dict) -> dict:
             "output": relative(y_rev, y_ref)}
 
 
+@contextlib.contextmanager
+def transformed_operands(transform: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Inside the block, both operands of every emulated quantized layer's float32 product (the dequantized weight
+    ``(N, K)`` and the quantized input ``(M, K)``, :mod:`segquant.kernels.reference`) pass through ``transform``."""
+    import segquant.kernels.reference as reference
+
+    weight_of, input_of = reference.dequantized_weight, reference.quantize_input
+    with mock.patch.object(reference, "dequantized_weight", lambda *a: transform(weight_of(*a))), \
+            mock.patch.object(reference, "quantize_input", lambda *a: transform(input_of(*a))):
+        yield
+
+
 def quantized_floor(model, example: dict, variant: str) -> dict:
     """Output change of the emulated quantized model when every quantized layer's float32 product sums over K
     in reverse order (the same codes, scales and products)."""
-    import segquant.kernels.reference as reference
     from segquant import quantize
 
-    weight_of, input_of = reference.dequantized_weight, reference.quantize_input
     with torch.inference_mode():
         quantize(model, [example], segquant_config(variant), example=example)
         y_ref = model(**example)[0]
-        with mock.patch.object(reference, "dequantized_weight", lambda *a: weight_of(*a).flip(-1)), \
-                mock.patch.object(reference, "quantize_input", lambda *a: input_of(*a).flip(-1)):
+        with transformed_operands(lambda t: t.flip(-1)):
             y_rev = model(**example)[0]
     return {"output": relative(y_rev, y_ref)}
 

@@ -88,7 +88,7 @@ def evaluate_demo_models(settings: dict, out: str | Path, weights_dir=None, prog
     from segquant.demo.classifier import load_classifier
     from segquant.demo.pipeline import WEIGHTS_DIR
     from segquant.distributed import current
-    from segquant.eval.harness import EvalConfig, evaluate
+    from segquant.eval.harness import evaluate
     from segquant.eval.report import write_report
 
     out = Path(out)
@@ -103,19 +103,25 @@ def evaluate_demo_models(settings: dict, out: str | Path, weights_dir=None, prog
         extra = demo_control_kwargs(labels, calib)
     for name in settings["models"]:
         pipe = _load(name, weights_dir, control)
-        cfg = EvalConfig(prompts=prompts, labels=labels, seed=settings["seed"],
-                         num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
-                         batch_size=10, calib_prompts=calib, calib_steps=settings["calib_steps"],
-                         calib_batch_size=max(1, len(calib)), error_images=10, fid=settings["fid"],
-                         classifier=classifier, optional_weights=optional_weights or {},
-                         corrections=tuple(settings.get("corrections", ())),
-                         **extra)
+        cfg = demo_eval_config(settings, prompts, labels, calib, classifier=classifier,
+                               optional_weights=optional_weights or {}, **extra)
         results[name] = evaluate(pipe, settings["presets"], cfg, progress=progress)
         if current().is_main:  # under torchrun only rank 0 holds the images and metrics
             write_report(results[name], out / name, title=f"{name} ({results[name].settings['denoiser_class']})")
     if current().is_main:
         write_summary(results, out, settings, time.perf_counter() - t0)
     return results
+
+
+def demo_eval_config(settings: dict, prompts: list[str], labels: list[int], calib: list[str], **extra):
+    """The harness settings of a demo run (``settings`` as :func:`demo_settings`, prompts as :func:`demo_prompts`);
+    ``extra``: further ``EvalConfig`` fields (classifier, control images, ...)."""
+    from segquant.eval.harness import EvalConfig
+
+    return EvalConfig(prompts=prompts, labels=labels, seed=settings["seed"], num_inference_steps=settings["steps"],
+                      guidance_scale=settings["guidance"], batch_size=10, calib_prompts=calib,
+                      calib_steps=settings["calib_steps"], calib_batch_size=max(1, len(calib)), error_images=10,
+                      fid=settings["fid"], corrections=tuple(settings.get("corrections", ())), **extra)
 
 
 def _load(name: str, weights_dir, control: bool):
