@@ -189,21 +189,43 @@ def prepare(variant: str, model, example: dict, compile_mode: str | None = None)
 
 
 def kernel_profile(model, example: dict, top: int = 25) -> dict:
-    """GPU time of one forward by kernel (torch.profiler, CUDA activity only: launch overhead excluded):
-    ``{"total_ms": ..., "kernels": [[name, ms, calls], ...]}`` for the ``top`` kernels by time."""
+    """GPU time of one forward by kernel (torch.profiler's CUDA activity: launch overhead excluded):
+    ``{"total_ms": ..., "kernels": [[name, ms, calls], ...], "segquant_ops": ...}`` for the ``top`` kernels by
+    time, and segquant's GEMMs by shape (:func:`segquant_ops_by_shape`)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     with torch.inference_mode():
         model(**example)
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
             model(**example)
             torch.cuda.synchronize()
+    # kernels only: not the CPU ops, nor the GPU annotations of compiled graphs, above them
     rows = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
-            if e.self_device_time_total > 0]
+            if e.device_type == DeviceType.CUDA and not e.is_user_annotation and e.self_device_time_total > 0]
     rows.sort(key=lambda r: -r[1])
     return {"total_ms": round(sum(r[1] for r in rows), 2),
-            "kernels": [[name[:90], round(ms, 3), calls] for name, ms, calls in rows[:top]]}
+            "kernels": [[name[:90], round(ms, 3), calls] for name, ms, calls in rows[:top]],
+            "segquant_ops": segquant_ops_by_shape(prof)}
+
+
+def segquant_ops_by_shape(prof) -> list:
+    """GPU time of segquant's custom ops by the shapes of their first two inputs (codes ``(Sa, M, K)``, weight
+    ``(N, K)``), with the routing the GPU backend chose for each TMA-eligible shape: ``[[op, shapes, ms, calls,
+    tma], ...]``, ``tma`` ``None`` where the shape was not eligible (or the op is not the scaled GEMM)."""
+    from segquant.kernels.gpu import ops
+
+    tma_by_shape = {(key[2], tuple(key[3])): faster for key, faster in ops._TMA_FASTER.items()}
+    rows = []
+    for event in prof.key_averages(group_by_input_shape=True):
+        if not event.key.startswith("segquant::") or event.device_time_total <= 0:
+            continue
+        shapes = [list(s) for s in event.input_shapes[:2]]
+        m_bucket = 1 << max(0, shapes[0][1] - 1).bit_length() if len(shapes[0]) == 3 else None
+        tma = tma_by_shape.get((m_bucket, tuple(shapes[1]))) if len(shapes) > 1 else None
+        rows.append([event.key, shapes, round(event.device_time_total / 1e3, 3), event.count, tma])
+    return sorted(rows, key=lambda r: -r[2])
 
 
 def model_bytes(model) -> int:

@@ -29,6 +29,7 @@ from segquant.kernels.gemm_reference import input_scale_varies, scaled_gemm_refe
 from segquant.kernels.gpu import ops
 from segquant.kernels.gpu.backend import GpuBackend
 from segquant.kernels.gpu.plan import quantize_input
+from segquant.kernels.gpu.triton_gemm import MID_M
 from segquant.kernels.gpu.triton_tma import tma_fits
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import SegLinearSpec
@@ -127,7 +128,9 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
     m, k, n, in_segs, out_segs, dual, _ = LAYERS[layer]
     dev = DEVICE["name"]
     copies = rotation(m, k, n)
-    graph = m <= 16 and dev == "cuda"  # weight-bound rows: replayed from a CUDA graph (no launch overhead)
+    # weight-bound and mid-size rows (GEMMs of a few to a few tens of µs): replayed from a CUDA graph, since their
+    # eager launches (Triton's autotuner dispatch: ~100 µs) would be timed instead of the GPU
+    graph = m <= MID_M and dev == "cuda"
     modules = [random_module(spec_of(layer, FORMATS[fmt_name]), seed) for seed in range(copies)]
     xs = [torch.randn(m, k, device=dev, dtype=torch.bfloat16) for _ in range(copies)]
     weights = [mod.dequantized_weight().to(torch.bfloat16) for mod in modules]

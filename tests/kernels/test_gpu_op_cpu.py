@@ -165,7 +165,7 @@ def test_tma_choice_is_timed_once_per_shape_and_keeps_the_faster(monkeypatch):
     from segquant.kernels.gpu import ops
 
     timed = []
-    monkeypatch.setattr(triton_testing, "do_bench", lambda fn, **_: timed.append(fn) or fn())
+    monkeypatch.setattr(triton_testing, "do_bench_cudagraph", lambda fn, **_: timed.append(fn) or fn())
     monkeypatch.setattr(ops, "_TMA_FASTER", {})
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     assert ops.tma_is_faster("fast_tma", lambda: 1.0, lambda: 2.0)

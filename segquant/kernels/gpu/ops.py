@@ -45,9 +45,10 @@ GEMV_MAX_M = 4
 GEMV_MAX_M_8BIT = 1
 USE_GEMV = {"enabled": True}
 #: Compute-bound 8-bit layers with one input and scales constant along K may run on the persistent TMA kernel
-#: (:mod:`.triton_tma`): when True, the first call of each shape times it and the tiled kernel (same numerics) and
-#: keeps the faster. On an H200 the TMA kernel measured 0.6-1.25x the tiled one's speed depending on the shape
-#: (BENCHMARKS.md, run 9), hence a measured choice and no rule. False: always the tiled kernel.
+#: (:mod:`.triton_tma`): when True, the first call of each shape times it and the tiled kernel (same numerics),
+#: each replayed from a CUDA graph (eager timing of a kernel of tens of µs times its launch), and keeps the faster.
+#: On an H200 the TMA kernel is faster on the FLUX / SD3.5 image-stream shapes and the tiled kernel's 64-row tiles
+#: on some text-stream ones (BENCHMARKS.md, runs 10-11), hence a measured choice. False: always the tiled kernel.
 USE_TMA = {"enabled": True}
 _TMA_FASTER: dict = {}
 _SWITCHES = {"USE_SCALED_MM": USE_SCALED_MM, "FP8_FAST_ACCUM": FP8_FAST_ACCUM, "USE_GEMV": USE_GEMV,
@@ -122,10 +123,10 @@ def tma_is_faster(key: tuple, tma: Callable[[], Tensor], tiled: Callable[[], Ten
         if torch.cuda.is_current_stream_capturing():
             return False
         from triton.runtime.errors import OutOfResources
-        from triton.testing import do_bench
+        from triton.testing import do_bench_cudagraph
 
         try:
-            _TMA_FASTER[key] = do_bench(tma, warmup=5, rep=20) < do_bench(tiled, warmup=5, rep=20)
+            _TMA_FASTER[key] = do_bench_cudagraph(tma, rep=20) < do_bench_cudagraph(tiled, rep=20)
         except OutOfResources:
             _TMA_FASTER[key] = False
     return _TMA_FASTER[key]

@@ -21,8 +21,8 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from segquant.kernels.gpu.triton_gemm import (_dot, finish_tile, lowrank_args, scale_strides, tile_position,
-                                              tuned_or_first)
+from segquant.kernels.gpu.triton_gemm import (_dot, finish_tile, graph_timed, lowrank_args, row_tile_fits,
+                                              scale_strides, tile_position, tuned_or_first)
 
 #: Rows from which an 8-bit layer is compute-bound enough for the persistent kernel.
 TMA_MIN_M = 128
@@ -38,15 +38,18 @@ def _block_shapes(nargs: dict) -> None:
 _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=w, num_stages=st,
                           pre_hook=_block_shapes)
             for bm, bn, bk, w, st in [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4),
-                                      (128, 256, 64, 8, 4), (128, 128, 64, 4, 5)]]
+                                      (128, 256, 64, 8, 4), (128, 128, 64, 4, 5), (64, 128, 128, 4, 4),
+                                      (64, 256, 128, 8, 3)]]
 
 
-def _first_only(configs, named_args, **kwargs):
-    return tuned_or_first(configs)
+def _sized(configs, named_args, **kwargs):
+    """The configs whose row tiles suit M (64-row tiles only up to :data:`.triton_gemm.MID_M`)."""
+    m = {**named_args, **kwargs}["M"]
+    return tuned_or_first([c for c in configs if row_tile_fits(c.kwargs["BM"], m)])
 
 
 @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "IS_INT", "HAS_LR"],
-                 prune_configs_by={"early_config_prune": _first_only})
+                 prune_configs_by={"early_config_prune": _sized}, do_bench=graph_timed)
 @triton.jit
 def _tma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, bias_ptr, t_ptr, u_ptr,
                      M, N, K, M_BUCKET, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un,
