@@ -12,6 +12,9 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``sq_fp8_tma``    ``sq_fp8`` with the plain layers on our Triton kernels (TMA or tiled, the faster per shape)
                     instead of cuBLASLt (exact float32 promotion every K tile)
 - ``sq_int8``       the same in INT8
+- ``sq_fp8_fused`` / ``sq_int8_fused``  ``sq_fp8`` / ``sq_int8`` on the denoiser with diffusers' fused q/k/v
+                    projections kept whole (one smoothing for the three: the input quantized once, one GEMM;
+                    :mod:`fused_projections`)
 - ``sq_int8_tiled`` ``sq_int8`` without the persistent TMA kernel (``ops.USE_TMA`` off: the tiled kernel only)
 - ``sq_int8_dyn``   INT8 with dynamic per-token inputs (scale computed per call), otherwise as ``sq_int8``
                     (the ``w8a8_fast`` preset without its DualScale on the weight-bound AdaLN layers)
@@ -58,7 +61,8 @@ from fullsize import build
 from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graphs
 
 VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_int4", "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_int8",
-            "sq_int8_tiled", "sq_int8_dyn", "sq_int8_full", "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a16")
+            "sq_fp8_fused", "sq_int8_fused", "sq_int8_tiled", "sq_int8_dyn", "sq_int8_full", "sq_w4a8_r32",
+            "sq_w4a8_r32_2l", "sq_w4a16")
 #: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.
 SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tiled": {"USE_TMA": False},
             "sq_fp8_tma": {"USE_SCALED_MM": False}}
@@ -86,6 +90,18 @@ def segquant_config(variant: str) -> dict:
                         "input_quant": {"type": fmt, "granularity": "token" if dynamic else "tensor",
                                         "dynamic": dynamic},
                         "weight_quant": {"type": fmt, "granularity": "channel"}}}
+
+
+def prepared_config(variant: str, model, example: dict) -> dict:
+    """:func:`segquant_config` of a ``sq_*`` variant; ``*_fused``: ``model``'s q/k/v projections fused first (in
+    place) and the config adapted to them (:func:`fused_projections.fused_config`)."""
+    config = segquant_config(variant)
+    if variant.endswith("_fused"):
+        from fused_projections import fuse_projections, fused_config, unused_linears
+
+        fuse_projections(model)
+        config = fused_config(config, model, unused_linears(model, lambda: model(**example)))
+    return config
 
 
 def stage(message: str, _start=[time.perf_counter()]) -> None:  # noqa: B006 (the start time)
@@ -170,9 +186,10 @@ def prepare(variant: str, model, example: dict, compile_mode: str | None = None)
         from segquant import quantize
         from segquant.kernels.backend import set_backend
 
+        config = prepared_config(variant, model, example)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            quantize(model, [example], segquant_config(variant), example=example)
+            quantize(model, [example], config, example=example)
         torch.cuda.synchronize()
         facts["quantize_s"] = time.perf_counter() - t0
         stage(f"{variant}: quantized in {facts['quantize_s']:.1f} s")
@@ -296,7 +313,7 @@ def smoke(name: str, variants: list[str]) -> None:
     for variant in [v for v in variants if v.startswith("sq_")]:
         model, example = build(name, "cpu", torch.float32, small=True)
         with torch.inference_mode():
-            quantize(model, [example], segquant_config(variant), example=example)
+            quantize(model, [example], prepared_config(variant, model, example), example=example)
             emulated = model(**example)[0]
             with mock.patch("segquant.kernels.gpu.backend._device_problem", return_value=None):
                 set_backend(model, "gpu")

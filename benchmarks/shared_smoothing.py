@@ -1,0 +1,82 @@
+"""What one smoothing shared by the q / k / v projections costs in demo image PSNR (issue 11's elementwise cost).
+
+Each of ``to_q``, ``to_k``, ``to_v`` reads the same normalized tensor, but with its own SmoothQuant factors
+``λ`` (and static input scale) every layer quantizes that tensor itself: on the GPU the fused norm + quantize
+kernel writes one 8-bit copy per layer and three GEMMs read them. With one ``λ`` for the three (SmoothQuant's
+original placement, folded into the norm) the tensor is quantized once and the three projections are one GEMM.
+
+On the denoiser with diffusers' fused projections (:mod:`fused_projections`) this runs ``segquant demo``'s harness
+with each preset twice, in one call (same prompts, seeds, calibration and full-precision images): as it is — the
+split of the fused output makes q / k / v output segments with their own ``λ`` (``linear_to_chunk`` /
+``linear_to_split``), the numerics of the unfused model — and with the fused layers kept whole (one ``λ``, one
+input scale), and prints the paired PSNR difference:
+
+    python benchmarks/shared_smoothing.py --models mmdit,flux,unet --presets w8a8,w8a8_static --per-class 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fused_projections
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
+
+from fused_projections import fuse_projections, fused_config, unused_linears  # noqa: E402
+
+
+def paired_psnr(model: str, presets: list[str], settings: dict, out: Path) -> list[tuple[str, list, list]]:
+    """``[(preset, per-image PSNR with q/k/v segments, per-image PSNR with one shared λ), ...]`` for ``model``."""
+    from segquant.demo.classifier import load_classifier
+    from segquant.demo.cli import demo_eval_config, demo_prompts
+    from segquant.demo.pipeline import WEIGHTS_DIR, load_demo_pipeline
+    from segquant.eval.harness import evaluate
+    from segquant.eval.report import write_report
+    from segquant.pipeline.glue import get_denoiser
+    from segquant.presets import preset_dict
+
+    pipe = load_demo_pipeline(model)
+    denoiser = get_denoiser(pipe, None)[1]
+    fuse_projections(denoiser)
+    prompts, labels, calib = demo_prompts(settings)
+    unused = unused_linears(denoiser, lambda: pipe(calib[0], num_inference_steps=1,
+                                                   generator=torch.Generator().manual_seed(0)))
+    cfg = demo_eval_config(settings, prompts, labels, calib, classifier=load_classifier(WEIGHTS_DIR / "classifier"))
+    entries = [(f"{preset}{'_shared' if shared else ''}", fused_config(preset_dict(preset), denoiser, unused, shared))
+               for preset in presets for shared in (False, True)]
+    result = evaluate(pipe, entries, cfg, progress=False)
+    write_report(result, out / model, title=f"{model}, q/k/v fused")
+    psnr = {row["config"]: row.get("psnr_per_image") for row in result.rows}
+    return [(preset, psnr[preset], psnr[f"{preset}_shared"]) for preset in presets]
+
+
+def main() -> None:
+    from segquant.cli import build_parser
+    from segquant.demo.cli import demo_settings
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mmdit,flux,unet")
+    parser.add_argument("--presets", default="w8a8,w8a8_static")
+    parser.add_argument("--per-class", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=Path("shared_smoothing_out"))
+    opts = parser.parse_args()
+    settings = demo_settings(build_parser().parse_args(
+        ["demo", "--per-class", str(opts.per_class), "--steps", "10", "--no-fid", "--presets", opts.presets]))
+    print("| model | preset | images | PSNR, λ per q / k / v | PSNR, one λ | Δ dB | std. error of Δ |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for model in opts.models.split(","):
+        for preset, apart, shared in paired_psnr(model, opts.presets.split(","), settings, opts.out):
+            if apart is None or shared is None:
+                print(f"| {model} | {preset} | failed: see {opts.out / model} | | | | |", flush=True)
+                continue
+            delta = [b - a for a, b in zip(apart, shared)]
+            print(f"| {model} | {preset} | {len(delta)} | {statistics.mean(apart):.3f} | {statistics.mean(shared):.3f} "
+                  f"| {statistics.mean(delta):+.3f} | {statistics.stdev(delta) / len(delta) ** 0.5:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
