@@ -196,3 +196,15 @@ def test_tiled_kernel_row_tiles_follow_the_number_of_rows(monkeypatch):
     assert row_tiles(32) == {16, 64}
     assert row_tiles(512) == {64, 128, 256}  # the text stream: 64-row tiles give more CTAs than 132 SMs want
     assert row_tiles(4096) == {128, 256}
+
+
+def test_tma_kernel_row_tiles_follow_the_number_of_rows(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.delenv("SEGQUANT_TRITON_AUTOTUNE", raising=False)
+    from segquant.kernels.gpu.triton_tma import _CONFIGS, _sized
+
+    def row_tiles(m: int) -> set[int]:
+        return {c.kwargs["BM"] for c in _sized(_CONFIGS, {"M": m})}
+
+    assert row_tiles(512) == {64, 128, 256}
+    assert row_tiles(4608) == {128, 256}

@@ -46,9 +46,10 @@ GEMV_MAX_M_8BIT = 1
 USE_GEMV = {"enabled": True}
 #: Compute-bound 8-bit layers with one input and scales constant along K may run on the persistent TMA kernel
 #: (:mod:`.triton_tma`): when True, the first call of each shape times it and the tiled kernel (same numerics),
-#: each replayed from a CUDA graph (eager timing of a kernel of tens of µs times its launch), and keeps the faster.
-#: On an H200 the TMA kernel is faster on the FLUX / SD3.5 image-stream shapes and the tiled kernel's 64-row tiles
-#: on some text-stream ones (BENCHMARKS.md, runs 10-11), hence a measured choice. False: always the tiled kernel.
+#: each replayed from a CUDA graph (timed eagerly, it took the slower kernel for 2 of 9 FLUX shapes in run 11), and
+#: keeps the faster. On an H200 the TMA kernel is faster on the FLUX / SD3.5 image-stream shapes and the tiled
+#: kernel's 64-row tiles on some text-stream ones (BENCHMARKS.md, runs 10-11), hence a measured choice. False:
+#: always the tiled kernel.
 USE_TMA = {"enabled": True}
 _TMA_FASTER: dict = {}
 _SWITCHES = {"USE_SCALED_MM": USE_SCALED_MM, "FP8_FAST_ACCUM": FP8_FAST_ACCUM, "USE_GEMV": USE_GEMV,
