@@ -231,6 +231,8 @@ def segquant_ops_by_shape(prof) -> list:
     """GPU time of segquant's custom ops by the shapes of their first two inputs (codes ``(Sa, M, K)``, weight
     ``(N, K)``), with the routing the GPU backend chose for each TMA-eligible shape: ``[[op, shapes, ms, calls,
     tma], ...]``, ``tma`` ``None`` where the shape was not eligible (or the op is not the scaled GEMM)."""
+    import triton
+
     from segquant.kernels.gpu import ops
 
     tma_by_shape = {(key[2], tuple(key[3])): faster for key, faster in ops._TMA_FASTER.items()}
@@ -239,7 +241,7 @@ def segquant_ops_by_shape(prof) -> list:
         if not event.key.startswith("segquant::") or event.device_time_total <= 0:
             continue
         shapes = [list(s) for s in event.input_shapes[:2]]
-        m_bucket = 1 << max(0, shapes[0][1] - 1).bit_length() if len(shapes[0]) == 3 else None
+        m_bucket = triton.next_power_of_2(shapes[0][1]) if len(shapes[0]) == 3 else None  # as ops' key
         tma = tma_by_shape.get((m_bucket, tuple(shapes[1]))) if len(shapes) > 1 else None
         rows.append([event.key, shapes, round(event.device_time_total / 1e3, 3), event.count, tma])
     return sorted(rows, key=lambda r: -r[2])
