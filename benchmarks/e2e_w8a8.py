@@ -207,10 +207,13 @@ def prepare(variant: str, model, example: dict, compile_mode: str | None = None)
 
 def kernel_profile(model, example: dict, top: int = 25) -> dict:
     """GPU time of one forward by kernel (torch.profiler's CUDA activity: launch overhead excluded):
-    ``{"total_ms": ..., "kernels": [[name, ms, calls], ...], "segquant_ops": ...}`` for the ``top`` kernels by
-    time, and segquant's GEMMs by shape (:func:`segquant_ops_by_shape`)."""
+    ``{"total_ms": ..., "kernels": [[name, ms, calls], ...], "segquant_ops": ..., "tuned": ...}`` for the ``top``
+    kernels by time, segquant's GEMMs by shape (:func:`segquant_ops_by_shape`) and the configs its Triton kernels
+    were tuned to (autotuner key -> tile, :func:`gemm_w8a8.tuned_configs`)."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
+
+    from gemm_w8a8 import tuned_configs
 
     with torch.inference_mode():
         model(**example)
@@ -224,7 +227,8 @@ def kernel_profile(model, example: dict, top: int = 25) -> dict:
     rows.sort(key=lambda r: -r[1])
     return {"total_ms": round(sum(r[1] for r in rows), 2),
             "kernels": [[name[:90], round(ms, 3), calls] for name, ms, calls in rows[:top]],
-            "segquant_ops": segquant_ops_by_shape(prof)}
+            "segquant_ops": segquant_ops_by_shape(prof),
+            "tuned": {" ".join(map(str, key))[:120]: config for key, config in tuned_configs().items()}}
 
 
 def segquant_ops_by_shape(prof) -> list:

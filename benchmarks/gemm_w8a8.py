@@ -138,7 +138,7 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
     row = dict(layer=layer, fmt=fmt_name, M=m, K=k, N=n, segments=len(in_segs), out_segments=len(out_segs),
                dual=dual, copies=copies, cuda_graph=graph)
     pairs = list(zip(modules, xs))
-    tuned_before = set(_tuned())
+    tuned_before = set(tuned_configs())
     row["bf16_mm_us"] = bench([lambda w=w, x=x, mod=mod: F.linear(x, w, mod.bias)
                                for (mod, x), w in zip(pairs, weights)], graph)
     row["ours_eager_us"] = bench([lambda mod=mod, x=x: backend.forward(mod, x) for mod, x in pairs], graph)
@@ -160,7 +160,7 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
             row["gemm_no_gemv_us"] = bench(gemm_calls, graph)
     row["quant_only_us"] = bench([lambda mod=mod, x=x: quantize_input(mod, x) for mod, x in pairs], graph)
     row["rel_err_vs_twin"] = _rel(backend.forward(modules[0], xs[0]), ref_of(modules[0], quantized[0]))
-    row["best_config"] = "; ".join(_tuned()[key] for key in _tuned() if key not in tuned_before) or "cuBLASLt"
+    row["best_config"] = "; ".join(c for key, c in tuned_configs().items() if key not in tuned_before) or "cuBLASLt"
     if compile_:  # one module (the weights of these layers stay far from L2-bound), rotating inputs
         lin = torch.compile(F.linear)
         mod0, w0 = modules[0], weights[0]
@@ -198,18 +198,21 @@ def ref_of(mod, quantized):
     return scaled_gemm_reference(*_gemm_args(mod, quantized), torch.bfloat16)
 
 
-def _tuned() -> dict:
-    """Autotuner choices so far: key -> "BMxBNxBK w<warps> s<stages>" (GEMV: "gemv BNxBK ...") (empty off CUDA)."""
+def tuned_configs() -> dict:
+    """Autotuner choices so far: key -> "BMxBNxBK w<warps> s<stages>" (GEMV: "gemv BNxBK ...", persistent TMA
+    kernel: "tma BMxBNxBK ..."); keys are the autotuners' (shape values and dtypes; empty off CUDA)."""
     if DEVICE["name"] != "cuda":
         return {}
     from segquant.kernels.gpu.triton_gemm import _scaled_gemm_kernel
     from segquant.kernels.gpu.triton_gemv import _gemv_kernel
+    from segquant.kernels.gpu.triton_tma import _tma_gemm_kernel
 
-    tiled = {key: f"{c.kwargs['BM']}x{c.kwargs['BN']}x{c.kwargs['BK']} w{c.num_warps} s{c.num_stages}"
-             for key, c in _scaled_gemm_kernel.cache.items()}
-    gemv = {("gemv",) + tuple(key): f"gemv {c.kwargs['BN']}x{c.kwargs['BK']} w{c.num_warps} s{c.num_stages}"
-            for key, c in _gemv_kernel.cache.items()}
-    return {**tiled, **gemv}
+    def described(kernel, prefix: str, size: str) -> dict:
+        return {(prefix,) + tuple(key): f"{prefix} {size.format(**c.kwargs)} w{c.num_warps} s{c.num_stages}".lstrip()
+                for key, c in kernel.cache.items()}
+
+    return {**described(_scaled_gemm_kernel, "", "{BM}x{BN}x{BK}"), **described(_gemv_kernel, "gemv", "{BN}x{BK}"),
+            **described(_tma_gemm_kernel, "tma", "{BM}x{BN}x{BK}")}
 
 
 COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
