@@ -134,6 +134,7 @@ def calibrate(model: nn.Module, plan: QuantPlan, calib_data_loader: Iterable, tm
     distributed.reduce_observers(observers)
     if batches == 0:
         raise CalibrationError("the calibration loader yielded no batch")
+    check_all_called(names, [name for name, o in observers.items() if o.rows_seen])
     _warn_degenerate(observers)
     logger.info("calibrated %d layers on %d batches", len(observers), batches)
     return observers
@@ -182,6 +183,21 @@ def _failure_message(model: nn.Module, index: int, batch: Any, first_shapes: Any
     expected = f"; batch 0 had shapes {first_shapes}" if first_shapes is not None else ""
     return (f"calibration batch {index} (shapes {batch_shapes(batch)}) failed in {type(model).__name__} {where}: "
             f"{type(exc).__name__}: {exc}{expected}")
+
+
+def check_all_called(names: list[str], called: Iterable[str]) -> None:
+    """Raise :class:`CalibrationError` naming every layer of ``names`` that is not in ``called`` (the layers the
+    forward passes reached), before anything is quantized: such a layer has no statistics to quantize with."""
+    reached = set(called)
+    missing = [name for name in names if name not in reached]
+    if missing:
+        shown = ", ".join(repr(name) for name in missing[:6]) + (f" and {len(missing) - 6} more"
+                                                                 if len(missing) > 6 else "")
+        raise CalibrationError(
+            f"{len(missing)} enabled layer(s) never ran on the calibration data, so they have no statistics: "
+            f"{shown}. A layer the forward does not call (e.g. the separate q/k/v projections diffusers keeps "
+            f"after fuse_qkv_projections()) cannot be calibrated: disable it with a config rule such as "
+            f"{{{missing[0]!r}: {{'enable': False}}}}, or calibrate with inputs that reach it. Nothing was quantized.")
 
 
 def _warn_degenerate(observers: dict[str, InputObserver]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from segquant.calibration import calibrate, first_batch, is_one_shot, run_with_input_hooks
+from segquant.calibration import calibrate, check_all_called, first_batch, is_one_shot, run_with_input_hooks
 from segquant.conversion import convert
 from segquant.errors import CalibrationError
 from segquant.plan import QuantPlan
@@ -33,15 +33,18 @@ def block_of(layer_name: str) -> str:
 
 
 def execution_order(model: nn.Module, names: list[str], example: Any) -> list[str]:
-    """``names`` sorted by when each layer first runs on ``example`` (layers that never run come last)."""
+    """The layers of ``names`` that run on ``example``, in the order each first runs."""
     first_call: dict[str, int] = {}
     run_with_input_hooks(model, names, example, lambda name, _x: first_call.setdefault(name, len(first_call)))
-    return sorted(names, key=lambda name: first_call.get(name, len(names)))
+    return sorted(first_call, key=first_call.__getitem__)
 
 
 def blocks_in_order(model: nn.Module, plan: QuantPlan, example: Any) -> list[tuple[str, list[str]]]:
-    """``[(block name, [layer names])]`` in execution order."""
-    order = execution_order(model, [layer.name for layer in plan.enabled_layers()], example)
+    """``[(block name, [layer names])]`` in execution order; :class:`CalibrationError` (before any block is
+    calibrated) naming the enabled layers that ``example`` does not reach."""
+    names = [layer.name for layer in plan.enabled_layers()]
+    order = execution_order(model, names, example)
+    check_all_called(names, order)
     blocks: dict[str, list[str]] = {}
     for name in order:
         blocks.setdefault(block_of(name), []).append(name)

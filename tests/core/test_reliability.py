@@ -129,3 +129,28 @@ def test_three_step_api_gives_a_saveable_model(tmp_path):
     save_quantized(model, tmp_path)
     x = data(1)[0]
     assert torch.equal(load_quantized(tiny_model(), tmp_path)(x), model(x))
+
+
+class LeftBehind(nn.Module):
+    """A layer the forward never calls, as diffusers' fuse_qkv_projections() leaves the separate projections."""
+
+    def __init__(self):
+        super().__init__()
+        self.used, self.unused = nn.Linear(8, 4), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_a_layer_the_forward_never_calls_is_named_before_anything_is_quantized(sequential):
+    torch.manual_seed(0)
+    model = LeftBehind().eval()
+    config = {"default": {"calib": {"type": "amax", "sequential": sequential}}}
+    with pytest.raises(CalibrationError, match=r"1 enabled layer\(s\) never ran .*'unused'.*\{'unused': \{'enable': "
+                                               r"False\}\}.*Nothing was quantized"):
+        quantize(model, data(), config)
+    assert not any(isinstance(m, SegLinear) for m in model.modules())
+    config["unused"] = {"enable": False}
+    quantized = quantize(model, data(), config)
+    assert isinstance(quantized.used, SegLinear) and isinstance(quantized.unused, nn.Linear)
