@@ -97,10 +97,10 @@ def prepared_config(variant: str, model, example: dict) -> dict:
     place) and the config adapted to them (:func:`fused_projections.fused_config`)."""
     config = segquant_config(variant)
     if variant.endswith("_fused"):
-        from fused_projections import fuse_projections, fused_config, unused_linears
+        from fused_projections import fuse_projections, fused_config
 
-        fuse_projections(model)
-        config = fused_config(config, model, unused_linears(model, lambda: model(**example)))
+        fuse_projections(model, lambda: model(**example))
+        config = fused_config(config, model)
     return config
 
 

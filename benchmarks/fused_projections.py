@@ -20,20 +20,18 @@ import torch
 FUSED_LAYERS = ("*to_qkv", "*to_added_qkv", "*to_kv")
 
 
-def fuse_projections(denoiser: torch.nn.Module) -> None:
-    """``denoiser.fuse_qkv_projections()``, except for SD3.5's second (image-only) attention, whose fused processor
-    in diffusers 0.42 expects a text stream: it keeps its separate projections."""
+def fuse_projections(denoiser: torch.nn.Module, run: Callable[[], object]) -> list[str]:
+    """``denoiser.fuse_qkv_projections()`` in place, then drop the ``nn.Linear`` layers that ``run()`` (one
+    forward or generation step) no longer calls — diffusers keeps the separate projections next to the fused
+    one, which would double their weight memory and cannot be calibrated. SD3.5's second (image-only) attention
+    keeps its separate projections: diffusers 0.42's fused processor expects a text stream there. Returns the
+    names of the dropped layers."""
     from diffusers.models.attention_processor import FusedJointAttnProcessor2_0, JointAttnProcessor2_0
 
     denoiser.fuse_qkv_projections()
     for name, module in denoiser.named_modules():
         if name.endswith("attn2") and isinstance(getattr(module, "processor", None), FusedJointAttnProcessor2_0):
             module.set_processor(JointAttnProcessor2_0())
-
-
-def unused_linears(denoiser: torch.nn.Module, run: Callable[[], object]) -> list[str]:
-    """Names of the denoiser's ``nn.Linear`` layers that ``run()`` (one forward or generation step) does not call:
-    what fusing left behind, since diffusers keeps the separate projections next to the fused one."""
     called: set[str] = set()
     linears = {name: m for name, m in denoiser.named_modules() if isinstance(m, torch.nn.Linear)}
     hooks = [m.register_forward_hook(lambda *_, name=name: called.add(name)) for name, m in linears.items()]
@@ -43,16 +41,19 @@ def unused_linears(denoiser: torch.nn.Module, run: Callable[[], object]) -> list
     finally:
         for hook in hooks:
             hook.remove()
-    return sorted(set(linears) - called)
+    unused = sorted(set(linears) - called)
+    for name in unused:
+        parent, _, child = name.rpartition(".")
+        setattr(denoiser.get_submodule(parent), child, None)
+    return unused
 
 
-def fused_config(config: dict, denoiser: torch.nn.Module, unused: list[str], shared: bool = True) -> dict:
-    """A copy of ``config`` (the dict language) for the fused ``denoiser``: the ``unused`` layers not quantized,
-    and when ``shared`` the fused projections kept whole (no SegPattern: one smoothing for q, k, v)."""
+def fused_config(config: dict, denoiser: torch.nn.Module) -> dict:
+    """A copy of ``config`` (the dict language) with the fused projections of ``denoiser`` kept whole (no
+    SegPattern: one smoothing for q, k, v)."""
     config = copy.deepcopy(config)
-    config.update({name: {"enable": False} for name in unused})
     names = [name for name, _ in denoiser.named_modules()]
-    for rule in FUSED_LAYERS if shared else ():
+    for rule in FUSED_LAYERS:
         if any(fnmatch(name, rule) for name in names):
             config[rule] = {"search_patterns": []}
     return config

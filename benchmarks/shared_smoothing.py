@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fused_projections
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
 
-from fused_projections import fuse_projections, fused_config, unused_linears  # noqa: E402
+from fused_projections import fuse_projections, fused_config  # noqa: E402
 
 
 def paired_psnr(model: str, presets: list[str], settings: dict, out: Path) -> list[tuple[str, list, list]]:
@@ -41,13 +41,12 @@ def paired_psnr(model: str, presets: list[str], settings: dict, out: Path) -> li
 
     pipe = load_demo_pipeline(model)
     denoiser = get_denoiser(pipe, None)[1]
-    fuse_projections(denoiser)
     prompts, labels, calib = demo_prompts(settings)
-    unused = unused_linears(denoiser, lambda: pipe(calib[0], num_inference_steps=1,
-                                                   generator=torch.Generator().manual_seed(0)))
+    fuse_projections(denoiser, lambda: pipe(calib[0], num_inference_steps=1, generator=torch.Generator().manual_seed(0)))
     cfg = demo_eval_config(settings, prompts, labels, calib, classifier=load_classifier(WEIGHTS_DIR / "classifier"))
-    entries = [(f"{preset}{'_shared' if shared else ''}", fused_config(preset_dict(preset), denoiser, unused, shared))
-               for preset in presets for shared in (False, True)]
+    entries = [entry for preset in presets
+               for entry in ((preset, preset_dict(preset)), (f"{preset}_shared", fused_config(preset_dict(preset),
+                                                                                              denoiser)))]
     result = evaluate(pipe, entries, cfg, progress=False)
     write_report(result, out / model, title=f"{model}, q/k/v fused")
     psnr = {row["config"]: row.get("psnr_per_image") for row in result.rows}
