@@ -48,12 +48,16 @@ def fuse_projections(denoiser: torch.nn.Module, run: Callable[[], object]) -> li
     return unused
 
 
-def fused_config(config: dict, denoiser: torch.nn.Module) -> dict:
+def fused_config(config: dict, denoiser: torch.nn.Module, search_alpha: bool = False) -> dict:
     """A copy of ``config`` (the dict language) with the fused projections of ``denoiser`` kept whole (no
-    SegPattern: one smoothing for q, k, v)."""
+    SegPattern: one smoothing for q, k, v); ``search_alpha``: their SmoothQuant alpha searched on 0, 0.1, ..., 1
+    (by the fused layer's output error) instead of the config's."""
     config = copy.deepcopy(config)
     names = [name for name, _ in denoiser.named_modules()]
+    rule_config: dict = {"search_patterns": []}
+    if search_alpha:
+        rule_config["opt"] = {"search_alpha_config": {"enable": True, "min": 0.0, "max": 1.0, "step": 0.1}}
     for rule in FUSED_LAYERS:
         if any(fnmatch(name, rule) for name in names):
-            config[rule] = {"search_patterns": []}
+            config[rule] = rule_config
     return config

@@ -9,7 +9,7 @@ On the denoiser with diffusers' fused projections (:mod:`fused_projections`) thi
 with each preset twice, in one call (same prompts, seeds, calibration and full-precision images): as it is — the
 split of the fused output makes q / k / v output segments with their own ``λ`` (``linear_to_chunk`` /
 ``linear_to_split``), the numerics of the unfused model — and with the fused layers kept whole (one ``λ``, one
-input scale), and prints the paired PSNR difference:
+input scale), once more with that one ``λ``'s alpha searched, and prints the paired PSNR differences:
 
     python benchmarks/shared_smoothing.py --models mmdit,flux,unet --presets w8a8,w8a8_static --per-class 6
 """
@@ -29,8 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from fused_projections import fuse_projections, fused_config  # noqa: E402
 
 
-def paired_psnr(model: str, presets: list[str], settings: dict, out: Path) -> list[tuple[str, list, list]]:
-    """``[(preset, per-image PSNR with q/k/v segments, per-image PSNR with one shared λ), ...]`` for ``model``."""
+#: label suffix -> the fused layers' config: a λ per projection (output segments), one λ, one λ with alpha searched.
+VARIANTS = {"": None, "_shared": False, "_shared_search": True}
+
+
+def variant_psnr(model: str, presets: list[str], settings: dict, out: Path) -> dict[str, list]:
+    """``{preset + suffix: per-image PSNR}`` for each preset and :data:`VARIANTS` suffix on ``model``."""
     from segquant.demo.classifier import load_classifier
     from segquant.demo.cli import demo_eval_config, demo_prompts
     from segquant.demo.pipeline import WEIGHTS_DIR, load_demo_pipeline
@@ -44,13 +48,12 @@ def paired_psnr(model: str, presets: list[str], settings: dict, out: Path) -> li
     prompts, labels, calib = demo_prompts(settings)
     fuse_projections(denoiser, lambda: pipe(calib[0], num_inference_steps=1, generator=torch.Generator().manual_seed(0)))
     cfg = demo_eval_config(settings, prompts, labels, calib, classifier=load_classifier(WEIGHTS_DIR / "classifier"))
-    entries = [entry for preset in presets
-               for entry in ((preset, preset_dict(preset)), (f"{preset}_shared", fused_config(preset_dict(preset),
-                                                                                              denoiser)))]
+    entries = [(preset + suffix, preset_dict(preset) if search is None
+                else fused_config(preset_dict(preset), denoiser, search_alpha=search))
+               for preset in presets for suffix, search in VARIANTS.items()]
     result = evaluate(pipe, entries, cfg, progress=False)
     write_report(result, out / model, title=f"{model}, q/k/v fused")
-    psnr = {row["config"]: row.get("psnr_per_image") for row in result.rows}
-    return [(preset, psnr[preset], psnr[f"{preset}_shared"]) for preset in presets]
+    return {row["config"]: row.get("psnr_per_image") for row in result.rows}
 
 
 def main() -> None:
@@ -65,16 +68,23 @@ def main() -> None:
     opts = parser.parse_args()
     settings = demo_settings(build_parser().parse_args(
         ["demo", "--per-class", str(opts.per_class), "--steps", "10", "--no-fid", "--presets", opts.presets]))
-    print("| model | preset | images | PSNR, λ per q / k / v | PSNR, one λ | Δ dB | std. error of Δ |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | preset | images | PSNR, λ per q / k / v | one λ: PSNR | Δ dB (s.e.) | one λ, alpha searched: "
+          "PSNR | Δ dB (s.e.) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for model in opts.models.split(","):
-        for preset, apart, shared in paired_psnr(model, opts.presets.split(","), settings, opts.out):
-            if apart is None or shared is None:
-                print(f"| {model} | {preset} | failed: see {opts.out / model} | | | | |", flush=True)
+        psnr = variant_psnr(model, opts.presets.split(","), settings, opts.out)
+        for preset in opts.presets.split(","):
+            rows = [psnr.get(preset + suffix) for suffix in VARIANTS]
+            if any(row is None for row in rows):
+                print(f"| {model} | {preset} | failed: see {opts.out / model} | | | | | |", flush=True)
                 continue
-            delta = [b - a for a, b in zip(apart, shared)]
-            print(f"| {model} | {preset} | {len(delta)} | {statistics.mean(apart):.3f} | {statistics.mean(shared):.3f} "
-                  f"| {statistics.mean(delta):+.3f} | {statistics.stdev(delta) / len(delta) ** 0.5:.3f} |", flush=True)
+            cells = []
+            for row in rows[1:]:
+                delta = [b - a for a, b in zip(rows[0], row)]
+                cells += [f"{statistics.mean(row):.3f}", f"{statistics.mean(delta):+.3f} "
+                          f"({statistics.stdev(delta) / len(delta) ** 0.5:.3f})"]
+            print(f"| {model} | {preset} | {len(rows[0])} | {statistics.mean(rows[0]):.3f} | {' | '.join(cells)} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
