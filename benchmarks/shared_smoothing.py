@@ -46,7 +46,8 @@ def variant_psnr(model: str, presets: list[str], settings: dict, out: Path) -> d
     pipe = load_demo_pipeline(model)
     denoiser = get_denoiser(pipe, None)[1]
     prompts, labels, calib = demo_prompts(settings)
-    fuse_projections(denoiser, lambda: pipe(calib[0], num_inference_steps=1, generator=torch.Generator().manual_seed(0)))
+    one_step = lambda: pipe(calib[0], num_inference_steps=1, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    fuse_projections(denoiser, one_step)
     cfg = demo_eval_config(settings, prompts, labels, calib, classifier=load_classifier(WEIGHTS_DIR / "classifier"))
     entries = [(preset + suffix, preset_dict(preset) if search is None
                 else fused_config(preset_dict(preset), denoiser, search_alpha=search))
