@@ -157,7 +157,14 @@ def paired_standard_error(emul: dict, gpu: dict) -> float | None:
     a, b = emul.get("psnr_per_image"), gpu.get("psnr_per_image")
     if not a or not b or len(a) != len(b) or len(a) < 2:
         return None
-    return round(statistics.stdev(y - x for x, y in zip(a, b)) / len(a) ** 0.5, 3)
+    return round(paired_difference(a, b)[1], 3)
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of ``bᵢ − aᵢ`` over paired per-image values (same prompts and seeds) and its standard error
+    (``std(Δᵢ) / √N``; at least two pairs)."""
+    delta = [y - x for x, y in zip(a, b, strict=True)]
+    return statistics.mean(delta), statistics.stdev(delta) / len(delta) ** 0.5
 
 
 def main() -> None:

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # summation_order_floor
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # summation_order_floor, demo_backends
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
 
+from demo_backends import paired_difference  # noqa: E402
 from summation_order_floor import transformed_operands  # noqa: E402
 
 
@@ -60,9 +61,9 @@ def main() -> None:
     print("| model | preset | images | PSNR float32 | PSNR TF32 operands | Δ dB | std. error of Δ |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for key, a in exact.items():
-        delta = [y - x for x, y in zip(a, rounded[key])]
+        delta, error = paired_difference(a, rounded[key])
         print(f"| {key[0]} | {key[1]} | {len(a)} | {statistics.mean(a):.3f} | {statistics.mean(rounded[key]):.3f} | "
-              f"{statistics.mean(delta):+.3f} | {statistics.stdev(delta) / len(delta) ** 0.5:.3f} |")
+              f"{delta:+.3f} | {error:.3f} |")
 
 
 if __name__ == "__main__":

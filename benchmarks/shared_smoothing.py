@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # fused_projections
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fused_projections, demo_backends
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
 
+from demo_backends import paired_difference  # noqa: E402
 from fused_projections import fuse_projections, fused_config  # noqa: E402
 
 
@@ -81,9 +82,8 @@ def main() -> None:
                 continue
             cells = []
             for row in rows[1:]:
-                delta = [b - a for a, b in zip(rows[0], row)]
-                cells += [f"{statistics.mean(row):.3f}", f"{statistics.mean(delta):+.3f} "
-                          f"({statistics.stdev(delta) / len(delta) ** 0.5:.3f})"]
+                delta, error = paired_difference(rows[0], row)
+                cells += [f"{statistics.mean(row):.3f}", f"{delta:+.3f} ({error:.3f})"]
             print(f"| {model} | {preset} | {len(rows[0])} | {statistics.mean(rows[0]):.3f} | {' | '.join(cells)} |",
                   flush=True)
 

@@ -124,10 +124,11 @@ def tma_is_faster(key: tuple, tma: Callable[[], Tensor], tiled: Callable[[], Ten
         if torch.cuda.is_current_stream_capturing():
             return False
         from triton.runtime.errors import OutOfResources
-        from triton.testing import do_bench_cudagraph
+
+        from segquant.kernels.gpu.triton_gemm import graph_timed
 
         try:
-            _TMA_FASTER[key] = do_bench_cudagraph(tma, rep=20) < do_bench_cudagraph(tiled, rep=20)
+            _TMA_FASTER[key] = graph_timed(tma, None) < graph_timed(tiled, None)
         except OutOfResources:
             _TMA_FASTER[key] = False
     return _TMA_FASTER[key]
