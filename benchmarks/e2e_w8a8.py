@@ -14,7 +14,7 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``sq_int8``       the same in INT8
 - ``sq_fp8_fused`` / ``sq_int8_fused``  ``sq_fp8`` / ``sq_int8`` on the denoiser with diffusers' fused q/k/v
                     projections kept whole (one smoothing for the three: the input quantized once, one GEMM;
-                    :mod:`fused_projections`)
+                    :func:`segquant.fuse_projections`)
 - ``sq_int8_tiled`` ``sq_int8`` without the persistent TMA kernel (``ops.USE_TMA`` off: the tiled kernel only)
 - ``sq_int8_dyn``   INT8 with dynamic per-token inputs (scale computed per call), otherwise as ``sq_int8``
                     (the ``w8a8_fast`` preset without its DualScale on the weight-bound AdaLN layers)
@@ -94,13 +94,12 @@ def segquant_config(variant: str) -> dict:
 
 def prepared_config(variant: str, model, example: dict) -> dict:
     """:func:`segquant_config` of a ``sq_*`` variant; ``*_fused``: ``model``'s q/k/v projections fused first (in
-    place) and the config adapted to them (:func:`fused_projections.fused_config`)."""
+    place) and kept whole (:func:`segquant.fuse_projections`)."""
     config = segquant_config(variant)
     if variant.endswith("_fused"):
-        from fused_projections import fuse_projections, fused_config
+        from segquant.models.fusion import fuse_projections
 
-        fuse_projections(model, lambda: model(**example))
-        config = fused_config(config, model)
+        config = {**config, **fuse_projections(model, example)}
     return config
 
 

@@ -5,7 +5,7 @@ Each of ``to_q``, ``to_k``, ``to_v`` reads the same normalized tensor, but with 
 kernel writes one 8-bit copy per layer and three GEMMs read them. With one ``λ`` for the three (SmoothQuant's
 original placement, folded into the norm) the tensor is quantized once and the three projections are one GEMM.
 
-On the denoiser with diffusers' fused projections (:mod:`fused_projections`) this runs ``segquant demo``'s harness
+On the denoiser with fused projections (:func:`segquant.fuse_projections`) this runs ``segquant demo``'s harness
 with each preset twice, in one call (same prompts, seeds, calibration and full-precision images): as it is — the
 split of the fused output makes q / k / v output segments with their own ``λ`` (``linear_to_chunk`` /
 ``linear_to_split``), the numerics of the unfused model — and with the fused layers kept whole (one ``λ``, one
@@ -23,15 +23,23 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # fused_projections, demo_backends
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo_backends
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
 
 from demo_backends import paired_difference  # noqa: E402
-from fused_projections import fuse_projections, fused_config  # noqa: E402
+from segquant.models.fusion import fuse_projections  # noqa: E402
 
 
 #: label suffix -> the fused layers' config: a λ per projection (output segments), one λ, one λ with alpha searched.
 VARIANTS = {"": None, "_shared": False, "_shared_search": True}
+SEARCHED_ALPHA = {"opt": {"search_alpha_config": {"enable": True, "min": 0.0, "max": 1.0, "step": 0.1}}}
+
+
+def fused_config(preset: dict, rules: dict, search_alpha: bool) -> dict:
+    """``preset`` with the fused layers kept whole (``rules`` from :func:`fuse_projections`), their SmoothQuant alpha
+    searched on 0, 0.1, ..., 1 if ``search_alpha``."""
+    extra = SEARCHED_ALPHA if search_alpha else {}
+    return {**preset, **{rule: {**config, **extra} for rule, config in rules.items()}}
 
 
 def variant_psnr(model: str, presets: list[str], settings: dict, out: Path) -> dict[str, list]:
@@ -48,10 +56,10 @@ def variant_psnr(model: str, presets: list[str], settings: dict, out: Path) -> d
     denoiser = get_denoiser(pipe, None)[1]
     prompts, labels, calib = demo_prompts(settings)
     one_step = lambda: pipe(calib[0], num_inference_steps=1, generator=torch.Generator().manual_seed(0))  # noqa: E731
-    fuse_projections(denoiser, one_step)
+    rules = fuse_projections(denoiser, one_step)
     cfg = demo_eval_config(settings, prompts, labels, calib, classifier=load_classifier(WEIGHTS_DIR / "classifier"))
     entries = [(preset + suffix, preset_dict(preset) if search is None
-                else fused_config(preset_dict(preset), denoiser, search_alpha=search))
+                else fused_config(preset_dict(preset), rules, search_alpha=search))
                for preset in presets for suffix, search in VARIANTS.items()]
     result = evaluate(pipe, entries, cfg, progress=False)
     write_report(result, out / model, title=f"{model}, q/k/v fused")

@@ -26,6 +26,7 @@ _EXPORTS = {
     "preset_dict": "segquant.presets",
     "save_quantized": "segquant.serialization",
     "load_quantized": "segquant.serialization",
+    "fuse_projections": "segquant.models.fusion",
     "SegLinear": "segquant.nn.seglinear",
     "DType": "segquant.enums",
     "Optimum": "segquant.enums",
@@ -60,5 +61,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from segquant.presets import PRESETS, get_preset, preset_dict
     from segquant.conversion import convert
     from segquant.kernels.backend import available_backends, set_backend
+    from segquant.models.fusion import fuse_projections
     from segquant.quantizer import quantize
     from segquant.serialization import load_quantized, save_quantized

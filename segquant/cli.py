@@ -65,7 +65,13 @@ def _quantize(args: argparse.Namespace) -> int:
     with launch("cpu") as (world, _device):
         model, example = load_denoiser(args.model)
         calib = load_calibrate_set(args.calib).get_dataloader(batch_size=args.batch_size)
-        quantized = quantize(model, calib, args.config, verbose=world.is_main, example=example)
+        config = args.config
+        if args.fuse_projections:
+            from segquant.config import as_quant_config
+            from segquant.models.fusion import fuse_projections
+
+            config = {**as_quant_config(config).to_dict(), **fuse_projections(model, example)}
+        quantized = quantize(model, calib, config, verbose=world.is_main, example=example)
         on_main(lambda: save_quantized(quantized, args.output), f"writing {args.output}")
         if world.is_main:
             print(quantized.segquant_plan.table())
@@ -91,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--calib", required=True, help="calibration set folder (from `segquant calibrate`)")
     quant.add_argument("--config", default="w8a8", help="preset name or YAML config (default: w8a8)")
     quant.add_argument("--batch-size", type=int, default=1)
+    quant.add_argument("--fuse-projections", action="store_true",
+                       help="fuse each attention's q/k/v projections into one layer with one smoothing: one "
+                       "quantized input and one GEMM on the GPU (diffusers models; about 0.1 dB PSNR)")
     quant.add_argument("-o", "--output", required=True, help="output folder (safetensors + plan JSON)")
     quant.set_defaults(func=_quantize)
 

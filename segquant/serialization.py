@@ -29,6 +29,7 @@ from segquant.checkpoint_files import (FORMAT_VERSION, MANIFEST_NAME, MODEL_NAME
 from segquant.conversion import check_backends, set_plan_backends
 from segquant.enums import DType
 from segquant.errors import CheckpointMismatchError, CorruptCheckpointError
+from segquant.models.fusion import DROPPED_ATTRIBUTE, repeat_fusion
 from segquant.nn.seglinear import SegLinear
 from segquant.numerics import pack_int4, two_level_split
 from segquant.plan import QuantPlan
@@ -67,7 +68,9 @@ def load_quantized(model: nn.Module | str | Path, path: str | Path | None = None
     path = Path(path)
     version = check_folder(path, verify)
     plan = _read_plan(path / PLAN_NAME)
-    target = _build_empty_model(path, version) if model is None else model
+    description = _read_description(path, version)
+    target = _build_empty_model(path, description) if model is None else model
+    _match_fusion(target, description.get("dropped_layers"), path)
     _check_tensors(target, plan, tensor_shapes(path / WEIGHTS_NAME), version, path / WEIGHTS_NAME)
     check_backends(target, plan.enabled_layers(), backend)  # fail before the model is changed
     tensors = read_tensors(path / WEIGHTS_NAME, device if model is None else "cpu")
@@ -87,19 +90,42 @@ def load_quantized(model: nn.Module | str | Path, path: str | Path | None = None
 
 
 def _model_description(model: nn.Module) -> dict[str, Any]:
-    """``segquant_model.json``: the diffusers class name and config, or ``class: None`` for other models."""
+    """``segquant_model.json``: the diffusers class name and config (``class: None`` for other models) and the
+    projections :func:`segquant.models.fusion.fuse_projections` dropped (``None``: not fused)."""
     config = getattr(model, "config", None)
+    dropped = getattr(model, DROPPED_ATTRIBUTE, None)
     if not (hasattr(type(model), "from_config") and hasattr(model, "to_json_string") and config is not None):
-        return {"format_version": FORMAT_VERSION, "class": None, "config": None}
+        return {"format_version": FORMAT_VERSION, "class": None, "config": None, "dropped_layers": dropped}
     return {"format_version": FORMAT_VERSION, "class": type(model).__name__,
-            "config": json.loads(model.to_json_string())}
+            "config": json.loads(model.to_json_string()), "dropped_layers": dropped}
 
 
-def _build_empty_model(path: Path, version: int) -> nn.Module:
-    """The diffusers model described by the folder's ``segquant_model.json``, parameters on the meta device."""
+def _read_description(path: Path, version: int) -> dict[str, Any]:
+    """The folder's ``segquant_model.json`` (``{}`` before format 2, which did not write it)."""
     file = path / MODEL_NAME
     description = read_json(file, "the model description written by save_quantized") if version >= 2 else {}
-    name = description.get("class") if isinstance(description, dict) else None
+    if not isinstance(description, dict):
+        raise CorruptCheckpointError(f"{str(file)!r} is not the model description written by save_quantized")
+    return description
+
+
+def _match_fusion(model: nn.Module, dropped: list[str] | None, path: Path) -> None:
+    """Fuse ``model``'s projections as the saved model's were (:func:`~segquant.models.fusion.repeat_fusion`)
+    unless it already is; raise :class:`CheckpointMismatchError` if it is fused and the checkpoint is not, or
+    fused with other projections dropped."""
+    have = getattr(model, DROPPED_ATTRIBUTE, None)
+    if dropped is not None and have is None:
+        repeat_fusion(model, dropped)
+    elif have != dropped and (have is not None or dropped is not None):
+        saved = "not fused" if dropped is None else f"fused, {len(dropped)} projections dropped"
+        raise CheckpointMismatchError(f"the model's q/k/v projections are fused ({len(have or ())} dropped) but the "
+                                      f"model saved in {str(path)!r} was {saved}: pass an unfused model")
+
+
+def _build_empty_model(path: Path, description: dict[str, Any]) -> nn.Module:
+    """The diffusers model described by the folder's ``segquant_model.json``, parameters on the meta device."""
+    file = path / MODEL_NAME
+    name = description.get("class")
     if name is None:
         raise CheckpointMismatchError(f"{str(path)!r} does not say how to build its model (not a diffusers model, "
                                       "or saved by an older segquant): pass the unquantized model, "

@@ -1,0 +1,106 @@
+"""fuse_projections: q / k / v fused into one layer with one smoothing, exact before quantization, one input scale
+after it, and checkpoints that rebuild the fused model."""
+
+import pytest
+import torch
+from torch import nn
+
+from segquant import fuse_projections, load_quantized, preset_dict, quantize, save_quantized
+from segquant.errors import CheckpointMismatchError
+from segquant.models.fusion import FusedJointAttnProcessor
+from segquant.models.tiny import build_tiny_denoiser, tiny_example_inputs
+from segquant.nn.seglinear import SegLinear
+
+MODELS = ("sd3", "flux", "unet", "pixart")
+
+
+def output(model, inputs):
+    with torch.no_grad():
+        return model(**inputs)[0]
+
+
+def linear_names(model):
+    return {name for name, module in model.named_modules() if isinstance(module, (nn.Linear, SegLinear))}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fusion_is_exact_and_drops_only_the_replaced_projections(name):
+    model, x = build_tiny_denoiser(name), tiny_example_inputs(name, seed=3)
+    before, names = output(model, x), linear_names(model)
+    rules = fuse_projections(model, tiny_example_inputs(name))
+    assert torch.equal(output(model, x), before)
+    dropped = set(model.segquant_dropped_layers)
+    assert dropped and dropped <= names
+    assert {n.rpartition(".")[2] for n in dropped} <= {"to_q", "to_k", "to_v", "add_q_proj", "add_k_proj",
+                                                       "add_v_proj"}
+    assert not dropped & linear_names(model)
+    assert "*to_qkv" in rules and all(rule == {"search_patterns": []} for rule in rules.values())
+
+
+def test_sd3_keeps_its_qk_norms_in_both_attentions():
+    """diffusers 0.42's fused joint processor drops SD3.5's q / k RMS norms: ours keeps them (the test above checks
+    the output), and the image-only second attention is fused too."""
+    model = build_tiny_denoiser("sd3")
+    fuse_projections(model, tiny_example_inputs("sd3"))
+    attentions = [m for n, m in model.named_modules() if n.endswith(("attn", "attn2"))]
+    assert any(n.endswith("attn2") for n, _ in model.named_modules())
+    assert all(isinstance(m.processor, FusedJointAttnProcessor) and m.to_qkv is not None for m in attentions)
+    assert all(m.norm_q is not None for m in attentions)
+
+
+def test_fused_layers_are_quantized_whole_with_one_smoothing():
+    model, data = build_tiny_denoiser("flux"), [tiny_example_inputs("flux", seed=s) for s in range(2)]
+    config = {**preset_dict("w8a8_static"), **fuse_projections(model, data[0])}
+    quantize(model, data, config)
+    fused = {n: m for n, m in model.named_modules() if n.endswith(("to_qkv", "to_added_qkv"))}
+    assert fused and all(isinstance(m, SegLinear) for m in fused.values())
+    assert all(m.smooth.shape[0] == 1 for m in fused.values())  # one λ for q, k and v
+    assert torch.isfinite(output(model, data[0])).all()
+
+
+def test_checkpoint_of_a_fused_model_rebuilds_it(tmp_path):
+    model, data = build_tiny_denoiser("sd3"), [tiny_example_inputs("sd3", seed=s) for s in range(2)]
+    config = {**preset_dict("w8a8_static"), **fuse_projections(model, data[0])}
+    folder = save_quantized(quantize(model, data, config), tmp_path / "q")
+    x = tiny_example_inputs("sd3", seed=7)
+    restored = load_quantized(folder)
+    assert torch.equal(output(restored, x), output(model, x))
+    assert restored.segquant_dropped_layers == model.segquant_dropped_layers
+    into_unfused = load_quantized(build_tiny_denoiser("sd3", seed=1), folder)
+    assert torch.equal(output(into_unfused, x), output(model, x))
+
+
+def test_fused_model_does_not_take_an_unfused_checkpoint(tmp_path):
+    model, data = build_tiny_denoiser("sd3"), [tiny_example_inputs("sd3", seed=s) for s in range(2)]
+    folder = save_quantized(quantize(model, data, "w8a8_static"), tmp_path / "q")
+    fused = build_tiny_denoiser("sd3")
+    fuse_projections(fused, data[0])
+    with pytest.raises(CheckpointMismatchError, match="fused"):
+        load_quantized(fused, folder)
+
+
+def test_refuses_what_it_cannot_fuse():
+    with pytest.raises(TypeError, match="fuse_qkv_projections"):
+        fuse_projections(nn.Sequential(nn.Linear(4, 4)), torch.randn(2, 4))
+    model, x = build_tiny_denoiser("flux"), tiny_example_inputs("flux")
+    fuse_projections(model, x)
+    with pytest.raises(ValueError, match="already fused"):
+        fuse_projections(model, x)
+    quantized = quantize(build_tiny_denoiser("flux"), [x], "w8a8_static")
+    with pytest.raises(ValueError, match="already quantized"):
+        fuse_projections(quantized, x)
+
+
+def test_cli_quantize_fuses_projections(tmp_path, capsys):
+    from segquant.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\na blue car\n")
+    assert main(["calibrate", "tiny-sd3", "--prompts", str(prompts), "--out", str(tmp_path / "calib"), "--steps", "2",
+                 "--sample-size", "2", "--timestep-per-sample", "1"]) == 0
+    assert main(["quantize", "sd3", "--calib", str(tmp_path / "calib"), "--config", "w8a8_static",
+                 "--fuse-projections", "-o", str(tmp_path / "q")]) == 0
+    assert "transformer_blocks.0.attn.to_qkv" in capsys.readouterr().out
+    restored = load_quantized(tmp_path / "q")
+    assert isinstance(restored.transformer_blocks[0].attn.to_qkv, SegLinear)
+    assert restored.transformer_blocks[0].attn.to_q is None
