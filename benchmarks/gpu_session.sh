@@ -12,7 +12,8 @@
 # where FLUX's INT8 model spent 8.1 ms in 117 tiled-kernel calls in run 10) and `e2e_flux_w8` (the segquant
 # 8-bit variants without torchao's slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min);
 # `demo_backends` (~5 min, carry gpu_inputs/ made by `demo_backends.py embed`) and `quantize_sd35` (up to 10 min)
-# each in a call of their own.
+# each in a call of their own; `backend_gap` (~3 min, carry gpu_inputs; GAP_MODELS / GAP_LIMIT) asks where the W8A8
+# demo PSNR gap between the backends comes from (benchmarks/backend_gap.py).
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
 # kernel, `sq_int8_fused` fuses q/k/v with one smoothing), SD35_VARIANTS / SD35_LIMIT (e2e_sd35; `sq_fp8_fused`), TESTS_NODES (pytest node ids for tests; on the lent machine
 # `TESTS_K=tma` selected 224 of 225 tests, so name the tests by node id) / TESTS_K (a -k selection), QUANTIZE_LIMIT
@@ -64,6 +65,13 @@ for step in "${steps[@]}"; do
              timeout ${DEMO_LIMIT:-400} python3 benchmarks/demo_backends.py run --embeddings gpu_inputs/demo_prompts.safetensors \
                --out "$OUT/demo_backends" ${DEMO_ARGS:---presets w8a8,w4a8,w4a8_two_level,w4a16} > "$OUT/demo_backends.log" 2>&1
              grep -E "^(\||device)" "$OUT/demo_backends.log" ;;
+    backend_gap) [ -f gpu_inputs/demo_prompts.safetensors ] || { echo "backend_gap: carry gpu_inputs (see demo_backends)" >&2; continue; }
+             for model in ${GAP_MODELS:-flux unet}; do
+               timeout ${GAP_LIMIT:-200} python3 benchmarks/backend_gap.py --model "$model" --preset w8a8 --per-class 30 \
+                 --embeddings gpu_inputs/demo_prompts.safetensors --json "$OUT/backend_gap_$model.json" \
+                 > "$OUT/backend_gap_$model.log" 2>&1
+               python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['model'], r['states']['differ'], r['output_rel_err_gpu_vs_emulated'], r['output_rel_err_switched_vs_gpu'], [(l['layer'], round(l['rel_err'], 5)) for l in r['layers_top'][:5]])" "$OUT/backend_gap_$model.json"
+             done ;;
     quantize_sd35) (cd benchmarks && timeout ${QUANTIZE_LIMIT:-590} python3 quantize_cost.py --cases sd35_full --presets w4a8 --batches 4) \
                > "$OUT/quantize_sd35.log" 2>&1; tail -n 3 "$OUT/quantize_sd35.log" ;;
     load_flux) timeout 300 python3 benchmarks/load_memory.py --model flux --layers 19 --single-layers 38 --device cuda \
