@@ -104,3 +104,20 @@ def test_cli_quantize_fuses_projections(tmp_path, capsys):
     restored = load_quantized(tmp_path / "q")
     assert isinstance(restored.transformer_blocks[0].attn.to_qkv, SegLinear)
     assert restored.transformer_blocks[0].attn.to_q is None
+
+
+def test_a_pipeline_call_finds_the_unused_projections():
+    """The README's form: the denoiser of a stock pipeline fused through one pipeline step."""
+    from segquant.models.tiny_pipelines import build_tiny_pipeline, tiny_prompt_inputs
+
+    pipe = build_tiny_pipeline("sd3")
+
+    def generate():
+        return pipe(**tiny_prompt_inputs("sd3", "a red fox"), num_inference_steps=2, guidance_scale=2.0,
+                    output_type="latent", generator=torch.Generator().manual_seed(0)).images
+
+    before = generate()
+    rules = fuse_projections(pipe.transformer, lambda: pipe(**tiny_prompt_inputs("sd3", "a tree"),
+                                                             num_inference_steps=1, output_type="latent"))
+    assert set(rules) == {"*to_qkv", "*to_added_qkv"} and pipe.transformer.segquant_dropped_layers
+    assert torch.equal(generate(), before)
