@@ -9,7 +9,9 @@ Without a model, the diffusers class named in ``segquant_model.json`` is built f
 meta device (no memory, no init), its planned ``nn.Linear`` layers become meta ``SegLinear`` layers, and
 every tensor of ``model.safetensors`` is read one by one straight onto ``device`` and assigned: peak
 host memory stays near the checkpoint size. With a model, every check runs before it is changed, so a
-failure leaves it untouched. Outputs are bitwise identical to the saved model's. Every failure raises a
+failure leaves it untouched (except that a checkpoint of a model with fused q / k / v projections,
+:func:`segquant.fuse_projections`, fuses the given model first: an exact change, its outputs stay the same).
+Outputs are bitwise identical to the saved model's. Every failure raises a
 named error (:mod:`segquant.errors`) naming the file and what was expected: missing file, damaged file
 (SHA-256 manifest, ``verify=False`` skips the check), newer format version, mismatched architecture.
 """
@@ -115,7 +117,11 @@ def _match_fusion(model: nn.Module, dropped: list[str] | None, path: Path) -> No
     fused with other projections dropped."""
     have = getattr(model, DROPPED_ATTRIBUTE, None)
     if dropped is not None and have is None:
-        repeat_fusion(model, dropped)
+        try:
+            repeat_fusion(model, dropped)
+        except (TypeError, ValueError) as err:
+            raise CheckpointMismatchError(f"the model saved in {str(path)!r} had its q/k/v projections fused; "
+                                          f"this model cannot be fused the same way: {err}") from err
     elif have != dropped and (have is not None or dropped is not None):
         saved = "not fused" if dropped is None else f"fused, {len(dropped)} projections dropped"
         raise CheckpointMismatchError(f"the model's q/k/v projections are fused ({len(have or ())} dropped) but the "

@@ -64,8 +64,14 @@ def fuse_projections(denoiser: nn.Module, example: Any | Callable[[], Any]) -> d
 
 def repeat_fusion(denoiser: nn.Module, dropped: Sequence[str]) -> None:
     """Repeat :func:`fuse_projections` on an unfused model of the same architecture (e.g. one rebuilt on the meta
-    device to load a checkpoint) without running it: fuse, then drop the layers named in ``dropped``."""
+    device to load a checkpoint) without running it: fuse, then drop the layers named in ``dropped``. Raises
+    ``ValueError`` before any change if a name is not a linear layer of ``denoiser``."""
     _check_fusable(denoiser)
+    names = {name for name, module in denoiser.named_modules() if isinstance(module, nn.Linear)}
+    missing = [name for name in dropped if name not in names]
+    if missing:
+        raise ValueError(f"{type(denoiser).__name__} has no linear layers {missing[:3]} to drop after fusing: "
+                         "another architecture?")
     _fuse(denoiser)
     _drop(denoiser, list(dropped))
 

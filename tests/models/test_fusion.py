@@ -121,3 +121,20 @@ def test_a_pipeline_call_finds_the_unused_projections():
                                                              num_inference_steps=1, output_type="latent"))
     assert set(rules) == {"*to_qkv", "*to_added_qkv"} and pipe.transformer.segquant_dropped_layers
     assert torch.equal(generate(), before)
+
+
+def test_checkpoint_whose_dropped_layers_do_not_fit_is_a_named_error_before_any_change(tmp_path):
+    import json
+
+    from segquant.serialization import MODEL_NAME
+
+    model, data = build_tiny_denoiser("sd3"), [tiny_example_inputs("sd3", seed=s) for s in range(2)]
+    config = {**preset_dict("w8a8_static"), **fuse_projections(model, data[0])}
+    folder = save_quantized(quantize(model, data, config), tmp_path / "q")
+    description = json.loads((folder / MODEL_NAME).read_text())
+    description["dropped_layers"] = ["transformer_blocks.0.attn.no_such_proj"]
+    (folder / MODEL_NAME).write_text(json.dumps(description))
+    target = build_tiny_denoiser("sd3")
+    with pytest.raises(CheckpointMismatchError, match="no_such_proj"):
+        load_quantized(target, folder, verify=False)
+    assert not hasattr(target, "segquant_dropped_layers") and target.transformer_blocks[0].attn.to_q is not None

@@ -1,0 +1,124 @@
+"""Would a per-step correction that also sees the denoiser's input ``x_t`` lower the per-step error enough? (issue 13)
+
+The affiner fits, per step and latent element, ``ε' = K ε̂ + b`` over all prompts. The oracle
+(``correction_ceiling.py``) says +1 dB of image PSNR needs the per-step error 10-15 % lower at every step but the
+last; the affiner lowers it ≈ 8 % at W4A8. This script asks, before any change to the affiner, whether a second
+regressor helps: ``ε' = K ε̂ + C x_t + b`` per element (``x_t`` the quantized trajectory's latent at that call),
+fitted by the same pooled ridge least squares. It records ``(x_t, ε̂, ε)`` along the uncorrected quantized
+trajectory (``ε``: the full-precision denoiser on the same input) for the calibration prompts (fit) and the
+evaluation prompts (held out), and prints the held-out per-step error reduction of both forms.
+
+    python benchmarks/correction_regressors.py --models mmdit,flux,unet --presets w4a8,w4a4 --per-class 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
+
+#: Regressor sets compared: the affiner's, and the affiner's with the denoiser input added.
+FORMS = {"K ε̂ + b": ("q",), "K ε̂ + C x + b": ("q", "x")}
+
+
+def record(pipe, cfg, qmodel, fp, denoiser: str, prompts: list[str]) -> dict[int, dict[str, torch.Tensor]]:
+    """``{step: {"x", "q", "fp"}}``, each ``(rows, elements)`` float64, along the quantized trajectory of
+    ``prompts`` (all calls of a step, CFG rows included)."""
+    from dataclasses import replace
+
+    from segquant.eval.harness import generate_images
+    from segquant.pipeline.glue import swapped_denoiser
+    from segquant.pipeline.tap import DenoiserTap, output_sample
+
+    steps: dict[int, dict[str, list]] = {}
+
+    def keep(call):
+        x = call.inputs.get("hidden_states", call.inputs.get("sample"))
+        entry = steps.setdefault(call.info.step_index, {"x": [], "q": [], "fp": []})
+        for key, value in (("x", x), ("q", call.sample), ("fp", output_sample(call.run(fp)))):
+            entry[key].append(value.detach().double().flatten(1))
+
+    with swapped_denoiser(pipe, qmodel, denoiser), DenoiserTap(pipe, denoiser, after=keep):
+        generate_images(pipe, replace(cfg, prompts=prompts, labels=None), "record", progress=False)
+    return {step: {k: torch.cat(v) for k, v in entry.items()} for step, entry in steps.items()}
+
+
+def fit(data: dict[str, torch.Tensor], regressors: tuple[str, ...], ridge: float) -> torch.Tensor:
+    """Per element, least squares of ``fp`` on ``regressors`` and 1 over the rows: coefficients ``(E, P + 1)``,
+    with the ridge ``ridge · rows`` pulling ``K`` to 1 and the others to 0."""
+    design = torch.stack([data[r] for r in regressors] + [torch.ones_like(data["q"])], dim=-1)  # (R, E, P+1)
+    rows, size = design.shape[0], design.shape[-1]
+    gram = torch.einsum("rep,req->epq", design, design) + ridge * rows * torch.eye(size, dtype=design.dtype)
+    prior = torch.zeros(size, dtype=design.dtype)
+    prior[0] = 1.0  # K → 1
+    target = torch.einsum("rep,re->ep", design, data["fp"]) + ridge * rows * prior
+    return torch.linalg.solve(gram, target)
+
+
+def error(data: dict[str, torch.Tensor], regressors: tuple[str, ...] | None, coef: torch.Tensor | None) -> float:
+    """Mean over rows of ``‖ε' − ε‖ / ‖ε‖`` (``regressors`` None: uncorrected)."""
+    if regressors is None:
+        corrected = data["q"]
+    else:
+        design = torch.stack([data[r] for r in regressors] + [torch.ones_like(data["q"])], dim=-1)
+        corrected = torch.einsum("rep,ep->re", design, coef)
+    return float(((corrected - data["fp"]).norm(dim=1) / data["fp"].norm(dim=1)).mean())
+
+
+def compare(name: str, preset: str, settings: dict, ridge: float) -> dict[str, float]:
+    """Held-out reduction of the per-step error, mean over steps 0..n-2, for each of :data:`FORMS`."""
+    from segquant.baselines.harness import quantize_entry
+    from segquant.demo.cli import _load, demo_eval_config, demo_prompts
+    from segquant.eval.harness import calibration_loader
+    from segquant.pipeline.glue import get_denoiser
+    from segquant.presets import preset_dict
+
+    prompts, labels, calib = demo_prompts(settings)
+    pipe = _load(name, None, False)
+    cfg = demo_eval_config(settings, prompts, labels, calib)
+    denoiser, fp = get_denoiser(pipe)
+    qmodel = quantize_entry(copy.deepcopy(fp), calibration_loader(pipe, denoiser, cfg, progress=False),
+                            preset_dict(preset))
+    train = record(pipe, cfg, qmodel, fp, denoiser, calib)
+    test = record(pipe, cfg, qmodel, fp, denoiser, prompts)
+    steps = sorted(test)[:-1]
+    reductions = {}
+    for form, regressors in FORMS.items():
+        ratios = [error(test[s], regressors, fit(train[s], regressors, ridge)) / error(test[s], None, None)
+                  for s in steps]
+        reductions[form] = 1 - statistics.mean(ratios)
+    return reductions
+
+
+def main() -> None:
+    from segquant.cli import build_parser
+    from segquant.demo.cli import demo_settings
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mmdit,flux,unet")
+    parser.add_argument("--presets", default="w4a8,w4a4")
+    parser.add_argument("--per-class", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--calib-prompts", type=int, default=8)
+    parser.add_argument("--ridge", type=float, default=1e-3, help="ridge per row, toward K = 1, C = b = 0")
+    opts = parser.parse_args()
+    settings = demo_settings(build_parser().parse_args(
+        ["demo", "--per-class", str(opts.per_class), "--steps", str(opts.steps), "--calib-prompts",
+         str(opts.calib_prompts), "--no-fid"]))
+    print("| model | preset | " + " | ".join(f"held-out per-step error lower, {form}" for form in FORMS) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in FORMS) + " |")
+    for name in opts.models.split(","):
+        for preset in opts.presets.split(","):
+            cells = compare(name, preset, settings, opts.ridge)
+            print(f"| {name} | {preset} | " + " | ".join(f"{100 * v:.1f} %" for v in cells.values()) + " |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
