@@ -331,6 +331,21 @@ def smoke(name: str, variants: list[str]) -> None:
               f"compiled vs eager max diff {float((compiled - gpu_twin).abs().max()):.2e}")
 
 
+def inductor_settings(spec: str) -> dict:
+    """``"a=True,b=3"`` -> ``{"a": True, "b": 3}``; an unknown ``torch._inductor.config`` name raises."""
+    import ast
+
+    import torch._inductor.config as inductor_config
+
+    settings = {}
+    for item in filter(None, spec.split(",")):
+        name, _, value = item.partition("=")
+        if not hasattr(inductor_config, name):
+            raise SystemExit(f"--inductor: torch._inductor.config has no setting {name!r}")
+        settings[name] = ast.literal_eval(value)
+    return settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["sd35", "flux"], default="sd35")
@@ -341,8 +356,12 @@ def main() -> None:
                         help="torch.compile mode of the blocks, e.g. reduce-overhead (per-block CUDA graphs)")
     parser.add_argument("--smoke", action="store_true", help="CPU check of the sq_* variants on a small config")
     parser.add_argument("--profile", action="store_true", help="GPU time per kernel of one call (torch.profiler)")
+    parser.add_argument("--inductor", default="", help="torch._inductor.config settings for every variant, e.g. "
+                        "coordinate_descent_tuning=True (comma-separated NAME=PYTHON_LITERAL)")
     opts = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    for name, value in inductor_settings(opts.inductor).items():
+        setattr(torch._inductor.config, name, value)
     variants = VARIANTS if opts.variants == "all" else opts.variants.split(",")
     if opts.smoke:
         return smoke(opts.model, variants)

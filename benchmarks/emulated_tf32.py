@@ -9,6 +9,11 @@ prompts, seeds and calibration: once as it is, once with both operands of every 
 to TF32, and prints the paired PSNR difference per model and preset:
 
     python benchmarks/emulated_tf32.py --models flux,unet --presets w8a8 --per-class 30 --out /tmp/tf32
+
+``--transform reverse_k`` changes the summation order instead (every quantized layer's product sums over K in
+reverse: the same codes, scales and products, ``summation_order_floor.py``'s change): how far the demo PSNR moves
+when two correct implementations differ in nothing but the order of a float32 sum — the question run 13's
+``backend_gap.py`` left (the backends agree per layer to 2e-7, yet their denoiser outputs differ by 0.2–0.8 %).
 """
 
 from __future__ import annotations
@@ -34,11 +39,15 @@ def to_tf32(t: torch.Tensor) -> torch.Tensor:
     return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
 
 
-def demo_psnr(settings: dict, out: Path, tf32: bool) -> dict:
-    """``{(model, preset): per-image PSNR}`` of one harness run, TF32 operands in the quantized layers or not."""
+#: ``--transform`` choices: what happens to both operands of every emulated quantized layer's float32 product.
+TRANSFORMS = {"tf32": to_tf32, "reverse_k": lambda t: t.flip(-1)}
+
+
+def demo_psnr(settings: dict, out: Path, transform=None) -> dict:
+    """``{(model, preset): per-image PSNR}`` of one harness run, the quantized layers' operands transformed or not."""
     from segquant.demo.cli import evaluate_demo_models
 
-    with transformed_operands(to_tf32) if tf32 else contextlib.nullcontext():
+    with transformed_operands(transform) if transform else contextlib.nullcontext():
         results = evaluate_demo_models(settings, out, progress=False)
     return {(model, row["config"]): row["psnr_per_image"] for model, result in results.items()
             for row in result.rows if "psnr_per_image" in row and row["config"] != "fp"}
@@ -53,12 +62,14 @@ def main() -> None:
     parser.add_argument("--presets", default="w8a8,w4a8")
     parser.add_argument("--per-class", type=int, default=6)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--transform", choices=sorted(TRANSFORMS), default="tf32")
     opts = parser.parse_args()
     settings = demo_settings(build_parser().parse_args(
         ["demo", "--per-class", str(opts.per_class), "--steps", "10", "--no-fid", "--models", opts.models,
          "--presets", opts.presets]))
-    exact, rounded = demo_psnr(settings, opts.out / "float32", False), demo_psnr(settings, opts.out / "tf32", True)
-    print("| model | preset | images | PSNR float32 | PSNR TF32 operands | Δ dB | std. error of Δ |")
+    exact = demo_psnr(settings, opts.out / "float32")
+    rounded = demo_psnr(settings, opts.out / opts.transform, TRANSFORMS[opts.transform])
+    print(f"| model | preset | images | PSNR as is | PSNR {opts.transform} | Δ dB | std. error of Δ |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for key, a in exact.items():
         delta, error = paired_difference(a, rounded[key])

@@ -14,8 +14,10 @@
 # `demo_backends` (~5 min, carry gpu_inputs/ made by `demo_backends.py embed`) and `quantize_sd35` (up to 10 min)
 # each in a call of their own; `backend_gap` (~3 min, carry gpu_inputs; GAP_MODELS / GAP_LIMIT) asks where the W8A8
 # demo PSNR gap between the backends comes from (benchmarks/backend_gap.py).
+# `quantize_elementwise` (~2 min) times the fused GELU / norm + quantize kernels alone (benchmarks/quantize_elementwise.py).
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
-# kernel, `sq_int8_fused` fuses q/k/v with one smoothing), SD35_VARIANTS / SD35_LIMIT (e2e_sd35; `sq_fp8_fused`), TESTS_NODES (pytest node ids for tests; on the lent machine
+# kernel, `sq_int8_fused` fuses q/k/v with one smoothing), SD35_VARIANTS / SD35_LIMIT / SD35_INDUCTOR (e2e_sd35; `sq_fp8_fused`; SD35_INDUCTOR
+# e.g. coordinate_descent_tuning=True applies to every variant; SD35_TAG suffixes the output names), TESTS_NODES (pytest node ids for tests; on the lent machine
 # `TESTS_K=tma` selected 224 of 225 tests, so name the tests by node id) / TESTS_K (a -k selection), QUANTIZE_LIMIT
 # (quantize_sd35), DEMO_ARGS / DEMO_LIMIT (demo_backends, e.g. `--per-class 6 --presets w8a8,w4a8`; embed with the same
 # --per-class).
@@ -59,8 +61,11 @@ for step in "${steps[@]}"; do
                 --variants bf16_compiled,sq_w4a8_r32_2l,sq_w4a8_r32,sq_w4a16,torchao_int4 --json "$OUT/e2e_flux_w4.json") \
                 > "$OUT/e2e_flux_w4.log" 2>&1; tail -n 8 "$OUT/e2e_flux_w4.log" ;;
     e2e_sd35) (cd benchmarks && timeout ${SD35_LIMIT:-420} python3 e2e_w8a8.py --model sd35 --iters 6 \
-                --variants ${SD35_VARIANTS:-bf16_compiled,sq_fp8,torchao_fp8} --profile --json "$OUT/e2e_sd35.json") \
-                > "$OUT/e2e_sd35.log" 2>&1; tail -n 7 "$OUT/e2e_sd35.log" ;;
+                --variants ${SD35_VARIANTS:-bf16_compiled,sq_fp8,torchao_fp8} --profile --inductor "${SD35_INDUCTOR:-}" \
+                --json "$OUT/e2e_sd35${SD35_TAG:-}.json") > "$OUT/e2e_sd35${SD35_TAG:-}.log" 2>&1
+              tail -n 7 "$OUT/e2e_sd35${SD35_TAG:-}.log" ;;
+    quantize_elementwise) (cd benchmarks && timeout ${QE_LIMIT:-240} python3 quantize_elementwise.py --out "$OUT/quantize_elementwise") \
+                > "$OUT/quantize_elementwise.log" 2>&1; tail -n 45 "$OUT/quantize_elementwise.log" | grep '^|' ;;
     demo_backends) [ -f gpu_inputs/demo_prompts.safetensors ] || { echo "demo_backends: make gpu_inputs/demo_prompts.safetensors first (demo_backends.py embed) and carry gpu_inputs" >&2; continue; }
              timeout ${DEMO_LIMIT:-400} python3 benchmarks/demo_backends.py run --embeddings gpu_inputs/demo_prompts.safetensors \
                --out "$OUT/demo_backends" ${DEMO_ARGS:---presets w8a8,w4a8,w4a8_two_level,w4a16} > "$OUT/demo_backends.log" 2>&1

@@ -9,6 +9,7 @@ least squares (ridge toward ``K = 1``, ``C = b = 0``), against no correction and
 ``segquant demo``'s evaluation prompts, seeds and calibration:
 
     python benchmarks/input_aware_correction.py --models unet,flux --presets w4a8 --per-class 3 --calib-prompts 32
+    python benchmarks/input_aware_correction.py --models mmdit,flux,unet --presets w4a8 --seed 1   # and 2
 """
 
 from __future__ import annotations
@@ -134,10 +135,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--calib-prompts", type=int, default=32)
     parser.add_argument("--ridge", type=float, default=1e-3, help="ridge per fitted row")
+    parser.add_argument("--seed", type=int, default=0, help="evaluation seed (calibration prompts: seed + 1)")
     opts = parser.parse_args()
     settings = demo_settings(build_parser().parse_args(
         ["demo", "--per-class", str(opts.per_class), "--steps", str(opts.steps), "--calib-prompts",
-         str(opts.calib_prompts), "--no-fid"]))
+         str(opts.calib_prompts), "--seed", str(opts.seed), "--no-fid"]))
     header = None
     for name in opts.models.split(","):
         for preset in opts.presets.split(","):

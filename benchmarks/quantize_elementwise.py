@@ -1,0 +1,212 @@
+"""Where the activation quantizers' time goes: Inductor's fused GELU + quantize and norm + quantize kernels against
+the bf16 kernels they replace, at SD3.5-medium and FLUX.1 shapes (issue 11).
+
+Run 8's SD3.5 profile: the static FP8 model's GELU + quantize kernels take 1.85 ms where the bf16 model's GELU
+takes 1.42 ms, although they write one byte per element instead of two (≈ 1.9 against 3.3 TB/s), and its norm +
+quantize kernels 1.38 ms against 0.93. This times each fused kernel alone (compiled as in the model, CUDA-graph
+replay, inputs rotated past L2), under Inductor's default heuristics and with its pointwise autotuning or
+coordinate-descent tuning, next to a hand-written Triton quantizer (the bandwidth a plain cast reaches), and saves
+Inductor's code of the default kernels:
+
+    PYTHONPATH=. python benchmarks/quantize_elementwise.py --out OUT            # H200
+    PYTHONPATH=. python benchmarks/quantize_elementwise.py --smoke              # CPU: the cases run and agree
+
+Bytes per case: what the kernel must read and write (inputs, outputs; per-channel vectors are negligible).
+Results: BENCHMARKS.md run 13 (``benchmarks/results/gpu_h200_20261204/call8/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
+
+from segquant.enums import DType  # noqa: E402
+from segquant.numerics import quantize_static  # noqa: E402
+
+FP8 = DType.FP8E4M3
+#: Inductor settings compared, each applied to every case (``torch._inductor.config`` names).
+MODES = {"default": {}, "autotune_pointwise": {"max_autotune_pointwise": True},
+         "coordinate_descent": {"coordinate_descent_tuning": True}}
+#: (batch, tokens, width, ff width) of the image stream: SD3.5-medium 1024² batch 2, FLUX.1 1024² batch 1.
+SHAPES = {"sd35": (2, 4096, 1536, 6144), "flux": (1, 4096, 3072, 12288)}
+ROTATE = 4  # input copies the timed calls cycle through (each case's inputs together exceed L2)
+
+
+def gelu(h):
+    return F.gelu(h, approximate="tanh")
+
+
+def gelu_quant(h, mul):
+    """The FF down-projection's input: GELU of the up-projection's bf16 output, then the static quantizer."""
+    return quant(gelu(h), mul)
+
+
+def norm_mod(x, shift, scale):
+    """AdaLayerNormZero's modulated norm: ``LN(x) (1 + scale) + shift`` ``(B, T, D)``, bf16."""
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+
+
+def norm_mod_quant(x, shift, scale, *muls):
+    """The modulated norm quantized once per consumer (one per layer that reads it: q / k / v unfused -> three)."""
+    rows = norm_mod(x, shift, scale).reshape(-1, x.shape[-1])
+    return tuple(quantize_static(rows, mul, FP8) for mul in muls)
+
+
+def quant(h, mul):
+    """The quantizer alone (bf16 in, E4M3 out): the bandwidth reference of the cast."""
+    return quantize_static(h.reshape(-1, h.shape[-1]), mul, FP8)
+
+
+def cases(shape: tuple[int, int, int, int], device: str) -> dict:
+    """name -> (function, argument tuples (``ROTATE`` copies), bytes read + written per call)."""
+    batch, tokens, width, ff = shape
+    rows = batch * tokens
+
+    def bf16(*size):
+        return [torch.randn(*size, device=device, dtype=torch.bfloat16) for _ in range(ROTATE)]
+
+    def muls(k, n=1):
+        return [torch.rand(1, k, device=device) + 0.5 for _ in range(n)]
+
+    hidden, residual = bf16(batch, tokens, ff), bf16(batch, tokens, width)
+    shift, scale = bf16(batch, width)[0], bf16(batch, width)[0]
+    ff_mul, w_mul3 = muls(ff), muls(width, 3)
+    return {
+        "gelu (bf16)": (gelu, [(h,) for h in hidden], rows * ff * 4),
+        "gelu + quantize": (gelu_quant, [(h, ff_mul[0]) for h in hidden], rows * ff * 3),
+        "quantize (ff width)": (quant, [(h, ff_mul[0]) for h in hidden], rows * ff * 3),
+        "norm (bf16)": (norm_mod, [(x, shift, scale) for x in residual], rows * width * 4),
+        "norm + quantize x1": (norm_mod_quant, [(x, shift, scale, w_mul3[0]) for x in residual], rows * width * 3),
+        "norm + quantize x3": (norm_mod_quant, [(x, shift, scale, *w_mul3) for x in residual], rows * width * 5),
+    }
+
+
+def timed_us(fn, arg_sets: list[tuple]) -> float:
+    """Mean µs of one call, replayed from a CUDA graph whose captured calls cycle through ``arg_sets``."""
+    from triton.testing import do_bench_cudagraph
+
+    turn = iter(range(10**9))
+    return 1e3 * do_bench_cudagraph(lambda: fn(*arg_sets[next(turn) % len(arg_sets)]))
+
+
+@triton.jit
+def _quantize_kernel(x_ptr, mul_ptr, out_ptr, n, K, BLOCK: tl.constexpr, GELU: tl.constexpr):
+    """``out = E4M3(clamp(f(x) · mul[k], ±448))``, ``f`` = tanh-GELU rounded to bf16 (as the model computes it)
+    or the identity; one flat block of ``BLOCK`` elements per program."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n
+    x = tl.load(x_ptr + offs, mask=inside).to(tl.float32)
+    if GELU:
+        inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        x = (0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))).to(tl.bfloat16).to(tl.float32)
+    y = tl.clamp(x * tl.load(mul_ptr + offs % K, mask=inside), -448.0, 448.0)
+    tl.store(out_ptr + offs, y.to(tl.float8e4nv), mask=inside)
+
+
+def triton_quantize(h: torch.Tensor, mul: torch.Tensor, apply_gelu: bool, block: int = 4096,
+                    warps: int = 8) -> torch.Tensor:
+    """Hand-written quantizer: ``h`` ``(..., K)`` bf16 -> E4M3 codes ``(M, K)``, GELU first with ``apply_gelu``."""
+    flat = h.reshape(-1)
+    out = torch.empty(flat.shape, device=h.device, dtype=torch.float8_e4m3fn)
+    _quantize_kernel[(triton.cdiv(flat.numel(), block),)](flat, mul.reshape(-1), out, flat.numel(), h.shape[-1],
+                                                          BLOCK=block, GELU=apply_gelu, num_warps=warps)
+    return out.reshape(-1, h.shape[-1])
+
+
+def compiled(fn, mode: str):
+    """``fn`` compiled under ``MODES[mode]`` (fresh dynamo state, the settings kept for its first calls)."""
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(MODES[mode]):
+        return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
+def run(model: str, device: str, out: Path | None) -> list[dict]:
+    """Every case under every mode, plus the hand-written kernels; Inductor's default code saved under ``out``."""
+    from torch._inductor.utils import run_and_get_code
+
+    results = []
+    for name, (fn, arg_sets, nbytes) in cases(SHAPES[model], device).items():
+        for mode in MODES:
+            compiled_fn = compiled(fn, mode)
+            with torch._inductor.config.patch(MODES[mode]):
+                _, code = run_and_get_code(compiled_fn, *arg_sets[0])
+            if out is not None and mode == "default":
+                slug = name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "and")
+                (out / f"{model}_{slug}.inductor.txt").write_text("\n\n".join(code))
+            us = timed_us(compiled_fn, arg_sets)
+            results.append(dict(model=model, case=name, mode=mode, us=round(us, 2), tb_s=round(nbytes / us / 1e6, 2)))
+            print(json.dumps(results[-1]), flush=True)
+    return results + hand_written(model, device)
+
+
+def hand_written(model: str, device: str) -> list[dict]:
+    """The hand-written quantizer on the FF width, with and without GELU, for a few block sizes."""
+    batch, tokens, _, ff = SHAPES[model]
+    hidden = [torch.randn(batch, tokens, ff, device=device, dtype=torch.bfloat16) for _ in range(ROTATE)]
+    mul = torch.rand(1, ff, device=device) + 0.5
+    results = []
+    for apply_gelu in (False, True):
+        for block, warps in ((1024, 4), (4096, 8), (8192, 8)):
+            us = timed_us(lambda h: triton_quantize(h, mul, apply_gelu, block, warps), [(h,) for h in hidden])
+            reference = (gelu_quant if apply_gelu else quant)(hidden[0], mul)[0]
+            differing = int(triton_quantize(hidden[0], mul, apply_gelu, block, warps).view(torch.uint8)
+                            .ne(reference.view(torch.uint8)).sum())
+            results.append(dict(model=model, case=("gelu + quantize" if apply_gelu else "quantize (ff width)"),
+                                mode=f"triton {block}/{warps}w", us=round(us, 2),
+                                tb_s=round(batch * tokens * ff * 3 / us / 1e6, 2), codes_differing_vs_eager=differing))
+            print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def smoke() -> None:
+    """CPU: every case compiles (Inductor's C++ backend) and matches its eager self; the hand-written kernel
+    (Triton's interpreter) matches the compiled quantizer's codes."""
+    import os
+
+    for name, (fn, arg_sets, _) in cases((1, 8, 64, 256), "cpu").items():
+        eager, fast = fn(*arg_sets[0]), compiled(fn, "default")(*arg_sets[0])
+        pairs = zip(eager, fast) if isinstance(eager, tuple) else [(eager, fast)]
+        worst = max(float((a.float() - b.float()).abs().max()) for a, b in pairs)
+        print(f"smoke {name}: compiled vs eager max diff {worst:.3g}")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        h, mul = torch.randn(8, 256, dtype=torch.bfloat16), torch.rand(1, 256) + 0.5
+        for apply_gelu, ref in ((False, quant(h, mul)[0]), (True, gelu_quant(h, mul)[0])):
+            diff = (triton_quantize(h, mul, apply_gelu, block=512, warps=4).float() - ref.float()).abs()
+            print(f"smoke triton gelu={apply_gelu}: codes differing {int((diff > 0).sum())} of {diff.numel()}, "
+                  f"max diff {float(diff.max()):.3g}")
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| model | case | mode | µs | TB/s |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['model']} | {r['case']} | {r['mode']} | {r['us']} | {r['tb_s']} |" for r in results]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="sd35,flux")
+    parser.add_argument("--out", type=Path, default=None, help="folder for results.json, table.md, Inductor code")
+    parser.add_argument("--smoke", action="store_true", help="CPU check (no timing)")
+    opts = parser.parse_args()
+    if opts.smoke:
+        return smoke()
+    if opts.out is not None:
+        opts.out.mkdir(parents=True, exist_ok=True)
+    results = [r for model in opts.models.split(",") for r in run(model, "cuda", opts.out)]
+    print(table(results))
+    if opts.out is not None:
+        (opts.out / "results.json").write_text(json.dumps(results, indent=1))
+        (opts.out / "table.md").write_text(table(results) + "\n")
+
+
+if __name__ == "__main__":
+    main()
