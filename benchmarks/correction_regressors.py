@@ -27,6 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 FORMS = {"K ε̂ + b": ("q",), "K ε̂ + C x + b": ("q", "x")}
 
 
+def main_input(inputs: dict) -> torch.Tensor:
+    """The denoiser's latent input (``hidden_states`` for transformers, ``sample`` for a UNet)."""
+    return inputs["hidden_states"] if "hidden_states" in inputs else inputs["sample"]
+
+
 def record(pipe, cfg, qmodel, fp, denoiser: str, prompts: list[str]) -> dict[int, dict[str, torch.Tensor]]:
     """``{step: {"x", "q", "fp"}}``, each ``(rows, elements)`` float64, along the quantized trajectory of
     ``prompts`` (all calls of a step, CFG rows included)."""
@@ -39,9 +44,8 @@ def record(pipe, cfg, qmodel, fp, denoiser: str, prompts: list[str]) -> dict[int
     steps: dict[int, dict[str, list]] = {}
 
     def keep(call):
-        x = call.inputs.get("hidden_states", call.inputs.get("sample"))
         entry = steps.setdefault(call.info.step_index, {"x": [], "q": [], "fp": []})
-        for key, value in (("x", x), ("q", call.sample), ("fp", output_sample(call.run(fp)))):
+        for key, value in (("x", main_input(call.inputs)), ("q", call.sample), ("fp", output_sample(call.run(fp)))):
             entry[key].append(value.detach().double().flatten(1))
 
     with swapped_denoiser(pipe, qmodel, denoiser), DenoiserTap(pipe, denoiser, after=keep):
@@ -49,25 +53,32 @@ def record(pipe, cfg, qmodel, fp, denoiser: str, prompts: list[str]) -> dict[int
     return {step: {k: torch.cat(v) for k, v in entry.items()} for step, entry in steps.items()}
 
 
-def fit(data: dict[str, torch.Tensor], regressors: tuple[str, ...], ridge: float) -> torch.Tensor:
-    """Per element, least squares of ``fp`` on ``regressors`` and 1 over the rows: coefficients ``(E, P + 1)``,
-    with the ridge ``ridge · rows`` pulling ``K`` to 1 and the others to 0."""
-    design = torch.stack([data[r] for r in regressors] + [torch.ones_like(data["q"])], dim=-1)  # (R, E, P+1)
-    rows, size = design.shape[0], design.shape[-1]
-    gram = torch.einsum("rep,req->epq", design, design) + ridge * rows * torch.eye(size, dtype=design.dtype)
-    prior = torch.zeros(size, dtype=design.dtype)
+def design(parts: dict[str, torch.Tensor], regressors: tuple[str, ...]) -> torch.Tensor:
+    """``(R, E, P + 1)`` float64: the ``regressors`` of ``parts`` (each ``(R, ...)``) and a column of ones."""
+    columns = [parts[r].double().flatten(1) for r in regressors]
+    return torch.stack(columns + [torch.ones_like(columns[0])], dim=-1)
+
+
+def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, rows: int, ridge: float) -> torch.Tensor:
+    """Per element, the least-squares coefficients ``(E, P + 1)`` from the pooled ``gram`` ``(E, P+1, P+1)`` and
+    ``rhs`` ``(E, P+1)`` of ``rows`` rows, the ridge ``ridge · rows`` pulling ``K`` to 1 and the others to 0."""
+    size = gram.shape[-1]
+    prior = torch.zeros(size, dtype=gram.dtype)
     prior[0] = 1.0  # K → 1
-    target = torch.einsum("rep,re->ep", design, data["fp"]) + ridge * rows * prior
-    return torch.linalg.solve(gram, target)
+    penalty = ridge * rows
+    return torch.linalg.solve(gram + penalty * torch.eye(size, dtype=gram.dtype), rhs + penalty * prior)
+
+
+def fit(data: dict[str, torch.Tensor], regressors: tuple[str, ...], ridge: float) -> torch.Tensor:
+    """Per element, ridge least squares of ``fp`` on ``regressors`` and 1 over the rows: ``(E, P + 1)``."""
+    a = design(data, regressors)
+    return ridge_solve(torch.einsum("rep,req->epq", a, a), torch.einsum("rep,re->ep", a, data["fp"]), a.shape[0],
+                       ridge)
 
 
 def error(data: dict[str, torch.Tensor], regressors: tuple[str, ...] | None, coef: torch.Tensor | None) -> float:
     """Mean over rows of ``‖ε' − ε‖ / ‖ε‖`` (``regressors`` None: uncorrected)."""
-    if regressors is None:
-        corrected = data["q"]
-    else:
-        design = torch.stack([data[r] for r in regressors] + [torch.ones_like(data["q"])], dim=-1)
-        corrected = torch.einsum("rep,ep->re", design, coef)
+    corrected = data["q"] if regressors is None else torch.einsum("rep,ep->re", design(data, regressors), coef)
     return float(((corrected - data["fp"]).norm(dim=1) / data["fp"].norm(dim=1)).mean())
 
 

@@ -22,12 +22,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # correction_regressors
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
 
-
-def main_input(inputs: dict) -> torch.Tensor:
-    """The denoiser's latent input (``hidden_states`` for transformers, ``sample`` for a UNet)."""
-    return inputs["hidden_states"] if "hidden_states" in inputs else inputs["sample"]
+from correction_regressors import design, main_input, ridge_solve  # noqa: E402
 
 
 class LinearCorrector:
@@ -46,26 +44,14 @@ class LinearCorrector:
         self.coef: dict[int, torch.Tensor] = {}  # step -> (E, P+1)
         self._last_input: torch.Tensor | None = None
 
-    def design(self, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``(R, E, P+1)`` float64 from prediction and input ``(R, ...)``."""
-        parts = {"q": q, "x": x}
-        return torch.stack([parts[r].double().flatten(1) for r in self.regressors]
-                           + [torch.ones_like(q, dtype=torch.float64).flatten(1)], dim=-1)
-
     def fit(self, pred_q: torch.Tensor, pred_fp: torch.Tensor, info, inputs: dict | None = None) -> None:
         step, x = info.step_index, main_input(inputs)
         self._last_input = x
-        a = self.design(pred_q, x)
-        gram, rhs = torch.einsum("rep,req->epq", a, a), torch.einsum("rep,re->ep", a, pred_fp.double().flatten(1))
-        self.gram[step] = gram + self.gram.get(step, 0)
-        self.rhs[step] = rhs + self.rhs.get(step, 0)
+        a = design({"q": pred_q, "x": x}, self.regressors)
+        self.gram[step] = torch.einsum("rep,req->epq", a, a) + self.gram.get(step, 0)
+        self.rhs[step] = torch.einsum("rep,re->ep", a, pred_fp.double().flatten(1)) + self.rhs.get(step, 0)
         self.rows[step] = self.rows.get(step, 0) + a.shape[0]
-        size = a.shape[-1]
-        prior = torch.zeros(size, dtype=torch.float64)
-        prior[0] = 1.0
-        penalty = self.ridge * self.rows[step]
-        self.coef[step] = torch.linalg.solve(self.gram[step] + penalty * torch.eye(size, dtype=torch.float64),
-                                             self.rhs[step] + penalty * prior)
+        self.coef[step] = ridge_solve(self.gram[step], self.rhs[step], self.rows[step], self.ridge)
 
     def finish(self, num_steps: int) -> None:
         self.gram.clear()
@@ -74,7 +60,7 @@ class LinearCorrector:
     def corrected(self, pred_q: torch.Tensor, x: torch.Tensor, step: int) -> torch.Tensor:
         if step not in self.coef:
             return pred_q
-        out = torch.einsum("rep,ep->re", self.design(pred_q, x), self.coef[step])
+        out = torch.einsum("rep,ep->re", design({"q": pred_q, "x": x}, self.regressors), self.coef[step])
         return out.reshape(pred_q.shape).to(pred_q.dtype)
 
     def apply(self, pred_q: torch.Tensor, info) -> torch.Tensor:
