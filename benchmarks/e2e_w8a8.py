@@ -57,6 +57,7 @@ import time
 import torch
 
 from fullsize import build
+from torch._dynamo.utils import counters
 
 from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graphs
 
@@ -279,9 +280,13 @@ def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None,
     if not variant.startswith("torchao"):  # its tensor subclasses have no plain storage
         facts["model_tensor_gib"] = round(model_bytes(model) / 2**30, 3)
     stage(f"{variant}: prepared")
+    counters.clear()
     first, times = timed_calls(model, example, iters)
     times.sort()
-    stage(f"{variant}: timed, first call {first:.1f} s")
+    # graphs dynamo compiled (a list of blocks sharing one graph: a few; one per block: recompiled per block)
+    facts["dynamo"] = {"graphs": counters["stats"]["unique_graphs"],
+                       "graph_breaks": sum(counters["graph_break"].values())}
+    stage(f"{variant}: timed, first call {first:.1f} s, {facts['dynamo']}")
     if eager is not None:
         facts["rel_err_compiled_vs_eager"] = float((output(model, example) - eager).norm() / eager.norm())
         del eager
