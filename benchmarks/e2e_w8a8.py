@@ -5,6 +5,8 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``bf16``          eager bf16
 - ``bf16_compiled`` bf16, repeated blocks compiled (regional compilation)
 - ``torchao_fp8``   torchao ``Float8DynamicActivationFloat8WeightConfig(PerRow())``, compiled the same way
+- ``torchao_fp8_whole`` the same, the whole model compiled as one graph (torchao's SD3.5 first call takes 400+ s
+                    regionally, runs 12-13)
 - ``torchao_int4``  torchao ``Int4WeightOnlyConfig(group_size=64)`` (tinygemm packing), compiled the same way
 - ``sq_fp8``        segquant FP8 E4M3 W8A8 (per-channel weights, static per-tensor inputs, SmoothQuant per
                     output segment: the AdaLN chunks), backend "gpu", compiled the same way
@@ -61,7 +63,7 @@ from torch._dynamo.utils import counters
 
 from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graphs
 
-VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_int4", "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_int8",
+VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_whole", "torchao_int4", "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_int8",
             "sq_fp8_fused", "sq_int8_fused", "sq_int8_tiled", "sq_int8_dyn", "sq_int8_full", "sq_w4a8_r32",
             "sq_w4a8_r32_2l", "sq_w4a16")
 #: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.
@@ -174,7 +176,7 @@ def prepare(variant: str, model, example: dict, compile_mode: str | None = None)
     from segquant.pipeline.regional_compile import compile_repeated_blocks
 
     facts: dict = {}
-    if variant == "torchao_fp8":
+    if variant.startswith("torchao_fp8"):
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
         quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
@@ -199,9 +201,11 @@ def prepare(variant: str, model, example: dict, compile_mode: str | None = None)
             facts["error_check_failed"] = f"{type(error).__name__}: {error}"[:300]
             set_backend(model, "gpu")
         stage(f"{variant}: errors {facts}")
-    if variant != "bf16":
-        compile_repeated_blocks(model, fullgraph=variant.startswith("sq_"),
-                                **({"mode": compile_mode} if compile_mode else {}))
+    mode = {"mode": compile_mode} if compile_mode else {}
+    if variant.endswith("_whole"):
+        model.compile(**mode)
+    elif variant != "bf16":
+        compile_repeated_blocks(model, fullgraph=variant.startswith("sq_"), **mode)
     return facts
 
 
