@@ -28,6 +28,8 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``sq_w4a8_r32_2l`` ``sq_w4a8_r32`` with two-level group scales (``two_level: true``): the layers with at
                     least 128 rows expand INT4 to INT8 in one pass and run the 8-bit tensor-core GEMM
 - ``sq_w4a16``      packed INT4 per-group(64) weights, 16-bit inputs (weight-only), output segments
+- ``*_sgelu``       any variant with every tanh-GELU computed in its sigmoid form (:func:`sigmoid_form_gelu`: the
+                    same function to float32 rounding; the tanh form's GELU + quantize kernel is ALU-bound, run 13)
 
     PYTHONPATH=. python benchmarks/e2e_w8a8.py --model sd35 --variants all --json out.json
     ... --compile-mode reduce-overhead    # the blocks compiled with per-block CUDA graphs (eager-call latency)
@@ -59,6 +61,7 @@ import time
 import torch
 
 from fullsize import build
+from quantize_elementwise import gelu_sigmoid
 from torch._dynamo.utils import counters
 
 from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graphs
@@ -72,6 +75,35 @@ SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tiled": {"USE_TMA"
 LAYERS_CHECKED = 48
 _ALL_PATTERNS = ["linear_to_chunk", "linear_to_split", "concat_to_linear", "stack_to_linear",
                  "reshape_to_linear", "activation_to_linear"]
+
+
+#: Variant suffix: the model's tanh-GELUs in the sigmoid form (:func:`sigmoid_form_gelu`).
+SIGMOID_GELU = "_sgelu"
+
+
+class SigmoidFormGELU(torch.nn.Module):
+    """``nn.GELU(approximate="tanh")`` as :func:`quantize_elementwise.gelu_sigmoid`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gelu_sigmoid(x)
+
+
+def sigmoid_form_gelu(model) -> int:
+    """Every tanh-GELU of ``model`` (diffusers' ``GELU(approximate="tanh")``, ``nn.GELU(approximate="tanh")``)
+    computed as ``x · σ(2u)`` (:func:`quantize_elementwise.gelu_sigmoid`, in place); returns how many."""
+    from diffusers.models.activations import GELU
+
+    changed = 0
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.GELU) and child.approximate == "tanh":
+                setattr(parent, child_name, SigmoidFormGELU())
+            elif isinstance(child, GELU) and child.approximate == "tanh":
+                child.gelu = gelu_sigmoid
+            else:
+                continue
+            changed += 1
+    return changed
 
 
 def segquant_config(variant: str) -> dict:
@@ -171,8 +203,9 @@ def timed_calls(model, example: dict, iters: int) -> tuple[float, list[float]]:
     return first, times
 
 
-def prepare(variant: str, model, example: dict, compile_mode: str | None = None) -> dict:
-    """Quantize/compile ``model`` in place for ``variant``; returns extra facts (quantize time, errors)."""
+def prepare(variant: str, model, example: dict, compile_mode: str | None = None, sigmoid_gelu: bool = False) -> dict:
+    """Quantize/compile ``model`` in place for ``variant`` (without :data:`SIGMOID_GELU`; ``sigmoid_gelu``: its
+    GELUs changed after the error check); returns extra facts (quantize time, errors)."""
     from segquant.pipeline.regional_compile import compile_repeated_blocks
 
     facts: dict = {}
@@ -201,6 +234,8 @@ def prepare(variant: str, model, example: dict, compile_mode: str | None = None)
             facts["error_check_failed"] = f"{type(error).__name__}: {error}"[:300]
             set_backend(model, "gpu")
         stage(f"{variant}: errors {facts}")
+    if sigmoid_gelu:
+        facts["sigmoid_form_gelus"] = sigmoid_form_gelu(model)
     mode = {"mode": compile_mode} if compile_mode else {}
     if variant.endswith("_whole"):
         model.compile(**mode)
@@ -266,14 +301,15 @@ def model_bytes(model) -> int:
 def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = None, profile: bool = False) -> dict:
     from segquant.kernels.gpu import ops
 
-    with ops.switched(**SWITCHES.get(variant, {})):
+    with ops.switched(**SWITCHES.get(variant.removesuffix(SIGMOID_GELU), {})):
         return _run_prepared(name, variant, iters, compile_mode, profile)
 
 
 def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None, profile: bool) -> dict:
     model, example = build(name)
-    eager = output(model, example) if variant == "bf16_compiled" else None  # the floor of the model-level error
-    facts = prepare(variant, model, example, compile_mode)
+    base = variant.removesuffix(SIGMOID_GELU)
+    eager = output(model, example) if base == "bf16_compiled" else None  # the floor of the model-level error
+    facts = prepare(base, model, example, compile_mode, sigmoid_gelu=base != variant)
     gc.collect()
     clear_cublas = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)  # workspaces of the error check
     if clear_cublas is not None:
@@ -326,12 +362,16 @@ def smoke(name: str, variants: list[str]) -> None:
 
     for variant in [v for v in variants if v.startswith("sq_")]:
         model, example = build(name, "cpu", torch.float32, small=True)
+        base = variant.removesuffix(SIGMOID_GELU)
         with torch.inference_mode():
-            quantize(model, [example], prepared_config(variant, model, example), example=example)
+            quantize(model, [example], prepared_config(base, model, example), example=example)
             emulated = model(**example)[0]
             with mock.patch("segquant.kernels.gpu.backend._device_problem", return_value=None):
                 set_backend(model, "gpu")
             gpu_twin = model(**example)[0]
+            if base != variant:
+                print(f"smoke {name} {variant}: {sigmoid_form_gelu(model)} GELUs in the sigmoid form, output moved by "
+                      f"{float((model(**example)[0] - gpu_twin).abs().max()):.2e}")
             compile_repeated_blocks(model, fullgraph=True, backend="eager")
             compiled = model(**example)[0]
         torch._dynamo.reset()
