@@ -17,7 +17,8 @@
 # `quantize_elementwise` (~2 min) times the fused GELU / norm + quantize kernels alone (benchmarks/quantize_elementwise.py).
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
 # kernel, `sq_int8_fused` fuses q/k/v with one smoothing), SD35_VARIANTS / SD35_LIMIT / SD35_INDUCTOR (e2e_sd35; `sq_fp8_fused`; SD35_INDUCTOR
-# e.g. coordinate_descent_tuning=True applies to every variant; SD35_TAG suffixes the output names), TESTS_NODES (pytest node ids for tests; on the lent machine
+# e.g. coordinate_descent_tuning=True applies to every variant; SD35_TAG suffixes the output names; e2e_w8a8.py's
+# `torchao_fp8_whole` and `*_sgelu` variants serve both e2e steps), TESTS_NODES (pytest node ids for tests; on the lent machine
 # `TESTS_K=tma` selected 224 of 225 tests, so name the tests by node id) / TESTS_K (a -k selection), QUANTIZE_LIMIT
 # (quantize_sd35), DEMO_ARGS / DEMO_LIMIT (demo_backends, e.g. `--per-class 6 --presets w8a8,w4a8`; embed with the same
 # --per-class).
