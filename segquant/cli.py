@@ -68,9 +68,8 @@ def _quantize(args: argparse.Namespace) -> int:
         config = args.config
         if args.fuse_projections:
             from segquant.config import as_quant_config
-            from segquant.models.fusion import fuse_projections
 
-            config = {**as_quant_config(config).to_dict(), **fuse_projections(model, example)}
+            config = {**as_quant_config(config).to_dict(), "fuse_projections": True}
         quantized = quantize(model, calib, config, verbose=world.is_main, example=example)
         on_main(lambda: save_quantized(quantized, args.output), f"writing {args.output}")
         if world.is_main:

@@ -4,7 +4,10 @@ A config is ``{"default": {...}, <layer rule>: {...}, ...}``. ``default`` is mer
 defaults (:data:`LAYER_DEFAULTS`); each layer rule is a glob (``"transformer_blocks.*.attn.to_q"``) or a
 regular expression (``"re:.*ff\\.net\\.2"``, matched with :func:`re.fullmatch`) on the qualified module
 name. **Precedence**: built-in defaults < ``default`` < every matching rule, in the order written (a later
-rule overrides an earlier one). Merging is key by key, so a rule only needs the keys it changes.
+rule overrides an earlier one). Merging is key by key, so a rule only needs the keys it changes. One
+top-level key is a model setting instead: ``fuse_projections: true`` makes :func:`segquant.quantize` fuse each
+attention's q / k / v projections first (:func:`segquant.fuse_projections`: one smoothing and one GEMM for the
+three, the fastest W8A8 on the GPU) and keep the fused layers whole.
 
 Everything is validated when the config is built: an unknown key, a bad value or an impossible
 combination raises :class:`~segquant.errors.ConfigError` naming the key path, the value and what is

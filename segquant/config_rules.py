@@ -17,6 +17,10 @@ from segquant.config_schema import LayerConfig, plain, resolve_layer
 from segquant.errors import ConfigError
 
 
+#: The top-level key that is a model setting, not a layer rule (:attr:`QuantConfig.fuse_projections`).
+FUSE_KEY = "fuse_projections"
+
+
 def rule_matches(rule: str, name: str) -> bool:
     """Whether a layer rule (glob, or ``re:`` regular expression) matches a qualified module name."""
     if rule.startswith("re:"):
@@ -33,19 +37,25 @@ def _check_rule(rule: Any) -> None:
             re.compile(rule[3:])
         except re.error as err:
             raise ConfigError(f"{rule}: invalid regular expression ({err})") from None
-    elif difflib.get_close_matches(rule.lower(), ["default"], n=1, cutoff=0.8):
-        raise ConfigError(f"{rule!r}: did you mean 'default'? A top-level key other than 'default' is a layer "
-                          f"rule; to target a module really named so, write the rule as 're:{re.escape(rule)}'")
+    elif close := difflib.get_close_matches(rule.lower(), ["default", FUSE_KEY], n=1, cutoff=0.8):
+        raise ConfigError(f"{rule!r}: did you mean {close[0]!r}? A top-level key other than 'default' and "
+                          f"'{FUSE_KEY}' is a layer rule; to target a module really named so, write the rule as "
+                          f"'re:{re.escape(rule)}'")
 
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """A validated config: the ``default`` layer settings (``None``: not given) plus ordered rules."""
+    """A validated config: the ``default`` layer settings (``None``: not given) plus ordered rules, and
+    ``fuse_projections``: whether :func:`segquant.quantize` first fuses the model's q / k / v projections
+    (:func:`segquant.fuse_projections`; the fused layers kept whole)."""
 
     default_raw: Mapping[str, Any] | None
     rules: tuple[tuple[str, Mapping[str, Any]], ...] = ()
+    fuse_projections: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.fuse_projections, bool):
+            raise ConfigError(f"fuse_projections: {self.fuse_projections!r} is not a boolean (true or false)")
         self._resolve((), ())
         for rule, raw in self.rules:
             _check_rule(rule)
@@ -57,7 +67,8 @@ class QuantConfig:
         if not isinstance(config, Mapping):
             raise ConfigError(f"config must be a mapping, got {type(config).__name__}")
         rules = plain(config)
-        return cls(rules.pop("default", None), tuple(rules.items()))
+        default, fuse = rules.pop("default", None), rules.pop(FUSE_KEY, False)
+        return cls(default, tuple(rules.items()), fuse)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "QuantConfig":
@@ -80,7 +91,12 @@ class QuantConfig:
 
     def to_dict(self) -> dict[str, Any]:
         default = {} if self.default_raw is None else {"default": plain(self.default_raw)}
-        return {**default, **{rule: plain(raw) for rule, raw in self.rules}}
+        fuse = {FUSE_KEY: True} if self.fuse_projections else {}
+        return {**default, **fuse, **{rule: plain(raw) for rule, raw in self.rules}}
+
+    def with_rules(self, rules: Mapping[str, Mapping[str, Any]]) -> "QuantConfig":
+        """This config with ``rules`` appended (they override the earlier ones where both match)."""
+        return QuantConfig(self.default_raw, self.rules + tuple(plain(rules).items()), self.fuse_projections)
 
     def to_yaml(self, path: str | Path) -> None:
         import yaml

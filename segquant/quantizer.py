@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from segquant.calibration import calibrate, run_with_input_hooks, split_first_batch
-from segquant.config import QuantConfig
+from segquant.config import QuantConfig, as_quant_config
 from segquant.conversion import check_backends, convert
 from segquant.errors import AlreadyQuantizedError
 from segquant.kernels.backend import seglinear_modules
+from segquant.models.fusion import fused_config
 from segquant.plan import QuantPlan, build_plan
 from segquant.sequential import calibrate_and_convert_sequentially
 
@@ -36,6 +37,8 @@ def quantize(model: nn.Module, calib_data_loader: Iterable, config: "QuantConfig
         model: any ``nn.Module``; its selected ``nn.Linear`` layers become ``SegLinear``.
         calib_data_loader: iterable of batches (Tensor, tuple of positional args, or kwargs dict).
         config: a config dict, YAML path, :class:`QuantConfig` or preset name; default preset ``"w8a8"``.
+            With ``fuse_projections: true`` a diffusers denoiser's q / k / v projections are fused first, in
+            place (:func:`segquant.fuse_projections`).
         tmp_device: device on which statistics and weight algorithms run (e.g. a GPU for a CPU model).
         verbose: progress bars and a per-layer report (output error before/after) on the log.
         example: input for graph capture (Tensor, tuple, or kwargs dict); default: the first batch.
@@ -49,7 +52,7 @@ def quantize(model: nn.Module, calib_data_loader: Iterable, config: "QuantConfig
     _refuse_quantized(model)
     if example is None:
         example, calib_data_loader = split_first_batch(calib_data_loader)
-    plan = build_plan(model, config, example)
+    plan = build_plan(model, fused_config(model, as_quant_config(config), example), example)
     check_backends(model, plan.enabled_layers(), backend)
     model.eval()
     if any(layer.config.calib.sequential for layer in plan.enabled_layers()):

@@ -10,6 +10,7 @@ cost (0.05 ± 0.07 dB image PSNR on the demo models, "One smoothing for q / k / 
     rules = fuse_projections(transformer, example)           # in place; example: as quantize() takes it
     config = {**preset_dict("w8a8"), **rules}                 # the fused layers kept whole
     quantize(transformer, loader, config)
+    # or in one step: quantize(transformer, loader, {**preset_dict("w8a8"), "fuse_projections": True})
     save_quantized(transformer, "ckpt")                       # load_quantized("ckpt") fuses the rebuilt model
 
 The separate projections diffusers keeps next to the fused ones are dropped (set to ``None``): the forward no longer
@@ -19,13 +20,16 @@ calls them, they cannot be calibrated and would double the weight memory. Their 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from segquant.config_rules import rule_matches
+from segquant.config_rules import QuantConfig, rule_matches
+
+logger = logging.getLogger("segquant.models.fusion")
 
 #: The layers diffusers' fusion creates: a rule per name that the model has, ``{"search_patterns": []}``.
 FUSED_LAYER_RULES = ("*to_qkv", "*to_added_qkv", "*to_kv")
@@ -60,6 +64,20 @@ def fuse_projections(denoiser: nn.Module, example: Any | Callable[[], Any]) -> d
             hook.remove()
     _drop(denoiser, sorted(set(replaced) - called))
     return fused_layer_rules(denoiser)
+
+
+def fused_config(denoiser: nn.Module, config: QuantConfig, example: Any) -> QuantConfig:
+    """``config`` as :func:`segquant.quantize` applies it: with ``fuse_projections``, ``denoiser`` fused in place
+    (:func:`fuse_projections` on ``example``; a model fused before is kept as it is) and the fused layers kept
+    whole. A model without ``fuse_qkv_projections`` (not a diffusers denoiser) is left unfused, with a warning."""
+    if not config.fuse_projections:
+        return config
+    if not callable(getattr(denoiser, "fuse_qkv_projections", None)):
+        logger.warning("%s has no fuse_qkv_projections(): its projections stay separate (fuse_projections ignored)",
+                       type(denoiser).__name__)
+        return config
+    fused_before = getattr(denoiser, DROPPED_ATTRIBUTE, None) is not None or fused_layer_rules(denoiser)
+    return config.with_rules(fused_layer_rules(denoiser) if fused_before else fuse_projections(denoiser, example))
 
 
 def repeat_fusion(denoiser: nn.Module, dropped: Sequence[str]) -> None:

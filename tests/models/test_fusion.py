@@ -138,3 +138,43 @@ def test_checkpoint_whose_dropped_layers_do_not_fit_is_a_named_error_before_any_
     with pytest.raises(CheckpointMismatchError, match="no_such_proj"):
         load_quantized(target, folder, verify=False)
     assert not hasattr(target, "segquant_dropped_layers") and target.transformer_blocks[0].attn.to_q is not None
+
+
+@pytest.mark.parametrize("name", ["sd3", "unet"])
+def test_config_key_fuses_inside_quantize_as_the_two_steps_do(name):
+    data = [tiny_example_inputs(name, seed=s) for s in range(2)]
+    two_steps = build_tiny_denoiser(name)
+    quantize(two_steps, data, {**preset_dict("w8a8_static"), **fuse_projections(two_steps, data[0])})
+    one_step = quantize(build_tiny_denoiser(name), data, {**preset_dict("w8a8_static"), "fuse_projections": True})
+    assert one_step.segquant_dropped_layers == two_steps.segquant_dropped_layers
+    assert one_step.segquant_plan.table() == two_steps.segquant_plan.table()
+    assert one_step.segquant_plan.config["fuse_projections"] is True
+    x = tiny_example_inputs(name, seed=5)
+    assert torch.equal(output(one_step, x), output(two_steps, x))
+
+
+def test_config_key_on_a_model_fused_before_or_without_fusable_projections(caplog):
+    model, data = build_tiny_denoiser("flux"), [tiny_example_inputs("flux", seed=s) for s in range(2)]
+    fuse_projections(model, data[0])
+    dropped = list(model.segquant_dropped_layers)
+    quantize(model, data, {**preset_dict("w8a8_static"), "fuse_projections": True})  # not fused twice
+    assert model.segquant_dropped_layers == dropped and model.transformer_blocks[0].attn.to_qkv.smooth.shape[0] == 1
+    plain = nn.Sequential(nn.Linear(8, 8))
+    with caplog.at_level("WARNING", logger="segquant"):
+        quantize(plain, [torch.randn(4, 8)], {**preset_dict("w8a8_static"), "fuse_projections": True})
+    assert isinstance(plain[0], SegLinear) and "fuse_projections ignored" in caplog.text
+
+
+def test_config_key_is_validated_and_round_trips(tmp_path):
+    from segquant.config import QuantConfig, as_quant_config
+    from segquant.errors import ConfigError
+
+    config = as_quant_config({**preset_dict("w8a8_static"), "fuse_projections": True})
+    assert config.fuse_projections and config.to_dict()["fuse_projections"] is True
+    config.to_yaml(tmp_path / "c.yaml")
+    assert QuantConfig.from_yaml(tmp_path / "c.yaml") == config
+    assert "fuse_projections" not in as_quant_config("w8a8_static").to_dict()
+    with pytest.raises(ConfigError, match="not a boolean"):
+        as_quant_config({"default": {}, "fuse_projections": "yes"})
+    with pytest.raises(ConfigError, match="did you mean 'fuse_projections'"):
+        as_quant_config({"default": {}, "fuse_projection": True})
