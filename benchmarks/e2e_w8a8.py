@@ -66,9 +66,9 @@ from torch._dynamo.utils import counters
 
 from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graphs
 
-VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_whole", "torchao_int4", "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_int8",
-            "sq_fp8_fused", "sq_int8_fused", "sq_int8_tiled", "sq_int8_dyn", "sq_int8_full", "sq_w4a8_r32",
-            "sq_w4a8_r32_2l", "sq_w4a16")
+VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_whole", "torchao_int4", "sq_fp8", "sq_fp8_fast",
+            "sq_fp8_tma", "sq_int8", "sq_fp8_fused", "sq_int8_fused", "sq_int8_tiled", "sq_int8_dyn", "sq_int8_full",
+            "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a16")
 #: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.
 SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tiled": {"USE_TMA": False},
             "sq_fp8_tma": {"USE_SCALED_MM": False}}
