@@ -35,7 +35,7 @@ VARIANTS = {"": None, "_shared": False, "_shared_search": True}
 SEARCHED_ALPHA = {"opt": {"search_alpha_config": {"enable": True, "min": 0.0, "max": 1.0, "step": 0.1}}}
 
 
-def fused_config(preset: dict, rules: dict, search_alpha: bool) -> dict:
+def whole_fused_config(preset: dict, rules: dict, search_alpha: bool) -> dict:
     """``preset`` with the fused layers kept whole (``rules`` from :func:`fuse_projections`), their SmoothQuant alpha
     searched on 0, 0.1, ..., 1 if ``search_alpha``."""
     extra = SEARCHED_ALPHA if search_alpha else {}
@@ -59,7 +59,7 @@ def variant_psnr(model: str, presets: list[str], settings: dict, out: Path) -> d
     rules = fuse_projections(denoiser, one_step)
     cfg = demo_eval_config(settings, prompts, labels, calib, classifier=load_classifier(WEIGHTS_DIR / "classifier"))
     entries = [(preset + suffix, preset_dict(preset) if search is None
-                else fused_config(preset_dict(preset), rules, search_alpha=search))
+                else whole_fused_config(preset_dict(preset), rules, search_alpha=search))
                for preset in presets for suffix, search in VARIANTS.items()]
     result = evaluate(pipe, entries, cfg, progress=False)
     write_report(result, out / model, title=f"{model}, q/k/v fused")
