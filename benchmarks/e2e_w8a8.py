@@ -108,7 +108,7 @@ def sigmoid_form_gelu(model) -> int:
 
 def segquant_config(variant: str) -> dict:
     """The segquant config of a ``sq_*`` variant (8-bit: per-channel weights, static per-tensor inputs unless
-    ``_dyn``: dynamic per-token; 4-bit: see the module doc)."""
+    ``_dyn``: dynamic per-token, q/k/v fused with one smoothing if ``_fused``; 4-bit: see the module doc)."""
     int4 = {"type": "int4", "granularity": "group", "group_size": 64}
     if variant.startswith("sq_w4a8_r32"):
         return {"default": {"search_patterns": _ALL_PATTERNS[:2], "opt": {"type": "svd", "alpha": 0.5, "low_rank": 32},
@@ -120,22 +120,12 @@ def segquant_config(variant: str) -> dict:
     fmt = "fpe4m3" if variant.startswith("sq_fp8") else "int8"
     patterns = _ALL_PATTERNS if variant.endswith("_full") else _ALL_PATTERNS[:2]
     dynamic = variant.endswith("_dyn")
-    return {"default": {"search_patterns": patterns, "opt": {"type": "smooth", "alpha": 0.5},
+    return {"fuse_projections": variant.endswith("_fused"),
+            "default": {"search_patterns": patterns, "opt": {"type": "smooth", "alpha": 0.5},
                         "calib": {"type": "amax"},
                         "input_quant": {"type": fmt, "granularity": "token" if dynamic else "tensor",
                                         "dynamic": dynamic},
                         "weight_quant": {"type": fmt, "granularity": "channel"}}}
-
-
-def prepared_config(variant: str, model, example: dict) -> dict:
-    """:func:`segquant_config` of a ``sq_*`` variant; ``*_fused``: ``model``'s q/k/v projections fused first (in
-    place) and kept whole (:func:`segquant.fuse_projections`)."""
-    config = segquant_config(variant)
-    if variant.endswith("_fused"):
-        from segquant.models.fusion import fuse_projections
-
-        config = {**config, **fuse_projections(model, example)}
-    return config
 
 
 def stage(message: str, _start=[time.perf_counter()]) -> None:  # noqa: B006 (the start time)
@@ -221,7 +211,7 @@ def prepare(variant: str, model, example: dict, compile_mode: str | None = None,
         from segquant import quantize
         from segquant.kernels.backend import set_backend
 
-        config = prepared_config(variant, model, example)
+        config = segquant_config(variant)
         t0 = time.perf_counter()
         with torch.inference_mode():
             quantize(model, [example], config, example=example)
@@ -364,7 +354,7 @@ def smoke(name: str, variants: list[str]) -> None:
         model, example = build(name, "cpu", torch.float32, small=True)
         base = variant.removesuffix(SIGMOID_GELU)
         with torch.inference_mode():
-            quantize(model, [example], prepared_config(base, model, example), example=example)
+            quantize(model, [example], segquant_config(base), example=example)
             emulated = model(**example)[0]
             with mock.patch("segquant.kernels.gpu.backend._device_problem", return_value=None):
                 set_backend(model, "gpu")
