@@ -140,17 +140,32 @@ def test_checkpoint_whose_dropped_layers_do_not_fit_is_a_named_error_before_any_
     assert not hasattr(target, "segquant_dropped_layers") and target.transformer_blocks[0].attn.to_q is not None
 
 
-@pytest.mark.parametrize("name", ["sd3", "unet"])
-def test_config_key_fuses_inside_quantize_as_the_two_steps_do(name):
+def quantized_both_ways(name):
+    """The tiny ``name`` denoiser quantized with w8a8_static after fuse_projections (two steps) and with the
+    ``fuse_projections`` config key (one step)."""
     data = [tiny_example_inputs(name, seed=s) for s in range(2)]
     two_steps = build_tiny_denoiser(name)
     quantize(two_steps, data, {**preset_dict("w8a8_static"), **fuse_projections(two_steps, data[0])})
     one_step = quantize(build_tiny_denoiser(name), data, {**preset_dict("w8a8_static"), "fuse_projections": True})
+    return one_step, two_steps
+
+
+@pytest.mark.parametrize("name", ["sd3", "unet"])
+def test_config_key_fuses_inside_quantize_as_the_two_steps_do(name):
+    one_step, two_steps = quantized_both_ways(name)
     assert one_step.segquant_dropped_layers == two_steps.segquant_dropped_layers
     assert one_step.segquant_plan.table() == two_steps.segquant_plan.table()
     assert one_step.segquant_plan.config["fuse_projections"] is True
     x = tiny_example_inputs(name, seed=5)
     assert torch.equal(output(one_step, x), output(two_steps, x))
+
+
+def test_checkpoint_of_a_model_fused_by_the_config_key(tmp_path):
+    model = quantized_both_ways("sd3")[0]
+    restored = load_quantized(save_quantized(model, tmp_path / "q"))
+    x = tiny_example_inputs("sd3", seed=6)
+    assert torch.equal(output(restored, x), output(model, x))
+    assert restored.segquant_plan.config["fuse_projections"] is True
 
 
 def test_config_key_on_a_model_fused_before_or_without_fusable_projections(caplog):
