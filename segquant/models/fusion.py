@@ -6,7 +6,8 @@ UNet's cross-attention) and splits the fused output. Kept whole (no SegPattern o
 SmoothQuant ``λ`` and one input scale for the three projections: the tensor they read is quantized once and they run
 as one GEMM (BENCHMARKS.md runs 12-13: FLUX.1-dev INT8 1.75 ms faster out of 101 on an H200, SD3.5-medium FP8 2 %
 faster). Quality ("One smoothing for q / k / v"): with INT8 inputs no measurable cost (0.05 ± 0.07 dB image PSNR on
-the demo models); with FP8 E4M3 inputs 0.6 dB on the FLUX and UNet demo models, nothing measurable on the SD3 one.
+the demo models); with FP8 E4M3 inputs 0.6 dB on the FLUX and UNet demo models, nothing measurable on the SD3 one;
+at W4A8 (one rank-32 branch for the three) 1.2 dB on the SD3 and FLUX ones.
 
     rules = fuse_projections(transformer, example)           # in place; example: as quantize() takes it
     config = {**preset_dict("w8a8"), **rules}                 # the fused layers kept whole
