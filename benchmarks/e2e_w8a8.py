@@ -61,7 +61,6 @@ import time
 import torch
 
 from fullsize import build
-from quantize_elementwise import gelu_sigmoid
 from torch._dynamo.utils import counters
 
 from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graphs
@@ -85,6 +84,8 @@ class SigmoidFormGELU(torch.nn.Module):
     """``nn.GELU(approximate="tanh")`` as :func:`quantize_elementwise.gelu_sigmoid`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from quantize_elementwise import gelu_sigmoid  # there with its kernels (needs Triton)
+
         return gelu_sigmoid(x)
 
 
@@ -92,6 +93,7 @@ def sigmoid_form_gelu(model) -> int:
     """Every tanh-GELU of ``model`` (diffusers' ``GELU(approximate="tanh")``, ``nn.GELU(approximate="tanh")``)
     computed as ``x · σ(2u)`` (:func:`quantize_elementwise.gelu_sigmoid`, in place); returns how many."""
     from diffusers.models.activations import GELU
+    from quantize_elementwise import gelu_sigmoid
 
     changed = 0
     for parent in list(model.modules()):
