@@ -81,25 +81,27 @@ SIGMOID_GELU = "_sgelu"
 
 
 class SigmoidFormGELU(torch.nn.Module):
-    """``nn.GELU(approximate="tanh")`` as :func:`quantize_elementwise.gelu_sigmoid`."""
+    """``nn.GELU(approximate="tanh")`` computed by ``gelu`` (:func:`quantize_elementwise.gelu_sigmoid`)."""
+
+    def __init__(self, gelu):
+        super().__init__()
+        self.gelu = gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from quantize_elementwise import gelu_sigmoid  # there with its kernels (needs Triton)
-
-        return gelu_sigmoid(x)
+        return self.gelu(x)
 
 
 def sigmoid_form_gelu(model) -> int:
     """Every tanh-GELU of ``model`` (diffusers' ``GELU(approximate="tanh")``, ``nn.GELU(approximate="tanh")``)
     computed as ``x · σ(2u)`` (:func:`quantize_elementwise.gelu_sigmoid`, in place); returns how many."""
     from diffusers.models.activations import GELU
-    from quantize_elementwise import gelu_sigmoid
+    from quantize_elementwise import gelu_sigmoid  # there with its kernels (needs Triton)
 
     changed = 0
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.GELU) and child.approximate == "tanh":
-                setattr(parent, child_name, SigmoidFormGELU())
+                setattr(parent, child_name, SigmoidFormGELU(gelu_sigmoid))
             elif isinstance(child, GELU) and child.approximate == "tanh":
                 child.gelu = gelu_sigmoid
             else:

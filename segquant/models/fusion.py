@@ -78,8 +78,7 @@ def fused_config(denoiser: nn.Module, config: QuantConfig, example: Any) -> Quan
         logger.warning("%s has no fuse_qkv_projections(): its projections stay separate (fuse_projections ignored)",
                        type(denoiser).__name__)
         return config
-    fused_before = getattr(denoiser, DROPPED_ATTRIBUTE, None) is not None or fused_layer_rules(denoiser)
-    return config.with_rules(fused_layer_rules(denoiser) if fused_before else fuse_projections(denoiser, example))
+    return config.with_rules(fused_layer_rules(denoiser) if is_fused(denoiser) else fuse_projections(denoiser, example))
 
 
 def repeat_fusion(denoiser: nn.Module, dropped: Sequence[str]) -> None:
@@ -112,8 +111,13 @@ def _check_fusable(denoiser: nn.Module) -> None:
                         "fusable attention projections can be fused")
     if any(True for _ in seglinear_modules(denoiser)):
         raise ValueError(f"{type(denoiser).__name__} is already quantized: fuse its projections before quantize()")
-    if getattr(denoiser, DROPPED_ATTRIBUTE, None) is not None or fused_layer_rules(denoiser):
+    if is_fused(denoiser):
         raise ValueError(f"{type(denoiser).__name__}'s projections are already fused")
+
+
+def is_fused(denoiser: nn.Module) -> bool:
+    """Whether ``denoiser``'s projections are fused (by :func:`fuse_projections`, or it has fused layers)."""
+    return getattr(denoiser, DROPPED_ATTRIBUTE, None) is not None or bool(fused_layer_rules(denoiser))
 
 
 def _fuse(denoiser: nn.Module) -> None:
