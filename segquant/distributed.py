@@ -123,7 +123,9 @@ def launch(device: str | torch.device = "cpu", timeout_s: float = 6 * 3600.0) ->
     environment, or with a group already initialized by the caller, nothing is started or destroyed.
     ``timeout_s`` bounds how long a collective waits: long, because a rank that finished its share
     waits there for the others (after a resume, one rank may have hours of prompts left). A rank that
-    dies ends the others sooner: torchrun stops the whole group.
+    dies ends the others sooner: torchrun stops the whole group. ``torch._dynamo`` is imported before the
+    group starts, so that the group and its threads are really gone on exit (see
+    :func:`_import_dynamo_before_the_group`).
     """
     env = torchrun_env()
     if env is None or dist.is_initialized():
@@ -134,6 +136,7 @@ def launch(device: str | torch.device = "cpu", timeout_s: float = 6 * 3600.0) ->
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     backend = "nccl" if dev.type == "cuda" else "gloo"
+    _import_dynamo_before_the_group()
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     except (RuntimeError, ValueError) as exc:
@@ -145,6 +148,19 @@ def launch(device: str | torch.device = "cpu", timeout_s: float = 6 * 3600.0) ->
         dist.barrier()  # on a normal exit no rank tears the group down while another still uses it
     finally:
         dist.destroy_process_group()
+
+
+def _import_dynamo_before_the_group() -> None:
+    """Import ``torch._dynamo`` while no process group exists.
+
+    Imported while the default group exists (diffusers imports it), torch 2.13's ``torch._dynamo`` keeps
+    references to the group, so ``destroy_process_group`` no longer destroys it and gloo's worker threads
+    outlive it. A worker that drops the last collective's tensors after the interpreter began to shut down
+    needs the GIL it can no longer take, and the process aborts ("terminate called without an active
+    exception") although its work is done. Imported first, the group is destroyed and its threads joined
+    when :func:`launch` exits (tests/distributed/test_launch_exit.py).
+    """
+    import torch._dynamo  # noqa: F401 - its first import must not happen while a group exists
 
 
 def shard_range(n: int, world: World | None = None) -> range:
