@@ -1,5 +1,7 @@
 """Tables of repeated ``segquant eval --correction`` runs (one per ``--seed``): PSNR per model / preset / seed,
-and the mean change each correction makes over the seeds (one seed's noise is of the size of the effects).
+the mean change each correction makes over the seeds (one seed's noise is of the size of the effects), and how
+much each correction lowers the per-step error over all steps but the last (the last step does not reach the
+images, see BENCHMARKS.md "the oracle ceiling").
 
     python benchmarks/correction_seeds.py --presets w8a8 --methods affiner,ptqd,tac \\
         benchmarks/results/affiner_sweep/w8a8_seeds/seed{0,1,2}/results.json
@@ -54,6 +56,19 @@ def mean_gains(runs: list[dict], presets: list[str], methods: list[str]) -> None
     print("| all | all | — | " + " | ".join(cells) + " |")
 
 
+def early_step_change(runs: list[dict], presets: list[str], methods: list[str]) -> None:
+    """Per cell: how much lower each correction's summed per-step error is, steps 0..n-2 (negative: higher)."""
+    print(f"| model | preset | seed | {' | '.join(f'{m}: error lower, steps 0..n-2' for m in methods)} |")
+    print("|---" * (3 + len(methods)) + "|")
+    for model in MODELS:
+        for preset in presets:
+            for run in runs:
+                errors = run["models"][model]["step_errors"]
+                base = sum(errors[preset][:-1])
+                cells = [f"{100 * (1 - sum(errors[f'{preset}+{m}'][:-1]) / base):+.1f} %" for m in methods]
+                print(f"| {model} | {preset} | {run['settings']['seed']} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="results.json of each run")
@@ -65,6 +80,8 @@ def main() -> None:
     per_seed(loaded, presets, methods)
     print()
     mean_gains(loaded, presets, methods)
+    print()
+    early_step_change(loaded, presets, methods)
 
 
 if __name__ == "__main__":
