@@ -18,8 +18,17 @@ from segquant.errors import ConfigError
 CORRECTIONS = ("none", "affiner", "ptqd", "tac")
 
 
+def _positive(value: str) -> int:
+    """A count of at least one (``ValueError`` otherwise)."""
+    count = int(value)
+    if count < 1:
+        raise ValueError(value)
+    return count
+
+
+#: Settings of a ``--correction`` item: ``process_affiner``'s, and ``prompts`` (fit on the first N calibration prompts).
 SETTINGS = {"blocksize": int, "alpha": float, "lambda1": float, "lambda2": float, "noise_target": str,
-            "recurrent": lambda v: {"true": True, "false": False}[v.lower()]}
+            "recurrent": lambda v: {"true": True, "false": False}[v.lower()], "prompts": _positive}
 
 
 def split_correction(label: str) -> tuple[str, dict]:
@@ -57,15 +66,21 @@ def parse_corrections(spec: str | None) -> tuple[str, ...]:
 
 def fit_correction(pipe, qmodel, label: str, cfg):
     """``(correction, seconds)``: correction ``label`` (see :func:`split_correction`) fitted for ``qmodel``
-    against ``pipe``'s denoiser; ``cfg.correction_config[method]`` and then the label's settings override
-    ``process_affiner``'s defaults."""
+    against ``pipe``'s denoiser on the calibration prompts (the first ``prompts`` of them when the label sets
+    it; more than there are is a ``ConfigError``); ``cfg.correction_config[method]`` and then the label's
+    settings override ``process_affiner``'s defaults."""
     from segquant.affiner import process_affiner
 
     method, settings = split_correction(label)
+    fit_prompts = list(cfg.calib_prompts or cfg.prompts)
+    count = settings.pop("prompts", len(fit_prompts))
+    if count > len(fit_prompts):
+        raise ConfigError(f"--correction {label!r}: prompts={count}, but there are {len(fit_prompts)} calibration "
+                          "prompts (raise --calib-prompts)")
     config = {"method": method, "num_inference_steps": cfg.num_inference_steps,
               "guidance_scale": cfg.guidance_scale, "batch_size": max(1, cfg.calib_batch_size),
               "seed": cfg.seed + 200_000, "pipeline_kwargs": dict(cfg.pipeline_kwargs),
               **cfg.correction_config.get(method, {}), **settings}
     t0 = time.perf_counter()
-    corr = process_affiner(config, list(cfg.calib_prompts or cfg.prompts), pipe, qmodel, shuffle=False)
+    corr = process_affiner(config, fit_prompts[:count], pipe, qmodel, shuffle=False)
     return corr, time.perf_counter() - t0

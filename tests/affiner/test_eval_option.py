@@ -23,6 +23,26 @@ def test_correction_variants_carry_their_settings():
         parse_corrections("affiner:blocksise=8")
     with pytest.raises(ConfigError, match="bad value 'x' for lambda1"):
         parse_corrections("affiner:lambda1=x")
+    assert split_correction("ptqd:prompts=8") == ("ptqd", {"prompts": 8})
+    with pytest.raises(ConfigError, match="bad value '0' for prompts"):
+        parse_corrections("affiner:prompts=0")
+
+
+def test_a_correction_fits_on_the_first_prompts_it_asks_for(monkeypatch):
+    import segquant.affiner
+    from segquant.eval.corrections import fit_correction
+    from segquant.eval.harness import EvalConfig
+
+    seen = []
+    monkeypatch.setattr(segquant.affiner, "process_affiner", lambda config, prompts, *a, **k: seen.append(
+        (config, prompts)))
+    cfg = EvalConfig(prompts=["a bag"], calib_prompts=["a shirt", "a boot", "a hat"])
+    fit_correction(None, None, "affiner:prompts=2:blocksize=4", cfg)
+    fit_correction(None, None, "tac", cfg)
+    assert [prompts for _, prompts in seen] == [["a shirt", "a boot"], ["a shirt", "a boot", "a hat"]]
+    assert seen[0][0]["blocksize"] == 4 and "prompts" not in seen[0][0]
+    with pytest.raises(ConfigError, match="prompts=4, but there are 3 calibration prompts"):
+        fit_correction(None, None, "affiner:prompts=4", cfg)
 
 
 def test_cli_rejects_a_bad_correction_before_any_work(tmp_path, capsys):
