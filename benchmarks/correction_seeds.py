@@ -18,23 +18,25 @@ def rows_of(run: dict, model: str) -> dict:
     return {r["config"]: r for r in run["models"][model]["rows"]}
 
 
+def every_cell(runs: list[dict], presets: list[str]):
+    """``(model, preset, run)`` of every table row of :func:`per_seed` and :func:`early_step_change`, in order."""
+    return ((model, preset, run) for model in MODELS for preset in presets for run in runs)
+
+
 def per_seed(runs: list[dict], presets: list[str], methods: list[str]) -> None:
     """PSNR (change against the uncorrected row), mean per-step error and fit seconds of every run."""
     names = " | ".join(f"+ {m}" for m in methods)
     print(f"| model | preset | seed | none | {names} | ε rel.err none / {' / '.join(methods)} "
           f"| fit s {' / '.join(methods)} |")
     print("|---" * (6 + len(methods)) + "|")
-    for model in MODELS:
-        for preset in presets:
-            for run in runs:
-                rows = rows_of(run, model)
-                base = rows[preset]["psnr"]
-                labels = [f"{preset}+{m}" for m in methods]
-                cells = [f"{base:.2f}"] + [f"{rows[k]['psnr']:.2f} ({rows[k]['psnr'] - base:+.2f})" for k in labels]
-                errs = " / ".join(f"{rows[k]['mean_step_error']:.4f}" for k in [preset] + labels)
-                fits = " / ".join(f"{rows[k]['fit_s']:.1f}" for k in labels)
-                print(f"| {model} | {preset} | {run['settings']['seed']} | " + " | ".join(cells)
-                      + f" | {errs} | {fits} |")
+    for model, preset, run in every_cell(runs, presets):
+        rows = rows_of(run, model)
+        base = rows[preset]["psnr"]
+        labels = [f"{preset}+{m}" for m in methods]
+        cells = [f"{base:.2f}"] + [f"{rows[k]['psnr']:.2f} ({rows[k]['psnr'] - base:+.2f})" for k in labels]
+        errs = " / ".join(f"{rows[k]['mean_step_error']:.4f}" for k in [preset] + labels)
+        fits = " / ".join(f"{rows[k]['fit_s']:.1f}" for k in labels)
+        print(f"| {model} | {preset} | {run['settings']['seed']} | " + " | ".join(cells) + f" | {errs} | {fits} |")
 
 
 def mean_gains(runs: list[dict], presets: list[str], methods: list[str]) -> None:
@@ -60,13 +62,11 @@ def early_step_change(runs: list[dict], presets: list[str], methods: list[str]) 
     """Per cell: how much lower each correction's summed per-step error is, steps 0..n-2 (negative: higher)."""
     print(f"| model | preset | seed | {' | '.join(f'{m}: error lower, steps 0..n-2' for m in methods)} |")
     print("|---" * (3 + len(methods)) + "|")
-    for model in MODELS:
-        for preset in presets:
-            for run in runs:
-                errors = run["models"][model]["step_errors"]
-                base = sum(errors[preset][:-1])
-                cells = [f"{100 * (1 - sum(errors[f'{preset}+{m}'][:-1]) / base):+.1f} %" for m in methods]
-                print(f"| {model} | {preset} | {run['settings']['seed']} | " + " | ".join(cells) + " |")
+    for model, preset, run in every_cell(runs, presets):
+        errors = run["models"][model]["step_errors"]
+        base = sum(errors[preset][:-1])
+        cells = [f"{100 * (1 - sum(errors[f'{preset}+{m}'][:-1]) / base):+.1f} %" for m in methods]
+        print(f"| {model} | {preset} | {run['settings']['seed']} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
