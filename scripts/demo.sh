@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[demo]"
+.venv/bin/python -m pip install --quiet --no-cache-dir --upgrade pip
+.venv/bin/python -m pip install --quiet --no-cache-dir "torch==2.13.0" -e ".[demo]"
 .venv/bin/segquant demo "$@"
