@@ -23,6 +23,12 @@ def every_cell(runs: list[dict], presets: list[str]):
     return ((model, preset, run) for model in MODELS for preset in presets for run in runs)
 
 
+def strength_note(row: dict) -> str:
+    """``" @0.5"``: the strength a held-out choice (``validation_prompts``) applied; ``""`` for full strength."""
+    strength = row.get("strength")
+    return "" if strength in (None, 1.0) else f" @{strength:g}"
+
+
 def per_seed(runs: list[dict], presets: list[str], methods: list[str]) -> None:
     """PSNR (change against the uncorrected row), mean per-step error and fit seconds of every run."""
     names = " | ".join(f"+ {m}" for m in methods)
@@ -35,7 +41,7 @@ def per_seed(runs: list[dict], presets: list[str], methods: list[str]) -> None:
         labels = [f"{preset}+{m}" for m in methods]
         cells = [f"{base:.2f}"] + [f"{rows[k]['psnr']:.2f} ({rows[k]['psnr'] - base:+.2f})" for k in labels]
         errs = " / ".join(f"{rows[k]['mean_step_error']:.4f}" for k in [preset] + labels)
-        fits = " / ".join(f"{rows[k]['fit_s']:.1f}" for k in labels)
+        fits = " / ".join(f"{rows[k]['fit_s']:.1f}" + strength_note(rows[k]) for k in labels)
         print(f"| {model} | {preset} | {run['settings']['seed']} | " + " | ".join(cells) + f" | {errs} | {fits} |")
 
 

@@ -15,7 +15,9 @@ correction needs more than the stepper hook (TAC's input bias), ``save(folder)``
 :class:`StepCorrector` implements the bookkeeping shared by the affiner, PTQD and TAC: the
 ``noise_target`` rows, the ``enable_timesteps`` subset, the fitted step count, timesteps and latent
 grid (checked at apply: a correction fitted for 28 steps used with 50 steps, or on another latent
-shape, raises :class:`CorrectionMismatchError`), and the parameters per step (``params``).
+shape, raises :class:`CorrectionMismatchError`), the parameters per step (``params``) and the
+``strength`` at which the correction is applied (``q + strength · (correct(q) − q)``; 0 applies
+nothing; ``process_affiner`` can choose it on held-out prompts).
 """
 
 from __future__ import annotations
@@ -46,15 +48,18 @@ class StepCorrector:
             the last two need classifier-free guidance.
         enable_timesteps: step indices to fit and correct (default all); other steps pass unchanged.
         packed_grid: ``(h, w)`` token grid of packed latents (see ``segquant.affiner.layout``).
+        strength: fraction of the fitted correction applied, ≥ 0 (1: all of it, 0: none).
     """
 
     kind = "base"
 
     def __init__(self, noise_target: str = "all", enable_timesteps: list[int] | None = None,
-                 packed_grid: tuple[int, int] | None = None):
+                 packed_grid: tuple[int, int] | None = None, strength: float = 1.0):
         if noise_target not in NOISE_TARGETS:
             raise ConfigError(f"noise_target {noise_target!r}: expected one of {', '.join(NOISE_TARGETS)}")
-        self.noise_target, self.packed_grid = noise_target, packed_grid
+        if not float(strength) >= 0.0:
+            raise ConfigError(f"strength={strength}: expected a fraction ≥ 0 of the fitted correction")
+        self.noise_target, self.packed_grid, self.strength = noise_target, packed_grid, float(strength)
         self.enable_timesteps = None if enable_timesteps is None else sorted(int(s) for s in enable_timesteps)
         self.params: dict[int, dict[str, Tensor]] = {}
         self.timesteps: dict[int, float] = {}
@@ -68,7 +73,8 @@ class StepCorrector:
     def config(self) -> dict:
         """JSON-able constructor arguments."""
         return {"noise_target": self.noise_target, "enable_timesteps": self.enable_timesteps,
-                "packed_grid": None if self.packed_grid is None else list(self.packed_grid)}
+                "packed_grid": None if self.packed_grid is None else list(self.packed_grid),
+                "strength": self.strength}
 
     def enabled(self, step: int) -> bool:
         return self.enable_timesteps is None or step in self.enable_timesteps
@@ -111,16 +117,21 @@ class StepCorrector:
         """The corrected prediction (``pred_q`` itself for steps and rows that are not corrected)."""
         step = info.step_index
         self._check_step(step, info.timestep)
-        if step not in self.params:
+        if step not in self.params or self.strength == 0.0:
             return pred_q
         grid = to_grid(pred_q, self.packed_grid)
         self._check_grid(grid, fitting=False)
         rows = self.rows(info)
         if len(rows) == grid.shape[0]:
-            return from_grid(self.correct(step, grid.float()).to(grid.dtype), pred_q)
+            return from_grid(self._blend(step, grid.float()).to(grid.dtype), pred_q)
         out = grid.clone()
-        out[rows] = self.correct(step, grid[rows].float()).to(grid.dtype)
+        out[rows] = self._blend(step, grid[rows].float()).to(grid.dtype)
         return from_grid(out, pred_q)
+
+    def _blend(self, step: int, q: Tensor) -> Tensor:
+        """``q + strength · (correct(q) − q)`` of float32 rows ``(R, C, H, W)``."""
+        corrected = self.correct(step, q)
+        return corrected if self.strength == 1.0 else q.lerp(corrected, self.strength)
 
     __call__ = apply
 

@@ -9,6 +9,13 @@ With several batches the statistics keep accumulating, so every step's final fit
 prompts. ``recurrent=False`` runs the full-precision pipeline instead and calls the quantized
 denoiser in lockstep (both models on the full-precision trajectory). TAC then fits its input bias
 in two more passes (see :mod:`segquant.affiner.tac`).
+
+**Held-out strength** (``validation_prompts=N``): the last ``N`` prompts (after shuffling) are not
+fitted on. After fitting, the full-precision pipeline and the quantized pipeline with the correction
+at each of ``strengths`` (0 = uncorrected) generate their final latents from the same noise; the
+strength with the lowest mean ``log10`` MSE to full precision (the mean PSNR's criterion) is kept in
+``correction.strength`` and the scores in ``correction.validation``. A correction that does not help
+on prompts it never saw is thus switched off (strength 0) instead of applied.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from segquant.errors import ConfigError
-from segquant.pipeline.glue import get_denoiser, iter_prompt_items, pipeline_call_kwargs, swapped_denoiser
+from segquant.pipeline.glue import (get_denoiser, iter_prompt_items, output_images, pipeline_call_kwargs,
+                                    swapped_denoiser)
 from segquant.pipeline.seeding import seeded_global_rng
 from segquant.pipeline.steps import first_tensor
 from segquant.pipeline.tap import DenoiserTap, TapCall, output_sample
@@ -39,8 +47,9 @@ class AffinerConfig:
     ``method``: "affiner", "ptqd" or "tac"; ``blocksize``, ``alpha``, ``lambda1``, ``lambda2``: the
     affiner's (see :mod:`segquant.affiner.blockwise`); ``noise_target``, ``enable_timesteps``,
     ``packed_grid``: every method's; ``recurrent``: fit along the corrected quantized trajectory;
-    ``batch_size``: prompts per pipeline call; ``num_inference_steps``, ``guidance_scale`` (``None``:
-    the pipeline's default), ``seed`` (prompt ``i`` of the pass uses seed ``seed + i``) and
+    ``validation_prompts``: prompts held out to choose the strength among ``strengths`` (0: no hold-out,
+    strength 1); ``batch_size``: prompts per pipeline call; ``num_inference_steps``, ``guidance_scale``
+    (``None``: the pipeline's default), ``seed`` (prompt ``i`` of the pass uses seed ``seed + i``) and
     ``pipeline_kwargs`` of the fitting runs.
     """
 
@@ -53,6 +62,8 @@ class AffinerConfig:
     enable_timesteps: list[int] | None = None
     packed_grid: tuple[int, int] | None = None
     recurrent: bool = True
+    validation_prompts: int = 0
+    strengths: tuple[float, ...] = (0.0, 0.5, 1.0)
     batch_size: int = 8
     num_inference_steps: int = 10
     guidance_scale: float | None = None
@@ -74,6 +85,9 @@ def as_affiner_config(config: AffinerConfig | dict | None) -> AffinerConfig:
         raise ConfigError(f"affiner config: method {cfg.method!r}; expected one of {', '.join(METHODS)}")
     if cfg.batch_size < 1:
         raise ConfigError(f"affiner config: batch_size={cfg.batch_size} must be ≥ 1")
+    if cfg.validation_prompts < 0 or not cfg.strengths or min(cfg.strengths) < 0:
+        raise ConfigError(f"affiner config: validation_prompts={cfg.validation_prompts} must be ≥ 0 and "
+                          f"strengths={cfg.strengths} a non-empty list of fractions ≥ 0")
     return cfg
 
 
@@ -115,19 +129,28 @@ def _runs(model_real: Any, model_quant: Any):
     return model_real, fp, model_quant, get_denoiser(model_quant)[1], contextlib.nullcontext
 
 
-def _passes(pipe, tap: DenoiserTap, items: list, cfg: AffinerConfig, latents: Tensor | None) -> None:
-    """Run ``pipe`` over ``items`` in batches with ``tap`` installed (latents only, no decoding)."""
+def _passes(pipe, tap: DenoiserTap | None, items: list, cfg: AffinerConfig, latents: Tensor | None,
+            seed: int | None = None) -> list[Tensor]:
+    """Run ``pipe`` over ``items`` in batches, with ``tap`` installed when given; item ``i`` draws its noise
+    from ``seed + i`` (default ``cfg.seed``). Returns the final latents of each batch (no decoding)."""
+    seed = cfg.seed if seed is None else seed
     extra = dict(cfg.pipeline_kwargs, num_inference_steps=cfg.num_inference_steps, output_type="latent")
     if cfg.guidance_scale is not None:
         extra["guidance_scale"] = cfg.guidance_scale
+    finals = []
     for start in range(0, len(items), cfg.batch_size):
         batch = items[start: start + cfg.batch_size]
         kwargs = {**extra, **merge_items(batch)}
-        kwargs["generator"] = [torch.Generator("cpu").manual_seed(cfg.seed + start + j) for j in range(len(batch))]
+        kwargs["generator"] = [torch.Generator("cpu").manual_seed(seed + start + j) for j in range(len(batch))]
         if latents is not None:
             kwargs["latents"] = latents[start: start + len(batch)]
-        with tap, tap.prompts(range(start, start + len(batch))), torch.no_grad(), seeded_global_rng(cfg.seed + start):
-            pipe(**kwargs)
+        with contextlib.ExitStack() as stack:
+            if tap is not None:
+                stack.enter_context(tap)
+                stack.enter_context(tap.prompts(range(start, start + len(batch))))
+            with torch.no_grad(), seeded_global_rng(seed + start):
+                finals.append(output_images(pipe(**kwargs)))
+    return finals
 
 
 def _lockstep(corr, other: nn.Module, recurrent: bool):
@@ -155,7 +178,8 @@ def process_affiner(config: AffinerConfig | dict | None, dataset: Iterable[Any],
         latents: optional start noise ``(N, ...)``, one per dataset item (in dataset order).
         shuffle: visit the items in a random order (``seed``); ``latents`` follow their items.
         thirdparty_affiner: an object with the fit/apply protocol (:mod:`segquant.affiner.base`) to fit
-            instead of ``config.method``'s correction.
+            instead of ``config.method``'s correction (with ``validation_prompts``, it needs a ``strength``
+            attribute that its ``apply`` honours).
     Returns:
         The fitted correction: a stepper (``install_stepper(pipe, it)``; TAC: ``it.install(pipe)``).
     """
@@ -168,15 +192,56 @@ def process_affiner(config: AffinerConfig | dict | None, dataset: Iterable[Any],
         items = [items[int(i)] for i in order]
         latents = None if latents is None else latents[order]
     corr = thirdparty_affiner if thirdparty_affiner is not None else build_corrector(cfg)
+    held_out = _held_out(cfg, corr, len(items))
+    fit_items, val_items = items[: len(items) - held_out], items[len(items) - held_out:]
+    fit_latents, val_latents = (None, None) if latents is None else latents.split([len(fit_items), held_out])
     fp_pipe, fp, q_pipe, q, q_context = _runs(model_real, model_quant)
     run_pipe, other, context = (q_pipe, fp, q_context) if cfg.recurrent else (fp_pipe, q, contextlib.nullcontext)
     with context():
-        _passes(run_pipe, DenoiserTap(run_pipe, after=_lockstep(corr, other, cfg.recurrent)), items, cfg, latents)
+        _passes(run_pipe, DenoiserTap(run_pipe, after=_lockstep(corr, other, cfg.recurrent)), fit_items, cfg,
+                fit_latents)
     if callable(getattr(corr, "finish", None)):
         corr.finish(len(run_pipe.scheduler.timesteps))
     if hasattr(corr, "input_bias") and thirdparty_affiner is None:
-        fit_input_bias(corr, fp_pipe, q_pipe, q_context, items, cfg, latents)
+        fit_input_bias(corr, fp_pipe, q_pipe, q_context, fit_items, cfg, fit_latents)
+    if val_items:
+        choose_strength(corr, fp_pipe, q_pipe, q_context, val_items, cfg, val_latents, seed=cfg.seed + len(fit_items))
     return corr
+
+
+def _held_out(cfg: AffinerConfig, corr: Any, num_items: int) -> int:
+    """How many prompts ``cfg.validation_prompts`` holds out of ``num_items``; raises ``ConfigError`` when
+    none would be left to fit on, or when ``corr`` has no ``strength`` to choose."""
+    held_out = cfg.validation_prompts
+    if held_out and held_out >= num_items:
+        raise ConfigError(f"process_affiner: validation_prompts={held_out} leaves none of the {num_items} prompts "
+                          "to fit on")
+    if held_out and not hasattr(corr, "strength"):
+        raise ConfigError("process_affiner: validation_prompts needs a correction with a `strength` attribute "
+                          f"that its apply honours; {type(corr).__name__} has none")
+    return held_out
+
+
+def choose_strength(corr, fp_pipe, q_pipe, q_context, items, cfg: AffinerConfig, latents, seed: int) -> None:
+    """Set ``corr.strength`` to the one of ``cfg.strengths`` whose corrected quantized run ends closest to
+    the full-precision run on the held-out ``items`` (lowest mean over prompts of ``log10`` MSE of the
+    final latents, same noise); ties go to the smaller strength. ``corr.validation``: strength -> score."""
+    from segquant.affiner.hooks import installed
+
+    reference = torch.cat(_passes(fp_pipe, None, items, cfg, latents, seed)).float()
+    scores = {}
+    with q_context():
+        for strength in sorted(set(float(s) for s in cfg.strengths)):
+            corr.strength = strength
+            with installed(q_pipe, corr if strength else None):
+                final = torch.cat(_passes(q_pipe, None, items, cfg, latents, seed)).float()
+            mse = (final - reference).pow(2).flatten(1).mean(1).clamp_min(1e-30)
+            scores[strength] = float(mse.log10().mean())
+    corr.strength = min(scores, key=lambda s: (scores[s], s))
+    corr.validation = scores
+    logger.info("%s: strength %g chosen on %d held-out prompts (mean log10 MSE %s)",
+                getattr(corr, "kind", "correction"), corr.strength, len(items),
+                ", ".join(f"{s:g}: {v:.4f}" for s, v in scores.items()))
 
 
 def _input_means(pipe, items, cfg: AffinerConfig, latents, correction=None) -> dict[int, Tensor]:

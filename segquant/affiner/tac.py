@@ -54,12 +54,12 @@ class TACCorrector(StepCorrector):
         return q * self.params[step]["scale"].to(q.device).reshape(1, -1, 1, 1)
 
     def correct_input(self, x: Tensor, step: int) -> Tensor:
-        """The denoiser input ``x`` ((B, C, H, W) or packed (B, S, C)) minus the step's input bias."""
+        """The denoiser input ``x`` ((B, C, H, W) or packed (B, S, C)) minus ``strength`` × the step's input bias."""
         bias = self.input_bias.get(step)
-        if bias is None:
+        if bias is None or self.strength == 0.0:
             return x
         shape = (1, -1, 1, 1) if x.ndim == 4 else (1, 1, -1)
-        return x - bias.to(x).reshape(shape)
+        return x - self.strength * bias.to(x).reshape(shape)
 
     def install(self, pipe: Any) -> contextlib.ExitStack:
         """Apply NER (stepper) and IBC (input pre-hook) on ``pipe`` until the returned stack closes."""

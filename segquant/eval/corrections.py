@@ -26,9 +26,11 @@ def _positive(value: str) -> int:
     return count
 
 
-#: Settings of a ``--correction`` item: ``process_affiner``'s, and ``prompts`` (fit on the first N calibration prompts).
+#: Settings of a ``--correction`` item: ``process_affiner``'s, and ``prompts`` (fit on the first N calibration
+#: prompts; with ``validation_prompts=V`` the last V of those choose the strength instead of being fitted on).
 SETTINGS = {"blocksize": int, "alpha": float, "lambda1": float, "lambda2": float, "noise_target": str,
-            "recurrent": lambda v: {"true": True, "false": False}[v.lower()], "prompts": _positive}
+            "recurrent": lambda v: {"true": True, "false": False}[v.lower()], "validation_prompts": _positive,
+            "prompts": _positive}
 
 
 def split_correction(label: str) -> tuple[str, dict]:

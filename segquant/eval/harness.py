@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from segquant import distributed
 from segquant.calib.records import tree_copy
 from segquant.devices import model_device, move_to
+from segquant.pipeline.glue import output_images
 from segquant.pipeline.seeding import seeded_global_rng
 from segquant.pipeline.steps import StepInfo
 from segquant.pipeline.tap import DenoiserTap, TapCall, output_sample
@@ -199,8 +200,7 @@ def _generate_batches(pipe, cfg: EvalConfig, starts: list[int], desc: str, progr
             with torch.no_grad(), seeded_global_rng(cfg.seed + start):
                 res = pipe(prompt=chunk, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
                            generator=gens, output_type="pt", **control, **cfg.pipeline_kwargs)
-        images = res.images if hasattr(res, "images") else res[0]
-        out.append(torch.as_tensor(images).float().cpu())
+        out.append(torch.as_tensor(output_images(res)).float().cpu())
     return out
 
 
@@ -357,7 +357,8 @@ def correction_rows(pipe, name, qmodel, cfg, calls, ref, progress, label) -> lis
             gen_s = time.perf_counter() - t0
         errs = step_errors(qmodel, calls, cfg.num_inference_steps, correction=corr)
         logger.info("%s+%s: fitted in %.1f s", label, method, fit_s)
-        row = {"fit_s": fit_s, "gen_s": gen_s, "mean_step_error": _nanmean(errs), **_scores(images, ref, cfg)}
+        row = {"fit_s": fit_s, "strength": getattr(corr, "strength", None), "gen_s": gen_s,
+               "mean_step_error": _nanmean(errs), **_scores(images, ref, cfg)}
         out.append((f"{label}+{method}", row, images, errs))
     return out
 

@@ -32,8 +32,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated per-step corrections shown on top of each preset: none, affiner, ptqd, "
                         "tac (fitted on the calibration prompts; the uncorrected row is always shown); an item "
                         "may carry settings of its own, e.g. affiner:blocksize=8:lambda1=0.01 (keys: blocksize, "
-                        "alpha, lambda1, lambda2, noise_target, recurrent, and prompts=N to fit on the first N "
-                        "calibration prompts)")
+                        "alpha, lambda1, lambda2, noise_target, recurrent; prompts=N to fit on the first N "
+                        "calibration prompts; validation_prompts=V to hold the last V of them out and apply the "
+                        "correction at the strength (0, 0.5 or 1) that is best on them)")
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

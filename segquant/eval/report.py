@@ -55,6 +55,7 @@ COLUMNS = (
     ("mean_step_error", "ε rel.err ↓", "{:.4f}"),
     ("quant_s", "quant s", "{:.1f}"),
     ("fit_s", "correction fit s", "{:.1f}"),
+    ("strength", "correction strength", "{:g}"),
     ("quant_peak_mb", "quant peak MB (Δ)", "{:.0f}"),
     ("gen_s", "gen s", "{:.1f}"),
     ("gen_peak_mb", "gen peak MB (Δ)", "{:.0f}"),

@@ -167,5 +167,11 @@ def generate(
         kwargs["generator"] = torch.Generator("cpu").manual_seed(seed + i)
         with torch.no_grad(), seeded_global_rng(seed + i):  # also what the pipeline draws globally
             out = pipe(**kwargs)
-        results.append(out.images if hasattr(out, "images") else out[0])
+        results.append(output_images(out))
     return results
+
+
+def output_images(out: Any) -> Any:
+    """A pipeline call's images (or latents, for ``output_type="latent"``): ``out.images``, or ``out[0]``
+    for ``return_dict=False``."""
+    return out.images if hasattr(out, "images") else out[0]

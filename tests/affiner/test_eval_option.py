@@ -24,6 +24,7 @@ def test_correction_variants_carry_their_settings():
     with pytest.raises(ConfigError, match="bad value 'x' for lambda1"):
         parse_corrections("affiner:lambda1=x")
     assert split_correction("ptqd:prompts=8") == ("ptqd", {"prompts": 8})
+    assert split_correction("affiner:validation_prompts=4") == ("affiner", {"validation_prompts": 4})
     with pytest.raises(ConfigError, match="bad value '0' for prompts"):
         parse_corrections("affiner:prompts=0")
 
@@ -62,16 +63,19 @@ def test_harness_rows_with_corrections(tmp_path):
     pipe = build_tiny_demo_pipe()
     cfg = EvalConfig(prompts=["a bag", "a coat"], num_inference_steps=3, batch_size=2, calib_prompts=["a shirt", "a boot"],
                      calib_batch_size=2, error_images=2, fid=False,
-                     corrections=("affiner", "ptqd", "tac", "affiner:blocksize=2:lambda1=0.1"),
+                     corrections=("affiner", "ptqd", "tac", "affiner:blocksize=2:lambda1=0.1",
+                                  "tac:validation_prompts=1"),
                      correction_config={"affiner": {"blocksize": 4}})
     result = evaluate(pipe, ["rtn_w4a8"], cfg, progress=False)
     labels = [r["config"] for r in result.rows]
     assert labels == ["fp", "rtn_w4a8", "rtn_w4a8+affiner", "rtn_w4a8+ptqd", "rtn_w4a8+tac",
-                      "rtn_w4a8+affiner:blocksize=2:lambda1=0.1"]
+                      "rtn_w4a8+affiner:blocksize=2:lambda1=0.1", "rtn_w4a8+tac:validation_prompts=1"]
     assert result.rows[2]["psnr"] != result.rows[5]["psnr"]  # the variant's own settings were used
     for row in result.rows[2:]:
         assert "error" not in row and row["fit_s"] > 0 and row["psnr"] > 0
         assert len(result.errors[row["config"]]) == 3
     assert result.rows[2]["mean_step_error"] < result.rows[1]["mean_step_error"]
+    assert result.rows[2]["strength"] == 1.0 and result.rows[6]["strength"] in (0.0, 0.5, 1.0)
     files = write_report(result, tmp_path, "tiny")
-    assert "correction fit s" in (tmp_path / "results.md").read_text() and files["step_error"].is_file()
+    table = (tmp_path / "results.md").read_text()
+    assert "correction fit s" in table and "correction strength" in table and files["step_error"].is_file()

@@ -140,3 +140,51 @@ def test_bad_input_is_named(setup):
     if name == "flux":  # no CFG: only noise_target='all'
         with pytest.raises(ConfigError, match="classifier-free guidance"):
             process_affiner({"num_inference_steps": 2, "noise_target": "uncond"}, items(name, "fit", 1), pipe, q)
+
+
+class HarmfulShift(MeanShift):
+    """A third-party correction that makes things worse: it adds ``strength`` to every prediction."""
+
+    strength = 1.0
+
+    def apply(self, pred_q, info):
+        return pred_q + self.strength
+
+    __call__ = apply
+
+
+def test_held_out_prompts_switch_off_a_correction_that_does_not_help(setup, tmp_path):
+    name, pipe, q = setup
+    harmful = HarmfulShift()
+    cfg = {"num_inference_steps": STEPS, "guidance_scale": 2.0, "batch_size": 2, "validation_prompts": 1}
+    process_affiner(cfg, items(name, "fit", 3), pipe, q, thirdparty_affiner=harmful)
+    assert harmful.fits == STEPS  # the held-out prompt is not fitted on: 2 prompts, one batch per step
+    assert harmful.strength == 0.0 and harmful.validation[0.0] < harmful.validation[0.5] < harmful.validation[1.0]
+    corr = process_affiner({**cfg, "blocksize": 2}, items(name, "fit", 3), pipe, q)
+    assert corr.strength > 0 and corr.validation[corr.strength] < corr.validation[0.0]
+    assert load_correction(save_correction(corr, tmp_path / "affiner")).strength == corr.strength
+
+
+def test_strength_blends_the_correction(setup):
+    name, pipe, q = setup
+    corr = process_affiner({"num_inference_steps": STEPS, "guidance_scale": 2.0}, items(name, "fit", 2), pipe, q)
+    pred, info = torch.randn(2, *corr.grid_shape), type("Info", (), {"step_index": 0, "timestep": corr.timesteps[0],
+                                                                      "branches": ("uncond", "cond")})()
+    if name == "flux":
+        pred = pred.flatten(2).transpose(1, 2)
+    full = corr.apply(pred, info)
+    corr.strength = 0.5
+    assert torch.allclose(corr.apply(pred, info), (pred + full) / 2, atol=1e-6)
+    corr.strength = 0.0
+    assert corr.apply(pred, info) is pred
+
+
+def test_bad_held_out_settings_are_named(setup):
+    name, pipe, q = setup
+    cfg = {"num_inference_steps": STEPS, "validation_prompts": 2}
+    with pytest.raises(ConfigError, match="validation_prompts=2 leaves none of the 2 prompts"):
+        process_affiner(cfg, items(name, "fit", 2), pipe, q)
+    with pytest.raises(ConfigError, match="MeanShift has none"):
+        process_affiner(cfg, items(name, "fit", 3), pipe, q, thirdparty_affiner=MeanShift())
+    with pytest.raises(ConfigError, match="strengths"):
+        process_affiner({**cfg, "strengths": ()}, items(name, "fit", 3), pipe, q)
