@@ -1,5 +1,5 @@
-"""fuse_projections: q / k / v fused into one layer with one smoothing, exact before quantization, one input scale
-after it, and checkpoints that rebuild the fused model."""
+"""fuse_projections: q / k / v fused into one layer with one smoothing, exact before quantization (up to the GEMM's
+summation order), one input scale after it, and checkpoints that rebuild the fused model."""
 
 import pytest
 import torch
@@ -28,7 +28,9 @@ def test_fusion_is_exact_and_drops_only_the_replaced_projections(name):
     model, x = build_tiny_denoiser(name), tiny_example_inputs(name, seed=3)
     before, names = output(model, x), linear_names(model)
     rules = fuse_projections(model, tiny_example_inputs(name))
-    assert torch.equal(output(model, x), before)
+    # exact up to summation order: the wider fused GEMM may block K differently (1-2 ulp on an AVX512 CPU)
+    ulps = (output(model, x) - before).abs().max() / (torch.finfo(before.dtype).eps * before.abs().max())
+    assert ulps <= 8, f"fused output differs by {ulps:.1f} ulp of the largest output"
     dropped = set(model.segquant_dropped_layers)
     assert dropped and dropped <= names
     assert {n.rpartition(".")[2] for n in dropped} <= {"to_q", "to_k", "to_v", "add_q_proj", "add_k_proj",
