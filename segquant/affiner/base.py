@@ -68,6 +68,7 @@ class StepCorrector:
         self._stats: dict[int, Any] = {}
         self._saw_uncond = False
         self._cache: dict[int, Any] = {}  # per step: parameters expanded to the grid (subclasses)
+        self.validation: dict[float, float] = {}  # strength -> held-out score, when process_affiner chose it
 
     # -- configuration shared with save/load ---------------------------------------------------
     def config(self) -> dict:
