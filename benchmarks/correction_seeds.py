@@ -14,13 +14,18 @@ import statistics
 MODELS = ("mmdit", "flux", "unet")
 
 
+def models_in(runs: list[dict]) -> list[str]:
+    """The demo models every run evaluated, in the usual order."""
+    return [model for model in MODELS if all(model in run["models"] for run in runs)]
+
+
 def rows_of(run: dict, model: str) -> dict:
     return {r["config"]: r for r in run["models"][model]["rows"]}
 
 
 def every_cell(runs: list[dict], presets: list[str]):
     """``(model, preset, run)`` of every table row of :func:`per_seed` and :func:`early_step_change`, in order."""
-    return ((model, preset, run) for model in MODELS for preset in presets for run in runs)
+    return ((model, preset, run) for model in models_in(runs) for preset in presets for run in runs)
 
 
 def strength_note(row: dict) -> str:
@@ -50,7 +55,7 @@ def mean_gains(runs: list[dict], presets: list[str], methods: list[str]) -> None
     print(f"| model | preset | none (mean) | {' | '.join(f'Δ {m}' for m in methods)} |")
     print("|---" * (3 + len(methods)) + "|")
     pooled = {m: [] for m in methods}
-    for model in MODELS:
+    for model in models_in(runs):
         for preset in presets:
             base = [rows_of(run, model)[preset]["psnr"] for run in runs]
             cells = []
