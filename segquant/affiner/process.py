@@ -34,7 +34,7 @@ from segquant.pipeline.glue import (get_denoiser, iter_prompt_items, output_imag
                                     swapped_denoiser)
 from segquant.pipeline.seeding import seeded_global_rng
 from segquant.pipeline.steps import first_tensor
-from segquant.pipeline.tap import DenoiserTap, TapCall, output_sample
+from segquant.pipeline.tap import DenoiserTap, TapCall, output_sample, tapping
 
 logger = logging.getLogger(__name__)
 METHODS = ("affiner", "ptqd", "tac")
@@ -144,12 +144,8 @@ def _passes(pipe, tap: DenoiserTap | None, items: list, cfg: AffinerConfig, late
         kwargs["generator"] = [torch.Generator("cpu").manual_seed(seed + start + j) for j in range(len(batch))]
         if latents is not None:
             kwargs["latents"] = latents[start: start + len(batch)]
-        with contextlib.ExitStack() as stack:
-            if tap is not None:
-                stack.enter_context(tap)
-                stack.enter_context(tap.prompts(range(start, start + len(batch))))
-            with torch.no_grad(), seeded_global_rng(seed + start):
-                finals.append(output_images(pipe(**kwargs)))
+        with tapping(tap, range(start, start + len(batch))), torch.no_grad(), seeded_global_rng(seed + start):
+            finals.append(output_images(pipe(**kwargs)))
     return finals
 
 

@@ -20,7 +20,6 @@ other ranks' results hold no images and no metrics.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -40,7 +39,7 @@ from segquant.devices import model_device, move_to
 from segquant.pipeline.glue import output_images
 from segquant.pipeline.seeding import seeded_global_rng
 from segquant.pipeline.steps import StepInfo
-from segquant.pipeline.tap import DenoiserTap, TapCall, output_sample
+from segquant.pipeline.tap import DenoiserTap, TapCall, output_sample, tapping
 
 logger = logging.getLogger(__name__)
 
@@ -192,14 +191,10 @@ def _generate_batches(pipe, cfg: EvalConfig, starts: list[int], desc: str, progr
         chunk = list(cfg.prompts[start: start + cfg.batch_size])
         gens = [torch.Generator("cpu").manual_seed(cfg.seed + start + j) for j in range(len(chunk))]
         control = {} if cfg.controls is None else {cfg.control_argument: cfg.controls[start: start + len(chunk)]}
-        record = tap is not None and start < cfg.error_images
-        with contextlib.ExitStack() as stack:
-            if record:
-                stack.enter_context(tap)
-                stack.enter_context(tap.prompts(range(start, start + len(chunk))))
-            with torch.no_grad(), seeded_global_rng(cfg.seed + start):
-                res = pipe(prompt=chunk, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-                           generator=gens, output_type="pt", **control, **cfg.pipeline_kwargs)
+        record = tap if start < cfg.error_images else None
+        with tapping(record, range(start, start + len(chunk))), torch.no_grad(), seeded_global_rng(cfg.seed + start):
+            res = pipe(prompt=chunk, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+                       generator=gens, output_type="pt", **control, **cfg.pipeline_kwargs)
         out.append(torch.as_tensor(output_images(res)).float().cpu())
     return out
 

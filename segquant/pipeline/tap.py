@@ -195,3 +195,13 @@ class DenoiserTap:
         call = self._open.pop()
         call.output = output
         return None if self.after is None else self.after(call)
+
+
+@contextlib.contextmanager
+def tapping(tap: DenoiserTap | None, ids: Iterable[int]) -> Iterator[None]:
+    """``tap`` installed, its calls labelled as the prompts ``ids``, inside the block; nothing when ``tap`` is None."""
+    if tap is None:
+        yield
+        return
+    with tap, tap.prompts(ids):
+        yield
