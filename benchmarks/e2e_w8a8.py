@@ -5,6 +5,9 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``bf16``          eager bf16
 - ``bf16_compiled`` bf16, repeated blocks compiled (regional compilation)
 - ``torchao_fp8``   torchao ``Float8DynamicActivationFloat8WeightConfig(PerRow())``, compiled the same way
+                    (torchao's default ``set_inductor_config=True`` switches on Inductor's coordinate-descent
+                    tuning: 415 of the 450 s of its first SD3.5 call)
+- ``torchao_fp8_nocfg`` the same with ``set_inductor_config=False``: torchao's kernels, Inductor's default settings
 - ``torchao_fp8_whole`` the same, the whole model compiled as one graph (torchao's SD3.5 first call takes 400+ s
                     regionally, runs 12-13)
 - ``torchao_int4``  torchao ``Int4WeightOnlyConfig(group_size=64)`` (tinygemm packing), compiled the same way
@@ -28,8 +31,9 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``sq_w4a8_r32_2l`` ``sq_w4a8_r32`` with two-level group scales (``two_level: true``): the layers with at
                     least 128 rows expand INT4 to INT8 in one pass and run the 8-bit tensor-core GEMM
 - ``sq_w4a16``      packed INT4 per-group(64) weights, 16-bit inputs (weight-only), output segments
-- ``*_sgelu``       any variant with every tanh-GELU computed in its sigmoid form (:func:`sigmoid_form_gelu`: the
-                    same function to float32 rounding; the tanh form's GELU + quantize kernel is ALU-bound, run 13)
+- ``*_sgelu``       any variant with every tanh-GELU computed in its sigmoid form
+                    (:func:`segquant.sigmoid_form_gelus`, after quantize: the same function to float32
+                    rounding; the tanh form's GELU + quantize kernel is ALU-bound, runs 13-14)
 
     PYTHONPATH=. python benchmarks/e2e_w8a8.py --model sd35 --variants all --json out.json
     ... --compile-mode reduce-overhead    # the blocks compiled with per-block CUDA graphs (eager-call latency)
@@ -61,12 +65,14 @@ import time
 import torch
 
 from fullsize import build
-from torch._dynamo.utils import counters
+from torch._dynamo.utils import compilation_time_metrics, compile_times, counters
 
+from segquant.models.activations import sigmoid_form_gelus
 from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graphs
 
-VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_whole", "torchao_int4", "sq_fp8", "sq_fp8_fast",
-            "sq_fp8_tma", "sq_int8", "sq_fp8_fused", "sq_int8_fused", "sq_int8_tiled", "sq_int8_dyn", "sq_int8_full",
+VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_nocfg", "torchao_fp8_whole", "torchao_int4",
+            "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_int8", "sq_fp8_fused", "sq_int8_fused", "sq_int8_tiled",
+            "sq_int8_dyn", "sq_int8_full",
             "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a16")
 #: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.
 SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tiled": {"USE_TMA": False},
@@ -76,38 +82,8 @@ _ALL_PATTERNS = ["linear_to_chunk", "linear_to_split", "concat_to_linear", "stac
                  "reshape_to_linear", "activation_to_linear"]
 
 
-#: Variant suffix: the model's tanh-GELUs in the sigmoid form (:func:`sigmoid_form_gelu`).
+#: Variant suffix: the model's tanh-GELUs in the sigmoid form (:func:`segquant.sigmoid_form_gelus`).
 SIGMOID_GELU = "_sgelu"
-
-
-class SigmoidFormGELU(torch.nn.Module):
-    """``nn.GELU(approximate="tanh")`` computed by ``gelu`` (:func:`quantize_elementwise.gelu_sigmoid`)."""
-
-    def __init__(self, gelu):
-        super().__init__()
-        self.gelu = gelu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gelu(x)
-
-
-def sigmoid_form_gelu(model) -> int:
-    """Every tanh-GELU of ``model`` (diffusers' ``GELU(approximate="tanh")``, ``nn.GELU(approximate="tanh")``)
-    computed as ``x · σ(2u)`` (:func:`quantize_elementwise.gelu_sigmoid`, in place); returns how many."""
-    from diffusers.models.activations import GELU
-    from quantize_elementwise import gelu_sigmoid  # there with its kernels (needs Triton)
-
-    changed = 0
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.GELU) and child.approximate == "tanh":
-                setattr(parent, child_name, SigmoidFormGELU(gelu_sigmoid))
-            elif isinstance(child, GELU) and child.approximate == "tanh":
-                child.gelu = gelu_sigmoid
-            else:
-                continue
-            changed += 1
-    return changed
 
 
 def segquant_config(variant: str) -> dict:
@@ -206,7 +182,8 @@ def prepare(variant: str, model, example: dict, compile_mode: str | None = None,
     if variant.startswith("torchao_fp8"):
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        quantize_(model, Float8DynamicActivationFloat8WeightConfig(
+            granularity=PerRow(), set_inductor_config=not variant.endswith("_nocfg")))
     if variant == "torchao_int4":
         from torchao.quantization import Int4WeightOnlyConfig, quantize_
 
@@ -229,7 +206,7 @@ def prepare(variant: str, model, example: dict, compile_mode: str | None = None,
             set_backend(model, "gpu")
         stage(f"{variant}: errors {facts}")
     if sigmoid_gelu:
-        facts["sigmoid_form_gelus"] = sigmoid_form_gelu(model)
+        facts["sigmoid_form_gelus"] = sigmoid_form_gelus(model)
     mode = {"mode": compile_mode} if compile_mode else {}
     if variant.endswith("_whole"):
         model.compile(**mode)
@@ -284,6 +261,18 @@ def segquant_ops_by_shape(prof) -> list:
     return sorted(rows, key=lambda r: -r[2])
 
 
+def compile_cache_counts() -> dict:
+    """Hits and misses of Inductor's and AOT autograd's compile caches during the first call."""
+    return {name: n for name, n in {**counters["inductor"], **counters["aot_autograd"]}.items() if "cache" in name}
+
+
+def compile_seconds(at_least: float = 0.5) -> dict:
+    """Where the first call's compilation went: the compiler's timed phases (summed over graphs) of ``at_least``
+    seconds or more, e.g. dynamo's tracing, AOT autograd, Inductor's lowering and code generation."""
+    names, values = compile_times(repr="csv", aggregate=True)
+    return {name: round(float(v), 1) for name, v in zip(names, values) if float(v) >= at_least}
+
+
 def model_bytes(model) -> int:
     """Bytes of the model's parameters and buffers (each storage once; packed buffers included)."""
     storages = {}
@@ -295,8 +284,15 @@ def model_bytes(model) -> int:
 def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = None, profile: bool = False) -> dict:
     from segquant.kernels.gpu import ops
 
-    with ops.switched(**SWITCHES.get(variant.removesuffix(SIGMOID_GELU), {})):
-        return _run_prepared(name, variant, iters, compile_mode, profile)
+    # torchao's configs change Inductor's settings and the float32 matmul precision for the whole process: the
+    # variants that follow one must not inherit them
+    saved_inductor, precision = torch._inductor.config.save_config(), torch.get_float32_matmul_precision()
+    try:
+        with ops.switched(**SWITCHES.get(variant.removesuffix(SIGMOID_GELU), {})):
+            return _run_prepared(name, variant, iters, compile_mode, profile)
+    finally:
+        torch._inductor.config.load_config(saved_inductor)
+        torch.set_float32_matmul_precision(precision)
 
 
 def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None, profile: bool) -> dict:
@@ -315,11 +311,14 @@ def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None,
         facts["model_tensor_gib"] = round(model_bytes(model) / 2**30, 3)
     stage(f"{variant}: prepared")
     counters.clear()
+    compilation_time_metrics.clear()
     first, times = timed_calls(model, example, iters)
     times.sort()
     # graphs dynamo compiled (a list of blocks sharing one graph: a few; one per block: recompiled per block)
     facts["dynamo"] = {"graphs": counters["stats"]["unique_graphs"],
-                       "graph_breaks": sum(counters["graph_break"].values())}
+                       "graph_breaks": sum(counters["graph_break"].values()),
+                       "compile_cache": compile_cache_counts(),
+                       "seconds": compile_seconds()}
     stage(f"{variant}: timed, first call {first:.1f} s, {facts['dynamo']}")
     if eager is not None:
         facts["rel_err_compiled_vs_eager"] = float((output(model, example) - eager).norm() / eager.norm())
@@ -364,7 +363,7 @@ def smoke(name: str, variants: list[str]) -> None:
                 set_backend(model, "gpu")
             gpu_twin = model(**example)[0]
             if base != variant:
-                print(f"smoke {name} {variant}: {sigmoid_form_gelu(model)} GELUs in the sigmoid form, output moved by "
+                print(f"smoke {name} {variant}: {sigmoid_form_gelus(model)} GELUs in the sigmoid form, output moved by "
                       f"{float((model(**example)[0] - gpu_twin).abs().max()):.2e}")
             compile_repeated_blocks(model, fullgraph=True, backend="eager")
             compiled = model(**example)[0]

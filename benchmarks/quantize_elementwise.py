@@ -30,6 +30,7 @@ import triton.language as tl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
 
 from segquant.enums import DType  # noqa: E402
+from segquant.models.activations import gelu_tanh_sigmoid_form  # noqa: E402
 from segquant.numerics import quantize_static  # noqa: E402
 
 FP8 = DType.FP8E4M3
@@ -45,16 +46,10 @@ def gelu(h):
     return F.gelu(h, approximate="tanh")
 
 
-def gelu_sigmoid(h):
-    """tanh-GELU in its sigmoid form, ``x · σ(2u)`` = ``x/2 · (1 + tanh u)``, ``u = √(2/π) (x + 0.044715 x³)``:
-    the same function, computed in float32 with an exponential and a division instead of ``libdevice.tanh``."""
-    x = h.float()
-    return (x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))).to(h.dtype)
-
-
 def gelu_sigmoid_quant(h, mul):
-    """:func:`gelu_quant` with :func:`gelu_sigmoid` (a candidate for the ALU-bound GELU + quantize kernel)."""
-    return quant(gelu_sigmoid(h), mul)
+    """:func:`gelu_quant` with :func:`segquant.models.activations.gelu_tanh_sigmoid_form` (GELU + quantize without
+    ``libdevice.tanh``, whose arithmetic bounds the tanh form's kernel)."""
+    return quant(gelu_tanh_sigmoid_form(h), mul)
 
 
 def gelu_quant(h, mul):
@@ -199,7 +194,7 @@ def smoke() -> None:
 
     h = torch.randn(64, 256, dtype=torch.bfloat16) * 4
     print(f"smoke gelu forms: max |tanh form − sigmoid form| in float32 "
-          f"{float((gelu(h.float()) - gelu_sigmoid(h.float())).abs().max()):.3g}")
+          f"{float((gelu(h.float()) - gelu_tanh_sigmoid_form(h.float())).abs().max()):.3g}")
     for name, (fn, arg_sets, _) in cases((1, 8, 64, 256), "cpu").items():
         eager, fast = fn(*arg_sets[0]), compiled(fn, "default")(*arg_sets[0])
         pairs = zip(eager, fast) if isinstance(eager, tuple) else [(eager, fast)]

@@ -27,6 +27,7 @@ _EXPORTS = {
     "save_quantized": "segquant.serialization",
     "load_quantized": "segquant.serialization",
     "fuse_projections": "segquant.models.fusion",
+    "sigmoid_form_gelus": "segquant.models.activations",
     "SegLinear": "segquant.nn.seglinear",
     "DType": "segquant.enums",
     "Optimum": "segquant.enums",
@@ -61,6 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from segquant.presets import PRESETS, get_preset, preset_dict
     from segquant.conversion import convert
     from segquant.kernels.backend import available_backends, set_backend
+    from segquant.models.activations import sigmoid_form_gelus
     from segquant.models.fusion import fuse_projections
     from segquant.quantizer import quantize
     from segquant.serialization import load_quantized, save_quantized

@@ -54,6 +54,11 @@ class AlreadyQuantizedError(SegQuantError, ValueError):
     """``quantize`` was called on a model that already holds quantized (``SegLinear``) layers."""
 
 
+class SigmoidFormBeforeQuantizeError(SegQuantError, ValueError):
+    """``quantize`` was called on a model whose tanh-GELUs were put in the sigmoid form
+    (:func:`segquant.sigmoid_form_gelus` belongs after ``quantize``)."""
+
+
 class UnknownLayerError(ConfigError, KeyError):
     """A layer name that the model or plan does not have (the message suggests close matches)."""
 

@@ -21,6 +21,7 @@ from segquant.config import QuantConfig, as_quant_config
 from segquant.conversion import check_backends, convert
 from segquant.errors import AlreadyQuantizedError
 from segquant.kernels.backend import seglinear_modules
+from segquant.models.activations import refuse_sigmoid_form
 from segquant.models.fusion import fused_config
 from segquant.plan import QuantPlan, build_plan
 from segquant.sequential import calibrate_and_convert_sequentially
@@ -50,6 +51,7 @@ def quantize(model: nn.Module, calib_data_loader: Iterable, config: "QuantConfig
     if verbose:
         show_log_messages()
     _refuse_quantized(model)
+    refuse_sigmoid_form(model)
     if example is None:
         example, calib_data_loader = split_first_batch(calib_data_loader)
     plan = build_plan(model, fused_config(model, as_quant_config(config), example), example)
