@@ -14,6 +14,10 @@ to TF32, and prints the paired PSNR difference per model and preset:
 reverse: the same codes, scales and products, ``summation_order_floor.py``'s change): how far the demo PSNR moves
 when two correct implementations differ in nothing but the order of a float32 sum — the question run 13's
 ``backend_gap.py`` left (the backends agree per layer to 2e-7, yet their denoiser outputs differ by 0.2–0.8 %).
+
+``--transform sigmoid_gelu`` computes the quantized denoiser's tanh-GELUs in their sigmoid form
+(:func:`segquant.sigmoid_form_gelus`, after quantize, as the fast GPU model runs them): whether that change of float32
+rounding moves the demo PSNR by more than the summation order does (models with tanh-GELUs: mmdit, flux).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import contextlib
 import statistics
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -39,15 +44,35 @@ def to_tf32(t: torch.Tensor) -> torch.Tensor:
     return ((bits + 0x1000) & ~0x1FFF).view(torch.float32)
 
 
-#: ``--transform`` choices: what happens to both operands of every emulated quantized layer's float32 product.
-TRANSFORMS = {"tf32": to_tf32, "reverse_k": lambda t: t.flip(-1)}
+@contextlib.contextmanager
+def sigmoid_form_after_quantize():
+    """Inside the block, every model the harness quantizes has its tanh-GELUs in the sigmoid form afterwards."""
+    import segquant.baselines.harness as harness
+    from segquant import sigmoid_form_gelus
+
+    quantize_entry = harness.quantize_entry
+
+    def quantize_then_sigmoid_form(*args):
+        model = quantize_entry(*args)
+        sigmoid_form_gelus(model)
+        return model
+
+    with mock.patch.object(harness, "quantize_entry", quantize_then_sigmoid_form):
+        yield
+
+
+#: ``--transform`` choices: a context in which the harness runs (the first two change both operands of every
+#: emulated quantized layer's float32 product).
+TRANSFORMS = {"tf32": lambda: transformed_operands(to_tf32),
+              "reverse_k": lambda: transformed_operands(lambda t: t.flip(-1)),
+              "sigmoid_gelu": sigmoid_form_after_quantize}
 
 
 def demo_psnr(settings: dict, out: Path, transform=None) -> dict:
-    """``{(model, preset): per-image PSNR}`` of one harness run, the quantized layers' operands transformed or not."""
+    """``{(model, preset): per-image PSNR}`` of one harness run, inside the ``transform`` context or as it is."""
     from segquant.demo.cli import evaluate_demo_models
 
-    with transformed_operands(transform) if transform else contextlib.nullcontext():
+    with transform() if transform else contextlib.nullcontext():
         results = evaluate_demo_models(settings, out, progress=False)
     return {(model, row["config"]): row["psnr_per_image"] for model, result in results.items()
             for row in result.rows if "psnr_per_image" in row and row["config"] != "fp"}

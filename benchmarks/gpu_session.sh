@@ -22,6 +22,10 @@
 # `TESTS_K=tma` selected 224 of 225 tests, so name the tests by node id) / TESTS_K (a -k selection), QUANTIZE_LIMIT
 # (quantize_sd35), DEMO_ARGS / DEMO_LIMIT (demo_backends, e.g. `--per-class 6 --presets w8a8,w4a8`; embed with the same
 # --per-class).
+# torchao's default config switches on Inductor's coordinate-descent tuning (SD3.5's first call 450 s, run 14):
+# `torchao_fp8_nocfg` runs its kernels with Inductor's defaults (20 s, the same speed). A warm machine keeps Inductor's
+# default cache in /tmp between calls (a second call's first compile takes seconds); a cache folder inside the
+# repository copy is not kept.
 # Needs diffusers (and torchao for its rows) importable; on the lent H200 carry them as wheels in .whl/
 # and install them first (see the device README). SEGQUANT_TRITON_AUTOTUNE=0 keeps the tests from
 # compiling every autotuning config.
