@@ -6,7 +6,7 @@ sigmoid form keeps the tail); after the next layer's 8-bit quantizer about one c
 is the kernel ``torch.compile`` makes of "GELU, then the next layer's 8-bit quantizer": with ``libdevice.tanh``
 (dozens of instructions per element) that kernel is bound by arithmetic, not memory (77 µs for 151 MB at SD3.5 / FLUX
 feed-forward sizes on an H200, where the quantizer alone streams at 3.75 TB/s); with an exponential and a division it
-takes 57–60 µs, and the compiled FP8 SD3.5-medium runs 0.6–0.75 ms faster per call (BENCHMARKS.md run 14).
+takes 57–60 µs, and the compiled FP8 SD3.5-medium runs 0.56–0.75 ms faster per call (BENCHMARKS.md run 14).
 
 Call :func:`sigmoid_form_gelus` **after** :func:`segquant.quantize` (and after ``load_quantized``): the graph search
 recognizes a tanh-GELU by its ATen op, which decides the DualScale of the layer it feeds; ``quantize`` refuses a model
