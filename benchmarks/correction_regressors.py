@@ -6,7 +6,8 @@ last; the affiner lowers it ≈ 8 % at W4A8. This script asks, before any change
 regressor helps: ``ε' = K ε̂ + C x_t + b`` per element (``x_t`` the quantized trajectory's latent at that call),
 fitted by the same pooled ridge least squares. It records ``(x_t, ε̂, ε)`` along the uncorrected quantized
 trajectory (``ε``: the full-precision denoiser on the same input) for the calibration prompts (fit) and the
-evaluation prompts (held out), and prints the held-out per-step error reduction of both forms.
+evaluation prompts (held out), and prints the held-out per-step error reduction of both forms, and of the affiner's
+form plus a channel-mixing matrix per step (:data:`CHANNEL_MIX`).
 
     python benchmarks/correction_regressors.py --models mmdit,flux,unet --presets w4a8,w4a4 --per-class 1
 """
@@ -25,6 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 #: Regressor sets compared: the affiner's, and the affiner's with the denoiser input added.
 FORMS = {"K ε̂ + b": ("q",), "K ε̂ + C x + b": ("q", "x")}
+#: The affiner's form plus one channel-mixing matrix per step, ``M ε̂`` (``C × C`` over the latent channels, shared
+#: by every position), fitted on the affiner's held-in residual: error the quantized output spreads across channels.
+CHANNEL_MIX = "K ε̂ + b + M ε̂"
+
+
+def channels_first(t: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, C, H·W)``; FLUX's packed ``(B, S, F)`` -> ``(B, F, S)`` (its F packed features
+    are the channels)."""
+    return t.flatten(2) if t.dim() == 4 else t.transpose(1, 2)
 
 
 def main_input(inputs: dict) -> torch.Tensor:
@@ -46,11 +56,13 @@ def record(pipe, cfg, qmodel, fp, denoiser: str, prompts: list[str]) -> dict[int
     def keep(call):
         entry = steps.setdefault(call.info.step_index, {"x": [], "q": [], "fp": []})
         for key, value in (("x", main_input(call.inputs)), ("q", call.sample), ("fp", output_sample(call.run(fp)))):
-            entry[key].append(value.detach().double().flatten(1))
+            entry[key].append(channels_first(value.detach().double()).flatten(1))
+        entry["channels"] = channels_first(call.sample).shape[1]
 
     with swapped_denoiser(pipe, qmodel, denoiser), DenoiserTap(pipe, denoiser, after=keep):
         generate_images(pipe, replace(cfg, prompts=prompts, labels=None), "record", progress=False)
-    return {step: {k: torch.cat(v) for k, v in entry.items()} for step, entry in steps.items()}
+    return {step: {k: v if k == "channels" else torch.cat(v) for k, v in entry.items()}
+            for step, entry in steps.items()}
 
 
 def design(parts: dict[str, torch.Tensor], regressors: tuple[str, ...]) -> torch.Tensor:
@@ -76,10 +88,40 @@ def fit(data: dict[str, torch.Tensor], regressors: tuple[str, ...], ridge: float
                        ridge)
 
 
+def corrected(data: dict[str, torch.Tensor], regressors: tuple[str, ...], coef: torch.Tensor) -> torch.Tensor:
+    """``ε'`` ``(R, E)`` of the per-element form fitted as ``coef``."""
+    return torch.einsum("rep,ep->re", design(data, regressors), coef)
+
+
+def by_position(t: torch.Tensor, channels: int) -> torch.Tensor:
+    """``(R, C·P)`` channel-major -> ``(R·P, C)``: one row per latent position."""
+    return t.view(t.shape[0], channels, -1).transpose(1, 2).reshape(-1, channels)
+
+
+def fit_channel_mix(data: dict, coef: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``M`` ``(C, C)``: ridge least squares of the affiner's residual on ``ε̂`` across channels, pooled over rows
+    and positions (``residual ≈ ε̂ M`` per position)."""
+    q, residual = by_position(data["q"], data["channels"]), by_position(data["fp"] - corrected(data, ("q",), coef),
+                                                                       data["channels"])
+    gram = q.T @ q
+    return torch.linalg.solve(gram + ridge * q.shape[0] * torch.eye(gram.shape[0], dtype=gram.dtype), q.T @ residual)
+
+
+def channel_mixed(data: dict, coef: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """``ε'`` ``(R, E)`` of the affiner's form plus the channel mix ``ε̂ M``."""
+    rows, channels = data["q"].shape[0], data["channels"]
+    mixed = (by_position(data["q"], channels) @ mix).view(rows, -1, channels).transpose(1, 2).reshape(rows, -1)
+    return corrected(data, ("q",), coef) + mixed
+
+
+def relative_error(prediction: torch.Tensor, data: dict) -> float:
+    """Mean over rows of ``‖ε' − ε‖ / ‖ε‖``."""
+    return float(((prediction - data["fp"]).norm(dim=1) / data["fp"].norm(dim=1)).mean())
+
+
 def error(data: dict[str, torch.Tensor], regressors: tuple[str, ...] | None, coef: torch.Tensor | None) -> float:
     """Mean over rows of ``‖ε' − ε‖ / ‖ε‖`` (``regressors`` None: uncorrected)."""
-    corrected = data["q"] if regressors is None else torch.einsum("rep,ep->re", design(data, regressors), coef)
-    return float(((corrected - data["fp"]).norm(dim=1) / data["fp"].norm(dim=1)).mean())
+    return relative_error(data["q"] if regressors is None else corrected(data, regressors, coef), data)
 
 
 def compare(name: str, preset: str, settings: dict, ridge: float) -> dict[str, float]:
@@ -104,6 +146,12 @@ def compare(name: str, preset: str, settings: dict, ridge: float) -> dict[str, f
         ratios = [error(test[s], regressors, fit(train[s], regressors, ridge)) / error(test[s], None, None)
                   for s in steps]
         reductions[form] = 1 - statistics.mean(ratios)
+    ratios = []
+    for s in steps:
+        coef = fit(train[s], ("q",), ridge)
+        mixed = channel_mixed(test[s], coef, fit_channel_mix(train[s], coef, ridge))
+        ratios.append(relative_error(mixed, test[s]) / error(test[s], None, None))
+    reductions[CHANNEL_MIX] = 1 - statistics.mean(ratios)
     return reductions
 
 
@@ -122,8 +170,9 @@ def main() -> None:
     settings = demo_settings(build_parser().parse_args(
         ["demo", "--per-class", str(opts.per_class), "--steps", str(opts.steps), "--calib-prompts",
          str(opts.calib_prompts), "--no-fid"]))
-    print("| model | preset | " + " | ".join(f"held-out per-step error lower, {form}" for form in FORMS) + " |")
-    print("| --- | --- | " + " | ".join("---" for _ in FORMS) + " |")
+    forms = [*FORMS, CHANNEL_MIX]
+    print("| model | preset | " + " | ".join(f"held-out per-step error lower, {form}" for form in forms) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in forms) + " |")
     for name in opts.models.split(","):
         for preset in opts.presets.split(","):
             cells = compare(name, preset, settings, opts.ridge)
