@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
 
 #: Regressor sets compared: the affiner's, and the affiner's with the denoiser input added.
-FORMS = {"K ε̂ + b": ("q",), "K ε̂ + C x + b": ("q", "x")}
+AFFINE = "K ε̂ + b"
+FORMS = {AFFINE: ("q",), "K ε̂ + C x + b": ("q", "x")}
 #: The affiner's form plus one channel-mixing matrix per step, ``M ε̂`` (``C × C`` over the latent channels, shared
 #: by every position), fitted on the affiner's held-in residual: error the quantized output spreads across channels.
 CHANNEL_MIX = "K ε̂ + b + M ε̂"
@@ -125,7 +126,8 @@ def error(data: dict[str, torch.Tensor], regressors: tuple[str, ...] | None, coe
 
 
 def compare(name: str, preset: str, settings: dict, ridge: float) -> dict[str, float]:
-    """Held-out reduction of the per-step error, mean over steps 0..n-2, for each of :data:`FORMS`."""
+    """Held-out reduction of the per-step error, mean over steps 0..n-2, for each of :data:`FORMS` and
+    :data:`CHANNEL_MIX` (each form fitted once per step)."""
     from segquant.baselines.harness import quantize_entry
     from segquant.demo.cli import _load, demo_eval_config, demo_prompts
     from segquant.eval.harness import calibration_loader
@@ -141,18 +143,15 @@ def compare(name: str, preset: str, settings: dict, ridge: float) -> dict[str, f
     train = record(pipe, cfg, qmodel, fp, denoiser, calib)
     test = record(pipe, cfg, qmodel, fp, denoiser, prompts)
     steps = sorted(test)[:-1]
-    reductions = {}
-    for form, regressors in FORMS.items():
-        ratios = [error(test[s], regressors, fit(train[s], regressors, ridge)) / error(test[s], None, None)
-                  for s in steps]
-        reductions[form] = 1 - statistics.mean(ratios)
-    ratios = []
+    ratios: dict[str, list[float]] = {form: [] for form in [*FORMS, CHANNEL_MIX]}
     for s in steps:
-        coef = fit(train[s], ("q",), ridge)
-        mixed = channel_mixed(test[s], coef, fit_channel_mix(train[s], coef, ridge))
-        ratios.append(relative_error(mixed, test[s]) / error(test[s], None, None))
-    reductions[CHANNEL_MIX] = 1 - statistics.mean(ratios)
-    return reductions
+        uncorrected = error(test[s], None, None)
+        coefs = {form: fit(train[s], regressors, ridge) for form, regressors in FORMS.items()}
+        for form, regressors in FORMS.items():
+            ratios[form].append(error(test[s], regressors, coefs[form]) / uncorrected)
+        mix = fit_channel_mix(train[s], coefs[AFFINE], ridge)
+        ratios[CHANNEL_MIX].append(relative_error(channel_mixed(test[s], coefs[AFFINE], mix), test[s]) / uncorrected)
+    return {form: 1 - statistics.mean(r) for form, r in ratios.items()}
 
 
 def main() -> None:

@@ -43,8 +43,16 @@ class SigmoidFormGELU(nn.Module):
 
 
 def _tanh_gelu(module: nn.Module) -> bool:
-    """A torch ``nn.GELU`` or a diffusers ``GELU`` (projection + activation) with the tanh approximation."""
-    return (isinstance(module, nn.GELU) or _is_diffusers_gelu(module)) and module.approximate == "tanh"
+    """A torch ``nn.GELU`` or a diffusers ``GELU`` (projection + activation) with the tanh approximation, not yet
+    in the sigmoid form."""
+    return ((isinstance(module, nn.GELU) or _is_diffusers_gelu(module)) and module.approximate == "tanh"
+            and not _in_sigmoid_form(module))
+
+
+def _in_sigmoid_form(module: nn.Module) -> bool:
+    """What :func:`sigmoid_form_gelus` made: a :class:`SigmoidFormGELU`, or a diffusers ``GELU`` computing with
+    :func:`gelu_tanh_sigmoid_form`."""
+    return isinstance(module, SigmoidFormGELU) or module.__dict__.get("gelu") is gelu_tanh_sigmoid_form
 
 
 def _is_diffusers_gelu(module: nn.Module) -> bool:
@@ -73,8 +81,7 @@ def sigmoid_form_gelus(model: nn.Module) -> int:
 
 def refuse_sigmoid_form(model: nn.Module) -> None:
     """Raise :class:`SigmoidFormBeforeQuantizeError` if :func:`sigmoid_form_gelus` already ran on ``model``."""
-    changed = [name for name, module in model.named_modules()
-               if isinstance(module, SigmoidFormGELU) or module.__dict__.get("gelu") is gelu_tanh_sigmoid_form]
+    changed = [name for name, module in model.named_modules() if _in_sigmoid_form(module)]
     if changed:
         raise SigmoidFormBeforeQuantizeError(
             f"{type(model).__name__} has {len(changed)} GELUs in the sigmoid form (e.g. {changed[0]!r}); the graph "
