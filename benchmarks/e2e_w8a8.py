@@ -243,21 +243,22 @@ def kernel_profile(model, example: dict, top: int = 25) -> dict:
 
 def segquant_ops_by_shape(prof) -> list:
     """GPU time of segquant's custom ops by the shapes of their first two inputs (codes ``(Sa, M, K)``, weight
-    ``(N, K)``), with the routing the GPU backend chose for each TMA-eligible shape: ``[[op, shapes, ms, calls,
-    tma], ...]``, ``tma`` ``None`` where the shape was not eligible (or the op is not the scaled GEMM)."""
+    ``(N, K)``), with the kernel the GPU backend chose for each TMA-eligible shape: ``[[op, shapes, ms, calls,
+    kernel], ...]``, ``kernel`` (``tiled``, ``tma``, ``tma_split_tail``) ``None`` where the shape was not eligible (or
+    the op is not the scaled GEMM)."""
     import triton
 
     from segquant.kernels.gpu import ops
 
-    tma_by_shape = {(key[2], tuple(key[3])): faster for key, faster in ops._TMA_FASTER.items()}
+    kernel_by_shape = {(key[2], tuple(key[3])): kernel for key, kernel in ops._FASTEST.items()}
     rows = []
     for event in prof.key_averages(group_by_input_shape=True):
         if not event.key.startswith("segquant::") or event.device_time_total <= 0:
             continue
         shapes = [list(s) for s in event.input_shapes[:2]]
         m_bucket = triton.next_power_of_2(shapes[0][1]) if len(shapes[0]) == 3 else None  # as ops' key
-        tma = tma_by_shape.get((m_bucket, tuple(shapes[1]))) if len(shapes) > 1 else None
-        rows.append([event.key, shapes, round(event.device_time_total / 1e3, 3), event.count, tma])
+        kernel = kernel_by_shape.get((m_bucket, tuple(shapes[1]))) if len(shapes) > 1 else None
+        rows.append([event.key, shapes, round(event.device_time_total / 1e3, 3), event.count, kernel])
     return sorted(rows, key=lambda r: -r[2])
 
 

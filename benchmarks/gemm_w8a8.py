@@ -3,8 +3,9 @@
 For every layer and format (FP8 E4M3, INT8) it times, on random data, in one process:
 bf16 ``F.linear`` (torch.mm) and its ``torch.compile``; the gpu backend's forward (quantize + W8A8 GEMM) in
 eager and under ``torch.compile``; the GEMM alone on pre-quantized codes as routed (``gemm_only_us``), on the
-tiled Triton kernel alone (``gemm_triton_us``) and on the persistent TMA kernel alone (``gemm_tma_us``), where the
-layer fits them; and checks the output against the pure-torch twin. Prints a table
+tiled Triton kernel alone (``gemm_triton_us``), on the persistent TMA kernel alone (``gemm_tma_us``) and on its
+variant with the last partial wave split along K (``gemm_tma_split_tail_us``), where the layer fits them; and checks
+the output against the pure-torch twin. Prints a table
 last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
 
     python benchmarks/gemm_w8a8.py --out /tmp/bench [--layers ff_up,ff_down_dual] [--compile-layers ff_up]
@@ -30,7 +31,7 @@ from segquant.kernels.gpu import ops
 from segquant.kernels.gpu.backend import GpuBackend
 from segquant.kernels.gpu.plan import quantize_input
 from segquant.kernels.gpu.triton_gemm import MID_M
-from segquant.kernels.gpu.triton_tma import tma_fits
+from segquant.kernels.gpu.triton_tma import tail_splits, tma_fits
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import SegLinearSpec
 
@@ -151,10 +152,12 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
         with ops.switched(USE_SCALED_MM=False, USE_TMA=False):
             row["gemm_triton_us"] = bench(gemm_calls, graph)
             row["rel_err_triton"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
-    if fits_tma:  # the TMA kernel alone
-        with ops.switched(USE_SCALED_MM=False), mock.patch.object(ops, "tma_is_faster", lambda *_: True):
-            row["gemm_tma_us"] = bench(gemm_calls, graph)
-            row["rel_err_tma"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
+    for kernel in ("tma", "tma_split_tail") if fits_tma else ():  # each persistent variant alone
+        if kernel == "tma_split_tail" and not tail_splits(quantized[0][0], modules[0].weight_codes):
+            continue
+        with ops.switched(USE_SCALED_MM=False), mock.patch.object(ops, "fastest_kernel", lambda *_, k=kernel: k):
+            row[f"gemm_{kernel}_us"] = bench(gemm_calls, graph)
+            row[f"rel_err_{kernel}"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
     if m <= ops.GEMV_MAX_M:  # the routing before the GEMV: cuBLASLt (plain FP8) or the tiled kernel
         with ops.switched(USE_GEMV=False):
             row["gemm_no_gemv_us"] = bench(gemm_calls, graph)
@@ -216,7 +219,7 @@ def tuned_configs() -> dict:
 
 
 COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
-           "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us", "quant_only_us", "tflops_gemm",
+           "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us", "gemm_tma_split_tail_us", "quant_only_us", "tflops_gemm",
            "peak_frac_gemm", "tbps_gemm", "speedup_eager", "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled",
            "rel_err_vs_twin", "best_config"]
 

@@ -8,7 +8,7 @@
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
 # e.g. `tests gemm_w4 scaling` (~8 min), then `e2e_flux` (~5.5 min), `e2e_flux_w4` (~7 min), then
 # `e2e_sd35 gemm_w8a8`; `gemv` (~1.5 min), `tma` (the compute-bound FLUX and SD3.5 layers on the persistent
-# TMA kernel against the tiled one and cuBLASLt), `ctx` (the joint blocks' text-stream layers, M = 512 / 666,
+# TMA kernel, its split-last-wave variant, the tiled kernel and cuBLASLt), `ctx` (the joint blocks' text-stream layers, M = 512 / 666,
 # where FLUX's INT8 model spent 8.1 ms in 117 tiled-kernel calls in run 10) and `e2e_flux_w8` (the segquant
 # 8-bit variants without torchao's slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min);
 # `demo_backends` (~5 min, carry gpu_inputs/ made by `demo_backends.py embed`) and `quantize_sd35` (up to 10 min)

@@ -78,11 +78,18 @@ TMA_CASES = {
     "tma_int8_tails": dict(m=130, n=72, k=80, fmt="int8"),
     "tma_fp8_lowrank": dict(m=136, n=48, k=160, fmt="fp8", rank=8),
 }
+#: The same kernel with its last partial wave split along K (``split_tail``; the interpreter runs 4 programs, the
+#: first config's tiles are 128 x 256 x 128): 9 tiles = 2 whole waves + 1 tile in 2 pieces of 2 and 3 K tiles; 2 tiles
+#: (fewer than the programs) in 2 pieces each, with bias and the low-rank branch in the last piece's epilogue.
+TMA_SPLIT_CASES = {
+    "tma_split_int8_waves_and_tail": dict(m=300, n=520, k=640, fmt="int8"),
+    "tma_split_fp8_lowrank_no_whole_wave": dict(m=200, n=200, k=400, fmt="fp8", rank=8),
+}
 #: The one-pass dequantization of packed INT4 weights (float32 / fp16 output).
 DEQUANTIZE_CASES = {"dequantize_g64": dict(n=40, k=384, segments=(64,) * 6),
                     "dequantize_uneven_tail": dict(n=33, k=200, segments=(96, 104)),
                     "expand_two_level_int8": dict(n=40, k=384, segments=(64,) * 6, steps=True)}
-ALL_CASES = {**CASES, **GEMV_CASES, **TMA_CASES, **DEQUANTIZE_CASES}
+ALL_CASES = {**CASES, **GEMV_CASES, **TMA_CASES, **TMA_SPLIT_CASES, **DEQUANTIZE_CASES}
 
 
 def one_input_scale(args: tuple) -> tuple:
@@ -108,7 +115,7 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     from segquant.kernels.gpu.ops import dequantize_w4
     from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
     from segquant.kernels.gpu.triton_gemv import gemv_triton
-    from segquant.kernels.gpu.triton_tma import tma_gemm_triton
+    from segquant.kernels.gpu.triton_tma import tail_splits, tma_gemm_triton
     from segquant.kernels.gpu.triton_w4 import dequantize_w4_triton
 
     if name in DEQUANTIZE_CASES:
@@ -121,10 +128,12 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         a, b, a_scale, a_scale_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
         return (gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype),
                 scaled_gemm_reference(*args))
-    if name in TMA_CASES:
+    if name in TMA_CASES or name in TMA_SPLIT_CASES:
         args = one_input_scale(args)
         a, b, a_scale, _, w_scale, a_col, w_col, bias, t, u, *_, out_dtype = args
-        return (tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype),
+        split = name in TMA_SPLIT_CASES
+        assert not split or tail_splits(a, b), f"{name}: no tile config splits its last wave"
+        return (tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype, split_tail=split),
                 scaled_gemm_reference(*args))
     return scaled_gemm_triton(*args), scaled_gemm_reference(*args)
 

@@ -158,7 +158,7 @@ def test_tma_kernel_takes_only_aligned_compute_bound_8bit_layers():
     assert not tma_fits(a, b.to(torch.uint8), None, 0, False)  # packed INT4 weights
 
 
-def test_tma_choice_is_timed_once_per_shape_and_keeps_the_faster(monkeypatch):
+def test_kernel_choice_is_timed_once_per_shape_and_keeps_the_fastest(monkeypatch):
     triton_testing = pytest.importorskip("triton.testing")
     from triton.runtime.errors import OutOfResources
 
@@ -166,22 +166,36 @@ def test_tma_choice_is_timed_once_per_shape_and_keeps_the_faster(monkeypatch):
 
     timed = []
     monkeypatch.setattr(triton_testing, "do_bench_cudagraph", lambda fn, **_: timed.append(fn) or fn())
-    monkeypatch.setattr(ops, "_TMA_FASTER", {})
+    monkeypatch.setattr(ops, "_FASTEST", {})
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    assert ops.tma_is_faster("fast_tma", lambda: 1.0, lambda: 2.0)
-    assert not ops.tma_is_faster("slow_tma", lambda: 3.0, lambda: 2.0)
-    assert len(timed) == 4
-    assert ops.tma_is_faster("fast_tma", lambda: 9.0, lambda: 1.0)  # remembered, not timed again
-    assert len(timed) == 4
+    assert ops.fastest_kernel("fast_tma", {"tiled": lambda: 2.0, "tma": lambda: 1.0}) == "tma"
+    assert ops.fastest_kernel("fast_split", {"tiled": lambda: 2.0, "tma": lambda: 3.0,
+                                             "tma_split_tail": lambda: 1.5}) == "tma_split_tail"
+    assert len(timed) == 5
+    assert ops.fastest_kernel("fast_tma", {"tiled": lambda: 1.0, "tma": lambda: 9.0}) == "tma"  # remembered
+    assert len(timed) == 5
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    assert not ops.tma_is_faster("captured", lambda: 1.0, lambda: 2.0)  # no timing inside a capture
-    assert "captured" not in ops._TMA_FASTER
+    assert ops.fastest_kernel("captured", {"tiled": lambda: 2.0, "tma": lambda: 1.0}) == "tiled"  # no timing
+    assert "captured" not in ops._FASTEST
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
 
     def out_of_shared_memory():
         raise OutOfResources(278552, 232448, "shared memory")
 
-    assert not ops.tma_is_faster("too_big", out_of_shared_memory, lambda: 2.0)
+    assert ops.fastest_kernel("too_big", {"tiled": lambda: 2.0, "tma": out_of_shared_memory}) == "tiled"
+
+
+def test_tail_parts_split_only_a_partial_last_wave():
+    pytest.importorskip("triton")
+    from segquant.kernels.gpu.triton_tma import tail_parts
+
+    assert tail_parts(432, 132, 24) == 3  # FLUX 3072 -> 3072 at 4608 rows, 128 x 256 tiles: 36 tail tiles
+    assert tail_parts(48, 132, 24) == 2  # fewer tiles than SMs: each split in 2
+    assert tail_parts(48, 132, 1) == 1  # one K tile cannot be split
+    assert tail_parts(264, 132, 24) == 1  # whole waves only
+    assert tail_parts(200, 132, 24) == 1  # a last wave more than half full: one piece per idle program is < 2
+    assert tail_parts(1728, 132, 24) == 4  # FLUX ff_up: 12 tail tiles, 11 idle programs each, at most √24 pieces
+    assert tail_parts(9, 4, 5) == 2  # the interpreter's case: 2 whole waves, 1 tile in 2 pieces
 
 
 def test_tiled_kernel_row_tiles_follow_the_number_of_rows(monkeypatch):
@@ -208,3 +222,6 @@ def test_tma_kernel_row_tiles_follow_the_number_of_rows(monkeypatch):
 
     assert row_tiles(512) == {64, 128, 256}
     assert row_tiles(4608) == {128, 256}
+    split_tiles = {(c.kwargs["BM"], c.kwargs["BN"]) for c in _sized(_CONFIGS, {"M": 4608, "N": 3072, "K": 3072,
+                                                                               "NUM_SMS": 132, "SPLIT_TAIL": True})}
+    assert split_tiles == {(128, 256), (256, 128)}  # 128 x 128 tiles: 864 = 6 waves + 72, a last wave > half full

@@ -14,7 +14,8 @@ from segquant.kernels.gpu.plan import quantize_input
 from segquant.nn.spec import SegLinearSpec
 from segquant.numerics import PerToken
 from tests.kernels.interpret_triton_gemm import CASES as CASES_INTERPRETED
-from tests.kernels.interpret_triton_gemm import GEMV_CASES, TMA_CASES, dequantize_case, one_input_scale
+from tests.kernels.interpret_triton_gemm import (GEMV_CASES, TMA_CASES, TMA_SPLIT_CASES, dequantize_case,
+                                                 one_input_scale)
 from tests.kernels.interpret_triton_gemm import case as interpreted_case
 from tests.kernels.test_gemm_reference import SPECS, filled, pack, rel_err
 
@@ -133,26 +134,36 @@ def test_gemv_kernel_matches_twin(name):
 
 TMA_GPU_CASES = dict(TMA_CASES, tma_int8_flux_ff_up=dict(m=4608, n=12288, k=3072, fmt="int8"),
                      tma_fp8_flux_ff_down_lowrank=dict(m=4608, n=3072, k=12288, fmt="fp8", rank=32))
+#: The split last wave: FLUX's 3072 -> 3072 layer (432 tiles of 128 x 256 on 132 SMs), a text-stream layer with
+#: fewer tiles than SMs, and odd sizes with bias and the low-rank branch.
+TMA_SPLIT_GPU_CASES = dict(TMA_SPLIT_CASES, tma_split_int8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="int8"),
+                           tma_split_fp8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="fp8"),
+                           tma_split_int8_ctx_lowrank=dict(m=512, n=3072, k=3072, fmt="int8", rank=32),
+                           tma_split_int8_odd=dict(m=999, n=1040, k=2000, fmt="int8"))
 
 
-@pytest.mark.parametrize("name", list(TMA_GPU_CASES))
+@pytest.mark.parametrize("name", list(TMA_GPU_CASES) + list(TMA_SPLIT_GPU_CASES))
 def test_tma_kernel_matches_twin(name, monkeypatch):
-    """``ops.gemm`` with the TMA kernel chosen (cuBLASLt off, so FP8 reaches the op too) takes the persistent
-    TMA kernel and matches the twin."""
+    """``ops.gemm`` with the TMA kernel chosen (cuBLASLt off, so FP8 reaches the op too), its last wave split along K
+    for the split cases, takes the persistent TMA kernel and matches the twin, also when called again (the tail's
+    counters reset themselves)."""
     from segquant.kernels.gpu import triton_tma
 
+    split = name in TMA_SPLIT_GPU_CASES
     calls = []
     launch = triton_tma.tma_gemm_triton
-    monkeypatch.setattr(triton_tma, "tma_gemm_triton", lambda *a: calls.append(1) or launch(*a))
+    monkeypatch.setattr(triton_tma, "tma_gemm_triton", lambda *a, **kw: calls.append(kw) or launch(*a, **kw))
     monkeypatch.setitem(ops.USE_TMA, "enabled", True)
-    monkeypatch.setattr(ops, "tma_is_faster", lambda *_: True)
+    monkeypatch.setattr(ops, "fastest_kernel", lambda key, kernels: "tma_split_tail" if split else "tma")
     monkeypatch.setitem(ops.USE_SCALED_MM, "enabled", False)
     args = [t.cuda() if isinstance(t, torch.Tensor) else t
-            for t in one_input_scale(interpreted_case(**TMA_GPU_CASES[name]))]
-    poison_allocator()
-    y = ops.gemm(*args[:-1], torch.bfloat16)
+            for t in one_input_scale(interpreted_case(**{**TMA_GPU_CASES, **TMA_SPLIT_GPU_CASES}[name]))]
+    assert not split or triton_tma.tail_splits(args[0], args[1])
     ref = scaled_gemm_reference(*args)
-    assert calls and rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
+    for _ in range(2):
+        poison_allocator()
+        y = ops.gemm(*args[:-1], torch.bfloat16)
+        assert calls[-1] == {"split_tail": split} and rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
 
 
 def test_dequantize_w4_matches_cpu():

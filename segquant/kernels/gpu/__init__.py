@@ -11,7 +11,8 @@ Layout (the ``triton_*`` kernels need Triton and are imported lazily, on the fir
   implementations, and the routing between the kernels below and cuBLAS(Lt) (its switches: ``ops.switched``).
 - ``triton_gemm``: the tiled kernel (per-K-tile scaled 8-bit or packed-INT4 GEMM, DualScale, output segments,
   low-rank epilogue); ``triton_gemv``: the weight-bound few-row case on the CUDA cores; ``triton_tma``: the
-  persistent TMA kernel for compute-bound 8-bit layers (where it measured faster); ``triton_w4``: the one-pass
+  persistent TMA kernel for compute-bound 8-bit layers, optionally with its last partial wave split along K (each
+  where it measured fastest); ``triton_w4``: the one-pass
   INT4 dequantization.
 - ``backend``: the ``GpuBackend`` registered as ``"gpu"``.
 

@@ -11,9 +11,9 @@ CPU -> the pure-torch twin, plus fake implementations so ``torch.compile`` trace
   output and the scales, bias and low-rank branch as one elementwise epilogue (fused by the compiler);
 - everything else: the custom op, whose CUDA kernel is the GEMV (packed INT4 up to ``GEMV_MAX_M`` rows,
   8-bit weights with one scale per row up to ``GEMV_MAX_M_8BIT``, an input scale constant along K; see
-  :mod:`.triton_gemv`), the persistent TMA kernel (:mod:`.triton_tma`) where it fits and measured faster for
-  the shape (``USE_TMA``) or the tiled Triton kernel (:mod:`.triton_gemm`). Plain FP8 layers with that few
-  rows take the GEMV too.
+  :mod:`.triton_gemv`), else the fastest for the shape, measured at its first call, of the tiled Triton kernel
+  (:mod:`.triton_gemm`) and, where it fits (``USE_TMA``), the persistent TMA kernel (:mod:`.triton_tma`) with
+  and without its last partial wave split along K. Plain FP8 layers with that few rows take the GEMV too.
 
 Arguments and math: :func:`segquant.kernels.gemm_reference.scaled_gemm_reference`. Importing this module does
 not import Triton (the CUDA implementations import it on first call).
@@ -45,13 +45,14 @@ GEMV_MAX_M = 4
 GEMV_MAX_M_8BIT = 1
 USE_GEMV = {"enabled": True}
 #: Compute-bound 8-bit layers with one input and scales constant along K may run on the persistent TMA kernel
-#: (:mod:`.triton_tma`): when True, the first call of each shape times it and the tiled kernel (same numerics),
-#: each replayed from a CUDA graph (timed eagerly, it took the slower kernel for 2 of 9 FLUX shapes in run 11), and
-#: keeps the faster. On an H200 the TMA kernel is faster on the FLUX / SD3.5 image-stream shapes and the tiled
-#: kernel's 64-row tiles on some text-stream ones (BENCHMARKS.md, runs 10-11), hence a measured choice. False:
-#: always the tiled kernel.
+#: (:mod:`.triton_tma`): when True, the first call of each shape times it, its variant with the last partial wave
+#: split along K (only where a tile config splits it) and the tiled kernel (the same numerics), each replayed from a
+#: CUDA graph (timed eagerly, it took the slower kernel for 2 of 9 FLUX shapes in run 11), and keeps the fastest.
+#: On an H200 the TMA kernel is faster on the FLUX / SD3.5 image-stream shapes and the tiled kernel's 64-row tiles
+#: on some text-stream ones (BENCHMARKS.md, runs 10-11), hence a measured choice. False: always the tiled kernel.
 USE_TMA = {"enabled": True}
-_TMA_FASTER: dict = {}
+#: The kernel :func:`fastest_kernel` chose, per shape key.
+_FASTEST: dict = {}
 _SWITCHES = {"USE_SCALED_MM": USE_SCALED_MM, "FP8_FAST_ACCUM": FP8_FAST_ACCUM, "USE_GEMV": USE_GEMV,
              "USE_TMA": USE_TMA}
 
@@ -95,43 +96,50 @@ def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, l
 
     from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
     from segquant.kernels.gpu.triton_gemv import gemv_triton
-    from segquant.kernels.gpu.triton_tma import tma_fits, tma_gemm_triton
+    from segquant.kernels.gpu.triton_tma import tail_splits, tma_fits, tma_gemm_triton
 
     if _gemv_fits(a, b, a_scale, scale_mode):
         return gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, lowrank_t, lowrank_up, out_segment,
                            k_align, out_dtype)
 
-    def tma():
-        return tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_dtype)
-
     def tiled():
         return scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up,
                                   out_segment, scale_mode, k_align, out_dtype)
 
-    if USE_TMA["enabled"] and tma_fits(a, b, a_scale_neg, scale_mode, input_scale_varies(a_scale, scale_mode)):
-        key = (a.device, a.dtype, triton.next_power_of_2(a.shape[1]), b.shape, bias is None, lowrank_t is None,
-               out_dtype)
-        if tma_is_faster(key, tma, tiled):
-            return tma()
-    return tiled()
+    def tma(split_tail: bool = False):
+        return tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_dtype,
+                               split_tail=split_tail)
+
+    if not (USE_TMA["enabled"] and tma_fits(a, b, a_scale_neg, scale_mode, input_scale_varies(a_scale, scale_mode))):
+        return tiled()
+    kernels = {"tiled": tiled, "tma": tma}
+    if tail_splits(a, b):
+        kernels["tma_split_tail"] = lambda: tma(split_tail=True)
+    key = (a.device, a.dtype, triton.next_power_of_2(a.shape[1]), b.shape, bias is None, lowrank_t is None, out_dtype)
+    return kernels[fastest_kernel(key, kernels)]()
 
 
-def tma_is_faster(key: tuple, tma: Callable[[], Tensor], tiled: Callable[[], Tensor]) -> bool:
-    """Whether the TMA kernel beat the tiled one for this shape ``key``, both timed at its first call (while a CUDA
-    graph is being captured nothing can be timed: the tiled kernel, not remembered). A TMA kernel without a tile
-    that fits the shared memory (float32 output of the largest tile when autotuning is off) counts as slower."""
-    if key not in _TMA_FASTER:
+def fastest_kernel(key: tuple, kernels: dict[str, Callable[[], Tensor]]) -> str:
+    """The name of the fastest of ``kernels`` (the same product on different kernels) for the shape ``key``, all
+    timed at its first call and remembered. While a CUDA graph is being captured nothing can be timed: the first
+    kernel, not remembered. A kernel without a tile that fits the shared memory (float32 output of the largest tile
+    when autotuning is off) counts as slowest."""
+    if key not in _FASTEST:
         if torch.cuda.is_current_stream_capturing():
-            return False
+            return next(iter(kernels))
         from triton.runtime.errors import OutOfResources
 
         from segquant.kernels.gpu.triton_gemm import graph_timed
 
-        try:
-            _TMA_FASTER[key] = graph_timed(tma, None) < graph_timed(tiled, None)
-        except OutOfResources:
-            _TMA_FASTER[key] = False
-    return _TMA_FASTER[key]
+        def timed(kernel: Callable[[], Tensor]) -> float:
+            try:
+                return graph_timed(kernel, None)
+            except OutOfResources:
+                return float("inf")
+
+        times = {name: timed(kernel) for name, kernel in kernels.items()}
+        _FASTEST[key] = min(times, key=times.get)
+    return _FASTEST[key]
 
 
 def gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Tensor], w_scale: Tensor, a_col: Tensor,

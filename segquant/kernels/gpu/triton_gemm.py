@@ -63,7 +63,7 @@ CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps
 
 
 def graph_timed(kernel_call, quantiles):
-    """The kernel timing of the autotuners and of ``ops.tma_is_faster``: calls replayed from a CUDA graph, so that a
+    """The kernel timing of the autotuners and of ``ops.fastest_kernel``: calls replayed from a CUDA graph, so that a
     kernel of ten µs is timed and not its launch (timed eagerly, run 11's FLUX text-stream layers got tiles 25-40 %
     slower than the graph-timed ones); ``quantiles`` as ``triton.testing.do_bench_cudagraph`` (``None``: the mean)."""
     from triton.testing import do_bench_cudagraph

@@ -8,6 +8,15 @@ as in :func:`.triton_gemm.tile_position`), the A and B tiles arrive by the Tenso
 compiler pipelines the K loop across tile boundaries (``flatten``). Epilogue: ``acc · a_scale[m] ·
 w_scale[n]``, then the shared :func:`.triton_gemm.finish_tile` (bias, low-rank branch, store).
 
+``SPLIT_TAIL``: the last, partial wave of tiles (``tiles % NUM_SMS`` of them; FLUX's 3072 -> 3072 layer at
+4608 rows: 432 tiles of 128 x 256 on 132 SMs, a last wave 27 % full) is split along K over the programs that
+would idle (:func:`tail_parts` pieces per tile, each an equal share of the K tiles; 3 on that layer), a
+stream-K-like balance without its fractional tiles. Each piece stores its exact partial sum (int32, or float32
+for FP8) to a workspace and counts itself in on its tile's counter; the piece that arrives last adds the
+partials in piece order (so the FP8 sum does not depend on who arrives last) and runs the epilogue. No program
+waits for another. The counters are zeroed per call and reset to 0 by the last piece too, so that the
+autotuner's repeated launches on the same arguments stay correct.
+
 Same arguments and math as the op (:mod:`segquant.kernels.gemm_reference`), restricted by :func:`tma_fits`.
 ``SEGQUANT_TRITON_AUTOTUNE=0`` in the environment skips autotuning (first config; for tests).
 """
@@ -15,6 +24,7 @@ Same arguments and math as the op (:mod:`segquant.kernels.gemm_reference`), rest
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import triton
@@ -26,6 +36,8 @@ from segquant.kernels.gpu.triton_gemm import (_dot, finish_tile, graph_timed, lo
 
 #: Rows from which an 8-bit layer is compute-bound enough for the persistent kernel.
 TMA_MIN_M = 128
+#: Programs the interpreter (CPU tensors) launches in place of one per SM.
+INTERPRETER_SMS = 4
 
 
 def _block_shapes(nargs: dict) -> None:
@@ -40,27 +52,72 @@ _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warp
             for bm, bn, bk, w, st in [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4),
                                       (128, 256, 64, 8, 4), (128, 128, 64, 4, 5), (64, 128, 128, 4, 4),
                                       (64, 256, 128, 8, 3)]]
+#: Elements of the largest output tile: one workspace slot per tail piece.
+_MAX_TILE = max(c.kwargs["BM"] * c.kwargs["BN"] for c in _CONFIGS)
+
+
+def tail_parts(tiles: int, programs: int, k_tiles: int) -> int:
+    """Pieces each tile of the last, partial wave is split into along K (1: not split): as many as the idle
+    programs allow, at most ``√k_tiles``, and only where that makes at least 2. The bound balances a piece's
+    share of the K loop (``∝ k_tiles / parts``) against the last piece's reads of the others' partial tiles
+    (``∝ parts``; one partial tile takes about as long to read as one K tile to multiply). The kernel computes
+    the same."""
+    tail = tiles % programs
+    parts = min(programs // tail, math.isqrt(k_tiles)) if tail else 1
+    return parts if parts >= 2 else 1
 
 
 def _sized(configs, named_args, **kwargs):
-    """The configs whose row tiles suit M (64-row tiles only up to :data:`.triton_gemm.MID_M`)."""
-    m = {**named_args, **kwargs}["M"]
-    return tuned_or_first([c for c in configs if row_tile_fits(c.kwargs["BM"], m)])
+    """The configs whose row tiles suit M (64-row tiles only up to :data:`.triton_gemm.MID_M`); with
+    ``SPLIT_TAIL`` only those whose last wave is split (the others run as without it)."""
+    args = {**named_args, **kwargs}
+    kept = [c for c in configs if row_tile_fits(c.kwargs["BM"], args["M"])]
+    if args.get("SPLIT_TAIL"):
+        kept = [c for c in kept if _splits(c, args["M"], args["N"], args["K"], args["NUM_SMS"])]
+    return tuned_or_first(kept)
 
 
-@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "IS_INT", "HAS_LR"],
+def _splits(config: triton.Config, m: int, n: int, k: int, programs: int) -> bool:
+    """Whether ``config``'s tiles leave a last wave that :func:`tail_parts` splits."""
+    bm, bn, bk = config.kwargs["BM"], config.kwargs["BN"], config.kwargs["BK"]
+    return tail_parts(triton.cdiv(m, bm) * triton.cdiv(n, bn), programs, triton.cdiv(k, bk)) > 1
+
+
+@triton.jit
+def _scaled_tile(acc, pid_m, pid_n, M, N, c_ptr, as_ptr, ws_ptr, a_col, w_col, bias_ptr, t_ptr, u_ptr, RANK,
+                 stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
+                 R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """The epilogue of output tile ``(pid_m, pid_n)``: ``acc · a_scale[m] · w_scale[n]``, then bias, low-rank
+    branch and store (:func:`.triton_gemm.finish_tile`)."""
+    offs_m, offs_n = pid_m * BM + tl.arange(0, BM), pid_n * BN + tl.arange(0, BN)
+    rm, rn = tl.where(offs_m < M, offs_m, 0), tl.where(offs_n < N, offs_n, 0)
+    out = acc.to(tl.float32) * tl.load(as_ptr + rm * stride_sm + a_col)[:, None]
+    out = out * tl.load(ws_ptr + rn * stride_wn + w_col)[None, :]
+    finish_tile(out, offs_m, offs_n, M, N, c_ptr, stride_cm, bias_ptr, t_ptr, u_ptr, stride_tm, stride_un, RANK,
+                HAS_BIAS, HAS_LR, R)
+
+
+@triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "IS_INT", "HAS_LR", "SPLIT_TAIL"],
                  prune_configs_by={"early_config_prune": _sized}, do_bench=graph_timed)
 @triton.jit
 def _tma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, bias_ptr, t_ptr, u_ptr,
-                     M, N, K, M_BUCKET, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un,
-                     NUM_SMS: tl.constexpr, IS_INT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
-                     R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
-    num_m, num_n = tl.cdiv(M, BM), tl.cdiv(N, BN)
+                     partial_ptr, count_ptr, M, N, K, M_BUCKET, RANK, stride_cm, stride_sm, stride_wn, stride_tm,
+                     stride_un, NUM_SMS: tl.constexpr, IS_INT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     HAS_LR: tl.constexpr, R: tl.constexpr, SPLIT_TAIL: tl.constexpr, BM: tl.constexpr,
+                     BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    num_m, num_n, k_tiles = tl.cdiv(M, BM), tl.cdiv(N, BN), tl.cdiv(K, BK)
+    tiles = num_m * num_n
     a_col, w_col = tl.load(acol_ptr), tl.load(wcol_ptr)
+    whole_tiles, parts = tiles, 1
+    if SPLIT_TAIL:  # as tail_parts()
+        tail = tiles % NUM_SMS
+        parts = tl.minimum(NUM_SMS // tl.maximum(tail, 1), tl.sqrt_rn(k_tiles.to(tl.float32)).to(tl.int32))
+        parts = tl.where((tail > 0) & (parts >= 2), parts, 1)
+        whole_tiles = tiles - tl.where(parts > 1, tail, 0)
     # The epilogue counts its tiles itself: the flattened loop's pipeliner splits the loop into prologue and
     # epilogue, and a value used in both is what it handles badly (as in Triton's persistent-matmul tutorial).
     done = tl.program_id(0) - NUM_SMS
-    for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=True):
+    for tile in tl.range(tl.program_id(0), whole_tiles, NUM_SMS, flatten=True):
         pid_m, pid_n = tile_position(tile, num_m, num_n, GROUP_M)
         acc = tl.zeros((BM, BN), tl.int32 if IS_INT else tl.float32)
         for k0 in range(0, K, BK):
@@ -69,12 +126,30 @@ def _tma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, 
             acc = _dot(a, b.T, acc, IS_INT, BK)
         done += NUM_SMS
         pid_m, pid_n = tile_position(done, num_m, num_n, GROUP_M)
-        offs_m, offs_n = pid_m * BM + tl.arange(0, BM), pid_n * BN + tl.arange(0, BN)
-        rm, rn = tl.where(offs_m < M, offs_m, 0), tl.where(offs_n < N, offs_n, 0)
-        out = acc.to(tl.float32) * tl.load(as_ptr + rm * stride_sm + a_col)[:, None]
-        out = out * tl.load(ws_ptr + rn * stride_wn + w_col)[None, :]
-        finish_tile(out, offs_m, offs_n, M, N, c_ptr, stride_cm, bias_ptr, t_ptr, u_ptr, stride_tm, stride_un, RANK,
-                    HAS_BIAS, HAS_LR, R)
+        _scaled_tile(acc, pid_m, pid_n, M, N, c_ptr, as_ptr, ws_ptr, a_col, w_col, bias_ptr, t_ptr, u_ptr, RANK,
+                     stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS, HAS_LR, R, BM, BN)
+    if SPLIT_TAIL:
+        piece = tl.program_id(0)
+        if piece < (tiles - whole_tiles) * parts:
+            tile, part = whole_tiles + piece // parts, piece % parts
+            pid_m, pid_n = tile_position(tile, num_m, num_n, GROUP_M)
+            acc = tl.zeros((BM, BN), tl.int32 if IS_INT else tl.float32)
+            for kt in range(part * k_tiles // parts, (part + 1) * k_tiles // parts):
+                a = a_desc.load([pid_m * BM, kt * BK])
+                b = b_desc.load([pid_n * BN, kt * BK])
+                acc = _dot(a, b.T, acc, IS_INT, BK)
+            slot = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
+            first_piece = piece - part
+            tl.store(partial_ptr + piece * BM * BN + slot, acc)
+            tl.debug_barrier()  # every thread's partial is written before the count is published
+            arrived = tl.atomic_add(count_ptr + tile - whole_tiles, 1, sem="acq_rel", scope="gpu")
+            if arrived == parts - 1:
+                total = tl.zeros((BM, BN), tl.int32 if IS_INT else tl.float32)
+                for p in range(0, parts):
+                    total += tl.load(partial_ptr + (first_piece + p) * BM * BN + slot, cache_modifier=".cg")
+                tl.atomic_xchg(count_ptr + tile - whole_tiles, 0, sem="relaxed", scope="gpu")  # ready for the next call
+                _scaled_tile(total, pid_m, pid_n, M, N, c_ptr, as_ptr, ws_ptr, a_col, w_col, bias_ptr, t_ptr, u_ptr,
+                             RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS, HAS_LR, R, BM, BN)
 
 
 def tma_fits(a: torch.Tensor, b: torch.Tensor, a_scale_neg, scale_mode: int, input_varies: bool) -> bool:
@@ -87,28 +162,49 @@ def tma_fits(a: torch.Tensor, b: torch.Tensor, a_scale_neg, scale_mode: int, inp
             and (not a.is_cuda or _properties(a.device.index or 0).major >= 9))
 
 
+def tail_splits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether some tile config of the persistent kernel splits the last wave of ``a`` ``(1, M, K)`` x ``b``
+    ``(N, K)`` (see :func:`tail_parts`), i.e. whether ``split_tail=True`` runs differently at all."""
+    return bool(_sized(_CONFIGS, {"M": a.shape[1], "N": b.shape[0], "K": a.shape[2], "NUM_SMS": _programs(a),
+                                  "SPLIT_TAIL": True}))
+
+
 @functools.cache
 def _properties(device_index: int):
     """The CUDA device's properties (compute capability, SM count), read once per device."""
     return torch.cuda.get_device_properties(device_index)
 
 
-def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up,
-                    out_dtype: torch.dtype) -> torch.Tensor:
+def _programs(a: torch.Tensor) -> int:
+    """Programs of the persistent grid: one per SM (``INTERPRETER_SMS`` for CPU tensors)."""
+    return _properties(a.device.index or 0).multi_processor_count if a.is_cuda else INTERPRETER_SMS
+
+
+def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_dtype: torch.dtype,
+                    split_tail: bool = False) -> torch.Tensor:
     """``(1, M, K)`` 8-bit codes x ``(N, K)`` weights of the same format -> ``(M, N)`` (see :func:`tma_fits`);
-    ``a_scale`` ``(1, M|1, J)``, ``w_scale`` ``(N, J')``, column ``a_col[0]`` / ``w_col[0]`` of each."""
+    ``a_scale`` ``(1, M|1, J)``, ``w_scale`` ``(N, J')``, column ``a_col[0]`` / ``w_col[0]`` of each.
+    ``split_tail``: the last partial wave split along K (see the module doc; workspace: one float32 / int32
+    tile per SM, ≈ 17 MB on an H200, and one counter per SM)."""
     m, k, n = a.shape[1], a.shape[2], b.shape[0]
     out = torch.empty(m, n, device=a.device, dtype=out_dtype)
     a2, b = a[0].contiguous(), b.contiguous()
     ws, a_scale = w_scale.contiguous(), a_scale.contiguous()
     t, u, rank = lowrank_args(lowrank_t, lowrank_up, ws)
-    sms = _properties(a.device.index or 0).multi_processor_count if a.is_cuda else 4
-    grid = lambda meta: (min(sms, triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"])),)  # noqa: E731
+    sms = _programs(a)
+    partials = torch.empty(sms * _MAX_TILE if split_tail else 1, device=a.device,
+                           dtype=torch.int32 if a.dtype == torch.int8 else torch.float32)
+    counts = torch.zeros(sms if split_tail else 1, device=a.device, dtype=torch.int32)
+
+    def grid(meta: dict) -> tuple[int]:
+        """One program per SM (with ``split_tail`` also where the tiles are fewer: the idle ones take pieces)."""
+        return (sms if split_tail else min(sms, triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"])),)
+
     _tma_gemm_kernel[grid](
         TensorDescriptor.from_tensor(a2, [1, 1]), TensorDescriptor.from_tensor(b, [1, 1]), out, a_scale, ws,
-        a_col, w_col, bias if bias is not None else ws, t, u,
+        a_col, w_col, bias if bias is not None else ws, t, u, partials, counts,
         m, n, k, triton.next_power_of_2(m), rank, out.stride(0), scale_strides(a_scale)[1], ws.stride(0),
         t.stride(0), u.stride(0),
         NUM_SMS=sms, IS_INT=a.dtype == torch.int8, HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None,
-        R=max(16, triton.next_power_of_2(rank)))
+        R=max(16, triton.next_power_of_2(rank)), SPLIT_TAIL=split_tail)
     return out
