@@ -52,6 +52,8 @@ _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warp
             for bm, bn, bk, w, st in [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4),
                                       (128, 256, 64, 8, 4), (128, 128, 64, 4, 5), (64, 128, 128, 4, 4),
                                       (64, 256, 128, 8, 3)]]
+#: Rows of a split tile that its fix-up adds and finishes at a time.
+FIXUP_ROWS: tl.constexpr = tl.constexpr(32)
 #: Elements of the largest output tile: one workspace slot per tail piece.
 _MAX_TILE = max(c.kwargs["BM"] * c.kwargs["BN"] for c in _CONFIGS)
 
@@ -84,17 +86,33 @@ def _splits(config: triton.Config, m: int, n: int, k: int, programs: int) -> boo
 
 
 @triton.jit
-def _scaled_tile(acc, pid_m, pid_n, M, N, c_ptr, as_ptr, ws_ptr, a_col, w_col, bias_ptr, t_ptr, u_ptr, RANK,
+def _scaled_tile(acc, offs_m, offs_n, M, N, c_ptr, as_ptr, ws_ptr, a_col, w_col, bias_ptr, t_ptr, u_ptr, RANK,
                  stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
-                 R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    """The epilogue of output tile ``(pid_m, pid_n)``: ``acc · a_scale[m] · w_scale[n]``, then bias, low-rank
-    branch and store (:func:`.triton_gemm.finish_tile`)."""
-    offs_m, offs_n = pid_m * BM + tl.arange(0, BM), pid_n * BN + tl.arange(0, BN)
+                 R: tl.constexpr):
+    """The epilogue of the output rows ``offs_m`` x columns ``offs_n``: ``acc · a_scale[m] · w_scale[n]``, then
+    bias, low-rank branch and store (:func:`.triton_gemm.finish_tile`)."""
     rm, rn = tl.where(offs_m < M, offs_m, 0), tl.where(offs_n < N, offs_n, 0)
     out = acc.to(tl.float32) * tl.load(as_ptr + rm * stride_sm + a_col)[:, None]
     out = out * tl.load(ws_ptr + rn * stride_wn + w_col)[None, :]
     finish_tile(out, offs_m, offs_n, M, N, c_ptr, stride_cm, bias_ptr, t_ptr, u_ptr, stride_tm, stride_un, RANK,
                 HAS_BIAS, HAS_LR, R)
+
+
+@triton.jit
+def _add_partials(first_ptr, parts, pid_m, pid_n, M, N, c_ptr, as_ptr, ws_ptr, a_col, w_col, bias_ptr, t_ptr, u_ptr,
+                  RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un, IS_INT: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """The split tile's fix-up: the ``parts`` partial tiles from ``first_ptr`` on added in piece order and finished,
+    ``FIXUP_ROWS`` rows at a time (a whole 128 x 256 tile and one partial would not fit the registers)."""
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    for r0 in tl.static_range(0, BM, FIXUP_ROWS):
+        rows = r0 + tl.arange(0, FIXUP_ROWS)
+        slot = rows[:, None] * BN + tl.arange(0, BN)[None, :]
+        total = tl.zeros((FIXUP_ROWS, BN), tl.int32 if IS_INT else tl.float32)
+        for p in range(0, parts):
+            total += tl.load(first_ptr + p * BM * BN + slot, cache_modifier=".cg")
+        _scaled_tile(total, pid_m * BM + rows, offs_n, M, N, c_ptr, as_ptr, ws_ptr, a_col, w_col, bias_ptr, t_ptr,
+                     u_ptr, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS, HAS_LR, R)
 
 
 @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "IS_INT", "HAS_LR", "SPLIT_TAIL"],
@@ -126,8 +144,9 @@ def _tma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, 
             acc = _dot(a, b.T, acc, IS_INT, BK)
         done += NUM_SMS
         pid_m, pid_n = tile_position(done, num_m, num_n, GROUP_M)
-        _scaled_tile(acc, pid_m, pid_n, M, N, c_ptr, as_ptr, ws_ptr, a_col, w_col, bias_ptr, t_ptr, u_ptr, RANK,
-                     stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS, HAS_LR, R, BM, BN)
+        _scaled_tile(acc, pid_m * BM + tl.arange(0, BM), pid_n * BN + tl.arange(0, BN), M, N, c_ptr, as_ptr, ws_ptr,
+                     a_col, w_col, bias_ptr, t_ptr, u_ptr, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un,
+                     HAS_BIAS, HAS_LR, R)
     if SPLIT_TAIL:
         piece = tl.program_id(0)
         if piece < (tiles - whole_tiles) * parts:
@@ -139,17 +158,14 @@ def _tma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, 
                 b = b_desc.load([pid_n * BN, kt * BK])
                 acc = _dot(a, b.T, acc, IS_INT, BK)
             slot = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
-            first_piece = piece - part
             tl.store(partial_ptr + piece * BM * BN + slot, acc)
             tl.debug_barrier()  # every thread's partial is written before the count is published
             arrived = tl.atomic_add(count_ptr + tile - whole_tiles, 1, sem="acq_rel", scope="gpu")
             if arrived == parts - 1:
-                total = tl.zeros((BM, BN), tl.int32 if IS_INT else tl.float32)
-                for p in range(0, parts):
-                    total += tl.load(partial_ptr + (first_piece + p) * BM * BN + slot, cache_modifier=".cg")
                 tl.atomic_xchg(count_ptr + tile - whole_tiles, 0, sem="relaxed", scope="gpu")  # ready for the next call
-                _scaled_tile(total, pid_m, pid_n, M, N, c_ptr, as_ptr, ws_ptr, a_col, w_col, bias_ptr, t_ptr, u_ptr,
-                             RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS, HAS_LR, R, BM, BN)
+                _add_partials(partial_ptr + (piece - part) * BM * BN, parts, pid_m, pid_n, M, N, c_ptr, as_ptr,
+                              ws_ptr, a_col, w_col, bias_ptr, t_ptr, u_ptr, RANK, stride_cm, stride_sm, stride_wn,
+                              stride_tm, stride_un, IS_INT, HAS_BIAS, HAS_LR, R, BM, BN)
 
 
 def tma_fits(a: torch.Tensor, b: torch.Tensor, a_scale_neg, scale_mode: int, input_varies: bool) -> bool:
