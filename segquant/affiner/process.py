@@ -15,7 +15,9 @@ fitted on. After fitting, the full-precision pipeline and the quantized pipeline
 at each of ``strengths`` (0 = uncorrected) generate their final latents from the same noise; the
 strength with the lowest mean ``log10`` MSE to full precision (the mean PSNR's criterion) is kept in
 ``correction.strength`` and the scores in ``correction.validation``. A correction that does not help
-on prompts it never saw is thus switched off (strength 0) instead of applied.
+on prompts it never saw is thus switched off (strength 0) instead of applied. ``validation_z=z`` asks
+more of it: a strength is a candidate only where its paired gain over the smallest strength, prompt by
+prompt, exceeds ``z`` standard errors of its mean (a one-sided test; 0: any gain).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class AffinerConfig:
     affiner's (see :mod:`segquant.affiner.blockwise`); ``noise_target``, ``enable_timesteps``,
     ``packed_grid``: every method's; ``recurrent``: fit along the corrected quantized trajectory;
     ``validation_prompts``: prompts held out to choose the strength among ``strengths`` (0: no hold-out,
-    strength 1); ``batch_size``: prompts per pipeline call; ``num_inference_steps``, ``guidance_scale``
+    strength 1), ``validation_z``: standard errors by which a strength's held-out gain must exceed 0;
+    ``batch_size``: prompts per pipeline call; ``num_inference_steps``, ``guidance_scale``
     (``None``: the pipeline's default), ``seed`` (prompt ``i`` of the pass uses seed ``seed + i``) and
     ``pipeline_kwargs`` of the fitting runs.
     """
@@ -63,6 +66,7 @@ class AffinerConfig:
     packed_grid: tuple[int, int] | None = None
     recurrent: bool = True
     validation_prompts: int = 0
+    validation_z: float = 0.0
     strengths: tuple[float, ...] = (0.0, 0.5, 1.0)
     batch_size: int = 8
     num_inference_steps: int = 10
@@ -85,9 +89,13 @@ def as_affiner_config(config: AffinerConfig | dict | None) -> AffinerConfig:
         raise ConfigError(f"affiner config: method {cfg.method!r}; expected one of {', '.join(METHODS)}")
     if cfg.batch_size < 1:
         raise ConfigError(f"affiner config: batch_size={cfg.batch_size} must be ≥ 1")
-    if cfg.validation_prompts < 0 or not cfg.strengths or min(cfg.strengths) < 0:
-        raise ConfigError(f"affiner config: validation_prompts={cfg.validation_prompts} must be ≥ 0 and "
-                          f"strengths={cfg.strengths} a non-empty list of fractions ≥ 0")
+    if cfg.validation_prompts < 0 or not cfg.strengths or min(cfg.strengths) < 0 or cfg.validation_z < 0:
+        raise ConfigError(f"affiner config: validation_prompts={cfg.validation_prompts} and validation_z="
+                          f"{cfg.validation_z} must be ≥ 0 and strengths={cfg.strengths} a non-empty list of "
+                          "fractions ≥ 0")
+    if cfg.validation_z > 0 and cfg.validation_prompts < 2:
+        raise ConfigError(f"affiner config: validation_z={cfg.validation_z} needs validation_prompts ≥ 2 (a standard "
+                          f"error needs two held-out prompts); got {cfg.validation_prompts}")
     return cfg
 
 
@@ -221,23 +229,36 @@ def _held_out(cfg: AffinerConfig, corr: Any, num_items: int) -> int:
 def choose_strength(corr, fp_pipe, q_pipe, q_context, items, cfg: AffinerConfig, latents, seed: int) -> None:
     """Set ``corr.strength`` to the one of ``cfg.strengths`` whose corrected quantized run ends closest to
     the full-precision run on the held-out ``items`` (lowest mean over prompts of ``log10`` MSE of the
-    final latents, same noise); ties go to the smaller strength. ``corr.validation``: strength -> score."""
+    final latents, same noise), among those whose gain over the smallest strength passes
+    :func:`significant_gain` at ``cfg.validation_z``; ties go to the smaller strength.
+    ``corr.validation``: strength -> mean score."""
     from segquant.affiner.hooks import installed
 
     reference = torch.cat(_passes(fp_pipe, None, items, cfg, latents, seed)).float()
-    scores = {}
+    per_prompt = {}
     with q_context():
         for strength in sorted(set(float(s) for s in cfg.strengths)):
             corr.strength = strength
             with installed(q_pipe, corr if strength else None):
                 final = torch.cat(_passes(q_pipe, None, items, cfg, latents, seed)).float()
-            mse = (final - reference).pow(2).flatten(1).mean(1).clamp_min(1e-30)
-            scores[strength] = float(mse.log10().mean())
-    corr.strength = min(scores, key=lambda s: (scores[s], s))
+            per_prompt[strength] = (final - reference).pow(2).flatten(1).mean(1).clamp_min(1e-30).log10().double()
+    base = min(per_prompt)
+    scores = {s: float(v.mean()) for s, v in per_prompt.items()}
+    candidates = [s for s in per_prompt if s == base or significant_gain(per_prompt[base] - per_prompt[s],
+                                                                          cfg.validation_z)]
+    corr.strength = min(candidates, key=lambda s: (scores[s], s))
     corr.validation = scores
-    logger.info("%s: strength %g chosen on %d held-out prompts (mean log10 MSE %s)",
+    logger.info("%s: strength %g chosen on %d held-out prompts (mean log10 MSE %s; z = %g)",
                 getattr(corr, "kind", "correction"), corr.strength, len(items),
-                ", ".join(f"{s:g}: {v:.4f}" for s, v in scores.items()))
+                ", ".join(f"{s:g}: {v:.4f}" for s, v in scores.items()), cfg.validation_z)
+
+
+def significant_gain(gains: Tensor, z: float) -> bool:
+    """Whether the paired per-prompt ``gains`` ``(P,)`` (positive: better) have a mean above ``z`` standard errors
+    of it (one-sided; ``z`` 0: a positive mean, the only test one prompt allows)."""
+    mean = float(gains.mean())
+    error = float(gains.std() / len(gains) ** 0.5) if len(gains) > 1 else 0.0
+    return mean > z * error
 
 
 def _input_means(pipe, items, cfg: AffinerConfig, latents, correction=None) -> dict[int, Tensor]:

@@ -30,7 +30,7 @@ def _positive(value: str) -> int:
 #: prompts; with ``validation_prompts=V`` the last V of those choose the strength instead of being fitted on).
 SETTINGS = {"blocksize": int, "alpha": float, "lambda1": float, "lambda2": float, "noise_target": str,
             "recurrent": lambda v: {"true": True, "false": False}[v.lower()], "validation_prompts": _positive,
-            "prompts": _positive}
+            "validation_z": float, "prompts": _positive}
 
 
 def split_correction(label: str) -> tuple[str, dict]:

@@ -34,7 +34,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "may carry settings of its own, e.g. affiner:blocksize=8:lambda1=0.01 (keys: blocksize, "
                         "alpha, lambda1, lambda2, noise_target, recurrent; prompts=N to fit on the first N "
                         "calibration prompts; validation_prompts=V to hold the last V of them out and apply the "
-                        "correction at the strength (0, 0.5 or 1) that is best on them)")
+                        "correction at the strength (0, 0.5 or 1) that is best on them; validation_z=Z to take a "
+                        "strength over 0 only where its gain there exceeds Z standard errors)")
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -10,6 +10,7 @@ pytest.importorskip("diffusers")
 
 from segquant.affiner import (  # noqa: E402
     CorrectionMismatchError, installed, load_correction, process_affiner, save_correction)
+from segquant.affiner.process import significant_gain  # noqa: E402
 from segquant.errors import ConfigError, CorruptCheckpointError  # noqa: E402
 from segquant.eval.harness import fp_call_tap, step_errors  # noqa: E402
 from segquant.models.tiny_pipelines import TINY_DENOISER, build_tiny_pipeline, tiny_prompt_inputs  # noqa: E402
@@ -163,6 +164,16 @@ def test_held_out_prompts_switch_off_a_correction_that_does_not_help(setup, tmp_
     corr = process_affiner({**cfg, "blocksize": 2}, items(name, "fit", 3), pipe, q)
     assert corr.strength > 0 and corr.validation[corr.strength] < corr.validation[0.0]
     assert load_correction(save_correction(corr, tmp_path / "affiner")).strength == corr.strength
+    demanding = process_affiner({**cfg, "blocksize": 2, "validation_prompts": 2, "validation_z": 1e9},
+                                items(name, "fit", 4), pipe, q)
+    assert demanding.strength == 0.0
+
+
+def test_significant_gain_is_a_one_sided_test_on_the_mean():
+    gains = torch.tensor([0.10, 0.12, 0.08, 0.11])  # mean 0.1025, standard error ≈ 0.0085
+    assert significant_gain(gains, 0.0) and significant_gain(gains, 10.0) and not significant_gain(gains, 13.0)
+    assert not significant_gain(torch.tensor([0.3, -0.25, 0.2, -0.2]), 1.0)  # a positive mean inside its noise
+    assert not significant_gain(-gains, 0.0)
 
 
 def test_strength_blends_the_correction(setup):
@@ -188,3 +199,5 @@ def test_bad_held_out_settings_are_named(setup):
         process_affiner(cfg, items(name, "fit", 3), pipe, q, thirdparty_affiner=MeanShift())
     with pytest.raises(ConfigError, match="strengths"):
         process_affiner({**cfg, "strengths": ()}, items(name, "fit", 3), pipe, q)
+    with pytest.raises(ConfigError, match="validation_z=2.0 needs validation_prompts ≥ 2"):
+        process_affiner({**cfg, "validation_prompts": 1, "validation_z": 2.0}, items(name, "fit", 3), pipe, q)
