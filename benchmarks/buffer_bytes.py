@@ -8,7 +8,7 @@ pure torch; the CUDA check is bypassed) and scales the per-block bytes to the fu
 13 + 10 + 1). ``--bf16`` lists the unquantized model the same way:
 
     cd benchmarks && PYTHONPATH=.. python buffer_bytes.py --variant sq_w4a8_r32_2l     # ~5 min on 2 CPU cores
-    cd benchmarks && PYTHONPATH=.. python buffer_bytes.py --model sd35 --variant sq_fp8
+    cd benchmarks && PYTHONPATH=.. python buffer_bytes.py --model sd35 --variant sq_fp8 [--max-image-size 2048]
 """
 
 from __future__ import annotations
@@ -34,12 +34,14 @@ MODELS = {
 }
 
 
-def buffer_bytes(model_name: str, variant: str | None) -> dict[str, int]:
-    """Buffer / parameter name (last component) -> bytes in the full-depth model (``variant`` None: bf16)."""
+def buffer_bytes(model_name: str, variant: str | None, max_image_size: int | None = None) -> dict[str, int]:
+    """Buffer / parameter name (last component) -> bytes in the full-depth model (``variant`` None: bf16);
+    ``max_image_size``: SD3's position table cropped to images of up to that many pixels
+    (``segquant.crop_position_tables``, after quantization)."""
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
     import segquant.kernels.gpu.backend  # noqa: F401 (patched below)
-    from segquant import quantize
+    from segquant import crop_position_tables, quantize
     from segquant.kernels.backend import set_backend
 
     torch.manual_seed(0)
@@ -54,6 +56,8 @@ def buffer_bytes(model_name: str, variant: str | None) -> dict[str, int]:
             quantize(model, [example], segquant_config(variant), example=example)
             with mock.patch("segquant.kernels.gpu.backend._device_problem", return_value=None):
                 set_backend(model, "gpu")
+    if max_image_size is not None:
+        crop_position_tables(model, max_image_size)
     totals: collections.Counter = collections.Counter()
     storages = set()  # a tensor shared by every layer (the unit row scales) counts once
     for name, tensor in (*model.named_buffers(remove_duplicate=False), *model.named_parameters()):
@@ -70,8 +74,10 @@ def main() -> None:
     parser.add_argument("--model", default="flux", choices=list(MODELS))
     parser.add_argument("--variant", default="sq_w4a8_r32_2l", choices=[v for v in VARIANTS if v.startswith("sq_")])
     parser.add_argument("--bf16", action="store_true", help="the unquantized bf16 model instead")
+    parser.add_argument("--max-image-size", type=int, default=None,
+                        help="crop SD3's position table to images of up to this many pixels (crop_position_tables)")
     args = parser.parse_args()
-    totals = buffer_bytes(args.model, None if args.bf16 else args.variant)
+    totals = buffer_bytes(args.model, None if args.bf16 else args.variant, args.max_image_size)
     print("| tensor | GB |\n| --- | --- |")
     for name, size in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"| {name} | {size / 1e9:.4f} |")

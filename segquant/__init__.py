@@ -28,6 +28,7 @@ _EXPORTS = {
     "load_quantized": "segquant.serialization",
     "fuse_projections": "segquant.models.fusion",
     "sigmoid_form_gelus": "segquant.models.activations",
+    "crop_position_tables": "segquant.models.position",
     "SegLinear": "segquant.nn.seglinear",
     "DType": "segquant.enums",
     "Optimum": "segquant.enums",
@@ -64,5 +65,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from segquant.kernels.backend import available_backends, set_backend
     from segquant.models.activations import sigmoid_form_gelus
     from segquant.models.fusion import fuse_projections
+    from segquant.models.position import crop_position_tables
     from segquant.quantizer import quantize
     from segquant.serialization import load_quantized, save_quantized
