@@ -68,6 +68,7 @@ from fullsize import build
 from torch._dynamo.utils import compilation_time_metrics, compile_times, counters
 
 from segquant.models.activations import sigmoid_form_gelus
+from segquant.models.position import crop_position_tables
 from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graphs
 
 VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_nocfg", "torchao_fp8_whole", "torchao_int4",
@@ -282,7 +283,8 @@ def model_bytes(model) -> int:
     return sum(storages.values())
 
 
-def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = None, profile: bool = False) -> dict:
+def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = None, profile: bool = False,
+                max_image_size: int | None = None) -> dict:
     from segquant.kernels.gpu import ops
 
     # torchao's configs change Inductor's settings and the float32 matmul precision for the whole process: the
@@ -290,17 +292,21 @@ def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = 
     saved_inductor, precision = torch._inductor.config.save_config(), torch.get_float32_matmul_precision()
     try:
         with ops.switched(**SWITCHES.get(variant.removesuffix(SIGMOID_GELU), {})):
-            return _run_prepared(name, variant, iters, compile_mode, profile)
+            return _run_prepared(name, variant, iters, compile_mode, profile, max_image_size)
     finally:
         torch._inductor.config.load_config(saved_inductor)
         torch.set_float32_matmul_precision(precision)
 
 
-def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None, profile: bool) -> dict:
+def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None, profile: bool,
+                  max_image_size: int | None) -> dict:
     model, example = build(name)
+    freed = crop_position_tables(model, max_image_size) if max_image_size else 0  # SD3's table: every variant alike
     base = variant.removesuffix(SIGMOID_GELU)
     eager = output(model, example) if base == "bf16_compiled" else None  # the floor of the model-level error
     facts = prepare(base, model, example, compile_mode, sigmoid_gelu=base != variant)
+    if freed:
+        facts["position_table_freed_gib"] = round(freed / 2**30, 3)
     gc.collect()
     clear_cublas = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)  # workspaces of the error check
     if clear_cublas is not None:
@@ -399,6 +405,10 @@ def main() -> None:
                         help="torch.compile mode of the blocks, e.g. reduce-overhead (per-block CUDA graphs)")
     parser.add_argument("--smoke", action="store_true", help="CPU check of the sq_* variants on a small config")
     parser.add_argument("--profile", action="store_true", help="GPU time per kernel of one call (torch.profiler)")
+    parser.add_argument("--max-image-size", type=int, default=None,
+                        help="crop SD3's position table to images of up to this many pixels in every variant "
+                             "(segquant.crop_position_tables; the weight-memory comparison without diffusers' table "
+                             "for 6144² images)")
     parser.add_argument("--inductor", default="", help="torch._inductor.config settings for every variant, e.g. "
                         "coordinate_descent_tuning=True (comma-separated NAME=PYTHON_LITERAL)")
     opts = parser.parse_args()
@@ -411,7 +421,8 @@ def main() -> None:
     results = []
     for variant in variants:
         try:
-            results.append(run_variant(opts.model, variant, opts.iters, opts.compile_mode, opts.profile))
+            results.append(run_variant(opts.model, variant, opts.iters, opts.compile_mode, opts.profile,
+                                       opts.max_image_size))
         except Exception as error:  # a failing variant must not hide the others' numbers
             logging.exception("variant %s failed", variant)
             results.append(dict(model=opts.model, variant=variant, error=f"{type(error).__name__}: {error}"))

@@ -16,7 +16,8 @@
 # demo PSNR gap between the backends comes from (benchmarks/backend_gap.py).
 # `quantize_elementwise` (~2 min) times the fused GELU / norm + quantize kernels alone (benchmarks/quantize_elementwise.py).
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
-# kernel, `sq_int8_fused` fuses q/k/v with one smoothing), SD35_VARIANTS / SD35_LIMIT / SD35_INDUCTOR (e2e_sd35; `sq_fp8_fused`; SD35_INDUCTOR
+# kernel, `sq_int8_fused` fuses q/k/v with one smoothing), SD35_VARIANTS / SD35_LIMIT / SD35_INDUCTOR / SD35_MAX_IMAGE (e2e_sd35; `sq_fp8_fused`; SD35_MAX_IMAGE=2048 crops the
+# position table in every variant; SD35_INDUCTOR
 # e.g. coordinate_descent_tuning=True applies to every variant; SD35_TAG suffixes the output names; e2e_w8a8.py's
 # `torchao_fp8_whole` and `*_sgelu` variants serve both e2e steps), TESTS_NODES (pytest node ids for tests; on the lent machine
 # `TESTS_K=tma` selected 224 of 225 tests, so name the tests by node id) / TESTS_K (a -k selection), QUANTIZE_LIMIT
@@ -67,6 +68,7 @@ for step in "${steps[@]}"; do
                 > "$OUT/e2e_flux_w4.log" 2>&1; tail -n 8 "$OUT/e2e_flux_w4.log" ;;
     e2e_sd35) (cd benchmarks && timeout ${SD35_LIMIT:-420} python3 e2e_w8a8.py --model sd35 --iters 6 \
                 --variants ${SD35_VARIANTS:-bf16_compiled,sq_fp8,torchao_fp8} --profile --inductor "${SD35_INDUCTOR:-}" \
+                ${SD35_MAX_IMAGE:+--max-image-size "$SD35_MAX_IMAGE"} \
                 --json "$OUT/e2e_sd35${SD35_TAG:-}.json") > "$OUT/e2e_sd35${SD35_TAG:-}.log" 2>&1
               tail -n 7 "$OUT/e2e_sd35${SD35_TAG:-}.log" ;;
     quantize_elementwise) (cd benchmarks && timeout ${QE_LIMIT:-240} python3 quantize_elementwise.py --out "$OUT/quantize_elementwise") \
