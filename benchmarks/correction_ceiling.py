@@ -12,6 +12,15 @@ Uses ``segquant demo``'s settings (same prompts, seeds, calibration; ``--per-cla
 
     python benchmarks/correction_ceiling.py --models mmdit,flux,unet --presets w4a8,w4a4 --factors 1,0.9,0.83,0.7,0.5
     python benchmarks/correction_ceiling.py --against-affiner TABLE.md RUN/results.json ...   # the affiner beside it
+    python benchmarks/correction_ceiling.py --shared-final-error --presets w4a8,w4a4 --per-class 4
+
+``--shared-final-error`` asks the question from the other end: how much of the *final image's* error is shared by
+all prompts? It subtracts the per-pixel mean error (quantized minus full-precision image, over prompts) from the
+quantized images: fitted on the same images (an in-sample ceiling for any correction that adds the same thing to
+every prompt's image) and on the other half of the prompts (even / odd, both ways; what a fit on other prompts
+gets). The additive part ``b_t`` of a per-step correction reaches the end, to first order, as such an added image,
+so this bounds what the bias terms of the affiner, PTQD and TAC can buy; their slope terms (``K_t ⊙ ε̂``) scale each
+prompt's own prediction and are not bounded by it (the oracle above covers those).
 """
 
 from __future__ import annotations
@@ -72,6 +81,42 @@ def ceiling(name: str, presets: list[str], factors: list[float], settings: dict,
             base = value if base is None else base
             print(f"| {name} | {preset} | {steps.start}..{steps.stop - 1} | {factor:g} | {value:.2f} | "
                   f"{value - base:+.2f} |", flush=True)
+
+
+def shared_error_gains(images: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """PSNR gains (dB) of ``images`` ``(N, C, H, W)`` in [0, 1] with the per-pixel mean error over prompts removed
+    (clamped to [0, 1]): fitted on all ``N`` (in-sample) and, held out, on the even prompts for the odd ones and the
+    reverse (mean over all ``N``)."""
+    base = mean_psnr(images, reference)
+    error = images - reference
+    in_sample = mean_psnr((images - error.mean(0)).clamp(0, 1), reference)
+    held_out = images.clone()
+    for fit, apply in ((slice(0, None, 2), slice(1, None, 2)), (slice(1, None, 2), slice(0, None, 2))):
+        held_out[apply] = (images[apply] - error[fit].mean(0)).clamp(0, 1)
+    return in_sample - base, mean_psnr(held_out, reference) - base
+
+
+def shared_final_error(name: str, presets: list[str], settings: dict) -> None:
+    """Print one demo model's rows: PSNR per preset and the gains of :func:`shared_error_gains`."""
+    from segquant.baselines.harness import quantize_entry
+    from segquant.demo.cli import _load, demo_eval_config, demo_prompts
+    from segquant.eval.harness import calibration_loader, generate_images
+    from segquant.pipeline.glue import get_denoiser, swapped_denoiser
+    from segquant.presets import preset_dict
+
+    prompts, labels, calib = demo_prompts(settings)
+    pipe = _load(name, None, False)
+    cfg = demo_eval_config(settings, prompts, labels, calib)
+    denoiser, fp = get_denoiser(pipe)
+    reference = generate_images(pipe, cfg, "fp", progress=False)
+    loader = calibration_loader(pipe, denoiser, cfg, progress=False)
+    for preset in presets:
+        qmodel = quantize_entry(copy.deepcopy(fp), loader, preset_dict(preset))
+        with swapped_denoiser(pipe, qmodel, denoiser):
+            images = generate_images(pipe, cfg, preset, progress=False)
+        in_sample, held_out = shared_error_gains(images, reference)
+        print(f"| {name} | {preset} | {len(images)} | {mean_psnr(images, reference):.2f} | {in_sample:+.2f} | "
+              f"{held_out:+.2f} |", flush=True)
 
 
 def oracle_curves(table: Path) -> dict:
@@ -138,6 +183,8 @@ def main() -> None:
                         help="the step indices shrunk, a Python slice (`:`, `:-1`, `-1:`)")
     parser.add_argument("--against-affiner", nargs="+", type=Path, metavar="FILE",
                         help="no generation: this script's saved table, then affiner runs' results.json")
+    parser.add_argument("--shared-final-error", action="store_true",
+                        help="the final images' error shared by all prompts, instead of the oracle (module doc)")
     opts = parser.parse_args()
     if opts.against_affiner:
         against_affiner(opts.against_affiner[0], opts.against_affiner[1:], opts.presets.split(","))
@@ -145,6 +192,12 @@ def main() -> None:
     args = build_parser().parse_args(["demo", "--per-class", str(opts.per_class), "--steps", str(opts.steps),
                                       "--no-fid"])
     settings = demo_settings(args)
+    if opts.shared_final_error:
+        print("| model | preset | images | PSNR dB | mean error removed, in-sample | fitted on the other half |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for name in opts.models.split(","):
+            shared_final_error(name, opts.presets.split(","), settings)
+        return
     factors = [float(f) for f in opts.factors.split(",")]
     steps = range(opts.steps)[slice(*(int(p) if p else None for p in opts.shrink_steps.split(":")))]
     print(f"| model | preset | steps shrunk | error factor f | PSNR dB | vs f = {factors[0]:g} |")
