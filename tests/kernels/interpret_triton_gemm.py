@@ -6,6 +6,7 @@ math (packed INT4 unpacking, per-K-tile scales, DualScale, output segments, the 
 inputs, masks for odd sizes). 16-bit tensors are fp16 here: the interpreter's bf16 dot is wrong (NumPy has no bf16).
 """
 
+import contextlib
 import math
 import os
 import sys
@@ -80,10 +81,12 @@ TMA_CASES = {
 }
 #: The same kernel with its last partial wave split along K (``split_tail``; the interpreter runs 4 programs, the
 #: first config's tiles are 128 x 256 x 128): 9 tiles = 2 whole waves + 1 tile in 2 pieces of 2 and 3 K tiles; 2 tiles
-#: (fewer than the programs) in 2 pieces each, with bias and the low-rank branch in the last piece's epilogue.
+#: (fewer than the programs) in 2 pieces each, with bias and the low-rank branch in the last piece's epilogue; 64 x 128
+#: tiles (``tile``: the config used instead of the first), 6 tiles = 1 whole wave + 2 tiles in 2 pieces each.
 TMA_SPLIT_CASES = {
     "tma_split_int8_waves_and_tail": dict(m=300, n=520, k=640, fmt="int8"),
     "tma_split_fp8_lowrank_no_whole_wave": dict(m=200, n=200, k=400, fmt="fp8", rank=8),
+    "tma_split_int8_64_row_tiles": dict(m=150, n=130, k=512, fmt="int8", tile=(64, 128, 128)),
 }
 #: The one-pass dequantization of packed INT4 weights (float32 / fp16 output).
 DEQUANTIZE_CASES = {"dequantize_g64": dict(n=40, k=384, segments=(64,) * 6),
@@ -110,6 +113,21 @@ def dequantize_case(n, k, segments, steps=False, seed=0):
     return pack_int4(codes), torch.rand(n, len(segments), generator=g) * 0.01 + 1e-3, cols
 
 
+@contextlib.contextmanager
+def first_tma_config(tile: tuple[int, int, int] | None):
+    """The persistent kernel's configs with the one of tiles ``(BM, BN, BK)`` first (autotuning is off here, so the
+    first legal config runs); ``None``: as they are."""
+    from segquant.kernels.gpu.triton_tma import _tma_gemm_kernel
+
+    configs = list(_tma_gemm_kernel.configs)
+    if tile is not None:
+        _tma_gemm_kernel.configs = sorted(configs, key=lambda c: (c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"]) != tile)
+    try:
+        yield
+    finally:
+        _tma_gemm_kernel.configs = configs
+
+
 def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(kernel output, reference) of case ``name``."""
     from segquant.kernels.gpu.ops import dequantize_w4
@@ -122,7 +140,9 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         b, scale, cols = dequantize_case(**DEQUANTIZE_CASES[name])
         dtype = torch.int8 if scale.dtype == torch.uint8 else torch.float32
         return (dequantize_w4_triton(b, scale, cols, dtype).float(), dequantize_w4(b, scale, cols, dtype).float())
-    args = case(**ALL_CASES[name])
+    spec = dict(ALL_CASES[name])
+    tile = spec.pop("tile", None)
+    args = case(**spec)
     if name in GEMV_CASES:
         args = one_input_scale(args)
         a, b, a_scale, a_scale_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
@@ -133,8 +153,9 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         a, b, a_scale, _, w_scale, a_col, w_col, bias, t, u, *_, out_dtype = args
         split = name in TMA_SPLIT_CASES
         assert not split or tail_splits(a, b), f"{name}: no tile config splits its last wave"
-        return (tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype, split_tail=split),
-                scaled_gemm_reference(*args))
+        with first_tma_config(tile):
+            out = tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype, split_tail=split)
+        return out, scaled_gemm_reference(*args)
     return scaled_gemm_triton(*args), scaled_gemm_reference(*args)
 
 def prepare_interpreter() -> None:

@@ -15,7 +15,7 @@ from segquant.nn.spec import SegLinearSpec
 from segquant.numerics import PerToken
 from tests.kernels.interpret_triton_gemm import CASES as CASES_INTERPRETED
 from tests.kernels.interpret_triton_gemm import (GEMV_CASES, TMA_CASES, TMA_SPLIT_CASES, dequantize_case,
-                                                 one_input_scale)
+                                                 first_tma_config, one_input_scale)
 from tests.kernels.interpret_triton_gemm import case as interpreted_case
 from tests.kernels.test_gemm_reference import SPECS, filled, pack, rel_err
 
@@ -156,13 +156,15 @@ def test_tma_kernel_matches_twin(name, monkeypatch):
     monkeypatch.setitem(ops.USE_TMA, "enabled", True)
     monkeypatch.setattr(ops, "fastest_kernel", lambda key, kernels: "tma_split_tail" if split else "tma")
     monkeypatch.setitem(ops.USE_SCALED_MM, "enabled", False)
-    args = [t.cuda() if isinstance(t, torch.Tensor) else t
-            for t in one_input_scale(interpreted_case(**{**TMA_GPU_CASES, **TMA_SPLIT_GPU_CASES}[name]))]
+    spec = dict({**TMA_GPU_CASES, **TMA_SPLIT_GPU_CASES}[name])
+    tile = spec.pop("tile", None)
+    args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in one_input_scale(interpreted_case(**spec))]
     assert not split or triton_tma.tail_splits(args[0], args[1])
     ref = scaled_gemm_reference(*args)
     for _ in range(2):
         poison_allocator()
-        y = ops.gemm(*args[:-1], torch.bfloat16)
+        with first_tma_config(tile):
+            y = ops.gemm(*args[:-1], torch.bfloat16)
         assert calls[-1] == {"split_tail": split} and rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
 
 
