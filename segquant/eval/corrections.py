@@ -52,6 +52,13 @@ def split_correction(label: str) -> tuple[str, dict]:
             settings[key] = SETTINGS[key](value)
         except (ValueError, KeyError):
             raise ConfigError(f"--correction {label!r}: bad value {value!r} for {key}") from None
+    if method != "none":  # settings that do not go together fail here, before any generation
+        from segquant.affiner.process import as_affiner_config
+
+        try:
+            as_affiner_config({"method": method, **{k: v for k, v in settings.items() if k != "prompts"}})
+        except ConfigError as error:
+            raise ConfigError(f"--correction {label!r}: {error}") from None
     return method, settings
 
 

@@ -27,6 +27,10 @@ def test_correction_variants_carry_their_settings():
     assert split_correction("affiner:validation_prompts=4") == ("affiner", {"validation_prompts": 4})
     with pytest.raises(ConfigError, match="bad value '0' for prompts"):
         parse_corrections("affiner:prompts=0")
+    assert split_correction("affiner:validation_prompts=8:validation_z=2") == (
+        "affiner", {"validation_prompts": 8, "validation_z": 2.0})
+    with pytest.raises(ConfigError, match="'affiner:validation_z=2'.*validation_z=2.0 needs validation_prompts ≥ 2"):
+        parse_corrections("none,affiner:validation_z=2")  # before any generation
 
 
 def test_a_correction_fits_on_the_first_prompts_it_asks_for(monkeypatch):
