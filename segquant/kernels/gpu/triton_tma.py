@@ -181,8 +181,13 @@ def tma_fits(a: torch.Tensor, b: torch.Tensor, a_scale_neg, scale_mode: int, inp
 def tail_splits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether some tile config of the persistent kernel splits the last wave of ``a`` ``(1, M, K)`` x ``b``
     ``(N, K)`` (see :func:`tail_parts`), i.e. whether ``split_tail=True`` runs differently at all."""
-    return bool(_sized(_CONFIGS, {"M": a.shape[1], "N": b.shape[0], "K": a.shape[2], "NUM_SMS": _programs(a),
-                                  "SPLIT_TAIL": True}))
+    return _some_config_splits(a.shape[1], b.shape[0], a.shape[2], _programs(a))
+
+
+@functools.cache
+def _some_config_splits(m: int, n: int, k: int, programs: int) -> bool:
+    """:func:`tail_splits` for one shape, remembered (it is asked on every eager call of the op)."""
+    return bool(_sized(_CONFIGS, {"M": m, "N": n, "K": k, "NUM_SMS": programs, "SPLIT_TAIL": True}))
 
 
 @functools.cache
