@@ -46,12 +46,14 @@ def _block_shapes(nargs: dict) -> None:
     nargs["b_desc"].block_shape = [nargs["BN"], nargs["BK"]]
 
 
-# (BM, BN, BK, warps, stages)
+# (BM, BN, BK, warps, stages). Triton keeps a wgmma with an int32 accumulator synchronous ("the accumulator is not
+# fp32": a wait for the tensor cores after every K step, where FP8 / fp16 dots keep one step in flight), so the
+# 256-deep K tiles, which halve those waits, compete too (their 3 / 2 stages fill 224 of the 227 KB of shared memory).
 _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=w, num_stages=st,
                           pre_hook=_block_shapes)
             for bm, bn, bk, w, st in [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4),
                                       (128, 256, 64, 8, 4), (128, 128, 64, 4, 5), (64, 128, 128, 4, 4),
-                                      (64, 256, 128, 8, 3)]]
+                                      (64, 256, 128, 8, 3), (128, 256, 256, 8, 2), (128, 128, 256, 8, 3)]]
 #: Rows of a split tile that its fix-up adds and finishes at a time.
 FIXUP_ROWS: tl.constexpr = tl.constexpr(32)
 #: Elements of the largest output tile: one workspace slot per tail piece.
