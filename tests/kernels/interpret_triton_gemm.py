@@ -121,7 +121,7 @@ def first_tma_config(tile: tuple[int, int, int] | None):
 
     configs = list(_tma_gemm_kernel.configs)
     if tile is not None:
-        _tma_gemm_kernel.configs = sorted(configs, key=lambda c: (c.kwargs["BM"], c.kwargs["BN"], c.kwargs["BK"]) != tile)
+        _tma_gemm_kernel.configs = sorted(configs, key=lambda c: tuple(c.kwargs[k] for k in ("BM", "BN", "BK")) != tile)
     try:
         yield
     finally:
