@@ -55,13 +55,13 @@ def mean_psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
     return float(psnr(images, reference).mean())
 
 
-def ceiling(name: str, presets: list[str], factors: list[float], settings: dict, steps: range) -> None:
-    """Print the table rows of one demo model: PSNR per preset and factor, the error shrunk at ``steps``."""
+def quantized_runs(name: str, presets: list[str], settings: dict):
+    """For demo model ``name`` with ``segquant demo``'s ``settings``: ``(pipe, cfg, denoiser, fp, reference)`` (the
+    full-precision images) and, lazily, ``(preset, quantized copy of fp)`` per preset, each calibrated alike."""
     from segquant.baselines.harness import quantize_entry
     from segquant.demo.cli import _load, demo_eval_config, demo_prompts
     from segquant.eval.harness import calibration_loader, generate_images
-    from segquant.pipeline.glue import get_denoiser, swapped_denoiser
-    from segquant.pipeline.tap import DenoiserTap
+    from segquant.pipeline.glue import get_denoiser
     from segquant.presets import preset_dict
 
     prompts, labels, calib = demo_prompts(settings)
@@ -70,8 +70,18 @@ def ceiling(name: str, presets: list[str], factors: list[float], settings: dict,
     denoiser, fp = get_denoiser(pipe)
     reference = generate_images(pipe, cfg, "fp", progress=False)
     loader = calibration_loader(pipe, denoiser, cfg, progress=False)
-    for preset in presets:
-        qmodel = quantize_entry(copy.deepcopy(fp), loader, preset_dict(preset))
+    models = ((preset, quantize_entry(copy.deepcopy(fp), loader, preset_dict(preset))) for preset in presets)
+    return (pipe, cfg, denoiser, fp, reference), models
+
+
+def ceiling(name: str, presets: list[str], factors: list[float], settings: dict, steps: range) -> None:
+    """Print the table rows of one demo model: PSNR per preset and factor, the error shrunk at ``steps``."""
+    from segquant.eval.harness import generate_images
+    from segquant.pipeline.glue import swapped_denoiser
+    from segquant.pipeline.tap import DenoiserTap
+
+    (pipe, cfg, denoiser, fp, reference), models = quantized_runs(name, presets, settings)
+    for preset, qmodel in models:
         base = None
         for factor in factors:
             with swapped_denoiser(pipe, qmodel, denoiser):  # the tap goes on the quantized denoiser
@@ -98,20 +108,11 @@ def shared_error_gains(images: torch.Tensor, reference: torch.Tensor) -> tuple[f
 
 def shared_final_error(name: str, presets: list[str], settings: dict) -> None:
     """Print one demo model's rows: PSNR per preset and the gains of :func:`shared_error_gains`."""
-    from segquant.baselines.harness import quantize_entry
-    from segquant.demo.cli import _load, demo_eval_config, demo_prompts
-    from segquant.eval.harness import calibration_loader, generate_images
-    from segquant.pipeline.glue import get_denoiser, swapped_denoiser
-    from segquant.presets import preset_dict
+    from segquant.eval.harness import generate_images
+    from segquant.pipeline.glue import swapped_denoiser
 
-    prompts, labels, calib = demo_prompts(settings)
-    pipe = _load(name, None, False)
-    cfg = demo_eval_config(settings, prompts, labels, calib)
-    denoiser, fp = get_denoiser(pipe)
-    reference = generate_images(pipe, cfg, "fp", progress=False)
-    loader = calibration_loader(pipe, denoiser, cfg, progress=False)
-    for preset in presets:
-        qmodel = quantize_entry(copy.deepcopy(fp), loader, preset_dict(preset))
+    (pipe, cfg, denoiser, _, reference), models = quantized_runs(name, presets, settings)
+    for preset, qmodel in models:
         with swapped_denoiser(pipe, qmodel, denoiser):
             images = generate_images(pipe, cfg, preset, progress=False)
         in_sample, held_out = shared_error_gains(images, reference)
