@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -120,6 +121,23 @@ def _add_subcommands(sub) -> None:
     add_eval_parser(sub, DEMO_SUITE)
     add_demo_parser(sub)
     add_dataset_parser(sub)
+    _plain_descriptions(sub)
+
+
+def _plain_descriptions(sub) -> None:
+    """Every (nested) subcommand's description as plain text (:func:`plain_text`)."""
+    for command in sub.choices.values():
+        command.description = plain_text(command.description or "")
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _plain_descriptions(action)
+
+
+def plain_text(doc: str) -> str:
+    """A module docstring as ``--help`` shows it: reST literals and roles as plain text (````x```` and
+    ``:func:`pkg.f``` -> ```x``` and ``f``), ``Example::`` -> ``Example:``."""
+    doc = re.sub(r":\w+:`~?([\w.]+\.)?(\w+)`", r"\2", doc)
+    return doc.replace("``", "`").replace("::\n", ":\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """``segquant calibrate``: record a calibration set from a pipeline folder or a built-in tiny pipeline.
 
-Registered by ``segquant/cli.py`` through :func:`add_calibrate_parser`. Example::
+Example (64 prompts of a COCO caption file, 8 of 28 steps each)::
 
-    segquant calibrate ./stable-diffusion-3.5-medium --prompts coco.csv --limit 64 \\
+    segquant calibrate ./stable-diffusion-3.5-medium --prompts coco.csv \\
         --sampler uniform --steps 28 --sample-size 64 --timestep-per-sample 8 --out calib/sd35
 
 A built-in model (``tiny-sd3``, ``tiny-flux``, ``tiny-sdxl``, ``tiny-sd3_controlnet``, ...) has no text

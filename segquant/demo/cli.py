@@ -5,8 +5,7 @@ the baseline and the SegQuant presets, generate with the same prompts / seeds / 
 precision, score (PSNR, SSIM, FID/KID, class accuracy, classifier-feature distance, per-step
 denoiser error, time, peak memory) and write the report folder (``README.md``, ``results.json``,
 one folder per model with its table, image grid and error plot). Presets and model names are
-checked before any generation starts. :data:`DEMO_SUITE` lets ``segquant eval`` take the demo
-model names.
+checked before any generation starts.
 """
 
 from __future__ import annotations
@@ -178,4 +177,5 @@ def _evaluate_named(models: list[str], presets: list[str], args: argparse.Namesp
     return evaluate_demo_models(settings, out, args.weights_dir, optional_weights=optional_weights)
 
 
+#: Lets ``segquant eval`` take the demo model names.
 DEMO_SUITE = ModelSuite(names=MODEL_NAMES, evaluate=_evaluate_named)

@@ -1,9 +1,8 @@
 """``segquant eval``: full precision vs quantization presets on one or more models.
 
-Models are local diffusers pipeline folders (loaded offline; give ``--prompts``) or the names of a
-:class:`ModelSuite` that the ``segquant`` command registers (the demo's ``mmdit``, ``flux``, ``unet``:
-shipped weights, class prompts, class accuracy by the shipped classifier). This module knows no
-suite itself, so the generic evaluation does not depend on the demo. Example (the BENCHMARKS table)::
+Models are local diffusers pipeline folders (loaded offline; give ``--prompts``) or the demo's model
+names ``mmdit``, ``flux``, ``unet`` (shipped weights, class prompts, class accuracy by the shipped
+classifier; the ``segquant`` command registers them as a :class:`ModelSuite`). Examples::
 
     segquant eval mmdit flux unet --presets all --per-class 10 --steps 20 --out bench-report
     segquant eval mmdit --presets w8a8,w4a8 --correction none,affiner,ptqd,tac --no-fid
@@ -39,7 +38,8 @@ class ModelSuite:
 
 
 def add_eval_parser(subparsers: Any, suite: ModelSuite | None = None) -> argparse.ArgumentParser:
-    """Add the ``eval`` subcommand; sets ``func``. ``suite``: the named models it accepts."""
+    """Add the ``eval`` subcommand; sets ``func``. ``suite``: the named models it accepts (this module knows no
+    suite itself, so the generic evaluation does not depend on the demo)."""
     p = subparsers.add_parser("eval", help="compare full precision with quantization presets (images + metrics)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     names = f"model names ({', '.join(suite.names)}) or " if suite else ""
