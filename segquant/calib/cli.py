@@ -68,7 +68,8 @@ def _sampler(args: argparse.Namespace):
     if args.sampler == "uniform":
         return UniformSampler(args.steps, args.sample_size, args.timestep_per_sample, seed=args.seed)
     if args.sampler == "normal":
-        return NormalSampler(args.steps, args.sample_size, args.timestep_per_sample, args.mean, args.std, seed=args.seed)
+        return NormalSampler(args.steps, args.sample_size, args.timestep_per_sample, args.mean, args.std,
+                             seed=args.seed)
     if not args.step_list:
         raise ConfigError("--step-list is required with --sampler steps")
     steps = [int(s) for s in args.step_list.split(",") if s.strip()]
