@@ -25,6 +25,10 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
                     (the ``w8a8_fast`` preset without its DualScale on the weight-bound AdaLN layers)
 - ``sq_int8_full``  INT8 with all six SegPatterns: also per-head / per-``cat``-input scales (per-K-tile scaled
                     GEMM) and DualScale (two products per weight tile)
+- ``sq_int8_segs`` / ``sq_fp8_segs``  ``sq_int8`` / ``sq_fp8`` with the input segments too (per-head / per-``cat``-
+                    input static scales, per-K-tile scaled GEMMs), no DualScale
+- ``sq_int8_segfold`` / ``sq_fp8_segfold``  the same with the segment scales folded into the smoothing
+                    (``input_quant.fold_segments``): the same input codes, plain GEMMs
 - ``sq_w4a8_r32``   packed INT4 per-group(64) weights with SVDQuant's rank-32 branch (smoothing alpha 0.5,
                     round-to-nearest: the kernel's work does not depend on GPTQ), INT8 static per-tensor inputs,
                     output segments
@@ -73,7 +77,7 @@ from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graph
 
 VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_nocfg", "torchao_fp8_whole", "torchao_int4",
             "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_int8", "sq_fp8_fused", "sq_int8_fused", "sq_int8_tiled",
-            "sq_int8_dyn", "sq_int8_full",
+            "sq_int8_dyn", "sq_int8_full", "sq_int8_segs", "sq_fp8_segs", "sq_int8_segfold", "sq_fp8_segfold",
             "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a16")
 #: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.
 SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tiled": {"USE_TMA": False},
@@ -89,7 +93,8 @@ SIGMOID_GELU = "_sgelu"
 
 def segquant_config(variant: str) -> dict:
     """The segquant config of a ``sq_*`` variant (8-bit: per-channel weights, static per-tensor inputs unless
-    ``_dyn``: dynamic per-token, q/k/v fused with one smoothing if ``_fused``; 4-bit: see the module doc)."""
+    ``_dyn``: dynamic per-token, q/k/v fused with one smoothing if ``_fused``, input segments with ``_segs`` /
+    ``_segfold``; 4-bit: see the module doc)."""
     int4 = {"type": "int4", "granularity": "group", "group_size": 64}
     if variant.startswith("sq_w4a8_r32"):
         return {"default": {"search_patterns": _ALL_PATTERNS[:2], "opt": {"type": "svd", "alpha": 0.5, "low_rank": 32},
@@ -99,13 +104,15 @@ def segquant_config(variant: str) -> dict:
         return {"default": {"search_patterns": _ALL_PATTERNS[:2], "opt": {"type": "default"}, "calib": {"type": "amax"},
                             "weight_quant": int4, "input_quant": {"enable": False}}}
     fmt = "fpe4m3" if variant.startswith("sq_fp8") else "int8"
-    patterns = _ALL_PATTERNS if variant.endswith("_full") else _ALL_PATTERNS[:2]
+    fold = variant.endswith("_segfold")
+    patterns = (_ALL_PATTERNS if variant.endswith("_full") else
+                _ALL_PATTERNS[:5] if fold or variant.endswith("_segs") else _ALL_PATTERNS[:2])
     dynamic = variant.endswith("_dyn")
     return {"fuse_projections": variant.endswith("_fused"),
             "default": {"search_patterns": patterns, "opt": {"type": "smooth", "alpha": 0.5},
                         "calib": {"type": "amax"},
                         "input_quant": {"type": fmt, "granularity": "token" if dynamic else "tensor",
-                                        "dynamic": dynamic},
+                                        "dynamic": dynamic, "fold_segments": fold},
                         "weight_quant": {"type": fmt, "granularity": "channel"}}}
 
 

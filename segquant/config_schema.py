@@ -153,13 +153,22 @@ class TensorQuantConfig(_Section):
 
 @dataclass(frozen=True)
 class InputQuantConfig(TensorQuantConfig):
+    """``fold_segments``: static symmetric inputs with input segments (attention heads, ``cat`` parts) fold each
+    segment's scale into the smoothing vector and so into the weight before it is quantized: the input is still
+    quantized with one scale per segment, and the GEMM becomes a plain one (one input scale, one weight scale
+    per output channel), at the price of rounding the weight with the segment scales in it. A layer with
+    DualScale inputs keeps its segments (two scales per segment do not fold into one weight)."""
+
     granularity: Granularity = _granularity({None: "tensor", -1: "token"}, ("tensor", "token", "group"))
+    fold_segments: bool = setting(False, _bool)
 
     def check(self, path: str) -> None:
         if not self.dynamic:
             _check(isinstance(self.granularity, PerTensor), f"{path}: static (dynamic: false) activation scales "
                    f"must be per-tensor, got granularity {self.granularity.name!r}; per-token/group scales need "
                    "dynamic: true")
+        _check(not self.fold_segments or not self.dynamic and self.symmetric, f"{path}.fold_segments: only static "
+               "(dynamic: false), symmetric input scales fold into the weight")
         super().check(path)
 
 

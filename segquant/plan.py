@@ -57,7 +57,8 @@ class LayerPlan:
     def spec(self) -> SegLinearSpec:
         """The layout of the ``SegLinear`` this layer becomes."""
         cfg, inp, wq = self.config, self.config.input_quant, self.config.weight_quant
-        input_segments = self.input_segments or (self.in_features,)
+        folded = self.input_segments if self.folds_input_segments() else ()
+        input_segments = (self.in_features,) if folded else self.input_segments or (self.in_features,)
         output_segments = self.output_segments or (self.out_features,)
         return SegLinearSpec(
             in_features=self.in_features, out_features=self.out_features,
@@ -70,7 +71,14 @@ class LayerPlan:
             weight_two_level=self.two_level(),
             smooth=cfg.opt.type in (Optimum.SMOOTH, Optimum.SVD) and inp.enable and wq.enable,
             low_rank=self.low_rank(),
-            low_rank_precision=cfg.opt.precision, has_bias=self.has_bias)
+            low_rank_precision=cfg.opt.precision, has_bias=self.has_bias, folded_input_segments=folded)
+
+    def folds_input_segments(self) -> bool:
+        """Whether the static scales of this layer's input segments fold into its smoothing (``input_quant.
+        fold_segments`` asked, quantized weights and inputs, more than one input segment, no DualScale)."""
+        inp = self.config.input_quant
+        return (inp.fold_segments and inp.enable and self.config.weight_quant.enable and len(self.input_segments) > 1
+                and not uses_dualscale(self.dual_scale_activation, inp.enable))
 
     def settings(self) -> LayerSettings:
         """The algorithm settings of this layer's conversion (alpha or its search, clipping, GPTQ)."""
@@ -196,7 +204,8 @@ def _table_row(layer: LayerPlan) -> tuple[str, ...]:
     opt = cfg.opt.type.value + (f"(r={spec.low_rank})" if spec.low_rank else "")
     return (layer.name, f"{layer.out_features}x{layer.in_features}",
             ",".join(p.value for p in layer.patterns) or "-", _segments_text(layer.output_segments),
-            _segments_text(layer.input_segments), layer.dual_scale_activation or "-", weight, inp, opt,
+            _segments_text(layer.input_segments) + (" folded" if spec.folded_input_segments else ""),
+            layer.dual_scale_activation or "-", weight, inp, opt,
             cfg.calib.type.value, _chosen_text(layer.chosen))
 
 

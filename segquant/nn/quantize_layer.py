@@ -9,6 +9,10 @@ the order of the method:
 2. SVD: a rank-r branch ``U_s D_s`` of ``W_s · λ_s``, kept in 16-bit; the residual is quantized.
 3. Weights: AMAX / percentile / MSE clipping with round-to-nearest, or GPTQ on the Hessian of ``x / λ_s``.
 4. Static input scales per input segment ``j`` from the statistics of ``x / λ_s`` (DualScale: one per sign).
+
+With ``spec.folded_input_segments`` step 4 comes before step 3 for those segments: ``λ_s`` and the residual
+weight are multiplied by each segment's scale (so ``x / λ_s`` is already in code units, the one input scale is 1,
+and step 3 rounds the weight with the scales in it); the branch of step 2 is that of the unfolded layer.
 """
 
 from __future__ import annotations
@@ -145,8 +149,6 @@ def _quantize_segment(weight: Tensor, spec: SegLinearSpec, settings: LayerSettin
     smooth = torch.ones(weight.shape[1], device=weight.device)
     if alpha is not None:
         smooth = smooth_factors(stats.absmax.to(weight.device), weight, alpha)
-    if spec.smooth:
-        segment["smooth"] = smooth
     weight = weight * smooth
     if spec.low_rank:
         up, down = lowrank_branch(weight, spec.low_rank)
@@ -155,10 +157,26 @@ def _quantize_segment(weight: Tensor, spec: SegLinearSpec, settings: LayerSettin
         down = (torch.nn.functional.pad(down, (0, 0, 0, missing)) / smooth).to(spec.low_rank_dtype)  # D / λ
         segment["lowrank_up"], segment["lowrank_down"] = up, down
         weight = weight - up.float() @ (down.float() * smooth)  # the residual of the branch as stored
+    if spec.folded_input_segments:  # the branch stays that of x / λ; the quantized residual takes the scales
+        scales = _folded_segment_scales(spec, settings, stats, smooth)
+        smooth, weight = smooth * scales, weight * scales
+    if spec.has_smooth_buffer:
+        segment["smooth"] = smooth
     segment.update(_quantize_weight(weight, spec, settings, stats, col_group, smooth))
-    if spec.input_dtype is not None and not spec.input_dynamic:
+    if spec.folded_input_segments:
+        segment["input_scale"] = torch.ones(1, device=weight.device)
+    elif spec.input_dtype is not None and not spec.input_dynamic:
         segment.update(_static_input_scales(spec, settings, stats, smooth))
     return segment
+
+
+def _folded_segment_scales(spec: SegLinearSpec, settings: LayerSettings, stats: InputObserver,
+                           smooth: Tensor) -> Tensor:
+    """``(K,)``: the static input scale of ``x / λ`` in each of ``spec.folded_input_segments``, per channel."""
+    segments = spec.folded_input_segments
+    unfolded = replace(spec, input_segments=segments, folded_input_segments=())
+    scales = _static_input_scales(unfolded, settings, stats, smooth)["input_scale"]
+    return scales.repeat_interleave(torch.tensor(segments, device=scales.device))
 
 
 def _quantize_weight(weight: Tensor, spec: SegLinearSpec, settings: LayerSettings, stats: InputObserver,

@@ -29,7 +29,9 @@ name                   shape               dtype / meaning
                                            ``code · step`` is an exact INT8 weight
 ``weight_col_group``   (K,)                int64: scale column of every weight column
 ``bias``               (N,)                the original bias (only if the layer had one)
-``smooth``             (S, K)              float32 SmoothQuant divisor λ_s (only with smoothing)
+``smooth``             (S, K)              float32 SmoothQuant divisor λ_s (only with smoothing), times
+                                           the segment's input scale where those are folded
+                                           (``spec.folded_input_segments``)
 ``input_scale``        (S, J)              float32 static input scale (DualScale: positive side)
 ``input_scale_neg``    (S, J)              float32 static DualScale negative-side scale
 ``input_zero_point``   (S, J)              float32 static asymmetric zero point
@@ -81,7 +83,7 @@ class SegLinear(nn.Module):
                                                         dtype=torch.uint8) if two_level else None)
         self.register_buffer("weight_col_group", torch.zeros(k, device=device, dtype=torch.int64))
         self.register_buffer("bias", torch.zeros(n, device=device, dtype=dtype) if spec.has_bias else None)
-        self.register_buffer("smooth", torch.ones(s, k, **f32) if spec.smooth else None)
+        self.register_buffer("smooth", torch.ones(s, k, **f32) if spec.has_smooth_buffer else None)
         static = spec.input_dtype is not None and not spec.input_dynamic
         self.register_buffer("input_scale", torch.ones(s, j, **f32) if static else None)
         self.register_buffer("input_scale_neg", torch.ones(s, j, **f32) if static and spec.dual_scale else None)

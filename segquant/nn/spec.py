@@ -31,7 +31,9 @@ class SegLinearSpec:
     segment means "not segmented"). ``input_dtype`` / ``weight_dtype`` of ``None`` mean "not quantized".
     ``weight_scale_columns`` is ``G``, the number of weight scale columns (input segments × groups).
     ``weight_two_level``: INT4 group scales stored as integer steps 1..16 (``weight_steps``, uint8) of one
-    scale per row (``weight_scale`` ``(N, 1)``), see :mod:`segquant.nn.seglinear`.
+    scale per row (``weight_scale`` ``(N, 1)``), see :mod:`segquant.nn.seglinear`. ``folded_input_segments``:
+    input segments whose static scales are folded into the ``smooth`` buffer (which then exists even without
+    SmoothQuant): the layer itself has one input segment and one input scale (``input_segments`` is ``(K,)``).
     """
 
     in_features: int
@@ -50,11 +52,21 @@ class SegLinearSpec:
     low_rank: int = 0
     low_rank_precision: str = "fp16"
     has_bias: bool = True
+    folded_input_segments: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if sum(self.output_segments) != self.out_features or sum(self.input_segments) != self.in_features:
             raise ValueError(f"segments {self.output_segments} / {self.input_segments} do not add up to "
                              f"({self.out_features}, {self.in_features})")
+        if self.folded_input_segments and (sum(self.folded_input_segments) != self.in_features
+                                           or len(self.input_segments) > 1):
+            raise ValueError(f"folded input segments {self.folded_input_segments} must add up to {self.in_features} "
+                             f"and leave one input segment, not {self.input_segments}")
+
+    @property
+    def has_smooth_buffer(self) -> bool:
+        """Whether the layer holds a ``smooth`` divisor: SmoothQuant, or static segment scales folded into it."""
+        return self.smooth or bool(self.folded_input_segments)
 
     @property
     def low_rank_dtype(self) -> torch.dtype:
@@ -71,6 +83,8 @@ class SegLinearSpec:
             parts.append(f"out_segments={len(self.output_segments)}")
         if len(self.input_segments) > 1:
             parts.append(f"in_segments={len(self.input_segments)}")
+        if self.folded_input_segments:
+            parts.append(f"folded_in_segments={len(self.folded_input_segments)}")
         parts += [name for name, on in (("two_level", self.weight_two_level), ("dualscale", self.dual_scale),
                                         ("smooth", self.smooth)) if on]
         if self.low_rank:

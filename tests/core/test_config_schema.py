@@ -11,7 +11,8 @@ from segquant.errors import ConfigError
 from segquant.numerics import PerChannel, PerGroup, PerTensor
 from segquant.presets import PRESETS, get_preset
 
-# The built-in defaults as the hand-kept dict had them before the schema derived them (plus backend).
+# The built-in defaults as the hand-kept dict had them before the schema derived them (plus backend, two_level
+# and fold_segments).
 _LANGUAGE_DEFAULTS = {
     "enable": True, "seglinear": True, "search_patterns": [p.value for p in SegPattern.all()], "backend": "emulated",
     "opt": {"type": "default", "alpha": 0.5, "low_rank": 32, "precision": "fp16",
@@ -19,7 +20,7 @@ _LANGUAGE_DEFAULTS = {
     "calib": {"type": "amax", "cpu_storage": False, "verbose": False, "percentile": 99.99, "blocksize": 128,
               "percdamp": 0.01, "groupsize": -1, "actorder": False, "static_groups": False, "sequential": False},
     "input_quant": {"enable": True, "type": "int8", "axis": None, "granularity": None, "group_size": None,
-                    "dynamic": False, "symmetric": True},
+                    "dynamic": False, "symmetric": True, "fold_segments": False},
     "weight_quant": {"enable": True, "type": "int8", "axis": None, "granularity": None, "group_size": None,
                      "dynamic": False, "symmetric": True, "two_level": False},
 }

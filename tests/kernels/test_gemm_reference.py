@@ -53,6 +53,9 @@ SPECS = {
     "dual_fp8_segments": SegLinearSpec(64, 20, (20,), (32, 32), F8, weight_dtype=F8, dual_scale=True),
     "adaln": SegLinearSpec(32, 48, (16, 16, 16), (32,), I8, smooth=True, low_rank=3),
     "out_segments_nosmooth": SegLinearSpec(32, 48, (16, 32), (32,), I8),
+    "folded_heads": SegLinearSpec(128, 24, (24,), (128,), I8, folded_input_segments=(32,) * 4),
+    "folded_fp8_out_segments": SegLinearSpec(64, 64, (32, 32), (64,), F8, weight_dtype=F8,
+                                             folded_input_segments=(32, 32)),
     "dynamic": SegLinearSpec(64, 20, (20,), (64,), I8, input_dynamic=True, input_granularity=PerToken()),
     "dynamic_segments_smooth": SegLinearSpec(64, 32, (16, 16), (32, 32), F8, weight_dtype=F8, input_dynamic=True,
                                              input_granularity=PerToken(), smooth=True, weight_scale_columns=2),
@@ -106,6 +109,8 @@ def test_layout_scales_per_tile_only_where_the_scale_varies_along_k():
     adaln = layout_of(filled(SPECS["adaln"]))
     assert adaln.per_segment_input and adaln.out_segment == 16
     assert not layout_of(filled(SPECS["out_segments_nosmooth"])).per_segment_input
+    folded = layout_of(filled(SPECS["folded_fp8_out_segments"]))  # segment scales in the smoothing: one per output
+    assert folded.scale_mode == 0 and folded.per_segment_input and folded.out_segment == 32
 
 
 def test_static_multiplier_folds_smoothing_and_segment_scales():

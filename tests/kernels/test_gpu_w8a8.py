@@ -193,7 +193,7 @@ GPU_SPECS = dict(SPECS, big_heads=SegLinearSpec(1024, 384, (384,), (128,) * 8, D
                  dyn_fp8=SegLinearSpec(512, 128, (128,), (512,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3,
                                        input_dynamic=True, input_granularity=PerToken()))
 RUNNABLE = [name for name, s in GPU_SPECS.items() if s.in_features % 32 == 0 and all(
-    size % 32 == 0 for size in s.input_segments) and not (s.smooth and s.output_segments[0] % 32)]
+    size % 32 == 0 for size in s.input_segments) and not (s.has_smooth_buffer and s.output_segments[0] % 32)]
 
 
 def as_ints(codes: torch.Tensor) -> torch.Tensor:

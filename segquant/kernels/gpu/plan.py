@@ -107,7 +107,7 @@ def layout_of(module) -> GemmLayout:
     spec = module.spec
     a_changes, w_changes = _changes(input_columns(spec)), _changes(weight_columns(module).cpu())
     mode = 2 if w_changes else (1 if a_changes else 0)
-    per_segment = spec.smooth and len(spec.output_segments) > 1
+    per_segment = spec.has_smooth_buffer and len(spec.output_segments) > 1
     return GemmLayout(spec, per_segment, scale_mode=mode, k_align=math.gcd(*a_changes, *w_changes, 0),
                       out_segment=spec.output_segments[0] if per_segment else spec.out_features,
                       input_varies=bool(a_changes))
@@ -117,7 +117,7 @@ def pack_tensors(module, layout: GemmLayout | None = None) -> dict[str, Tensor]:
     """The packed tensors of the table above, on the module's device (``layout``: the module's, if the caller
     has it already)."""
     spec, device = module.spec, module.weight_codes.device
-    sa = len(spec.output_segments) if spec.smooth else 1
+    sa = len(spec.output_segments) if spec.has_smooth_buffer else 1
     packed = {"gpu_a_col": input_columns(spec).to(device),
               "gpu_w_col": weight_columns(module).to(device)}
     if spec.input_dtype is None:
