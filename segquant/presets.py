@@ -30,6 +30,9 @@ _W8A8 = {"opt": _SMOOTH, "calib": {"type": "amax"}, "input_quant": _INT8_TOKEN, 
 # w8a8_fast 38.9 / 42.1 / 51.0 (with DualScale on the weight-bound layers since: 39.0 / 42.2 / 52.0, BENCHMARKS.md
 # "DualScale where it is cheap"), w8a8_static 35.8 / 37.7 / 46.7, w8a8_original 34.7 / 36.8 / 47.4,
 # rtn_w8a8 37.2 / 40.0 / 51.5, w8a8_fp8 27.7 / 28.6 / 37.8.
+# w4a8_two_level folds its static input-segment scales (2026-12-04, BENCHMARKS.md "Folding static segment scales"):
+# 30.93 / 30.62 / 39.12 dB against 30.65 / 30.49 / 39.92 unfolded (30 images; +0.28, +0.13, -0.80 dB paired), so that
+# every large layer runs as a plain INT8 GEMM on the GPU instead of a per-K-tile scaled one.
 #: name -> (what it is, config dict).
 PRESET_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "w8a8": ("SegQuant W8A8, the best measured: INT8 per-channel weights, dynamic per-token INT8 inputs, "
@@ -59,8 +62,10 @@ PRESET_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
              {"default": {"opt": _SVD, "calib": {"type": "gptq"}, "input_quant": _INT8_STATIC,
                           "weight_quant": _INT4_GROUP}}),
     "w4a8_two_level": ("w4a8 with two-level group scales: every group scale an integer multiple (1..16) of one "
-                       "scale per output channel, so the GPU runs the large GEMMs on INT8 tensor cores.",
-                       {"default": {"opt": _SVD, "calib": {"type": "gptq"}, "input_quant": _INT8_STATIC,
+                       "scale per output channel, and the static scales of input segments (heads, cat parts) "
+                       "folded into the smoothing, so the GPU runs the large GEMMs as plain INT8 tensor-core GEMMs.",
+                       {"default": {"opt": _SVD, "calib": {"type": "gptq"},
+                                    "input_quant": {**_INT8_STATIC, "fold_segments": True},
                                     "weight_quant": {**_INT4_GROUP, "two_level": True}}}),
     "w4a4": ("SegQuant W4A4: INT4 per-group(64) weights by GPTQ with a rank-32 SVD branch, INT4 dynamic "
              "per-group(64) inputs.",
