@@ -14,8 +14,8 @@
 # `demo_backends` (~5 min, carry gpu_inputs/ made by `demo_backends.py embed`) and `quantize_sd35` (up to 10 min)
 # each in a call of their own; `backend_gap` (~3 min, carry gpu_inputs; GAP_MODELS / GAP_LIMIT) asks where the W8A8
 # demo PSNR gap between the backends comes from (benchmarks/backend_gap.py).
-# `segments` (~1.5 min) times the layers with input segments of their own scales: FLUX's `cat` layer (5 unrolled
-# scale blocks, SCALE_BLOCKS) and its per-head layer (per-K-tile) beside their plain versions.
+# `segments` (~1.5 min) times the layers with input segments of their own scales (per-K-tile scaled): FLUX's `cat`
+# layer and its per-head layer, beside their plain versions (what a folded or unsegmented layer runs).
 # `quantize_elementwise` (~2 min) times the fused GELU / norm + quantize kernels alone (benchmarks/quantize_elementwise.py).
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
 # kernel, `sq_int8_fused` fuses q/k/v with one smoothing), SD35_VARIANTS / SD35_LIMIT / SD35_INDUCTOR / SD35_MAX_IMAGE (e2e_sd35; `sq_fp8_fused`; SD35_MAX_IMAGE=2048 crops the

@@ -50,8 +50,8 @@ CASES = {
     "fp8_heads": dict(m=17, n=64, k=256, fmt="fp8", segments=(64,) * 4),
     "int8_dual_segments": dict(m=20, n=32, k=128, fmt="int8", segments=(64, 64), dual=True),
     "int8_out_segments": dict(m=5, n=96, k=64, fmt="int8", sa=3),
-    "int8_cat_scale_blocks": dict(m=33, n=64, k=2048, fmt="int8", segments=(512, 1536)),  # 4 unrolled blocks of 512
-    "fp8_cat_scale_blocks": dict(m=20, n=32, k=1536, fmt="fp8", segments=(512, 1024)),  # 3 blocks of 512
+    "int8_cat_long_segments": dict(m=33, n=64, k=2048, fmt="int8", segments=(512, 1536)),  # a cat like FLUX's
+    "fp8_cat_long_segments": dict(m=20, n=32, k=1536, fmt="fp8", segments=(1024, 512)),
     "w4a8_plain": dict(m=33, n=64, k=128, fmt="int8", w4=True),
     "w4a8_odd_k": dict(m=7, n=32, k=80, fmt="int8", w4=True),
     "w4a8_group64_lowrank": dict(m=24, n=64, k=256, fmt="int8", segments=(64,) * 4, w4=True, rank=32),

@@ -55,7 +55,7 @@ CASES = [  # (m, n, k, segments, dual, rows, sa)
     (64, 256, 512, (128,) * 4, False, False, 1), (333, 136, 512, (64,) * 8, True, True, 1),
     (129, 192, 480, (96, 384), False, False, 1), (1, 384, 256, (), False, False, 6), (3, 96, 128, (), True, True, 3),
     (4608, 512, 3072, (128,) * 24, False, True, 1), (4608, 256, 4096, (), True, False, 1),
-    (4608, 256, 15360, (3072, 12288), False, True, 1), (300, 200, 2048, (512, 1536), False, False, 1),  # scale blocks
+    (4608, 256, 15360, (3072, 12288), False, True, 1), (300, 200, 2048, (512, 1536), False, False, 1),  # cat layers
 ]
 
 

@@ -1,8 +1,6 @@
-"""The persistent TMA kernel and the tiled kernel compiled for Hopper (sm_90) on a machine without a GPU: Triton lowers
-them to PTX and its bundled ``ptxas`` assembles it, which the CPU interpreter does not check (tensor descriptors,
-wgmma, the split tail's atomics, software pipelining). Numerics are the interpreter's and the GPU tests' business."""
-
-import re
+"""The persistent TMA kernel compiled for Hopper (sm_90) on a machine without a GPU: Triton lowers it to PTX and
+its bundled ``ptxas`` assembles it, which the CPU interpreter does not check (tensor descriptors, wgmma, the split
+tail's atomics). Numerics are the interpreter's and the GPU tests' business."""
 
 import pytest
 
@@ -60,41 +58,3 @@ def test_every_tma_config_fits_hoppers_shared_memory():
         for is_int in (True, False):
             shared = hopper_build(is_int, True, False, config).metadata.shared
             assert shared <= HOPPER_SHARED_BYTES, (config, is_int, shared)
-
-
-def tiled_build(fmt: str, tile_scale: bool, scale_blocks: int, mode: int):
-    """``_scaled_gemm_kernel`` (the tiled kernel) for sm_90, 128 x 256 x 128 tiles, 8 warps, 3 stages, with the
-    16-byte alignment a launch on real tensors gets (without it Triton does not pipeline the loads)."""
-    from segquant.kernels.gpu.triton_gemm import _scaled_gemm_kernel
-
-    kernel = _scaled_gemm_kernel.fn.fn  # under the autotuner and the heuristics
-    constants = dict(MODE=mode, DUAL=False, HAS_BIAS=True, HAS_LR=False, R=16, IS_INT=fmt == "i8", W4=False,
-                     A_KIND=0 if fmt == "i8" else -1, TILE_SCALE=tile_scale, BM=128, BN=256, BK=128, GROUP_M=8,
-                     EVEN_K=True, ONE_GROUP=True, SCALE_BLOCKS=scale_blocks)
-    signature = {name: "i32" for name in kernel.arg_names}
-    signature.update(POINTERS, a_ptr=f"*{fmt}", b_ptr=f"*{fmt}", asn_ptr="*fp32",
-                     **{name: "constexpr" for name in constants})
-    aligned = [name for name in kernel.arg_names if name.endswith("_ptr") or name.startswith("stride")
-               or name in ("N", "K", "K_ALIGN")]
-    source = ASTSource(fn=kernel, signature={name: signature[name] for name in kernel.arg_names},
-                       constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()},
-                       attrs={(kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=8, num_stages=3))
-
-
-@pytest.mark.parametrize("fmt", ["i8", "fp8e4nv"])
-def test_scale_blocks_are_pipelined_loops_of_their_own(fmt):
-    """FLUX's ``cat`` layer (5 blocks of 3072 with their own scale): every block's loop is software-pipelined as the
-    plain layer's one loop is, and in FP8 each keeps a wgmma in flight, where the per-K-tile scaled loop waits for
-    every MMA (it reads each tile's result to scale it)."""
-    def count(ptx: str, pattern: str) -> int:
-        return len(re.findall(pattern, ptx))
-
-    plain = tiled_build(fmt, False, 0, 1).asm["ptx"]
-    per_tile = tiled_build(fmt, True, 0, 2).asm["ptx"]
-    blocks = tiled_build(fmt, True, 5, 2).asm["ptx"]
-    copies = r"cp\.async\.c[ga]"
-    assert count(plain, copies) > 0 and count(blocks, copies) == 5 * count(plain, copies)
-    in_flight = "wgmma.wait_group.sync.aligned 1;"
-    if fmt == "fp8e4nv":
-        assert count(plain, in_flight) == 1 and count(blocks, in_flight) == 5 and count(per_tile, in_flight) == 0

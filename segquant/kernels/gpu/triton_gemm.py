@@ -9,10 +9,7 @@ One kernel, constexpr switches (see :mod:`segquant.kernels.gemm_reference` for t
   a tile never straddles a scale boundary) is accumulated exactly and added as
   ``tile · a_scale[:, j] (· w_scale[:, g])`` into a float32 accumulator. (A nested loop that accumulates
   each long group in int32 and scales once per group measured 3.5-6x slower on an H200: Triton does not
-  pipeline the inner loop there; see benchmarks/NOTES_w8a8.md.) ``SCALE_BLOCKS``: where the scales change only
-  at a few, long, equal blocks of ``K_ALIGN`` (a ``cat`` of wide inputs: FLUX's 3072 + 12288 is 5 blocks of
-  3072), the blocks are unrolled at compile time, so each is a loop of its own that Triton pipelines, accumulates
-  exactly and is scaled once (8-bit weights, no DualScale; :func:`scale_blocks`).
+  pipeline the inner loop there; see benchmarks/NOTES_w8a8.md.)
 - ``DUAL``: DualScale; ``a`` holds ``[q⁺ | q⁻]`` along K. Each B tile is loaded once and feeds two
   products (two accumulators on the fast path).
 - Output segments with their own input: ``a`` is ``(Sa, M, KA)`` and each N tile reads the A of its
@@ -61,9 +58,6 @@ _A_KINDS = {torch.int8: 0, torch.float8_e4m3fn: -1, torch.bfloat16: 1, torch.flo
 _PAIR_DTYPES = {torch.int8: torch.int16, torch.bfloat16: torch.int32, torch.float16: torch.int32,
                 torch.float32: torch.int64}
 _NO_SEGMENT = 2 ** 30  # OUT_SEG when all N tiles read one A: every N tile is in segment 0
-#: At most this many scale blocks are unrolled (``SCALE_BLOCKS``), each at least this many K tiles long.
-MAX_SCALE_BLOCKS = 8
-MIN_BLOCK_TILES = 4
 CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=w, num_stages=st)
            for bm, bn, bk, w, st in _BIG + _SMALL]
 
@@ -95,17 +89,6 @@ def legal_configs(configs, named_args, **kwargs):
         widest = min(widest, max(32, k_align))
     legal = [c for c in sized if c.kwargs["BK"] >= widest]
     return tuned_or_first(legal)
-
-
-def scale_blocks(args: dict) -> int:
-    """``SCALE_BLOCKS`` of a launch: ``K / K_ALIGN`` where the scale changes along K (``TILE_SCALE``) only at
-    2..``MAX_SCALE_BLOCKS`` blocks of at least ``MIN_BLOCK_TILES`` K tiles each, for 8-bit weights without
-    DualScale; else 0 (every K tile scaled on its own)."""
-    k, align = args["K"], args["K_ALIGN"]
-    if not args["TILE_SCALE"] or args["DUAL"] or args["W4"] or not align or k % align:
-        return 0
-    blocks = k // align
-    return blocks if 2 <= blocks <= MAX_SCALE_BLOCKS and align >= MIN_BLOCK_TILES * args["BK"] else 0
 
 
 def row_tile_fits(bm: int, m: int) -> bool:
@@ -250,7 +233,7 @@ def tile_position(tile, num_m, num_n, GROUP_M: tl.constexpr):
                                        "TILE_SCALE"],
                  prune_configs_by={"early_config_prune": legal_configs}, do_bench=graph_timed)
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BK"] == 0,
-                    "ONE_GROUP": lambda args: args["K_ALIGN"] % args["BK"] == 0, "SCALE_BLOCKS": scale_blocks})
+                    "ONE_GROUP": lambda args: args["K_ALIGN"] % args["BK"] == 0})
 @triton.jit
 def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, wcol_ptr, bias_ptr, t_ptr, u_ptr,
                         M, N, K, M_BUCKET, K_ALIGN, OUT_SEG, SA_ROWS, RANK,
@@ -259,8 +242,7 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
                         MODE: tl.constexpr, DUAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
                         R: tl.constexpr, IS_INT: tl.constexpr, W4: tl.constexpr, A_KIND: tl.constexpr,
                         TILE_SCALE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                        GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, ONE_GROUP: tl.constexpr,
-                        SCALE_BLOCKS: tl.constexpr):
+                        GROUP_M: tl.constexpr, EVEN_K: tl.constexpr, ONE_GROUP: tl.constexpr):
     pid_m, pid_n = tile_position(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN), GROUP_M)
     seg = (pid_n * BN) // OUT_SEG
     offs_m, offs_n = pid_m * BM + tl.arange(0, BM), pid_n * BN + tl.arange(0, BN)
@@ -278,16 +260,6 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
         acc, acc_neg = _mainloop(a_ptrs, b_ptrs, w_rows, wcol_ptr, K, zero, zero, BK, DUAL, EVEN_K, INT_DOT, W4,
                                  A_KIND, ONE_GROUP)
         out = _scaled(acc, acc_neg, s_rows, sn_rows, tl.load(acol_ptr), DUAL)
-    elif SCALE_BLOCKS:  # a few long blocks of one scale: each its own pipelined loop, scaled once
-        out = tl.zeros((BM, BN), tl.float32)
-        for block in tl.static_range(SCALE_BLOCKS):
-            k0 = block * K_ALIGN
-            part, _ = _mainloop(a_ptrs + k0, b_ptrs + k0, w_rows, wcol_ptr, K_ALIGN, zero, zero, BK, False, True,
-                                INT_DOT, False, A_KIND, ONE_GROUP)
-            part = _scaled(part, part, s_rows, sn_rows, tl.load(acol_ptr + k0), False)
-            if MODE == 2:
-                part = part * tl.load(w_rows + tl.load(wcol_ptr + k0))[None, :]
-            out += part
     else:  # the scale changes along K: accumulate each K tile exactly, scale it, add it in float32
         out = tl.zeros((BM, BN), tl.float32)
         for k0 in range(0, K, BK):
