@@ -34,6 +34,8 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
                     output segments
 - ``sq_w4a8_r32_2l`` ``sq_w4a8_r32`` with two-level group scales (``two_level: true``): the layers with at
                     least 128 rows expand INT4 to INT8 in one pass and run the 8-bit tensor-core GEMM
+- ``sq_w4a8_2l_preset`` the ``w4a8_two_level`` preset's layout (all segments, the input segments folded, DualScale
+                    on the weight-bound layers only), round-to-nearest weights
 - ``sq_w4a16``      packed INT4 per-group(64) weights, 16-bit inputs (weight-only), output segments
 - ``*_sgelu``       any variant with every tanh-GELU computed in its sigmoid form
                     (:func:`segquant.sigmoid_form_gelus`, after quantize: the same function to float32
@@ -71,6 +73,7 @@ import torch
 from fullsize import build
 from torch._dynamo.utils import compilation_time_metrics, compile_times, counters
 
+from segquant import preset_dict
 from segquant.models.activations import sigmoid_form_gelus
 from segquant.models.position import crop_position_tables
 from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graphs
@@ -78,7 +81,7 @@ from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graph
 VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_nocfg", "torchao_fp8_whole", "torchao_int4",
             "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_int8", "sq_fp8_fused", "sq_int8_fused", "sq_int8_tiled",
             "sq_int8_dyn", "sq_int8_full", "sq_int8_segs", "sq_fp8_segs", "sq_int8_segfold", "sq_fp8_segfold",
-            "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a16")
+            "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a8_2l_preset", "sq_w4a16")
 #: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.
 SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tiled": {"USE_TMA": False},
             "sq_fp8_tma": {"USE_SCALED_MM": False}}
@@ -96,6 +99,10 @@ def segquant_config(variant: str) -> dict:
     ``_dyn``: dynamic per-token, q/k/v fused with one smoothing if ``_fused``, input segments with ``_segs`` /
     ``_segfold``; 4-bit: see the module doc)."""
     int4 = {"type": "int4", "granularity": "group", "group_size": 64}
+    if variant == "sq_w4a8_2l_preset":  # GPTQ's work does not change the kernels
+        config = preset_dict("w4a8_two_level")
+        config["default"]["calib"] = {"type": "amax"}
+        return config
     if variant.startswith("sq_w4a8_r32"):
         return {"default": {"search_patterns": _ALL_PATTERNS[:2], "opt": {"type": "svd", "alpha": 0.5, "low_rank": 32},
                             "calib": {"type": "amax"}, "weight_quant": {**int4, "two_level": variant.endswith("_2l")},

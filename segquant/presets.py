@@ -20,6 +20,7 @@ _INT8_TENSOR = {"type": "int8", "granularity": "tensor"}
 _INT8_CHANNEL = {"type": "int8", "granularity": "channel"}
 _INT4_GROUP = {"type": "int4", "granularity": "group", "group_size": 64}
 _OUTPUT_SEGMENTS = ["linear_to_chunk", "linear_to_split"]  # segments the GPU kernel runs in one plain GEMM
+_SEGMENTS = _OUTPUT_SEGMENTS + ["concat_to_linear", "stack_to_linear", "reshape_to_linear"]  # all but DualScale
 #: diffusers ``FeedForward`` down-projections: compute-bound, where DualScale doubles the tensor-core work.
 _FFN_DOWN = "*ff*.net.2"
 _PLAIN = {"seglinear": False, "search_patterns": [], "opt": {"type": "default"}, "calib": {"type": "amax"}}
@@ -32,7 +33,9 @@ _W8A8 = {"opt": _SMOOTH, "calib": {"type": "amax"}, "input_quant": _INT8_TOKEN, 
 # rtn_w8a8 37.2 / 40.0 / 51.5, w8a8_fp8 27.7 / 28.6 / 37.8.
 # w4a8_two_level folds its static input-segment scales (2026-12-04, BENCHMARKS.md "Folding static segment scales"):
 # 30.93 / 30.62 / 39.12 dB against 30.65 / 30.49 / 39.92 unfolded (30 images; +0.28, +0.13, -0.80 dB paired), so that
-# every large layer runs as a plain INT8 GEMM on the GPU instead of a per-K-tile scaled one.
+# every large layer runs as a plain INT8 GEMM on the GPU instead of a per-K-tile scaled one; and it has no DualScale on
+# the compute-bound FFN down-projections, where it bought nothing (+0.08 / -0.10 / +0.07 dB, standard errors 0.11-0.15;
+# "A W4A8 preset that runs as it was timed") and would double the tensor-core work off the two-level INT8 path.
 #: name -> (what it is, config dict).
 PRESET_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
     "w8a8": ("SegQuant W8A8, the best measured: INT8 per-channel weights, dynamic per-token INT8 inputs, "
@@ -62,11 +65,13 @@ PRESET_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
              {"default": {"opt": _SVD, "calib": {"type": "gptq"}, "input_quant": _INT8_STATIC,
                           "weight_quant": _INT4_GROUP}}),
     "w4a8_two_level": ("w4a8 with two-level group scales: every group scale an integer multiple (1..16) of one "
-                       "scale per output channel, and the static scales of input segments (heads, cat parts) "
-                       "folded into the smoothing, so the GPU runs the large GEMMs as plain INT8 tensor-core GEMMs.",
+                       "scale per output channel, the static scales of input segments (heads, cat parts) folded "
+                       "into the smoothing, and no DualScale on the FFN down-projections, so the GPU runs every "
+                       "large layer as a plain INT8 tensor-core GEMM.",
                        {"default": {"opt": _SVD, "calib": {"type": "gptq"},
                                     "input_quant": {**_INT8_STATIC, "fold_segments": True},
-                                    "weight_quant": {**_INT4_GROUP, "two_level": True}}}),
+                                    "weight_quant": {**_INT4_GROUP, "two_level": True}},
+                        _FFN_DOWN: {"search_patterns": _SEGMENTS}}),
     "w4a4": ("SegQuant W4A4: INT4 per-group(64) weights by GPTQ with a rank-32 SVD branch, INT4 dynamic "
              "per-group(64) inputs.",
              {"default": {"opt": _SVD, "calib": {"type": "gptq"},
