@@ -9,20 +9,17 @@ A config is named as in the report's rows; a YAML preset by its file name withou
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # demo_backends
+
+from demo_backends import paired_difference  # noqa: E402
 
 
 def config_name(label: str) -> str:
     """``"path/to/x.yaml"`` -> ``"x"``; a preset name stays as it is."""
     return Path(label).name.removesuffix(".yaml")
-
-
-def paired(base: list[float], other: list[float]) -> tuple[float, float]:
-    """Mean and standard error of ``other - base``, image by image."""
-    diffs = [b - a for a, b in zip(base, other, strict=True)]
-    return statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
 
 
 def main(report: str, pairs: list[str]) -> None:
@@ -31,7 +28,7 @@ def main(report: str, pairs: list[str]) -> None:
     print("|---" * (len(pairs) + 1) + "|")
     for model, result in models.items():
         rows = {config_name(row["config"]): row["psnr_per_image"] for row in result["rows"] if "psnr_per_image" in row}
-        cells = [paired(rows[base], rows[other]) for base, other in (p.split(":") for p in pairs)]
+        cells = [paired_difference(rows[base], rows[other]) for base, other in (p.split(":") for p in pairs)]
         print(f"| {model} | " + " | ".join(f"{mean:+.2f} ± {error:.2f}" for mean, error in cells) + " |")
 
 
