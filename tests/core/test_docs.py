@@ -35,13 +35,13 @@ def doc_commands(text: str) -> list[str]:
     return commands
 
 
-def _cases() -> list:
-    return [pytest.param(command, id=f"{path.name}:{command[:60]}")
-            for path in DOCS for command in dict.fromkeys(doc_commands(path.read_text()))]
+#: Every command line of the docs once (its file named in the test id).
+DOC_COMMANDS = [pytest.param(command, id=f"{path.name}:{command[:60]}")
+                for path in DOCS for command in dict.fromkeys(doc_commands(path.read_text()))]
 
 
 def test_the_docs_show_commands():
-    assert len(_cases()) >= 30
+    assert len(DOC_COMMANDS) >= 30
 
 
 def parse_error(command: str, capsys) -> str:
@@ -53,7 +53,7 @@ def parse_error(command: str, capsys) -> str:
     return ""
 
 
-@pytest.mark.parametrize("command", _cases())
+@pytest.mark.parametrize("command", DOC_COMMANDS)
 def test_doc_command_parses(command, capsys):
     assert parse_error(command, capsys) == ""
 

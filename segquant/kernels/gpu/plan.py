@@ -117,7 +117,6 @@ def pack_tensors(module, layout: GemmLayout | None = None) -> dict[str, Tensor]:
     """The packed tensors of the table above, on the module's device (``layout``: the module's, if the caller
     has it already)."""
     spec, device = module.spec, module.weight_codes.device
-    sa = len(spec.output_segments) if spec.has_smooth_buffer else 1
     packed = {"gpu_a_col": input_columns(spec).to(device),
               "gpu_w_col": weight_columns(module).to(device)}
     if spec.input_dtype is None:
@@ -126,11 +125,13 @@ def pack_tensors(module, layout: GemmLayout | None = None) -> dict[str, Tensor]:
     packed.update(_two_level_tensors(module))
     if spec.input_dynamic:
         return packed
+    layout = layout or layout_of(module)
+    sa = len(spec.output_segments) if layout.per_segment_input else 1
     sides = [("", module.input_scale)] + ([("_neg", module.input_scale_neg)] if spec.dual_scale else [])
     for suffix, scale in sides:
         packed["gpu_in_mul" + suffix] = folded_multiplier(scale[:sa], module.smooth, spec.input_segments)
         packed["gpu_a_scale" + suffix] = scale[:sa].unsqueeze(1).contiguous()
-    packed.update(_static_fp8_tensors(module, layout or layout_of(module), packed["gpu_w_col"]))
+    packed.update(_static_fp8_tensors(module, layout, packed["gpu_w_col"]))
     return packed
 
 
