@@ -14,9 +14,14 @@ itself with ``a_scale`` 1 (W4A16); ``b`` ``(N, K)`` 8-bit codes or packed INT4 c
 input and up-projection; added in float32 in the epilogue), ``out_segment`` rows per output
 segment when ``Sa > 1``. Packed INT4 weights are dequantized to a 16-bit compute dtype, as the GPU has no
 INT4 tensor cores: ``code · w_scale`` is rounded once to fp16 for INT8 input codes, to the input's dtype
-for bf16 / fp16 inputs (``INT4_COMPUTE``; the emulated SegLinear rounds the same way). The GPU kernels
-compute the same sum, in int32 (INT8 x INT8) or float32, so they differ from this only by accumulation
-order.
+for bf16 / fp16 inputs (``INT4_COMPUTE``; the emulated SegLinear rounds the same way).
+
+INT8 codes times INT8 weight codes (:func:`integer_scaled_gemm`) are computed as the kernels compute them, to the
+bit: the products summed exactly (the kernels' int32 accumulator), rounded once to float32, then the kernels'
+float32 epilogue in their order (input scale, DualScale's second side, weight scale, bias; where a scale changes
+along K, per K tile of :func:`scale_tile_k` channels, each tile scaled and added in order). The kernels are built
+without fused multiply-adds for these operands, so every float32 step rounds as here. Other operands (FP8,
+packed INT4, 16-bit inputs) are summed in float32; the GPU kernels compute the same sum in another order.
 """
 
 from __future__ import annotations
@@ -31,9 +36,72 @@ from segquant.numerics import unpack_int4
 INT4_COMPUTE = {torch.int8: torch.float16, torch.bfloat16: torch.bfloat16, torch.float16: torch.float16}
 
 
+#: Depth up to which a float32 sum of 8-bit integer products is exact in any order (every partial sum is an
+#: integer of magnitude at most 128² · 1024 = 2²⁴).
+EXACT_DEPTH = 1024
+#: K tile widths of the kernel's rescaled path, widest first.
+_SCALE_TILES = (128, 64, 32)
+
+
 def input_scale_varies(a_scale: Tensor, scale_mode: int) -> bool:
     """Whether the input scale changes along K (``scale_mode`` > 0 and more than one scale column)."""
     return scale_mode > 0 and a_scale.shape[2] > 1
+
+
+def rescaled_per_tile(a_scale: Tensor, scale_mode: int) -> bool:
+    """Whether the 8-bit GEMM scales and adds every K tile on its own: the input scale or the weight scale changes
+    along K (``scale_mode`` 2; packed INT4 weights take theirs in the dequantized tile instead)."""
+    return input_scale_varies(a_scale, scale_mode) or scale_mode == 2
+
+
+def scale_tile_k(k_align: int, k: int) -> int:
+    """The K tile (channels) of the rescaled path: the widest of 128 / 64 / 32 that divides ``k_align`` and is at
+    most ``max(32, next power of 2 ≥ k)``; the kernel's tile configs compete only at this width, so the float32
+    sum of the scaled tiles is fixed. An alignment below 32 (no kernel runs it) gives its largest power-of-2
+    divisor."""
+    bound = max(32, 1 << max(k - 1, 0).bit_length())
+    for width in _SCALE_TILES:
+        if k_align % width == 0 and width <= bound:
+            return width
+    return k_align & -k_align
+
+
+def integer_products(a: Tensor, b: Tensor) -> Tensor:
+    """``Σ_k a[m, k] · b[n, k]`` for 8-bit integer codes ``a`` ``(M, K)`` and ``b`` ``(N, K)`` (any dtype holding
+    them) -> ``(M, N)`` float32: the exact integer sum rounded once to float32, as the kernels convert their
+    int32 accumulator. Float32 products in chunks of :data:`EXACT_DEPTH` channels, each exact whatever the
+    summation order (TF32 included: it holds 8-bit integers exactly), the chunks summed in float64."""
+    a, b = a.float(), b.float()
+    if a.shape[-1] <= EXACT_DEPTH:
+        return a @ b.T
+    chunks = range(0, a.shape[-1], EXACT_DEPTH)
+    total = sum((a[:, k0:k0 + EXACT_DEPTH] @ b[:, k0:k0 + EXACT_DEPTH].T).double() for k0 in chunks)
+    return total.float()
+
+
+def integer_scaled_gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, w_scale: Tensor,
+                        a_col: Tensor, w_col: Tensor, out_segment: int, scale_mode: int, k_align: int) -> Tensor:
+    """INT8 codes ``a`` ``(Sa, M, K·(1+dual))`` x INT8 weight codes ``b`` ``(N, K)`` -> ``(M, N)`` float32 before the
+    bias, bitwise as the kernels compute it (module doc; arguments as :func:`scaled_gemm_reference`)."""
+    k = a_col.shape[0]
+    width = scale_tile_k(k_align, k) if rescaled_per_tile(a_scale, scale_mode) else k
+    a_cols, w_cols = a_col.tolist(), w_col.tolist()
+    outputs = []
+    for s in range(a.shape[0]):
+        rows = slice(s * out_segment, (s + 1) * out_segment) if a.shape[0] > 1 else slice(None)
+        weight, scale = b[rows], w_scale[rows]
+        out = torch.zeros(a.shape[1], weight.shape[0], device=a.device)
+        for k0 in range(0, k, width):
+            cols, j = slice(k0, min(k0 + width, k)), a_cols[k0]
+            part = integer_products(a[s, :, cols], weight[:, cols]) * a_scale[s, :, j:j + 1]
+            if a_scale_neg is not None:
+                negative = integer_products(a[s, :, k + k0:k + cols.stop], weight[:, cols])
+                part = part + negative * a_scale_neg[s, :, j:j + 1]
+            if scale_mode == 2:
+                part = part * scale[:, w_cols[k0]]
+            out = out + part
+        outputs.append(out if scale_mode == 2 else out * scale[:, w_cols[0]])
+    return torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]
 
 
 def dequantized_input(a: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, a_col: Tensor, k: int) -> Tensor:
@@ -50,20 +118,25 @@ def scaled_gemm_reference(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Te
                           lowrank_up: Tensor | None, out_segment: int, scale_mode: int, k_align: int,
                           out_dtype: torch.dtype) -> Tensor:
     """The op's math (module doc) -> ``(M, N)`` in ``out_dtype``. ``scale_mode`` (0: scales constant along K,
-    1: input scales vary along K, 2: weight scales too) and ``k_align`` only steer the kernel."""
-    k = a_col.shape[0]
-    packed_int4 = b.dtype == torch.uint8
-    b = unpack_int4(b, k) if packed_int4 else b
-    x = dequantized_input(a, a_scale, a_scale_neg, a_col, k)
-    w = b.float() * w_scale[:, w_col.long()]
-    if packed_int4 and a.dtype in INT4_COMPUTE:
-        w = w.to(INT4_COMPUTE[a.dtype]).float()
-    y = _per_segment(x, w, out_segment)
+    1: input scales vary along K, 2: weight scales too) and ``k_align`` (gcd of the positions where a scale
+    changes) steer the kernel and, for INT8 x INT8, the order of the float32 epilogue."""
+    if a.dtype == b.dtype == torch.int8:
+        y = integer_scaled_gemm(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, out_segment, scale_mode, k_align)
+    else:
+        y = _per_segment(dequantized_input(a, a_scale, a_scale_neg, a_col, a_col.shape[0]),
+                         _dequantized_weight(b, w_scale, w_col, a.dtype, a_col.shape[0]), out_segment)
     if bias is not None:
         y = y + bias.float()
     if lowrank_t is not None:
         y = y + lowrank_t.float() @ lowrank_up.float().T
     return y.to(out_dtype)
+
+
+def _dequantized_weight(b: Tensor, w_scale: Tensor, w_col: Tensor, a_dtype: torch.dtype, k: int) -> Tensor:
+    """``(N, K)`` float32 ``code · w_scale[n, w_col[k]]`` (packed INT4: rounded once to ``INT4_COMPUTE[a_dtype]``)."""
+    packed_int4 = b.dtype == torch.uint8
+    w = (unpack_int4(b, k) if packed_int4 else b).float() * w_scale[:, w_col.long()]
+    return w.to(INT4_COMPUTE[a_dtype]).float() if packed_int4 and a_dtype in INT4_COMPUTE else w
 
 
 def _per_segment(x: Tensor, w: Tensor, out_segment: int) -> Tensor:

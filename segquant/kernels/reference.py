@@ -24,7 +24,9 @@ from torch import Tensor
 from segquant.algorithms.dualscale import dynamic_fake_quant_dualscale, fake_quant_dualscale
 from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
-from segquant.kernels.gemm_reference import INT4_COMPUTE
+from segquant.kernels.gemm_reference import INT4_COMPUTE, scaled_gemm_reference
+from segquant.kernels.layout import gemm_layout, input_columns, weight_columns
+from segquant.kernels.quant import folded_multiplier, gemm_input, per_channel, static_input
 from segquant.numerics import (codes_of_storage, dequantize_codes, dynamic_fake_quant, fake_quant, quantize_static,
                                quantize_static_dual)
 
@@ -98,19 +100,6 @@ def quantize_input(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: in
     return torch.cat([quantize_input_part(part, b, spec, s, j) for j, part in enumerate(parts)], dim=-1)
 
 
-def per_channel(input_scale: Tensor, segments: tuple[int, ...]) -> Tensor:
-    """Input scales ``(S, J)``, one per input segment, repeated over each segment's channels: ``(S, K)``."""
-    return input_scale.repeat_interleave(torch.tensor(segments, device=input_scale.device), dim=1)
-
-
-def folded_multiplier(input_scale: Tensor, smooth: Tensor | None, segments: tuple[int, ...]) -> Tensor:
-    """``(S, K)`` float32 static input multipliers ``1 / (λ_s[k] · input_scale[s, j(k)])`` from ``input_scale``
-    ``(S, J)`` and ``smooth`` ``(S, K)`` (``None``: no smoothing): the one multiplication that quantizes a static
-    input, here and on the GPU."""
-    scale = per_channel(input_scale, segments)
-    return 1.0 / (scale if smooth is None else smooth * scale)
-
-
 def static_folded(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, s: int) -> Tensor:
     """Static symmetric fake-quantization of ``rows`` ``(M, K)``: codes ``round(x · c)`` with the per-channel
     :func:`folded_multiplier` ``c`` (DualScale: one per sign), times the scale: the GPU's one-pass quantizer,
@@ -134,12 +123,49 @@ def lowrank_output(rows: Tensor, b: SegLinearBuffers, s: int, out_rows: slice) -
     return t.float() @ b.lowrank_up[out_rows].float().T
 
 
+def integer_exact(b: SegLinearBuffers, spec: SegLinearSpec) -> bool:
+    """INT8 symmetric inputs and 8-bit integer weight codes (INT8 / INT6, one byte each): the layers whose
+    products the GPU sums exactly in int32, so that :func:`integer_forward` reproduces its kernels bitwise."""
+    return (spec.input_dtype is DType.INT8 and spec.input_symmetric and b.input_zero_point is None
+            and b.weight_codes.dtype == torch.int8)
+
+
+def integer_forward(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
+    """An :func:`integer_exact` layer: ``rows`` ``(M, K)`` float32 -> ``(M, N)`` float32, the GPU backend's data
+    flow (:mod:`segquant.kernels.gpu.plan`): the same codes and scales (:func:`segquant.kernels.quant.gemm_input`),
+    the op's exact integer sums and float32 epilogue with the bias
+    (:func:`segquant.kernels.gemm_reference.integer_scaled_gemm`), then the low-rank branch."""
+    layout = gemm_layout(spec, b)
+    static = None if spec.input_dynamic else static_input(
+        b.input_scale, b.input_scale_neg if spec.dual_scale else None, b.smooth, spec.input_segments,
+        layout.input_rows)
+    codes, a_scale, a_scale_neg = gemm_input(rows, spec.input_dtype, static, b.smooth, spec.input_segments,
+                                             spec.input_granularity, spec.dual_scale)
+    a_col, w_col = input_columns(spec), weight_columns(b)
+    bounds = torch.tensor((0,) + spec.output_segments).cumsum(0).tolist()
+    segments = range(len(spec.output_segments)) if layout.per_segment_input else [None]
+    outputs = []
+    for s in segments:  # each output segment with its own input, unequal ones too (the kernel's N tiles)
+        inputs, out_rows = (slice(None), slice(None)) if s is None else (slice(s, s + 1), slice(bounds[s], bounds[s + 1]))
+        outputs.append(scaled_gemm_reference(
+            codes[inputs], b.weight_codes[out_rows], a_scale[inputs], None if a_scale_neg is None else a_scale_neg[inputs],
+            b.weight_scale[out_rows], a_col, w_col, None if b.bias is None else b.bias[out_rows], None, None,
+            bounds[-1] if s is None else bounds[s + 1] - bounds[s], layout.scale_mode, layout.k_align, torch.float32))
+    y = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]
+    if b.lowrank_up is None:
+        return y
+    return y + torch.cat([lowrank_output(rows, b, s, slice(bounds[s], bounds[s + 1]))
+                          for s in range(len(spec.output_segments))], dim=-1)
+
+
 def seglinear_forward(x: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
     """``x`` ``(..., K)`` any float dtype -> ``(..., N)`` in ``x.dtype`` (see the module docstring).
 
     Without smoothing, every output segment sees the same quantized input, so it is quantized once.
     """
     rows = x.reshape(-1, spec.in_features).float()
+    if integer_exact(b, spec):
+        return integer_forward(rows, b, spec).to(x.dtype).reshape(*x.shape[:-1], spec.out_features)
     weight = dequantized_weight(b, spec)
     compute = int4_compute_dtype(spec, x.dtype)
     if compute is not None:

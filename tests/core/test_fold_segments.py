@@ -11,8 +11,9 @@ from torch import nn
 
 from segquant import load_quantized, quantize, save_quantized
 from segquant.errors import ConfigError
-from segquant.kernels.gpu.plan import layout_of
-from segquant.kernels.reference import per_channel, quantize_input
+from segquant.kernels.layout import layout_of
+from segquant.kernels.quant import per_channel
+from segquant.kernels.reference import quantize_input
 
 STATIC = {"input_quant": {"type": "int8", "granularity": "tensor", "dynamic": False},
           "weight_quant": {"type": "int8", "granularity": "channel"}, "opt": {"type": "smooth", "alpha": 0.5},

@@ -1,7 +1,8 @@
 """Run the Triton scaled-GEMM kernel in Triton's CPU interpreter against its pure-torch twin (a subprocess of
 ``test_triton_interpreted.py``: ``TRITON_INTERPRET=1`` must be set before Triton is imported).
 
-Prints one ``name rel_err`` line per case. Covers what CPU-only CI cannot run on a GPU: the kernel's index
+Prints one ``name rel_err equal`` line per case (``equal``: bitwise, what INT8 x INT8 must be, see
+:func:`exact_integer_case`). Covers what CPU-only CI cannot run on a GPU: the kernel's index
 math (packed INT4 unpacking, per-K-tile scales, DualScale, output segments, the low-rank epilogue, 16-bit
 inputs, masks for odd sizes). 16-bit tensors are fp16 here: the interpreter's bf16 dot is wrong (NumPy has no bf16).
 """
@@ -97,6 +98,14 @@ DEQUANTIZE_CASES = {"dequantize_g64": dict(n=40, k=384, segments=(64,) * 6),
 ALL_CASES = {**CASES, **GEMV_CASES, **TMA_CASES, **TMA_SPLIT_CASES, **DEQUANTIZE_CASES}
 
 
+def exact_integer_case(name: str) -> bool:
+    """INT8 codes times INT8 weights: the kernel must equal the twin bitwise (exact sums, the same float32
+    epilogue; ``gemm_reference.integer_scaled_gemm``); not with a low-rank branch, whose float32 product is summed
+    in another order."""
+    spec = ALL_CASES[name]
+    return spec.get("fmt") == "int8" and not spec.get("w4") and not spec.get("a16") and not spec.get("rank")
+
+
 def one_input_scale(args: tuple) -> tuple:
     """The op arguments of :func:`case` with one input scale along K (column 0): the weight's group scales
     still vary; what the GEMV and the dequantized-weight path take."""
@@ -182,4 +191,4 @@ if __name__ == "__main__":
     prepare_interpreter()
     for name in sys.argv[1:] or list(ALL_CASES):
         y, ref = run(name)
-        print(name, f"{float((y - ref).norm() / ref.norm()):.3e}", flush=True)
+        print(name, f"{float((y - ref).norm() / ref.norm()):.3e}", torch.equal(y, ref), flush=True)

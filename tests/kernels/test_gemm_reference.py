@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from segquant.enums import DType
-from segquant.kernels.gemm_reference import scaled_gemm_reference
-from segquant.kernels.gpu.plan import layout_of, pack_tensors, seglinear_forward
+from segquant.kernels.gemm_reference import EXACT_DEPTH, integer_products, scale_tile_k, scaled_gemm_reference
+from segquant.kernels.gpu.plan import pack_tensors, seglinear_forward
+from segquant.kernels.layout import layout_of
+from segquant.kernels.reference import integer_exact
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import SegLinearSpec
 from segquant.numerics import PerGroup, PerTensor, PerToken, pack_int4
@@ -96,6 +98,41 @@ def test_dynamic_twin_is_bitwise_emulated(name):
     x = torch.randn(5, SPECS[name].in_features)
     y = seglinear_forward(module, layout_of(module), x, scaled_gemm_reference)
     torch.testing.assert_close(y, module(x), rtol=1e-5, atol=1e-4)
+
+
+INTEGER_SPECS = dict(SPECS, long_k=SegLinearSpec(2304, 48, (48,), (2304,), I8), long_k_heads=SegLinearSpec(2304, 48, (48,), (128,) * 18, I8, weight_scale_columns=18),
+                     dynamic_dual_segments_smooth=SegLinearSpec(64, 64, (32, 32), (32, 32), I8, input_dynamic=True,
+                                                                input_granularity=PerToken(), smooth=True,
+                                                                dual_scale=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", [n for n, s in INTEGER_SPECS.items()
+                                  if integer_exact(filled(s).canonical_buffers(), s) and not s.low_rank])
+def test_integer_twin_is_the_emulated_layer_bitwise(name, dtype):
+    """INT8 x INT8: the GPU's data flow on the twin and the emulated layer compute the same codes, exact sums and
+    float32 epilogue, so they agree to the bit (static and dynamic, DualScale, input and output segments, K above
+    the exact float32 depth)."""
+    module = pack(filled(INTEGER_SPECS[name]))
+    x = (torch.randn(3, 7, INTEGER_SPECS[name].in_features) * 2).to(dtype)
+    assert torch.equal(seglinear_forward(module, layout_of(module), x, scaled_gemm_reference), module(x))
+
+
+def test_integer_products_are_exact_where_a_float32_sum_is_not():
+    g = torch.Generator().manual_seed(0)
+    k = 3 * EXACT_DEPTH + 5
+    a = torch.full((4, k), 127, dtype=torch.int8)  # sums near 127² · k ≈ 5e7 > 2²⁴: float32 drops the last bits
+    b = torch.randint(100, 128, (6, k), generator=g, dtype=torch.int8)
+    exact = (a.long() @ b.long().T).double().float()  # the int32 accumulator, rounded once to float32
+    assert torch.equal(integer_products(a, b), exact)
+    assert not torch.equal(a.float() @ b.float().T, exact)
+
+
+def test_rescaled_tiles_are_as_wide_as_the_alignment_allows():
+    assert scale_tile_k(3072, 15360) == 128  # FLUX's cat layer: 128, never 256
+    assert scale_tile_k(128, 3072) == 128 and scale_tile_k(64, 4096) == 64 and scale_tile_k(32, 128) == 32
+    assert scale_tile_k(128, 40) == 64  # no wider than K needs
+    assert scale_tile_k(8, 64) == 8  # below any kernel tile (the GPU refuses it): the alignment's power of 2
 
 
 def test_layout_scales_per_tile_only_where_the_scale_varies_along_k():

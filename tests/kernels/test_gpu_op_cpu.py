@@ -7,7 +7,8 @@ import torch
 from segquant.enums import DType
 from segquant.errors import BackendUnavailableError
 from segquant.kernels.gpu.ops import scaled_gemm
-from segquant.kernels.gpu.plan import layout_of, seglinear_forward
+from segquant.kernels.gpu.plan import seglinear_forward
+from segquant.kernels.layout import layout_of
 from segquant.nn.spec import SegLinearSpec
 from tests.kernels.test_gemm_reference import SPECS, filled, pack, rel_err
 
@@ -100,7 +101,7 @@ def test_int4_weights_reach_the_gemm_packed():
 
 def test_int4_weights_with_odd_input_width_are_refused_by_name():
     from segquant.kernels.gpu.backend import _layout_problem
-    from segquant.kernels.gpu.plan import layout_of
+    from segquant.kernels.layout import layout_of
 
     odd = filled(SegLinearSpec(33, 16, (16,), (33,), DType.INT8, weight_dtype=DType.INT4))
     assert "even number of input channels" in _layout_problem(layout_of(odd))
@@ -225,3 +226,32 @@ def test_tma_kernel_row_tiles_follow_the_number_of_rows(monkeypatch):
     split_tiles = {(c.kwargs["BM"], c.kwargs["BN"]) for c in _sized(_CONFIGS, {"M": 4608, "N": 3072, "K": 3072,
                                                                                "NUM_SMS": 132, "SPLIT_TAIL": True})}
     assert split_tiles == {(128, 256), (256, 128)}  # 128 x 128 tiles: 864 = 6 waves + 72, a last wave > half full
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+def test_only_int8_launches_turn_fp_fusion_off(fmt, monkeypatch):
+    """INT8 x INT8 launches compile without fused multiply-adds (their epilogue then rounds like the twin, bitwise;
+    ``test_hopper_lowering.py`` checks the PTX); the others keep them, explicitly."""
+    pytest.importorskip("triton")
+    from segquant.kernels.gpu import triton_gemm, triton_gemv, triton_tma
+    from tests.kernels.interpret_triton_gemm import case, one_input_scale
+
+    fusion = {}
+
+    class Recorder:
+        def __init__(self, name: str):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **options: fusion.__setitem__(self.name, options["enable_fp_fusion"])
+
+    for module, kernel in ((triton_gemm, "_scaled_gemm_kernel"), (triton_gemv, "_gemv_kernel"),
+                           (triton_tma, "_tma_gemm_kernel")):
+        monkeypatch.setattr(module, kernel, Recorder(kernel))
+    a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, t, u, out_segment, mode, k_align, out_dtype = (
+        one_input_scale(case(m=130, n=64, k=128, fmt=fmt)))
+    triton_gemm.scaled_gemm_triton(a, b, a_scale, None, w_scale, a_col, w_col, bias, t, u, out_segment, mode, k_align,
+                                   out_dtype)
+    triton_gemv.gemv_triton(a[:, :1], b, a_scale, None, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype)
+    triton_tma.tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype)
+    assert fusion == dict.fromkeys(("_scaled_gemm_kernel", "_gemv_kernel", "_tma_gemm_kernel"), fmt != "int8")

@@ -1,6 +1,7 @@
 """GPU W8A8 path on CUDA: quantizer codes, the Triton/cuBLASLt GEMM against its pure-torch twin, the backend
-against the emulated SegLinear, and torch.compile without graph breaks. Skipped without CUDA; the CPU twin
-is tested in ``test_gemm_reference.py``."""
+against the emulated SegLinear, and torch.compile without graph breaks. INT8 x INT8 without a low-rank branch
+must match bitwise (exact sums, the same float32 epilogue), everything else within rounding. Skipped without
+CUDA; the CPU twin is tested in ``test_gemm_reference.py``."""
 
 import math
 
@@ -11,6 +12,7 @@ from segquant.enums import DType
 from segquant.kernels.gemm_reference import scaled_gemm_reference
 from segquant.kernels.gpu import ops
 from segquant.kernels.gpu.plan import quantize_input
+from segquant.kernels.reference import integer_exact
 from segquant.nn.spec import SegLinearSpec
 from segquant.numerics import PerToken
 from tests.kernels.interpret_triton_gemm import CASES as CASES_INTERPRETED
@@ -68,14 +70,29 @@ def test_gemm_matches_twin(fmt, case, out_dtype):
     args = op_case(fmt, m, n, k, segments, dual, rows, sa)
     poison_allocator()
     y = ops.gemm(**args, out_dtype=out_dtype)
-    ref = scaled_gemm_reference(**args, out_dtype=torch.float32)
     assert y.shape == (m, n) and y.dtype == out_dtype and torch.isfinite(y).all()
-    assert rel_err(y, ref) <= within_rounding(ref, out_dtype)
+    assert_matches_twin(y, args)
 
 
 def within_rounding(ref: torch.Tensor, dtype: torch.dtype) -> float:
     """1e-3 plus the error of rounding the float32 reference itself to ``dtype`` (~1.1e-3 for bf16)."""
     return 1e-3 + rel_err(ref.to(dtype), ref)
+
+
+def assert_matches_twin(y: torch.Tensor, args) -> None:
+    """``y`` against the twin on the op arguments ``args`` (a dict, or a list ending in ``out_dtype``): bitwise for
+    INT8 x INT8 without a low-rank branch, else within rounding of the float32 twin."""
+    named = args if isinstance(args, dict) else dict(zip(OP_ARGS, args[:-1]))
+    if named["a"].dtype == named["b"].dtype == torch.int8 and named["lowrank_t"] is None:
+        twin = scaled_gemm_reference(**named, out_dtype=y.dtype)
+        assert torch.equal(y, twin), f"{int((y != twin).sum())} of {y.numel()} elements differ"
+    else:
+        ref = scaled_gemm_reference(**named, out_dtype=torch.float32)
+        assert rel_err(y, ref) <= within_rounding(ref, y.dtype)
+
+
+OP_ARGS = ("a", "b", "a_scale", "a_scale_neg", "w_scale", "a_col", "w_col", "bias", "lowrank_t", "lowrank_up",
+           "out_segment", "scale_mode", "k_align")
 
 
 INT4_CASES = dict(CASES_INTERPRETED,  # plus compute-bound FLUX-like shapes, g64 with the rank-32 branch
@@ -94,9 +111,8 @@ def test_int4_and_16bit_gemm_matches_twin(name, half):
     args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in interpreted_case(**spec)]
     poison_allocator()
     y = ops.gemm(*args[:-1], torch.bfloat16)
-    ref = scaled_gemm_reference(*args)
     assert y.shape == (spec["m"], spec["n"]) and torch.isfinite(y).all()
-    assert rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
+    assert_matches_twin(y, args)
 
 
 ONE_INPUT_SCALE_CASES = dict(  # ops.gemm picks: GEMV (M <= 4), tiled kernel, dequantized weight + cuBLAS (M >= 128)
@@ -113,9 +129,8 @@ def test_paths_with_one_input_scale_match_twin(name, half):
     args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in one_input_scale(interpreted_case(**spec))]
     poison_allocator()
     y = ops.gemm(*args[:-1], torch.bfloat16)
-    ref = scaled_gemm_reference(*args)
     assert y.shape == (spec["m"], spec["n"]) and torch.isfinite(y).all()
-    assert rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
+    assert_matches_twin(y, args)
 
 
 @pytest.mark.parametrize("name", list(GEMV_CASES))
@@ -129,8 +144,7 @@ def test_gemv_kernel_matches_twin(name):
     a, b, a_scale, a_scale_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
     poison_allocator()
     y = gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype)
-    ref = scaled_gemm_reference(*args)
-    assert rel_err(y, ref) <= within_rounding(ref, out_dtype)
+    assert_matches_twin(y, args)
 
 
 TMA_GPU_CASES = dict(TMA_CASES, tma_int8_flux_ff_up=dict(m=4608, n=12288, k=3072, fmt="int8"),
@@ -161,12 +175,12 @@ def test_tma_kernel_matches_twin(name, monkeypatch):
     tile = spec.pop("tile", None)
     args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in one_input_scale(interpreted_case(**spec))]
     assert not split or triton_tma.tail_splits(args[0], args[1])
-    ref = scaled_gemm_reference(*args)
     for _ in range(2):
         poison_allocator()
         with first_tma_config(tile):
             y = ops.gemm(*args[:-1], torch.bfloat16)
-        assert calls[-1] == {"split_tail": split} and rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
+        assert calls[-1] == {"split_tail": split}
+        assert_matches_twin(y, args)
 
 
 def test_dequantize_w4_matches_cpu():
@@ -232,7 +246,10 @@ def test_backend_matches_emulated(name, dtype):
     y = backend.forward(module, x)
     ref = module(x.float())
     assert y.dtype == dtype and torch.isfinite(y).all()
-    assert rel_err(y, ref) <= within_rounding(ref, dtype)
+    if integer_exact(module.canonical_buffers(), module.spec) and module.lowrank_up is None:
+        assert torch.equal(y, ref.to(dtype))  # the same codes, exact sums, the same epilogue
+    else:
+        assert rel_err(y, ref) <= within_rounding(ref, dtype)
 
 
 @pytest.mark.parametrize("name", ["big_heads", "big_dual_fp8", "adaln6", "dyn_fp8", "plain_fp8_cublas"])

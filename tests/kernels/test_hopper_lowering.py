@@ -1,6 +1,7 @@
-"""The persistent TMA kernel compiled for Hopper (sm_90) on a machine without a GPU: Triton lowers it to PTX and
-its bundled ``ptxas`` assembles it, which the CPU interpreter does not check (tensor descriptors, wgmma, the split
-tail's atomics). Numerics are the interpreter's and the GPU tests' business."""
+"""The kernels compiled for Hopper (sm_90) on a machine without a GPU: Triton lowers them to PTX and its bundled
+``ptxas`` assembles them, which the CPU interpreter does not check (tensor descriptors, wgmma, the split tail's
+atomics, and which float32 instructions the INT8 epilogues use). Numerics are the interpreter's and the GPU tests'
+business."""
 
 import pytest
 
@@ -17,7 +18,7 @@ POINTERS = dict(c_ptr="*bf16", as_ptr="*fp32", ws_ptr="*fp32", acol_ptr="*i32", 
 HOPPER_SHARED_BYTES = 232448
 
 
-def hopper_build(is_int: bool, split_tail: bool, has_lr: bool, config=None):
+def hopper_build(is_int: bool, split_tail: bool, has_lr: bool, config=None, fp_fusion: bool = True):
     """``_tma_gemm_kernel`` compiled for sm_90 with ``config`` (default: the first, FLUX's largest tiles, 128 x 256 x
     128, 8 warps, 3 stages)."""
     from segquant.kernels.gpu.triton_tma import _CONFIGS, _tma_gemm_kernel
@@ -33,8 +34,52 @@ def hopper_build(is_int: bool, split_tail: bool, has_lr: bool, config=None):
                      partial_ptr="*i32" if is_int else "*fp32", **{name: "constexpr" for name in constants})
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()})
-    options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    return compiled(source, config.num_warps, config.num_stages, fp_fusion)
+
+
+def compiled(source, num_warps: int, num_stages: int, fp_fusion: bool):
+    options = dict(num_warps=num_warps, num_stages=num_stages, enable_fp_fusion=fp_fusion)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def build_under_heuristics(kernel, pointers: dict, constants: dict, fp_fusion: bool, num_warps: int = 4):
+    """A kernel under ``@autotune`` and ``@heuristics`` compiled for sm_90 with the pointer types and constexprs."""
+    fn = kernel.fn.fn
+    signature = {name: "i32" for name in fn.arg_names}
+    signature.update(pointers, **{name: "constexpr" for name in constants})
+    source = ASTSource(fn=fn, signature=signature,
+                       constexprs={(fn.arg_names.index(name),): value for name, value in constants.items()})
+    return compiled(source, num_warps, 3, fp_fusion)
+
+
+def int8_tiled_build(fp_fusion: bool):
+    """The tiled kernel, INT8 with DualScale and per-K-tile scales (the most float32 steps per output element)."""
+    from segquant.kernels.gpu.triton_gemm import _scaled_gemm_kernel
+
+    pointers = dict(a_ptr="*i8", b_ptr="*i8", asn_ptr="*fp32", **{k: v for k, v in POINTERS.items() if k != "count_ptr"})
+    constants = dict(MODE=2, DUAL=True, HAS_BIAS=True, HAS_LR=False, R=16, IS_INT=True, W4=False, A_KIND=0,
+                     TILE_SCALE=True, BM=128, BN=128, BK=64, GROUP_M=8, EVEN_K=True, ONE_GROUP=True)
+    return build_under_heuristics(_scaled_gemm_kernel, pointers, constants, fp_fusion)
+
+
+def int8_gemv_build(fp_fusion: bool):
+    """The GEMV on ``dp4a`` words with DualScale."""
+    from segquant.kernels.gpu.triton_gemv import _gemv_kernel
+
+    pointers = dict(a_ptr="*i32", b_ptr="*i32", asn_ptr="*fp32", **{k: v for k, v in POINTERS.items()
+                                                                    if k not in ("count_ptr", "acol_ptr")})
+    constants = dict(W4=False, DUAL=True, HAS_BIAS=True, HAS_LR=False, R=16, A_KIND=0, DP4A=True, BN=16, BK=256,
+                     CHUNK=256)
+    return build_under_heuristics(_gemv_kernel, pointers, constants, fp_fusion)
+
+
+def test_int8_epilogues_round_every_float32_step():
+    """INT8 launches pass ``enable_fp_fusion=False``: each multiply and add of the epilogue rounds on its own
+    (``mul.rn`` / ``add.rn``, which ptxas does not contract), as in the twin, so the GPU equals it bitwise; with
+    fusion the same kernels multiply-add in one rounding (the check can fail)."""
+    for build in (int8_tiled_build, int8_gemv_build, lambda fusion: hopper_build(True, True, False, fp_fusion=fusion)):
+        assert "fma.rn.f32" not in build(False).asm["ptx"]
+    assert "fma.rn.f32" in int8_tiled_build(True).asm["ptx"]
 
 
 @pytest.mark.parametrize("is_int,split_tail,has_lr", [(True, False, False), (True, True, False), (False, True, True)])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernels.interpret_triton_gemm import ALL_CASES
+from tests.kernels.interpret_triton_gemm import ALL_CASES, exact_integer_case
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +21,9 @@ def test_interpreted_kernel_matches_twin_on_every_variant():
     run = subprocess.run([sys.executable, str(ROOT / "tests/kernels/interpret_triton_gemm.py")], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    errors = dict(line.split() for line in run.stdout.splitlines())
-    assert set(errors) == set(ALL_CASES)
-    assert all(float(err) <= 1e-5 for err in errors.values()), errors  # accumulation order only
+    results = {name: (float(err), equal == "True") for name, err, equal in map(str.split, run.stdout.splitlines())}
+    assert set(results) == set(ALL_CASES)
+    assert all(err <= 1e-5 for err, _ in results.values()), results  # accumulation order only
+    integer = [name for name in results if exact_integer_case(name)]
+    assert len(integer) >= 8 and all(results[name][1] for name in integer), results  # INT8 x INT8: bitwise
 

@@ -2,11 +2,10 @@
 
 Layout (the ``triton_*`` kernels need Triton and are imported lazily, on the first CUDA call):
 
-- ``plan``: what a layer needs (formats, DualScale, segments) and the packed tensors built from the
-  canonical buffers; the forward's data flow (quantize -> GEMM -> low-rank branch), shared by the
-  GPU backend and its pure-torch twin.
-- ``quant``: the activation quantizer in plain elementwise torch ops (torch.compile fuses it into the
-  preceding norm / modulation).
+- ``plan``: the packed tensors built from the canonical buffers and the forward's data flow (quantize -> GEMM ->
+  low-rank branch), shared by the GPU backend and its pure-torch twin; it routes by the layer's
+  :mod:`segquant.kernels.layout` and quantizes with :mod:`segquant.kernels.quant` (plain elementwise torch ops,
+  which torch.compile fuses into the preceding norm / modulation; the emulated layer uses them too).
 - ``ops``: ``torch.library`` custom ops ``segquant::scaled_gemm`` / ``segquant::dequantize_w4`` with their fake
   implementations, and the routing between the kernels below and cuBLAS(Lt) (its switches: ``ops.switched``).
 - ``triton_gemm``: the tiled kernel (per-K-tile scaled 8-bit or packed-INT4 GEMM, DualScale, output segments,

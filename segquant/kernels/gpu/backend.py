@@ -21,7 +21,8 @@ from segquant.enums import DType
 from segquant.errors import BackendUnavailableError
 from segquant.kernels.backend import EMULATED_ALTERNATIVE, Backend, register_backend
 from segquant.kernels.gpu.ops import gemm
-from segquant.kernels.gpu.plan import GemmLayout, layout_of, pack_tensors, seglinear_forward
+from segquant.kernels.gpu.plan import pack_tensors, seglinear_forward
+from segquant.kernels.layout import GemmLayout, layout_of
 
 _INT_WEIGHTS = (DType.INT4, DType.INT6, DType.INT8)
 MIN_TILE_K = 32  # smallest K tile of an 8-bit tensor-core product

@@ -1,4 +1,5 @@
-"""What the scaled GEMM needs from a ``SegLinear``: its layout, the packed tensors, and the forward data flow.
+"""What the scaled GEMM needs from a ``SegLinear``: the packed tensors and the forward data flow (the layout that
+chooses the kernel variant: :mod:`segquant.kernels.layout`).
 
 Packing (:func:`pack_tensors`, pure torch, any device) reads the canonical buffers and builds:
 
@@ -35,82 +36,16 @@ segment runs in the GEMM's epilogue (``t = x Dᵀ`` first, ``(M, r)`` 16-bit); w
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
 from segquant.enums import DType
-from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import PerGroup, quantize_static, quantize_static_dual
 from segquant.kernels.gpu.ops import (DEQUANTIZE_MIN_M, GEMV_MAX_M_8BIT, USE_SCALED_MM, dequantize_w4, plain_fp8,
                                      unit_row_scales)
-from segquant.kernels.gpu.quant import quantize_dynamic
-from segquant.kernels.reference import folded_multiplier
-
-
-@dataclass(frozen=True)
-class GemmLayout:
-    """Static facts of one packed layer that choose the kernel variant.
-
-    ``scale_mode``: 0 = scales constant along K; 1 = the input scale varies along K (input segments,
-    groups); 2 = the weight scale varies (the input scale may too: ``input_varies``). ``k_align``: gcd of
-    the positions where a scale changes (0 = never); ``out_segment``: rows per output segment when each has
-    its own input (``Sa > 1``), else ``N``.
-    """
-
-    spec: SegLinearSpec
-    per_segment_input: bool
-    scale_mode: int
-    k_align: int
-    out_segment: int
-    input_varies: bool
-
-    @property
-    def tile_scaled(self) -> bool:
-        """Whether the kernel rescales every K tile (so a K tile must divide ``k_align``): the input scale
-        varies along K, or 8-bit weight scales do (packed INT4 weights take their group scales in the
-        dequantized weight tile instead)."""
-        return self.input_varies or (self.scale_mode == 2 and self.spec.weight_dtype is not DType.INT4)
-
-
-def input_columns(spec: SegLinearSpec) -> Tensor:
-    """``(K,)`` int32: the input-scale column of each input channel (segment, or group of a segment); all 0
-    for unquantized (16-bit) inputs, whose one "scale" is 1."""
-    if spec.input_dtype is None:
-        return torch.zeros(spec.in_features, dtype=torch.int32)
-    cols, start = [], 0
-    for size in spec.input_segments:
-        width = spec.input_granularity.group_size if spec.input_dynamic and isinstance(
-            spec.input_granularity, PerGroup) else size
-        cols.append(start + torch.arange(size) // width)
-        start += size // width
-    return torch.cat(cols).to(torch.int32)
-
-
-def weight_columns(module) -> Tensor:
-    """``(K,)`` int32 weight-scale column per input channel; all 0 if the scale columns are identical."""
-    scale = module.weight_scale if module.weight_steps is None else module.weight_steps
-    if bool((scale == scale[:, :1]).all()):
-        return torch.zeros_like(module.weight_col_group, dtype=torch.int32)
-    return module.weight_col_group.to(torch.int32)
-
-
-def _changes(col: Tensor) -> list[int]:
-    return (torch.nonzero(col[1:] != col[:-1]).flatten() + 1).tolist()
-
-
-def layout_of(module) -> GemmLayout:
-    """The :class:`GemmLayout` of a ``SegLinear`` (reads ``weight_scale`` and ``weight_col_group``)."""
-    spec = module.spec
-    a_changes, w_changes = _changes(input_columns(spec)), _changes(weight_columns(module).cpu())
-    mode = 2 if w_changes else (1 if a_changes else 0)
-    per_segment = spec.has_smooth_buffer and len(spec.output_segments) > 1
-    return GemmLayout(spec, per_segment, scale_mode=mode, k_align=math.gcd(*a_changes, *w_changes, 0),
-                      out_segment=spec.output_segments[0] if per_segment else spec.out_features,
-                      input_varies=bool(a_changes))
+from segquant.kernels.layout import GemmLayout, input_columns, layout_of, weight_columns
+from segquant.kernels.quant import StaticInput, gemm_input, static_input
 
 
 def pack_tensors(module, layout: GemmLayout | None = None) -> dict[str, Tensor]:
@@ -126,11 +61,11 @@ def pack_tensors(module, layout: GemmLayout | None = None) -> dict[str, Tensor]:
     if spec.input_dynamic:
         return packed
     layout = layout or layout_of(module)
-    sa = len(spec.output_segments) if layout.per_segment_input else 1
-    sides = [("", module.input_scale)] + ([("_neg", module.input_scale_neg)] if spec.dual_scale else [])
-    for suffix, scale in sides:
-        packed["gpu_in_mul" + suffix] = folded_multiplier(scale[:sa], module.smooth, spec.input_segments)
-        packed["gpu_a_scale" + suffix] = scale[:sa].unsqueeze(1).contiguous()
+    static = static_input(module.input_scale, module.input_scale_neg if spec.dual_scale else None, module.smooth,
+                          spec.input_segments, layout.input_rows)
+    packed.update({"gpu_in_mul": static.mul, "gpu_a_scale": static.a_scale})
+    if spec.dual_scale:
+        packed.update({"gpu_in_mul_neg": static.mul_neg, "gpu_a_scale_neg": static.a_scale_neg})
     packed.update(_static_fp8_tensors(module, layout, packed["gpu_w_col"]))
     return packed
 
@@ -167,19 +102,18 @@ def fused_lowrank(module) -> bool:
 
 
 def quantize_input(module, rows: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``rows`` ``(M, K)`` -> codes ``(Sa, M, K·(1+dual))``, scales ``(Sa, M|1, JA)``, negative scales.
+    """``rows`` ``(M, K)`` -> codes ``(Sa, M, K·(1+dual))``, scales ``(Sa, M|1, JA)``, negative scales
+    (:func:`segquant.kernels.quant.gemm_input`, with the packed static multipliers).
 
     W4A16 (inputs not quantized): the 16-bit rows themselves, ``(1, M, K)``, with scale 1."""
     spec = module.spec
     if spec.input_dtype is None:
         return rows.unsqueeze(0), module.gpu_unit_scale, None
-    if spec.input_dynamic:
-        return quantize_dynamic(rows, module.smooth, spec.input_segments, spec.input_dtype,
-                                spec.input_granularity, spec.dual_scale)
-    if spec.dual_scale:
-        codes = quantize_static_dual(rows, module.gpu_in_mul, module.gpu_in_mul_neg, spec.input_dtype)
-        return codes, module.gpu_a_scale, module.gpu_a_scale_neg
-    return quantize_static(rows, module.gpu_in_mul, spec.input_dtype), module.gpu_a_scale, None
+    static = None if spec.input_dynamic else StaticInput(
+        module.gpu_in_mul, module.gpu_a_scale, getattr(module, "gpu_in_mul_neg", None),
+        getattr(module, "gpu_a_scale_neg", None))
+    return gemm_input(rows, spec.input_dtype, static, module.smooth, spec.input_segments, spec.input_granularity,
+                      spec.dual_scale)
 
 
 def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Tensor:

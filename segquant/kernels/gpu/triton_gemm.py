@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from segquant.kernels.gemm_reference import input_scale_varies
+from segquant.kernels.gemm_reference import input_scale_varies, rescaled_per_tile, scale_tile_k
 
 # (BM, BN, BK, num_warps, num_stages); for each launch only the configs with the largest legal BK compete
 _BIG = [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4), (128, 256, 64, 8, 4),
@@ -77,15 +77,20 @@ def tuned_or_first(configs: list) -> list:
 
 
 def legal_configs(configs, named_args, **kwargs):
-    """Configs whose BK divides ``k_align`` (rescaled tiles) and BN divides ``OUT_SEG``, sized for M, BK >= 128
-    where legal (narrower K tiles only compete where the segments force them)."""
+    """Configs whose BN divides ``OUT_SEG``, sized for M, BK >= 128 where legal; rescaled tiles (``TILE_SCALE``)
+    exactly :func:`segquant.kernels.gemm_reference.scale_tile_k` wide, so that the float32 sum of the scaled tiles
+    is the twin's whichever config wins (narrower K tiles only compete where the segments force them)."""
     args = {**named_args, **kwargs}
     m, k_align, out_seg, tile = args["M"], args["K_ALIGN"], args["OUT_SEG"], args["TILE_SCALE"]
-    fits = [c for c in configs if (not tile or k_align % c.kwargs["BK"] == 0)
-            and out_seg % c.kwargs["BN"] == 0 and c.kwargs["BK"] <= max(32, triton.next_power_of_2(args["K"]))]
+    if tile:
+        width = scale_tile_k(k_align, args["K"])
+        fits = [c for c in configs if c.kwargs["BK"] == width and out_seg % c.kwargs["BN"] == 0]
+        return tuned_or_first([c for c in fits if row_tile_fits(c.kwargs["BM"], m)] or fits)
+    fits = [c for c in configs if out_seg % c.kwargs["BN"] == 0
+            and c.kwargs["BK"] <= max(32, triton.next_power_of_2(args["K"]))]
     sized = [c for c in fits if row_tile_fits(c.kwargs["BM"], m)] or fits
     widest = min(128, max(c.kwargs["BK"] for c in sized))
-    if args["W4"] and args["MODE"] == 2 and not tile:  # tiles inside one group (ONE_GROUP) compete too
+    if args["W4"] and args["MODE"] == 2:  # tiles inside one group (ONE_GROUP) compete too
         widest = min(widest, max(32, k_align))
     legal = [c for c in sized if c.kwargs["BK"] >= widest]
     return tuned_or_first(legal)
@@ -333,5 +338,14 @@ def scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, 
         t.stride(0), u.stride(0),
         MODE=scale_mode, DUAL=a_scale_neg is not None, HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None,
         R=max(16, triton.next_power_of_2(rank)), IS_INT=is_int, W4=w4, A_KIND=a_kind,
-        TILE_SCALE=input_scale_varies(a_scale, scale_mode) or (scale_mode == 2 and not w4))
+        TILE_SCALE=input_scale_varies(a_scale, scale_mode) if w4 else rescaled_per_tile(a_scale, scale_mode),
+        enable_fp_fusion=not exact_integer(a, b))
     return out
+
+
+def exact_integer(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """INT8 codes times INT8 weights: the kernels sum their products exactly and are built without fused
+    multiply-adds (``enable_fp_fusion=False``), so that each float32 step of the epilogue rounds as in the twin
+    (:func:`segquant.kernels.gemm_reference.integer_scaled_gemm`), to the bit. A few CUDA-core instructions per
+    output element, or per element and K tile on the rescaled path."""
+    return a.dtype == b.dtype == torch.int8

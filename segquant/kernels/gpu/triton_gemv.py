@@ -33,8 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from segquant.kernels.gpu.triton_gemm import (_A_KINDS, _NO_SEGMENT, _PAIR_DTYPES, _split_pairs, lowrank_args,
-                                              scale_strides, tuned_or_first)
+from segquant.kernels.gpu.triton_gemm import (_A_KINDS, _NO_SEGMENT, _PAIR_DTYPES, _split_pairs, exact_integer,
+                                              lowrank_args, scale_strides, tuned_or_first)
 
 #: Triton's CPU interpreter (set before Triton is imported) has no inline assembly: no ``dp4a`` there.
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -197,7 +197,7 @@ def gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, lowrank_t, low
     weights, one weight-scale column (``w_col`` constant)."""
     sa, m, _ = a.shape
     n, k = b.shape[0], w_col.shape[0]
-    w4 = b.dtype == torch.uint8
+    w4, fp_fusion = b.dtype == torch.uint8, not exact_integer(a, b)
     inputs, weights = a.contiguous(), b.contiguous()
     dp4a = _dp4a_fits(inputs, weights, k)
     if w4:
@@ -215,7 +215,7 @@ def gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, lowrank_t, low
         inputs.stride(0) if sa > 1 else 0, inputs.stride(1), weights.stride(0), out.stride(0), *scale_strides(a_scale),
         ws.stride(0), t.stride(0), u.stride(0),
         W4=w4, DUAL=a_scale_neg is not None, HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None,
-        R=max(16, triton.next_power_of_2(rank)), A_KIND=_A_KINDS[a.dtype], DP4A=dp4a)
+        R=max(16, triton.next_power_of_2(rank)), A_KIND=_A_KINDS[a.dtype], DP4A=dp4a, enable_fp_fusion=fp_fusion)
     return out
 
 

@@ -1,0 +1,90 @@
+"""The GEMM layout of a ``SegLinear``: which scale column every input channel reads, where the scales change
+along K, and which output segments have their own input. Pure torch on any device: the GPU plan
+(:mod:`segquant.kernels.gpu.plan`) packs and routes by it, and the emulated layer
+(:mod:`segquant.kernels.reference`) follows it where it reproduces the kernels bitwise (INT8 x INT8).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from segquant.enums import DType
+from segquant.nn.spec import SegLinearSpec
+from segquant.numerics import PerGroup
+
+
+@dataclass(frozen=True)
+class GemmLayout:
+    """Static facts of one quantized layer that choose the kernel variant and its summation.
+
+    ``scale_mode``: 0 = scales constant along K; 1 = the input scale varies along K (input segments,
+    groups); 2 = the weight scale varies (the input scale may too: ``input_varies``). ``k_align``: gcd of
+    the positions where a scale changes (0 = never); ``out_segment``: rows per output segment when each has
+    its own input (``per_segment_input``, ``Sa > 1``), else ``N``.
+    """
+
+    spec: SegLinearSpec
+    per_segment_input: bool
+    scale_mode: int
+    k_align: int
+    out_segment: int
+    input_varies: bool
+
+    @property
+    def tile_scaled(self) -> bool:
+        """Whether the kernel rescales every K tile (so a K tile must divide ``k_align``): the input scale
+        varies along K, or 8-bit weight scales do (packed INT4 weights take their group scales in the
+        dequantized weight tile instead)."""
+        return self.input_varies or (self.scale_mode == 2 and self.spec.weight_dtype is not DType.INT4)
+
+    @property
+    def input_rows(self) -> int:
+        """``Sa``: the number of differently quantized inputs (one per output segment, or 1)."""
+        return len(self.spec.output_segments) if self.per_segment_input else 1
+
+
+def input_columns(spec: SegLinearSpec) -> Tensor:
+    """``(K,)`` int32: the input-scale column of each input channel (segment, or group of a segment); all 0
+    for unquantized (16-bit) inputs, whose one "scale" is 1."""
+    if spec.input_dtype is None:
+        return torch.zeros(spec.in_features, dtype=torch.int32)
+    cols, start = [], 0
+    for size in spec.input_segments:
+        width = spec.input_granularity.group_size if spec.input_dynamic and isinstance(
+            spec.input_granularity, PerGroup) else size
+        cols.append(start + torch.arange(size) // width)
+        start += size // width
+    return torch.cat(cols).to(torch.int32)
+
+
+def weight_columns(buffers) -> Tensor:
+    """``(K,)`` int32 weight-scale column per input channel; all 0 if the scale columns are identical.
+    ``buffers``: a ``SegLinear`` or its :class:`~segquant.kernels.reference.SegLinearBuffers`."""
+    scale = buffers.weight_scale if buffers.weight_steps is None else buffers.weight_steps
+    if bool((scale == scale[:, :1]).all()):
+        return torch.zeros_like(buffers.weight_col_group, dtype=torch.int32)
+    return buffers.weight_col_group.to(torch.int32)
+
+
+def _changes(col: Tensor) -> list[int]:
+    return (torch.nonzero(col[1:] != col[:-1]).flatten() + 1).tolist()
+
+
+def gemm_layout(spec: SegLinearSpec, buffers) -> GemmLayout:
+    """The :class:`GemmLayout` of a layer from its spec and buffers (reads ``weight_scale``, ``weight_steps`` and
+    ``weight_col_group``)."""
+    a_changes, w_changes = _changes(input_columns(spec)), _changes(weight_columns(buffers).cpu())
+    mode = 2 if w_changes else (1 if a_changes else 0)
+    per_segment = spec.has_smooth_buffer and len(spec.output_segments) > 1
+    return GemmLayout(spec, per_segment, scale_mode=mode, k_align=math.gcd(*a_changes, *w_changes, 0),
+                      out_segment=spec.output_segments[0] if per_segment else spec.out_features,
+                      input_varies=bool(a_changes))
+
+
+def layout_of(module) -> GemmLayout:
+    """The :class:`GemmLayout` of a ``SegLinear``."""
+    return gemm_layout(module.spec, module)
