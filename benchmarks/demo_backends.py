@@ -118,11 +118,12 @@ def run(args: argparse.Namespace, settings: dict) -> None:
     (Path(args.out) / "backends.json").write_text(json.dumps(table, indent=1))
     print(f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}, "
           f"{float32_matmul_mode()}")
-    print("| model | preset | PSNR emulated | PSNR gpu | Δ dB | Δ std. error dB | SSIM emulated | SSIM gpu | error |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | preset | PSNR emulated | PSNR gpu | Δ dB | Δ std. error dB | images with equal PSNR | SSIM emulated "
+          "| SSIM gpu | error |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in table:
         print(f"| {r['model']} | {r['preset']} | {r['psnr_emulated']} | {r['psnr_gpu']} | {r['delta_db']} | "
-              f"{r['delta_se_db']} | {r['ssim_emulated']} | {r['ssim_gpu']} | {r['error']} |")
+              f"{r['delta_se_db']} | {r['equal_images']} | {r['ssim_emulated']} | {r['ssim_gpu']} | {r['error']} |")
 
 
 def float32_matmul_mode() -> str:
@@ -145,10 +146,20 @@ def compare(results: dict, presets: list[str]) -> list[dict]:
                           "psnr_gpu": round(gpu["psnr"], 3) if "psnr" in gpu else None,
                           "delta_db": round(gpu["psnr"] - emul["psnr"], 3) if both else None,
                           "delta_se_db": paired_standard_error(emul, gpu) if both else None,
+                          "equal_images": equal_images(emul, gpu),
                           "ssim_emulated": round(emul["ssim"], 4) if "ssim" in emul else None,
                           "ssim_gpu": round(gpu["ssim"], 4) if "ssim" in gpu else None,
                           "error": (emul.get("error") or gpu.get("error") or "")[:200]})
     return table
+
+
+def equal_images(emul: dict, gpu: dict) -> str | None:
+    """``"k/N"``: images whose PSNR is the same float on both backends (the same image, in practice: what INT8 x
+    INT8 layers give, whose emulated products are the kernels' to the bit)."""
+    a, b = emul.get("psnr_per_image"), gpu.get("psnr_per_image")
+    if not a or not b or len(a) != len(b):
+        return None
+    return f"{sum(x == y for x, y in zip(a, b))}/{len(a)}"
 
 
 def paired_standard_error(emul: dict, gpu: dict) -> float | None:

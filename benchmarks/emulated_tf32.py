@@ -15,6 +15,12 @@ reverse: the same codes, scales and products, ``summation_order_floor.py``'s cha
 when two correct implementations differ in nothing but the order of a float32 sum — the question run 13's
 ``backend_gap.py`` left (the backends agree per layer to 2e-7, yet their denoiser outputs differ by 0.2–0.8 %).
 
+Both transforms act on the emulated layers' float32 product of dequantized operands. Since 2026-12-05 INT8 x INT8
+layers do not form one: they sum their codes' products exactly (``segquant.kernels.reference.integer_exact``), which
+no summation order or TF32 rounding of 8-bit integers changes, so for those presets the two transforms leave the
+images as they are. ``--transform float32_sums`` measures that change itself: INT8 x INT8 layers back on the float32
+product of dequantized operands (the emulation before 2026-12-05) against the exact sums.
+
 ``--transform sigmoid_gelu`` computes the quantized denoiser's tanh-GELUs in their sigmoid form
 (:func:`segquant.sigmoid_form_gelus`, after quantize, as the fast GPU model runs them): whether that change of float32
 rounding moves the demo PSNR by more than the summation order does (models with tanh-GELUs: mmdit, flux).
@@ -61,11 +67,20 @@ def sigmoid_form_after_quantize():
         yield
 
 
-#: ``--transform`` choices: a context in which the harness runs (the first two change both operands of every
+def float32_sums():
+    """Inside the block, INT8 x INT8 layers are emulated as before 2026-12-05: one float32 product of the dequantized
+    input and weight instead of the exact integer sums and the kernels' epilogue."""
+    import segquant.kernels.reference as reference
+
+    return mock.patch.object(reference, "integer_exact", lambda *args: False)
+
+
+#: ``--transform`` choices: a context in which the harness runs (tf32 and reverse_k change both operands of every
 #: emulated quantized layer's float32 product).
 TRANSFORMS = {"tf32": lambda: transformed_operands(to_tf32),
               "reverse_k": lambda: transformed_operands(lambda t: t.flip(-1)),
-              "sigmoid_gelu": sigmoid_form_after_quantize}
+              "sigmoid_gelu": sigmoid_form_after_quantize,
+              "float32_sums": float32_sums}
 
 
 def demo_psnr(settings: dict, out: Path, transform=None) -> dict:

@@ -78,7 +78,9 @@ def bf16_floor(model, example: dict) -> dict:
 @contextlib.contextmanager
 def transformed_operands(transform: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
     """Inside the block, both operands of every emulated quantized layer's float32 product (the dequantized weight
-    ``(N, K)`` and the quantized input ``(M, K)``, :mod:`segquant.kernels.reference`) pass through ``transform``."""
+    ``(N, K)`` and the quantized input ``(M, K)``, :mod:`segquant.kernels.reference`) pass through ``transform``.
+    INT8 x INT8 layers form no such product since 2026-12-05 (exact integer sums, ``reference.integer_exact``): they
+    are left as they are, as no summation order changes an exact sum."""
     import segquant.kernels.reference as reference
 
     weight_of, input_of = reference.dequantized_weight, reference.quantize_input

@@ -6,9 +6,11 @@
 
 ``j`` runs over input segments; ``Q`` is the input fake-quantizer (static scale per ``(s, j)`` or dynamic;
 DualScale: one scale per sign, see :mod:`segquant.algorithms.dualscale`); ``Ŵ`` is the dequantized weight.
-Everything is computed in float32 and the result is cast to ``x.dtype``, with one exception that the
-deployed kernels impose: INT4 weights are dequantized to a 16-bit compute dtype on the GPU (there are no
-INT4 tensor cores), so ``Ŵ = code · scale`` is rounded once to it here too (:func:`int4_compute_dtype`). The buffers are those of
+Everything is computed in float32 and the result is cast to ``x.dtype``, with two departures that follow the
+deployed kernels: INT4 weights are dequantized to a 16-bit compute dtype on the GPU (there are no INT4 tensor
+cores), so ``Ŵ = code · scale`` is rounded once to it here too (:func:`int4_compute_dtype`); and INT8 inputs times
+INT8 / INT6 weight codes (:func:`integer_exact`) are summed exactly over their codes and then scaled in the kernels'
+float32 epilogue (:func:`integer_forward`), so the GPU equals this to the bit. The buffers are those of
 :class:`segquant.nn.seglinear.SegLinear` (its docstring lists shapes and dtypes), gathered in
 :class:`SegLinearBuffers`. Nothing here modifies its inputs. The emulated backend runs exactly these
 functions; a kernel is correct when it matches them (bitwise where it computes the same float32 ops).
