@@ -23,6 +23,8 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``sq_int8_tiled`` ``sq_int8`` without the persistent TMA kernel (``ops.USE_TMA`` off: the tiled kernel only)
 - ``sq_int8_dyn``   INT8 with dynamic per-token inputs (scale computed per call), otherwise as ``sq_int8``
                     (the ``w8a8_fast`` preset without its DualScale on the weight-bound AdaLN layers)
+- ``sq_int8_dyn_cat`` ``sq_int8_dyn`` with the ``cat`` input segments too (``concat_to_linear``, +0.5 dB on the FLUX
+                    demo): each INT8 ``cat`` layer runs as one plain GEMM per segment (``GemmLayout.split_blocks``)
 - ``sq_int8_full``  INT8 with all six SegPatterns: also per-head / per-``cat``-input scales (per-K-tile scaled
                     GEMM) and DualScale (two products per weight tile)
 - ``sq_int8_segs`` / ``sq_fp8_segs``  ``sq_int8`` / ``sq_fp8`` with the input segments too (per-head / per-``cat``-
@@ -80,7 +82,7 @@ from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graph
 
 VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_nocfg", "torchao_fp8_whole", "torchao_int4",
             "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_int8", "sq_fp8_fused", "sq_int8_fused", "sq_int8_tiled",
-            "sq_int8_dyn", "sq_int8_full", "sq_int8_segs", "sq_fp8_segs", "sq_int8_segfold", "sq_fp8_segfold",
+            "sq_int8_dyn", "sq_int8_dyn_cat", "sq_int8_full", "sq_int8_segs", "sq_fp8_segs", "sq_int8_segfold", "sq_fp8_segfold",
             "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a8_2l_preset", "sq_w4a16")
 #: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.
 SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tiled": {"USE_TMA": False},
@@ -97,7 +99,7 @@ SIGMOID_GELU = "_sgelu"
 def segquant_config(variant: str) -> dict:
     """The segquant config of a ``sq_*`` variant (8-bit: per-channel weights, static per-tensor inputs unless
     ``_dyn``: dynamic per-token, q/k/v fused with one smoothing if ``_fused``, input segments with ``_segs`` /
-    ``_segfold``; 4-bit: see the module doc)."""
+    ``_segfold``, the ``cat`` segments alone with ``_cat``; 4-bit: see the module doc)."""
     int4 = {"type": "int4", "granularity": "group", "group_size": 64}
     if variant == "sq_w4a8_2l_preset":  # GPTQ's work does not change the kernels
         config = preset_dict("w4a8_two_level")
@@ -113,8 +115,9 @@ def segquant_config(variant: str) -> dict:
     fmt = "fpe4m3" if variant.startswith("sq_fp8") else "int8"
     fold = variant.endswith("_segfold")
     patterns = (_ALL_PATTERNS if variant.endswith("_full") else
-                _ALL_PATTERNS[:5] if fold or variant.endswith("_segs") else _ALL_PATTERNS[:2])
-    dynamic = variant.endswith("_dyn")
+                _ALL_PATTERNS[:5] if fold or variant.endswith("_segs") else
+                _ALL_PATTERNS[:3] if variant.endswith("_cat") else _ALL_PATTERNS[:2])
+    dynamic = "_dyn" in variant
     return {"fuse_projections": variant.endswith("_fused"),
             "default": {"search_patterns": patterns, "opt": {"type": "smooth", "alpha": 0.5},
                         "calib": {"type": "amax"},

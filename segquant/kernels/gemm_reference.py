@@ -104,6 +104,22 @@ def integer_scaled_gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Tens
     return torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]
 
 
+def blockwise_gemm(gemm, a: Tensor, b: Tensor, a_scale: Tensor, w_scale: Tensor, a_col: Tensor, w_col: Tensor,
+                   bias: Tensor | None, blocks: tuple[int, ...]) -> Tensor:
+    """A GEMM whose scales change along K only at ``blocks`` (first channels of the constant-scale K blocks; see
+    ``GemmLayout.split_blocks``), as one call of ``gemm`` (the op or this twin; same arguments) per block on K-slices
+    of ``a`` ``(1, M, K)`` and ``b`` ``(N, K)`` (views: the kernels read them in place) with scales constant along K
+    (``scale_mode`` 0: the block's scale columns ``a_col[start]`` / ``w_col[start]``), the float32 partial products
+    added in block order, then the bias -> ``(M, N)`` float32. INT8 x INT8: the same on both backends to the bit."""
+    ends = (*blocks[1:], a_col.shape[0])
+    out = None
+    for start, end in zip(blocks, ends):
+        part = gemm(a[:, :, start:end], b[:, start:end], a_scale, None, w_scale, a_col[start:end], w_col[start:end],
+                    None, None, None, b.shape[0], 0, 0, torch.float32)
+        out = part if out is None else out + part
+    return out if bias is None else out + bias.float()
+
+
 def dequantized_input(a: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, a_col: Tensor, k: int) -> Tensor:
     """``(Sa, M, K)`` float32: the input the GEMM multiplies, ``q · scale`` (DualScale: both sides summed)."""
     cols = a_col.long()

@@ -16,6 +16,15 @@ from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
 from segquant.numerics import PerGroup
 
+#: Constant-scale K blocks (input segments with their own scales, e.g. FLUX's ``cat`` of 3072 + 12288) of at least
+#: this many channels, and at most :data:`MAX_SPLIT_BLOCKS` of them, run as one plain GEMM each (see
+#: :attr:`GemmLayout.split_blocks`): a block then costs its GEMM at plain speed plus one float32 output written and
+#: read (8 bytes per output element, about the time of 1000 channels of 8-bit MMA), where the per-K-tile path runs the
+#: whole layer at about half the plain speed.
+MIN_SPLIT_K = 1024
+MAX_SPLIT_BLOCKS = 4
+_INTEGER_WEIGHTS = (DType.INT8, DType.INT6)
+
 
 @dataclass(frozen=True)
 class GemmLayout:
@@ -33,6 +42,7 @@ class GemmLayout:
     k_align: int
     out_segment: int
     input_varies: bool
+    blocks: tuple[int, ...] = (0,)  # first channel of each constant-scale K block
 
     @property
     def tile_scaled(self) -> bool:
@@ -40,6 +50,20 @@ class GemmLayout:
         varies along K, or 8-bit weight scales do (packed INT4 weights take their group scales in the
         dequantized weight tile instead)."""
         return self.input_varies or (self.scale_mode == 2 and self.spec.weight_dtype is not DType.INT4)
+
+    @property
+    def split_blocks(self) -> bool:
+        """Whether the layer runs as one plain GEMM per constant-scale K block, the float32 partial products added
+        in block order, then the bias (:func:`segquant.kernels.gemm_reference.blockwise_gemm`) instead of the
+        per-K-tile scaled GEMM: INT8 inputs times 8-bit integer weights, one input (no per-output-segment
+        smoothing), no DualScale, 2 to :data:`MAX_SPLIT_BLOCKS` blocks of at least :data:`MIN_SPLIT_K` channels
+        each, starting at multiples of 16 (TMA's alignment). The emulated layer sums the same way."""
+        spec = self.spec
+        widths = [end - start for start, end in zip(self.blocks, self.blocks[1:] + (spec.in_features,))]
+        return (self.tile_scaled and spec.input_dtype is DType.INT8 and spec.weight_dtype in _INTEGER_WEIGHTS
+                and not spec.dual_scale and not self.per_segment_input
+                and 2 <= len(self.blocks) <= MAX_SPLIT_BLOCKS and min(widths) >= MIN_SPLIT_K
+                and all(start % 16 == 0 for start in self.blocks))
 
     @property
     def input_rows(self) -> int:
@@ -82,7 +106,7 @@ def gemm_layout(spec: SegLinearSpec, buffers) -> GemmLayout:
     per_segment = spec.has_smooth_buffer and len(spec.output_segments) > 1
     return GemmLayout(spec, per_segment, scale_mode=mode, k_align=math.gcd(*a_changes, *w_changes, 0),
                       out_segment=spec.output_segments[0] if per_segment else spec.out_features,
-                      input_varies=bool(a_changes))
+                      input_varies=bool(a_changes), blocks=(0, *sorted(set(a_changes) | set(w_changes))))
 
 
 def layout_of(module) -> GemmLayout:

@@ -26,7 +26,7 @@ from torch import Tensor
 from segquant.algorithms.dualscale import dynamic_fake_quant_dualscale, fake_quant_dualscale
 from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
-from segquant.kernels.gemm_reference import INT4_COMPUTE, scaled_gemm_reference
+from segquant.kernels.gemm_reference import INT4_COMPUTE, blockwise_gemm, scaled_gemm_reference
 from segquant.kernels.layout import gemm_layout, input_columns, weight_columns
 from segquant.kernels.quant import folded_multiplier, gemm_input, per_channel, static_input
 from segquant.numerics import (codes_of_storage, dequantize_codes, dynamic_fake_quant, fake_quant, quantize_static,
@@ -136,7 +136,8 @@ def integer_forward(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> T
     """An :func:`integer_exact` layer: ``rows`` ``(M, K)`` float32 -> ``(M, N)`` float32, the GPU backend's data
     flow (:mod:`segquant.kernels.gpu.plan`): the same codes and scales (:func:`segquant.kernels.quant.gemm_input`),
     the op's exact integer sums and float32 epilogue with the bias
-    (:func:`segquant.kernels.gemm_reference.integer_scaled_gemm`), then the low-rank branch."""
+    (:func:`segquant.kernels.gemm_reference.integer_scaled_gemm`; a few long constant-scale K blocks one GEMM each,
+    ``blockwise_gemm``), then the low-rank branch."""
     layout = gemm_layout(spec, b)
     static = None if spec.input_dynamic else static_input(
         b.input_scale, b.input_scale_neg if spec.dual_scale else None, b.smooth, spec.input_segments,
@@ -145,19 +146,29 @@ def integer_forward(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> T
                                              spec.input_granularity, spec.dual_scale)
     a_col, w_col = input_columns(spec), weight_columns(b)
     bounds = torch.tensor((0,) + spec.output_segments).cumsum(0).tolist()
-    segments = range(len(spec.output_segments)) if layout.per_segment_input else [None]
-    outputs = []
-    for s in segments:  # each output segment with its own input, unequal ones too (the kernel's N tiles)
-        inputs, out_rows = (slice(None), slice(None)) if s is None else (slice(s, s + 1), slice(bounds[s], bounds[s + 1]))
-        outputs.append(scaled_gemm_reference(
-            codes[inputs], b.weight_codes[out_rows], a_scale[inputs], None if a_scale_neg is None else a_scale_neg[inputs],
-            b.weight_scale[out_rows], a_col, w_col, None if b.bias is None else b.bias[out_rows], None, None,
-            bounds[-1] if s is None else bounds[s + 1] - bounds[s], layout.scale_mode, layout.k_align, torch.float32))
-    y = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]
+    if layout.split_blocks:
+        y = blockwise_gemm(scaled_gemm_reference, codes, b.weight_codes, a_scale, b.weight_scale, a_col, w_col,
+                           b.bias, layout.blocks)
+    else:
+        segments = range(len(spec.output_segments)) if layout.per_segment_input else [None]
+        outputs = [_integer_segment(codes, a_scale, a_scale_neg, b, a_col, w_col, layout, bounds, s) for s in segments]
+        y = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]
     if b.lowrank_up is None:
         return y
     return y + torch.cat([lowrank_output(rows, b, s, slice(bounds[s], bounds[s + 1]))
                           for s in range(len(spec.output_segments))], dim=-1)
+
+
+def _integer_segment(codes: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, b: SegLinearBuffers, a_col: Tensor,
+                     w_col: Tensor, layout, bounds: list[int], s: int | None) -> Tensor:
+    """Output segment ``s`` with its own input (``None``: all outputs from one input) through the op's twin, unequal
+    segments too (the kernel's N tiles): ``(M, n_s)`` float32 with the bias."""
+    inputs, out_rows = (slice(None), slice(None)) if s is None else (slice(s, s + 1), slice(bounds[s], bounds[s + 1]))
+    return scaled_gemm_reference(
+        codes[inputs], b.weight_codes[out_rows], a_scale[inputs], None if a_scale_neg is None else a_scale_neg[inputs],
+        b.weight_scale[out_rows], a_col, w_col, None if b.bias is None else b.bias[out_rows], None, None,
+        out_rows.stop - out_rows.start if s is not None else bounds[-1], layout.scale_mode, layout.k_align,
+        torch.float32)
 
 
 def seglinear_forward(x: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:

@@ -18,8 +18,12 @@ from segquant.kernels.gemm_reference import scaled_gemm_reference
 from segquant.numerics import pack_int4
 
 
-def case(m, n, k, fmt, segments=(), dual=False, sa=1, w4=False, a16=False, rank=0, seed=0, half=torch.float16):
-    """Random arguments of the op (CPU tensors); ``half`` is the dtype of 16-bit inputs and the low-rank factors."""
+def case(m, n, k, fmt, segments=(), dual=False, sa=1, w4=False, a16=False, rank=0, seed=0, half=torch.float16,
+         block=None):
+    """Random arguments of the op (CPU tensors); ``half`` is the dtype of 16-bit inputs and the low-rank factors;
+    ``block`` ``(start, end)``: those of one constant-scale K block (:func:`k_block`)."""
+    if block is not None:
+        return k_block(case(m, n, k, fmt, segments, dual, sa, w4, a16, rank, seed, half), *block)
     g = torch.Generator().manual_seed(seed)
     segs = segments or (k,)
     cols = torch.arange(len(segs)).repeat_interleave(torch.tensor(segs)).int()
@@ -52,6 +56,7 @@ CASES = {
     "int8_dual_segments": dict(m=20, n=32, k=128, fmt="int8", segments=(64, 64), dual=True),
     "int8_out_segments": dict(m=5, n=96, k=64, fmt="int8", sa=3),
     "int8_cat_long_segments": dict(m=33, n=64, k=2048, fmt="int8", segments=(512, 1536)),  # a cat like FLUX's
+    "int8_cat_block_in_place": dict(m=33, n=64, k=2048, fmt="int8", segments=(512, 1536), block=(512, 2048)),
     "fp8_cat_long_segments": dict(m=20, n=32, k=1536, fmt="fp8", segments=(1024, 512)),
     "w4a8_plain": dict(m=33, n=64, k=128, fmt="int8", w4=True),
     "w4a8_odd_k": dict(m=7, n=32, k=80, fmt="int8", w4=True),
@@ -81,6 +86,7 @@ GEMV_CASES = {
 TMA_CASES = {
     "tma_int8_tails": dict(m=130, n=72, k=80, fmt="int8"),
     "tma_fp8_lowrank": dict(m=136, n=48, k=160, fmt="fp8", rank=8),
+    "tma_int8_cat_block_in_place": dict(m=130, n=72, k=640, fmt="int8", segments=(128, 512), block=(128, 640)),
 }
 #: The same kernel with its last partial wave split along K (``split_tail``; the interpreter runs 4 programs, the
 #: first config's tiles are 128 x 256 x 128): 9 tiles = 2 whole waves + 1 tile in 2 pieces of 2 and 3 K tiles; 2 tiles
@@ -104,6 +110,15 @@ def exact_integer_case(name: str) -> bool:
     in another order."""
     spec = ALL_CASES[name]
     return spec.get("fmt") == "int8" and not spec.get("w4") and not spec.get("a16") and not spec.get("rank")
+
+
+def k_block(args: tuple, start: int, end: int) -> tuple:
+    """The op arguments of one constant-scale K block of a split layer (``gemm_reference.blockwise_gemm``): K-slices
+    of the input and weight (views: the kernels must read them in place), the block's scale column named by
+    ``a_col[start]`` / ``w_col[start]``, ``scale_mode`` 0."""
+    a, b, a_scale, _, w_scale, a_col, w_col, bias, t, u, out_segment, _, _, out_dtype = args
+    return (a[:, :, start:end], b[:, start:end], a_scale, None, w_scale, a_col[start:end], w_col[start:end], bias, t,
+            u, out_segment, 0, 0, out_dtype)
 
 
 def one_input_scale(args: tuple) -> tuple:
@@ -160,7 +175,7 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return (gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype),
                 scaled_gemm_reference(*args))
     if name in TMA_CASES or name in TMA_SPLIT_CASES:
-        args = one_input_scale(args)
+        args = args if "block" in spec else one_input_scale(args)
         a, b, a_scale, _, w_scale, a_col, w_col, bias, t, u, *_, out_dtype = args
         split = name in TMA_SPLIT_CASES
         assert not split or tail_splits(a, b), f"{name}: no tile config splits its last wave"

@@ -100,7 +100,12 @@ def test_dynamic_twin_is_bitwise_emulated(name):
     torch.testing.assert_close(y, module(x), rtol=1e-5, atol=1e-4)
 
 
-INTEGER_SPECS = dict(SPECS, long_k=SegLinearSpec(2304, 48, (48,), (2304,), I8), long_k_heads=SegLinearSpec(2304, 48, (48,), (128,) * 18, I8, weight_scale_columns=18),
+CAT_SPLIT = SegLinearSpec(2560, 48, (48,), (1024, 1536), I8, input_dynamic=True, input_granularity=PerToken(),
+                          weight_scale_columns=2)  # a FLUX-like cat of two long segments: one plain GEMM each
+INTEGER_SPECS = dict(SPECS, cat_split=CAT_SPLIT, cat_split_static=replace(CAT_SPLIT, input_dynamic=False,
+                                                                            input_granularity=PerTensor()),
+                     long_k=SegLinearSpec(2304, 48, (48,), (2304,), I8),
+                     long_k_heads=SegLinearSpec(2304, 48, (48,), (128,) * 18, I8, weight_scale_columns=18),
                      dynamic_dual_segments_smooth=SegLinearSpec(64, 64, (32, 32), (32, 32), I8, input_dynamic=True,
                                                                 input_granularity=PerToken(), smooth=True,
                                                                 dual_scale=True))
@@ -116,6 +121,36 @@ def test_integer_twin_is_the_emulated_layer_bitwise(name, dtype):
     module = pack(filled(INTEGER_SPECS[name]))
     x = (torch.randn(3, 7, INTEGER_SPECS[name].in_features) * 2).to(dtype)
     assert torch.equal(seglinear_forward(module, layout_of(module), x, scaled_gemm_reference), module(x))
+
+
+def test_long_constant_scale_blocks_run_as_one_plain_gemm_each():
+    """FLUX's ``cat`` (two long input segments with their own scales): one scale-mode-0 GEMM per block on K-slices
+    read in place (views of the codes and the weight), the float32 partials added in order, then the bias."""
+    module = pack(filled(CAT_SPLIT))
+    layout = layout_of(module)
+    assert layout.split_blocks and layout.blocks == (0, 1024)
+    calls = []
+
+    def recording_gemm(*args):
+        a, b, *_ = args
+        calls.append((a.shape[2], args[11], a._base is not None and b._base is not None))
+        return scaled_gemm_reference(*args)
+
+    x = torch.randn(5, CAT_SPLIT.in_features)
+    assert torch.equal(seglinear_forward(module, layout, x, recording_gemm), module(x))
+    assert calls == [(1024, 0, True), (1536, 0, True)]
+
+
+def test_split_blocks_only_where_few_long_integer_blocks():
+    flux_cat = SegLinearSpec(15360, 64, (64,), (3072, 12288), I8, input_dynamic=True, input_granularity=PerToken(),
+                             weight_scale_columns=2)
+    assert layout_of(filled(flux_cat)).split_blocks
+    assert not layout_of(filled(replace(flux_cat, dual_scale=True))).split_blocks  # DualScale: per K tile
+    assert not layout_of(filled(replace(flux_cat, input_dtype=F8, weight_dtype=F8))).split_blocks  # FP8: cuBLASLt
+    assert not layout_of(filled(SPECS["heads"])).split_blocks  # 32-wide heads: per K tile
+    heads = SegLinearSpec(3072, 64, (64,), (128,) * 24, I8, input_dynamic=True, input_granularity=PerToken())
+    assert not layout_of(filled(heads)).split_blocks  # 24 blocks of 128: per K tile
+    assert not layout_of(filled(SegLinearSpec(640, 32, (32,), (128, 512), I8, weight_scale_columns=2))).split_blocks
 
 
 def test_integer_products_are_exact_where_a_float32_sum_is_not():

@@ -228,6 +228,37 @@ def test_tma_kernel_row_tiles_follow_the_number_of_rows(monkeypatch):
     assert split_tiles == {(128, 256), (256, 128)}  # 128 x 128 tiles: 864 = 6 waves + 72, a last wave > half full
 
 
+class LaunchRecorder:
+    """Stands in for a Triton kernel: ``kernel[grid](*args, **options)`` records the call instead of running it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **options: self.calls.append((args, options))
+
+
+def test_k_slices_of_a_split_layer_are_read_in_place(monkeypatch):
+    """A constant-scale K block of a split layer reaches the tiled and TMA kernels as views of the layer's codes and
+    weight: no copy per call (the interpreter checks that the kernels read such views right)."""
+    pytest.importorskip("triton")
+    from segquant.kernels.gpu import triton_gemm, triton_tma
+    from tests.kernels.interpret_triton_gemm import case, k_block
+
+    tiled, tma = LaunchRecorder(), LaunchRecorder()
+    monkeypatch.setattr(triton_gemm, "_scaled_gemm_kernel", tiled)
+    monkeypatch.setattr(triton_tma, "_tma_gemm_kernel", tma)
+    a, b, a_scale, _, w_scale, a_col, w_col, bias, t, u, out_segment, mode, k_align, out_dtype = k_block(
+        case(m=130, n=64, k=640, fmt="int8", segments=(128, 512)), 128, 640)
+    triton_gemm.scaled_gemm_triton(a, b, a_scale, None, w_scale, a_col, w_col, bias, t, u, out_segment, mode, k_align,
+                                   out_dtype)
+    triton_tma.tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype)
+    (tiled_args, _), (tma_args, _) = tiled.calls[0], tma.calls[0]
+    assert tiled_args[0].data_ptr() == a.data_ptr() and tiled_args[1].data_ptr() == b.data_ptr()
+    assert tma_args[0].base.data_ptr() == a.data_ptr() and tma_args[1].base.data_ptr() == b.data_ptr()
+    assert tma_args[0].strides[0] == 640 and tma_args[1].strides[0] == 640  # the full rows' strides
+
+
 @pytest.mark.parametrize("fmt", ["int8", "fp8"])
 def test_only_int8_launches_turn_fp_fusion_off(fmt, monkeypatch):
     """INT8 x INT8 launches compile without fused multiply-adds (their epilogue then rounds like the twin, bitwise;
@@ -236,22 +267,16 @@ def test_only_int8_launches_turn_fp_fusion_off(fmt, monkeypatch):
     from segquant.kernels.gpu import triton_gemm, triton_gemv, triton_tma
     from tests.kernels.interpret_triton_gemm import case, one_input_scale
 
-    fusion = {}
-
-    class Recorder:
-        def __init__(self, name: str):
-            self.name = name
-
-        def __getitem__(self, grid):
-            return lambda *args, **options: fusion.__setitem__(self.name, options["enable_fp_fusion"])
-
+    recorders = {}
     for module, kernel in ((triton_gemm, "_scaled_gemm_kernel"), (triton_gemv, "_gemv_kernel"),
                            (triton_tma, "_tma_gemm_kernel")):
-        monkeypatch.setattr(module, kernel, Recorder(kernel))
+        recorders[kernel] = LaunchRecorder()
+        monkeypatch.setattr(module, kernel, recorders[kernel])
     a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, t, u, out_segment, mode, k_align, out_dtype = (
         one_input_scale(case(m=130, n=64, k=128, fmt=fmt)))
     triton_gemm.scaled_gemm_triton(a, b, a_scale, None, w_scale, a_col, w_col, bias, t, u, out_segment, mode, k_align,
                                    out_dtype)
     triton_gemv.gemv_triton(a[:, :1], b, a_scale, None, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype)
     triton_tma.tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype)
-    assert fusion == dict.fromkeys(("_scaled_gemm_kernel", "_gemv_kernel", "_tma_gemm_kernel"), fmt != "int8")
+    fusion = {kernel: recorder.calls[0][1]["enable_fp_fusion"] for kernel, recorder in recorders.items()}
+    assert fusion == dict.fromkeys(recorders, fmt != "int8")

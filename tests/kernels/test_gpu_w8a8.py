@@ -173,7 +173,9 @@ def test_tma_kernel_matches_twin(name, monkeypatch):
     monkeypatch.setitem(ops.USE_SCALED_MM, "enabled", False)
     spec = dict({**TMA_GPU_CASES, **TMA_SPLIT_GPU_CASES}[name])
     tile = spec.pop("tile", None)
-    args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in one_input_scale(interpreted_case(**spec))]
+    op_args = interpreted_case(**spec)  # a split layer's block: its own scale column, not column 0
+    op_args = op_args if "block" in spec else one_input_scale(op_args)
+    args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in op_args]
     assert not split or triton_tma.tail_splits(args[0], args[1])
     for _ in range(2):
         poison_allocator()
@@ -206,7 +208,10 @@ GPU_SPECS = dict(SPECS, big_heads=SegLinearSpec(1024, 384, (384,), (128,) * 8, D
                  plain_fp8_cublas=SegLinearSpec(256, 128, (128,), (256,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3,
                                                 smooth=True),
                  dyn_fp8=SegLinearSpec(512, 128, (128,), (512,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3,
-                                       input_dynamic=True, input_granularity=PerToken()))
+                                       input_dynamic=True, input_granularity=PerToken()),
+                 cat_split=SegLinearSpec(4096, 256, (256,), (1024, 3072), DType.INT8, input_dynamic=True,
+                                         input_granularity=PerToken(), weight_scale_columns=2),
+                 cat_split_static=SegLinearSpec(4096, 256, (256,), (1024, 3072), DType.INT8, weight_scale_columns=2))
 RUNNABLE = [name for name, s in GPU_SPECS.items() if s.in_features % 32 == 0 and all(
     size % 32 == 0 for size in s.input_segments) and not (s.has_smooth_buffer and s.output_segments[0] % 32)]
 

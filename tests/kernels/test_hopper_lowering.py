@@ -56,7 +56,8 @@ def int8_tiled_build(fp_fusion: bool):
     """The tiled kernel, INT8 with DualScale and per-K-tile scales (the most float32 steps per output element)."""
     from segquant.kernels.gpu.triton_gemm import _scaled_gemm_kernel
 
-    pointers = dict(a_ptr="*i8", b_ptr="*i8", asn_ptr="*fp32", **{k: v for k, v in POINTERS.items() if k != "count_ptr"})
+    pointers = dict(a_ptr="*i8", b_ptr="*i8", asn_ptr="*fp32",
+                    **{k: v for k, v in POINTERS.items() if k != "count_ptr"})
     constants = dict(MODE=2, DUAL=True, HAS_BIAS=True, HAS_LR=False, R=16, IS_INT=True, W4=False, A_KIND=0,
                      TILE_SCALE=True, BM=128, BN=128, BK=64, GROUP_M=8, EVEN_K=True, ONE_GROUP=True)
     return build_under_heuristics(_scaled_gemm_kernel, pointers, constants, fp_fusion)

@@ -165,10 +165,11 @@ def _scaled_gemm_fake(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, l
 
 def _gemv_fits(a: Tensor, b: Tensor, a_scale: Tensor, scale_mode: int) -> bool:
     """The GEMV takes at most ``GEMV_MAX_M`` rows of packed INT4 or ``GEMV_MAX_M_8BIT`` rows of 8-bit weights
-    with one input scale along K, and 8-bit weights only with one weight scale per row (``scale_mode`` 0)."""
+    with one input scale column (it reads column 0; a K block of a split layer names another in ``a_col``), and
+    8-bit weights only with one weight scale per row (``scale_mode`` 0)."""
     packed = b.dtype == torch.uint8
     return (USE_GEMV["enabled"] and a.shape[1] <= (GEMV_MAX_M if packed else GEMV_MAX_M_8BIT)
-            and not input_scale_varies(a_scale, scale_mode) and (packed or scale_mode == 0))
+            and a_scale.shape[2] == 1 and (packed or scale_mode == 0))
 
 
 def _scaled_mm_fits(a: Tensor, b: Tensor, a_scale_neg, lowrank_t, scale_mode: int, out_dtype: torch.dtype) -> bool:

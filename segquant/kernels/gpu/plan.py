@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from segquant.enums import DType
+from segquant.kernels.gemm_reference import blockwise_gemm
 from segquant.kernels.gpu.ops import (DEQUANTIZE_MIN_M, GEMV_MAX_M_8BIT, USE_SCALED_MM, dequantize_w4, plain_fp8,
                                      unit_row_scales)
 from segquant.kernels.layout import GemmLayout, input_columns, layout_of, weight_columns
@@ -119,11 +120,18 @@ def quantize_input(module, rows: Tensor) -> tuple[Tensor, Tensor, Tensor | None]
 def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Tensor:
     """``x`` ``(..., K)`` -> ``(..., N)`` in ``x.dtype``: quantize, one scaled GEMM (low-rank branch in its
     epilogue where :func:`fused_lowrank`, else added afterwards; plain static FP8 layers call cuBLASLt with
-    their packed scales, :func:`_static_fp8_fits`). Packed INT4 with two-level scales and at
-    least ``DEQUANTIZE_MIN_M`` rows: the weight expanded to INT8 (``code · step``) for the 8-bit tensor cores,
+    their packed scales, :func:`_static_fp8_fits`; a few long constant-scale K blocks, ``layout.split_blocks``: one
+    plain GEMM per block, :func:`segquant.kernels.gemm_reference.blockwise_gemm`). Packed INT4 with two-level scales
+    and at least ``DEQUANTIZE_MIN_M`` rows: the weight expanded to INT8 (``code · step``) for the 8-bit tensor cores,
     the per-row base as its scale."""
     rows = x.reshape(-1, module.in_features)
     codes, a_scale, a_scale_neg = quantize_input(module, rows)
+    if layout.split_blocks:
+        y = blockwise_gemm(gemm, codes, module.weight_codes, a_scale, module.weight_scale, module.gpu_a_col,
+                           module.gpu_w_col, module.bias, layout.blocks)
+        if module.lowrank_up is not None:
+            y = y + lowrank_branch(module, rows)
+        return y.to(x.dtype).reshape(*x.shape[:-1], module.out_features)
     if _static_fp8_fits(module, codes, x.dtype):
         y = plain_fp8(codes[0], module.weight_codes, module.gpu_fp8_rows[:codes.shape[1]], module.gpu_fp8_columns,
                       module.bias, x.dtype)

@@ -317,12 +317,13 @@ def scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, 
     """Launch the kernel; arguments as :func:`segquant.kernels.gemm_reference.scaled_gemm_reference`."""
     sa, m, _ = a.shape
     n, k = b.shape[0], a_col.shape[0]
-    a, b = a.contiguous(), b.contiguous()
     w4, is_int, a_kind = b.dtype == torch.uint8, a.dtype == torch.int8, _A_KINDS[a.dtype]
     if w4:  # A read as pairs (see _load_w4); strides below are then in pairs
         if k % 2:
             raise ValueError(f"packed INT4 weights need an even K (inputs are read in pairs), got K={k}")
-        a = a.view(_PAIR_DTYPES[a.dtype])
+        a, b = a.contiguous().view(_PAIR_DTYPES[a.dtype]), b.contiguous()
+    else:
+        a, b = k_contiguous(a), k_contiguous(b)
     out = torch.empty(m, n, device=a.device, dtype=out_dtype)
     if m == 0:
         return out
@@ -341,6 +342,12 @@ def scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, 
         TILE_SCALE=input_scale_varies(a_scale, scale_mode) if w4 else rescaled_per_tile(a_scale, scale_mode),
         enable_fp_fusion=not exact_integer(a, b))
     return out
+
+
+def k_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself where its last (K) dimension is contiguous, as the kernels read it (their row strides are
+    arguments): the K-slices of a split layer's input and weight are read in place, not copied per call."""
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def exact_integer(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -31,8 +31,9 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from segquant.kernels.gpu.triton_gemm import (_dot, exact_integer, finish_tile, graph_timed, lowrank_args,
-                                              row_tile_fits, scale_strides, tile_position, tuned_or_first)
+from segquant.kernels.gpu.triton_gemm import (_dot, exact_integer, finish_tile, graph_timed, k_contiguous,
+                                              lowrank_args, row_tile_fits, scale_strides, tile_position,
+                                              tuned_or_first)
 
 #: Rows from which an 8-bit layer is compute-bound enough for the persistent kernel.
 TMA_MIN_M = 128
@@ -172,11 +173,12 @@ def _tma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, 
 
 def tma_fits(a: torch.Tensor, b: torch.Tensor, a_scale_neg, scale_mode: int, input_varies: bool) -> bool:
     """An 8-bit layer with at least ``TMA_MIN_M`` rows, one input (``Sa == 1``), no DualScale, scales constant
-    along K (``scale_mode`` 0), rows of 16-byte multiples starting at 16-byte offsets (TMA's alignment), on a
-    GPU with TMA (sm_90+)."""
+    along K (``scale_mode`` 0), rows of 16-byte multiples starting at 16-byte offsets and 16-byte row strides (TMA's
+    alignment; a K-slice of a wider tensor is read in place), on a GPU with TMA (sm_90+)."""
     return (b.dtype == a.dtype and a.dtype in (torch.int8, torch.float8_e4m3fn) and a.shape[0] == 1
             and a.shape[1] >= TMA_MIN_M and a_scale_neg is None and scale_mode == 0 and not input_varies
             and a.shape[2] % 16 == 0 and a.storage_offset() % 16 == 0 and b.storage_offset() % 16 == 0
+            and a.stride(1) % 16 == 0 and b.stride(0) % 16 == 0
             and (not a.is_cuda or _properties(a.device.index or 0).major >= 9))
 
 
@@ -211,7 +213,7 @@ def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowra
     tile per SM, ≈ 17 MB on an H200, and one counter per SM)."""
     m, k, n = a.shape[1], a.shape[2], b.shape[0]
     out = torch.empty(m, n, device=a.device, dtype=out_dtype)
-    a2, b = a[0].contiguous(), b.contiguous()
+    a2, b = k_contiguous(a[0]), k_contiguous(b)
     ws, a_scale = w_scale.contiguous(), a_scale.contiguous()
     t, u, rank = lowrank_args(lowrank_t, lowrank_up, ws)
     sms = _programs(a)
