@@ -27,7 +27,7 @@ from segquant.algorithms.dualscale import dynamic_fake_quant_dualscale, fake_qua
 from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
 from segquant.kernels.gemm_reference import INT4_COMPUTE, blockwise_gemm, scaled_gemm_reference
-from segquant.kernels.layout import gemm_layout, input_columns, weight_columns
+from segquant.kernels.layout import GemmLayout, gemm_layout, input_columns, weight_columns
 from segquant.kernels.quant import folded_multiplier, gemm_input, per_channel, static_input
 from segquant.numerics import (codes_of_storage, dequantize_codes, dynamic_fake_quant, fake_quant, quantize_static,
                                quantize_static_dual)
@@ -160,7 +160,7 @@ def integer_forward(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> T
 
 
 def _integer_segment(codes: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, b: SegLinearBuffers, a_col: Tensor,
-                     w_col: Tensor, layout, bounds: list[int], s: int | None) -> Tensor:
+                     w_col: Tensor, layout: GemmLayout, bounds: list[int], s: int | None) -> Tensor:
     """Output segment ``s`` with its own input (``None``: all outputs from one input) through the op's twin, unequal
     segments too (the kernel's N tiles): ``(M, n_s)`` float32 with the bias."""
     inputs, out_rows = (slice(None), slice(None)) if s is None else (slice(s, s + 1), slice(bounds[s], bounds[s + 1]))
