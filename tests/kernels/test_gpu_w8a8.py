@@ -257,7 +257,7 @@ def test_backend_matches_emulated(name, dtype):
         assert rel_err(y, ref) <= within_rounding(ref, dtype)
 
 
-@pytest.mark.parametrize("name", ["big_heads", "big_dual_fp8", "adaln6", "dyn_fp8", "plain_fp8_cublas"])
+@pytest.mark.parametrize("name", ["big_heads", "big_dual_fp8", "adaln6", "dyn_fp8", "plain_fp8_cublas", "cat_split"])
 def test_compiled_backend_has_no_graph_breaks(name):
     from segquant.kernels.gpu.backend import GpuBackend
 
