@@ -27,6 +27,7 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
                     demo): each INT8 ``cat`` layer runs as one plain GEMM per segment (``GemmLayout.split_blocks``)
 - ``sq_int8_full``  INT8 with all six SegPatterns: also per-head / per-``cat``-input scales (per-K-tile scaled
                     GEMM) and DualScale (two products per weight tile)
+- ``sq_int8_dyn_full`` the same with dynamic per-token inputs: the ``w8a8`` preset's layout (its quality preset)
 - ``sq_int8_segs`` / ``sq_fp8_segs``  ``sq_int8`` / ``sq_fp8`` with the input segments too (per-head / per-``cat``-
                     input static scales, per-K-tile scaled GEMMs), no DualScale
 - ``sq_int8_segfold`` / ``sq_fp8_segfold``  the same with the segment scales folded into the smoothing
@@ -82,8 +83,8 @@ from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graph
 
 VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_nocfg", "torchao_fp8_whole", "torchao_int4",
             "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_int8", "sq_fp8_fused", "sq_int8_fused", "sq_int8_tiled",
-            "sq_int8_dyn", "sq_int8_dyn_cat", "sq_int8_full", "sq_int8_segs", "sq_fp8_segs", "sq_int8_segfold", "sq_fp8_segfold",
-            "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a8_2l_preset", "sq_w4a16")
+            "sq_int8_dyn", "sq_int8_dyn_cat", "sq_int8_full", "sq_int8_dyn_full", "sq_int8_segs", "sq_fp8_segs",
+            "sq_int8_segfold", "sq_fp8_segfold", "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a8_2l_preset", "sq_w4a16")
 #: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.
 SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tiled": {"USE_TMA": False},
             "sq_fp8_tma": {"USE_SCALED_MM": False}}
