@@ -10,7 +10,8 @@ from segquant.kernels.reference import seglinear_forward
 
 @register_backend
 class EmulatedBackend(Backend):
-    """Fake-quantized float32 math (:func:`segquant.kernels.reference.seglinear_forward`); packs nothing."""
+    """The reference math (:func:`segquant.kernels.reference.seglinear_forward`: fake-quantized float32, INT8 x INT8
+    summed exactly as the GPU kernels do); packs nothing."""
 
     name = "emulated"
 
