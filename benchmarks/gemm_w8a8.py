@@ -4,7 +4,8 @@ For every layer and format (FP8 E4M3, INT8) it times, on random data, in one pro
 bf16 ``F.linear`` (torch.mm) and its ``torch.compile``; the gpu backend's forward (quantize + W8A8 GEMM) in
 eager and under ``torch.compile``; the GEMM alone on pre-quantized codes as routed (``gemm_only_us``), on the
 tiled Triton kernel alone (``gemm_triton_us``), on the persistent TMA kernel alone (``gemm_tma_us``) and on its
-variant with the last partial wave split along K (``gemm_tma_split_tail_us``), where the layer fits them; and checks
+variant with the last partial wave split along K (``gemm_tma_split_tail_us``), and, INT8 on sm_90, on the Gluon kernel
+that keeps one tensor-core step in flight (``gemm_wgmma_us``), where the layer fits them; and checks
 the output against the pure-torch twin. Prints a table
 last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
 
@@ -152,10 +153,14 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
         with ops.switched(USE_SCALED_MM=False, USE_TMA=False):
             row["gemm_triton_us"] = bench(gemm_calls, graph)
             row["rel_err_triton"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
-    for kernel in ("tma", "tma_split_tail") if fits_tma else ():  # each persistent variant alone
+    for kernel in ("tma", "tma_split_tail", "wgmma") if fits_tma else ():  # each persistent variant alone
         if kernel == "tma_split_tail" and not tail_splits(quantized[0][0], modules[0].weight_codes):
             continue
-        with ops.switched(USE_SCALED_MM=False), mock.patch.object(ops, "fastest_kernel", lambda *_, k=kernel: k):
+        if kernel == "wgmma" and not (fmt_name == "int8" and dev == "cuda"
+                                      and torch.cuda.get_device_capability()[0] == 9):
+            continue
+        with ops.switched(USE_SCALED_MM=False), mock.patch.object(ops, "fastest_kernel",
+                                                                               lambda *_, k=kernel, **__: k):
             row[f"gemm_{kernel}_us"] = bench(gemm_calls, graph)
             row[f"rel_err_{kernel}"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
     if m <= ops.GEMV_MAX_M:  # the routing before the GEMV: cuBLASLt (plain FP8) or the tiled kernel
@@ -203,7 +208,8 @@ def ref_of(mod, quantized):
 
 def tuned_configs() -> dict:
     """Autotuner choices so far: key -> "BMxBNxBK w<warps> s<stages>" (GEMV: "gemv BNxBK ...", persistent TMA
-    kernel: "tma BMxBNxBK ..."); keys are the autotuners' (shape values and dtypes; empty off CUDA)."""
+    kernel: "tma BMxBNxBK ...", Gluon kernel: "wgmma BMxBNxBK x<ring slots> ..."); keys are the autotuners' (shape
+    values and dtypes; empty off CUDA)."""
     if DEVICE["name"] != "cuda":
         return {}
     from segquant.kernels.gpu.triton_gemm import _scaled_gemm_kernel
@@ -214,13 +220,19 @@ def tuned_configs() -> dict:
         return {(prefix,) + tuple(key): f"{prefix} {size.format(**c.kwargs)} w{c.num_warps} s{c.num_stages}".lstrip()
                 for key, c in kernel.cache.items()}
 
-    return {**described(_scaled_gemm_kernel, "", "{BM}x{BN}x{BK}"), **described(_gemv_kernel, "gemv", "{BN}x{BK}"),
-            **described(_tma_gemm_kernel, "tma", "{BM}x{BN}x{BK}")}
+    tuned = {**described(_scaled_gemm_kernel, "", "{BM}x{BN}x{BK}"), **described(_gemv_kernel, "gemv", "{BN}x{BK}"),
+             **described(_tma_gemm_kernel, "tma", "{BM}x{BN}x{BK}")}
+    if torch.cuda.get_device_capability()[0] == 9:
+        from segquant.kernels.gpu.gluon_wgmma import _wgmma_gemm_kernel
+
+        tuned.update(described(_wgmma_gemm_kernel, "wgmma", "{BM}x{BN}x{BK} x{STAGES}"))
+    return tuned
 
 
 COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
-           "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us", "gemm_tma_split_tail_us", "quant_only_us", "tflops_gemm",
-           "peak_frac_gemm", "tbps_gemm", "speedup_eager", "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled",
+           "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us", "gemm_tma_split_tail_us",
+           "gemm_wgmma_us", "quant_only_us", "tflops_gemm", "peak_frac_gemm", "tbps_gemm", "speedup_eager",
+           "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled",
            "rel_err_vs_twin", "best_config"]
 
 

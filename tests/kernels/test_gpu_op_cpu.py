@@ -186,6 +186,39 @@ def test_kernel_choice_is_timed_once_per_shape_and_keeps_the_fastest(monkeypatch
     assert ops.fastest_kernel("too_big", {"tiled": lambda: 2.0, "tma": out_of_shared_memory}) == "tiled"
 
 
+def test_integer_kernels_that_differ_from_the_first_are_left_out_with_a_warning(monkeypatch):
+    """INT8 candidates must compute the same bits; one that does not (a kernel fault on some GPU or Triton version)
+    is named and never chosen, however fast; one without a tile that fits is left out silently."""
+    triton_testing = pytest.importorskip("triton.testing")
+    from triton.runtime.errors import OutOfResources
+
+    from segquant.kernels.gpu import ops
+
+    monkeypatch.setattr(triton_testing, "do_bench_cudagraph", lambda fn, **_: float(fn()[0]))  # the time: element 0
+    monkeypatch.setattr(ops, "_FASTEST", {})
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+
+    def too_big():
+        raise OutOfResources(278552, 232448, "shared memory")
+
+    kernels = {"tiled": lambda: torch.tensor([3.0, 1.0]), "tma": lambda: torch.tensor([2.0, 1.0]),
+               "wgmma": lambda: torch.tensor([1.0, 1.0]), "tma_split_tail": too_big}
+    with pytest.warns(RuntimeWarning) as caught:
+        assert ops.fastest_kernel("int8", kernels, exact=True) == "tiled"
+    assert sorted(str(w.message).split("'")[1] for w in caught) == ["tma", "wgmma"]  # not the one that did not fit
+    assert all("differs from the 'tiled' one on shape int8" in str(w.message) for w in caught)
+    assert ops.fastest_kernel("fp8", kernels) == "wgmma"  # not exact (FP8): the fastest, whatever its bits
+    assert list(ops.agreeing("first_too_big", {"tma_split_tail": too_big, "tma": kernels["tma"]})) == ["tma"]
+
+
+def test_gluon_kernel_takes_only_int8_on_hopper():
+    pytest.importorskip("segquant.kernels.gpu.gluon_wgmma", reason="this Triton has no Gluon for Hopper")
+    from segquant.kernels.gpu.gluon_wgmma import wgmma_fits
+
+    a, b = torch.zeros(1, 256, 64, dtype=torch.int8), torch.zeros(32, 64, dtype=torch.int8)
+    assert not wgmma_fits(a, b, None, None, 0, False)  # CPU tensors: no sm_90 to run on (the TMA kernel would take it)
+
+
 def test_tail_parts_split_only_a_partial_last_wave():
     pytest.importorskip("triton")
     from segquant.kernels.gpu.triton_tma import tail_parts

@@ -169,7 +169,7 @@ def test_tma_kernel_matches_twin(name, monkeypatch):
     launch = triton_tma.tma_gemm_triton
     monkeypatch.setattr(triton_tma, "tma_gemm_triton", lambda *a, **kw: calls.append(kw) or launch(*a, **kw))
     monkeypatch.setitem(ops.USE_TMA, "enabled", True)
-    monkeypatch.setattr(ops, "fastest_kernel", lambda key, kernels: "tma_split_tail" if split else "tma")
+    monkeypatch.setattr(ops, "fastest_kernel", lambda key, kernels, **_: "tma_split_tail" if split else "tma")
     monkeypatch.setitem(ops.USE_SCALED_MM, "enabled", False)
     spec = dict({**TMA_GPU_CASES, **TMA_SPLIT_GPU_CASES}[name])
     tile = spec.pop("tile", None)
@@ -183,6 +183,41 @@ def test_tma_kernel_matches_twin(name, monkeypatch):
             y = ops.gemm(*args[:-1], torch.bfloat16)
         assert calls[-1] == {"split_tail": split}
         assert_matches_twin(y, args)
+
+
+#: The Gluon kernel's cases: the persistent kernel's INT8 ones without the low-rank branch (tails in M, N and K, a K
+#: block read in place, FLUX's ff_up and out_proj, more tiles than programs and fewer); the small ones in every tile
+#: config, FLUX's in the first (the widest tiles).
+WGMMA_CASES = {name: spec for name, spec in {**TMA_GPU_CASES, **TMA_SPLIT_GPU_CASES}.items()
+               if spec["fmt"] == "int8" and not spec.get("rank")}
+WGMMA_RUNS = [(name, config) for name, spec in WGMMA_CASES.items()
+              for config in (range(5) if spec["m"] * spec["n"] < 2 ** 20 else (0,))]
+
+
+@pytest.mark.parametrize("name,config", WGMMA_RUNS)
+def test_gluon_kernel_matches_twin(name, config, monkeypatch):
+    """``ops.gemm`` with the Gluon INT8 kernel chosen, in each of its tile configs (autotuning is off in the tests),
+    equals the twin bitwise, also when called again."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon kernel is sm_90's (wgmma)")
+    from segquant.kernels.gpu import gluon_wgmma
+
+    assert len(gluon_wgmma._CONFIGS) == 5
+    calls = []
+    launch = gluon_wgmma.wgmma_gemm_gluon
+    monkeypatch.setattr(gluon_wgmma, "wgmma_gemm_gluon", lambda *a: calls.append(a) or launch(*a))
+    monkeypatch.setattr(ops, "fastest_kernel", lambda key, kernels, **_: "wgmma")
+    monkeypatch.setattr(gluon_wgmma._wgmma_gemm_kernel, "configs", [gluon_wgmma._CONFIGS[config]])
+    monkeypatch.setattr(gluon_wgmma._wgmma_gemm_kernel, "cache", {})  # no config remembered from another test
+    spec = {k: v for k, v in WGMMA_CASES[name].items() if k != "tile"}
+    op_args = interpreted_case(**spec)
+    op_args = op_args if "block" in spec else one_input_scale(op_args)
+    args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in op_args]
+    for _ in range(2):
+        poison_allocator()
+        y = ops.gemm(*args[:-1], torch.bfloat16)
+        assert_matches_twin(y, args)
+    assert len(calls) == 2
 
 
 def test_dequantize_w4_matches_cpu():

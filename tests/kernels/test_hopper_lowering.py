@@ -104,3 +104,64 @@ def test_every_tma_config_fits_hoppers_shared_memory():
         for is_int in (True, False):
             shared = hopper_build(is_int, True, False, config).metadata.shared
             assert shared <= HOPPER_SHARED_BYTES, (config, is_int, shared)
+
+
+def wgmma_build(config) -> "triton.compiler.CompiledKernel":
+    """The Gluon INT8 kernel (:mod:`segquant.kernels.gpu.gluon_wgmma`) compiled for sm_90 with ``config``, as
+    launched: bias, no fused multiply-adds."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from segquant.kernels.gpu.gluon_wgmma import _wgmma_gemm_kernel
+
+    fn = _wgmma_gemm_kernel.fn
+    signature = {name: "i32" for name in fn.arg_names}
+    for name, rows in (("a_desc", config.kwargs["BM"]), ("b_desc", config.kwargs["BN"])):
+        block = [rows, config.kwargs["BK"]]
+        layout = gl.NVMMASharedLayout.get_default_for(block, gl.int8)
+        signature[name] = f"tensordesc<i8[{block[0]}, {block[1]}],{layout!r}>"
+    signature.update({k: v for k, v in POINTERS.items() if k in fn.arg_names})
+    constants = dict(NUM_SMS=132, HAS_BIAS=True, **config.kwargs)
+    signature.update({name: "constexpr" for name in constants})
+    source = GluonASTSource(fn=fn, signature=signature,
+                            constexprs={(fn.arg_names.index(name),): value for name, value in constants.items()})
+    return compiled(source, config.num_warps, config.num_stages, fp_fusion=False)
+
+
+def ptxas_report(ptx: str) -> str:
+    """``ptxas -v`` on ``ptx`` for sm_90a with Triton's bundled ptxas: its info lines (registers, spills, and the
+    waits it inserts on its own)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(90)
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "kernel.ptx"
+        source.write_text(ptx)
+        run = subprocess.run([getattr(ptxas, "path", ptxas), "-v", "--gpu-name=sm_90a", str(source), "-o",
+                              str(Path(folder) / "kernel.o")], capture_output=True, text=True, check=True)
+    return run.stdout + run.stderr
+
+
+def wgmma_configs():
+    gluon = pytest.importorskip("segquant.kernels.gpu.gluon_wgmma", reason="this Triton has no Gluon for Hopper")
+    return gluon._CONFIGS
+
+
+def test_gluon_int8_kernel_keeps_a_wgmma_in_flight_in_every_config():
+    """The reason the Gluon kernel exists: one INT8 MMA stays in flight (``wait_group 1``) where Triton's own INT8
+    loop waits for every step; without spills (the accumulator and the epilogue's scale vectors in registers), without
+    a wait that ptxas inserts on its own (it does where the accumulator's registers are touched while an MMA may be in
+    flight, which would drain the tensor cores again), in Hopper's shared memory, and without fused multiply-adds in
+    the epilogue (bitwise equal to the twin)."""
+    for config in wgmma_configs():
+        kernel = wgmma_build(config)
+        ptx = kernel.asm["ptx"]
+        assert "wgmma.wait_group.sync.aligned 1;" in ptx and "cp.async.bulk.tensor" in ptx, config
+        assert "fma.rn.f32" not in ptx, config
+        assert kernel.metadata.shared <= HOPPER_SHARED_BYTES, (config, kernel.metadata.shared)
+        report = ptxas_report(ptx)
+        assert " 0 bytes spill stores" in report and "injected" not in report, (config, report)

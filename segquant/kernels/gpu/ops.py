@@ -13,7 +13,8 @@ CPU -> the pure-torch twin, plus fake implementations so ``torch.compile`` trace
   8-bit weights with one scale per row up to ``GEMV_MAX_M_8BIT``, an input scale constant along K; see
   :mod:`.triton_gemv`), else the fastest for the shape, measured at its first call, of the tiled Triton kernel
   (:mod:`.triton_gemm`) and, where it fits (``USE_TMA``), the persistent TMA kernel (:mod:`.triton_tma`) with
-  and without its last partial wave split along K. Plain FP8 layers with that few rows take the GEMV too.
+  and without its last partial wave split along K, and for INT8 on sm_90 (``USE_WGMMA``) the Gluon kernel that
+  keeps one tensor-core step in flight (:mod:`.gluon_wgmma`). Plain FP8 layers with that few rows take the GEMV too.
 
 Arguments and math: :func:`segquant.kernels.gemm_reference.scaled_gemm_reference`. Importing this module does
 not import Triton (the CUDA implementations import it on first call).
@@ -22,6 +23,7 @@ not import Triton (the CUDA implementations import it on first call).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -51,10 +53,15 @@ USE_GEMV = {"enabled": True}
 #: On an H200 the TMA kernel is faster on the FLUX / SD3.5 image-stream shapes and the tiled kernel's 64-row tiles
 #: on some text-stream ones (BENCHMARKS.md, runs 10-11), hence a measured choice. False: always the tiled kernel.
 USE_TMA = {"enabled": True}
+#: INT8 layers that fit the persistent TMA kernel, without a low-rank branch, on sm_90, may also run on the Gluon
+#: kernel (:mod:`.gluon_wgmma`, one tensor-core step kept in flight, which Triton's pipeliner does not do for int32
+#: accumulators): when True it joins the first-call timing. Every INT8 candidate computes the same bits, so a
+#: candidate whose output differs from the tiled kernel's on that first call is left out, with a warning.
+USE_WGMMA = {"enabled": True}
 #: The kernel :func:`fastest_kernel` chose, per shape key.
 _FASTEST: dict = {}
 _SWITCHES = {"USE_SCALED_MM": USE_SCALED_MM, "FP8_FAST_ACCUM": FP8_FAST_ACCUM, "USE_GEMV": USE_GEMV,
-             "USE_TMA": USE_TMA}
+             "USE_TMA": USE_TMA, "USE_WGMMA": USE_WGMMA}
 
 
 @contextlib.contextmanager
@@ -110,20 +117,35 @@ def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, l
         return tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_dtype,
                                split_tail=split_tail)
 
-    if not (USE_TMA["enabled"] and tma_fits(a, b, a_scale_neg, scale_mode, input_scale_varies(a_scale, scale_mode))):
+    input_varies = input_scale_varies(a_scale, scale_mode)
+    if not (USE_TMA["enabled"] and tma_fits(a, b, a_scale_neg, scale_mode, input_varies)):
         return tiled()
     kernels = {"tiled": tiled, "tma": tma}
     if tail_splits(a, b):
         kernels["tma_split_tail"] = lambda: tma(split_tail=True)
+    if USE_WGMMA["enabled"] and _wgmma_fits(a, b, a_scale_neg, lowrank_t, scale_mode, input_varies):
+        from segquant.kernels.gpu.gluon_wgmma import wgmma_gemm_gluon
+
+        kernels["wgmma"] = lambda: wgmma_gemm_gluon(a, b, a_scale, w_scale, a_col, w_col, bias, out_dtype)
     key = (a.device, a.dtype, triton.next_power_of_2(a.shape[1]), b.shape, bias is None, lowrank_t is None, out_dtype)
-    return kernels[fastest_kernel(key, kernels)]()
+    return kernels[fastest_kernel(key, kernels, exact=a.dtype == b.dtype == torch.int8)]()
 
 
-def fastest_kernel(key: tuple, kernels: dict[str, Callable[[], Tensor]]) -> str:
+def _wgmma_fits(a, b, a_scale_neg, lowrank_t, scale_mode: int, input_varies: bool) -> bool:
+    """:func:`.gluon_wgmma.wgmma_fits`, False where this Triton has no Gluon for Hopper (before 3.5)."""
+    try:
+        from segquant.kernels.gpu.gluon_wgmma import wgmma_fits
+    except ImportError:
+        return False
+    return wgmma_fits(a, b, a_scale_neg, lowrank_t, scale_mode, input_varies)
+
+
+def fastest_kernel(key: tuple, kernels: dict[str, Callable[[], Tensor]], exact: bool = False) -> str:
     """The name of the fastest of ``kernels`` (the same product on different kernels) for the shape ``key``, all
     timed at its first call and remembered. While a CUDA graph is being captured nothing can be timed: the first
     kernel, not remembered. A kernel without a tile that fits the shared memory (float32 output of the largest tile
-    when autotuning is off) counts as slowest."""
+    when autotuning is off) counts as slowest. ``exact``: the kernels compute the same bits (INT8 x INT8), so those
+    whose output differs from the first's are left out first (:func:`agreeing`)."""
     if key not in _FASTEST:
         if torch.cuda.is_current_stream_capturing():
             return next(iter(kernels))
@@ -137,9 +159,30 @@ def fastest_kernel(key: tuple, kernels: dict[str, Callable[[], Tensor]]) -> str:
             except OutOfResources:
                 return float("inf")
 
-        times = {name: timed(kernel) for name, kernel in kernels.items()}
+        times = {name: timed(kernel) for name, kernel in (agreeing(key, kernels) if exact else kernels).items()}
         _FASTEST[key] = min(times, key=times.get)
     return _FASTEST[key]
+
+
+def agreeing(key: tuple, kernels: dict[str, Callable[[], Tensor]]) -> dict[str, Callable[[], Tensor]]:
+    """Those of ``kernels`` that return, on this call's input, the output of the first one that runs, to the bit; each
+    other one is named in a warning (a kernel fault on this GPU or Triton version must not decide the model's
+    numbers). A kernel without a tile that fits the shared memory is left out silently."""
+    from triton.runtime.errors import OutOfResources
+
+    kept, first = {}, None
+    for name, kernel in kernels.items():
+        try:
+            out = kernel()
+        except OutOfResources:
+            continue
+        if first is None or torch.equal(out, first):
+            first = out if first is None else first
+            kept[name] = kernel
+        else:
+            warnings.warn(f"segquant: the {name!r} GEMM kernel differs from the {next(iter(kept))!r} one on shape "
+                          f"{key}; it is not used for that shape", RuntimeWarning, stacklevel=2)
+    return kept
 
 
 def gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Tensor], w_scale: Tensor, a_col: Tensor,

@@ -179,13 +179,13 @@ def tma_fits(a: torch.Tensor, b: torch.Tensor, a_scale_neg, scale_mode: int, inp
             and a.shape[1] >= TMA_MIN_M and a_scale_neg is None and scale_mode == 0 and not input_varies
             and a.shape[2] % 16 == 0 and a.storage_offset() % 16 == 0 and b.storage_offset() % 16 == 0
             and a.stride(1) % 16 == 0 and b.stride(0) % 16 == 0
-            and (not a.is_cuda or _properties(a.device.index or 0).major >= 9))
+            and (not a.is_cuda or device_properties(a.device.index or 0).major >= 9))
 
 
 def tail_splits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether some tile config of the persistent kernel splits the last wave of ``a`` ``(1, M, K)`` x ``b``
     ``(N, K)`` (see :func:`tail_parts`), i.e. whether ``split_tail=True`` runs differently at all."""
-    return _some_config_splits(a.shape[1], b.shape[0], a.shape[2], _programs(a))
+    return _some_config_splits(a.shape[1], b.shape[0], a.shape[2], persistent_programs(a))
 
 
 @functools.cache
@@ -195,14 +195,14 @@ def _some_config_splits(m: int, n: int, k: int, programs: int) -> bool:
 
 
 @functools.cache
-def _properties(device_index: int):
+def device_properties(device_index: int):
     """The CUDA device's properties (compute capability, SM count), read once per device."""
     return torch.cuda.get_device_properties(device_index)
 
 
-def _programs(a: torch.Tensor) -> int:
+def persistent_programs(a: torch.Tensor) -> int:
     """Programs of the persistent grid: one per SM (``INTERPRETER_SMS`` for CPU tensors)."""
-    return _properties(a.device.index or 0).multi_processor_count if a.is_cuda else INTERPRETER_SMS
+    return device_properties(a.device.index or 0).multi_processor_count if a.is_cuda else INTERPRETER_SMS
 
 
 def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_dtype: torch.dtype,
@@ -216,7 +216,7 @@ def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowra
     a2, b = k_contiguous(a[0]), k_contiguous(b)
     ws, a_scale = w_scale.contiguous(), a_scale.contiguous()
     t, u, rank = lowrank_args(lowrank_t, lowrank_up, ws)
-    sms = _programs(a)
+    sms = persistent_programs(a)
     partials, counts = ws, ws  # placeholders: without the split the kernel never touches them (no memset per call)
     if split_tail:
         partials = torch.empty(sms * _MAX_TILE, device=a.device,
