@@ -219,6 +219,23 @@ def test_gluon_kernel_takes_only_int8_on_hopper():
     assert not wgmma_fits(a, b, None, None, 0, False)  # CPU tensors: no sm_90 to run on (the TMA kernel would take it)
 
 
+def test_small_integers_convert_exactly_through_the_float_mantissa():
+    """The per-K-tile INT8 path converts each K tile's int32 sum as ``bits(1.5 · 2²³) + x`` read as a float, minus
+    ``1.5 · 2²³`` (no conversion instruction): exact for every ``|x| ≤ 2²²``, which holds the sums of 128 channels of
+    INT8 products (``≤ 2²¹``), and wrong just outside."""
+    pytest.importorskip("triton")
+    from segquant.kernels.gpu.triton_gemm import _MAGIC_BITS, _MAGIC_FLOAT
+
+    def converted(x: torch.Tensor) -> torch.Tensor:
+        return (x + _MAGIC_BITS.value).view(torch.float32) - _MAGIC_FLOAT.value
+
+    x = torch.arange(-2 ** 22, 2 ** 22 + 1, dtype=torch.int32)
+    assert torch.equal(converted(x), x.float())
+    assert 128 * 128 ** 2 <= 2 ** 22
+    outside = torch.tensor([-2 ** 22 - 1, 2 ** 22 + 1], dtype=torch.int32)
+    assert not torch.equal(converted(outside), outside.float())
+
+
 def test_tail_parts_split_only_a_partial_last_wave():
     pytest.importorskip("triton")
     from segquant.kernels.gpu.triton_tma import tail_parts

@@ -83,6 +83,15 @@ def test_int8_epilogues_round_every_float32_step():
     assert "fma.rn.f32" in int8_tiled_build(True).asm["ptx"]
 
 
+def test_int8_per_k_tile_path_converts_its_sums_without_the_conversion_unit():
+    """Each K tile's int32 sum becomes float32 through the mantissa (``triton_gemm._small_int_to_float``; Triton folds
+    the integer add into the accumulator's initial value), not ``cvt.rn.f32.s32``, which runs at a quarter or less of
+    the float add's rate; the constant-scale path converts its one full sum as before."""
+    ptx = int8_tiled_build(False).asm["ptx"]
+    assert "cvt.rn.f32.s32" not in ptx and "0fCB400000" in ptx  # the subtraction of 1.5 · 2^23
+    assert "cvt.rn.f32.s32" in hopper_build(True, False, False, fp_fusion=False).asm["ptx"]
+
+
 @pytest.mark.parametrize("is_int,split_tail,has_lr", [(True, False, False), (True, True, False), (False, True, True)])
 def test_tma_kernel_lowers_to_wgmma_with_an_ordered_tail_count(is_int, split_tail, has_lr):
     ptx = hopper_build(is_int, split_tail, has_lr).asm["ptx"]

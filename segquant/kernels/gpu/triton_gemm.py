@@ -215,12 +215,37 @@ def _mainloop(a_ptrs, b_ptrs, w_rows, wcol_ptr, K, acc, acc_neg, BK: tl.constexp
     return acc, acc_neg
 
 
+#: ``1.5 · 2²³`` and its float32 bit pattern: see :func:`_small_int_to_float`.
+_MAGIC_FLOAT: tl.constexpr = tl.constexpr(12582912.0)
+_MAGIC_BITS: tl.constexpr = tl.constexpr(0x4B400000)
+
+
 @triton.jit
-def _scaled(part, part_neg, s_rows, sn_rows, j, DUAL: tl.constexpr):
-    """``part · a_scale[:, j]`` (+ the negative side) as float32."""
-    out = part.to(tl.float32) * tl.load(s_rows + j)[:, None]
+def _small_int_to_float(x):
+    """int32 ``x`` with ``|x| < 2²²`` -> float32, exact: ``x`` added to the bits of ``1.5 · 2²³`` lands in its
+    mantissa (whose unit is 1 there), and subtracting ``1.5 · 2²³`` is exact. An integer add and a float add, where
+    ``cvt.rn.f32.s32`` runs on the conversion unit at a quarter or less of their rate (it bounds the per-K-tile path,
+    which converts every element once per K tile). Equal to ``x.to(tl.float32)`` for every such ``x``."""
+    return (x + _MAGIC_BITS).to(tl.float32, bitcast=True) - _MAGIC_FLOAT
+
+
+@triton.jit
+def _to_float(part, SMALL: tl.constexpr):
+    """An int32 (or float32) partial sum as float32; ``SMALL``: an INT8 x INT8 sum over at most 128 channels
+    (``|part| ≤ 128 · 128²`` = 2²¹), converted by :func:`_small_int_to_float`."""
+    if SMALL:
+        out = _small_int_to_float(part)
+    else:
+        out = part.to(tl.float32)
+    return out
+
+
+@triton.jit
+def _scaled(part, part_neg, s_rows, sn_rows, j, DUAL: tl.constexpr, SMALL: tl.constexpr = False):
+    """``part · a_scale[:, j]`` (+ the negative side) as float32 (``SMALL``: see :func:`_to_float`)."""
+    out = _to_float(part, SMALL) * tl.load(s_rows + j)[:, None]
     if DUAL:
-        out += part_neg.to(tl.float32) * tl.load(sn_rows + j)[:, None]
+        out += _to_float(part_neg, SMALL) * tl.load(sn_rows + j)[:, None]
     return out
 
 
@@ -266,11 +291,12 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
                                  A_KIND, ONE_GROUP)
         out = _scaled(acc, acc_neg, s_rows, sn_rows, tl.load(acol_ptr), DUAL)
     else:  # the scale changes along K: accumulate each K tile exactly, scale it, add it in float32
+        tl.static_assert(BK <= 128 or not INT_DOT)  # the K tile's integer sum stays below 2^22 (_small_int_to_float)
         out = tl.zeros((BM, BN), tl.float32)
         for k0 in range(0, K, BK):
             part, part_neg = _tile(a_ptrs, b_ptrs, w_rows, wcol_ptr, k0, K, zero, zero, BK, DUAL, EVEN_K, INT_DOT, W4,
                                    A_KIND, ONE_GROUP)
-            part = _scaled(part, part_neg, s_rows, sn_rows, tl.load(acol_ptr + k0), DUAL)
+            part = _scaled(part, part_neg, s_rows, sn_rows, tl.load(acol_ptr + k0), DUAL, INT_DOT)
             if MODE == 2 and not W4:
                 part = part * tl.load(w_rows + tl.load(wcol_ptr + k0))[None, :]
             out += part
