@@ -209,6 +209,7 @@ def test_integer_kernels_that_differ_from_the_first_are_left_out_with_a_warning(
     assert all("differs from the 'tiled' one on shape int8" in str(w.message) for w in caught)
     assert ops.fastest_kernel("fp8", kernels) == "wgmma"  # not exact (FP8): the fastest, whatever its bits
     assert list(ops.agreeing("first_too_big", {"tma_split_tail": too_big, "tma": kernels["tma"]})) == ["tma"]
+    assert ops.fastest_kernel("none_fits", {"tiled": too_big, "tma": too_big}, exact=True) == "tiled"  # as unchecked
 
 
 def test_gluon_kernel_takes_only_int8_on_hopper():

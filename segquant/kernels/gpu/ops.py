@@ -167,7 +167,8 @@ def fastest_kernel(key: tuple, kernels: dict[str, Callable[[], Tensor]], exact: 
 def agreeing(key: tuple, kernels: dict[str, Callable[[], Tensor]]) -> dict[str, Callable[[], Tensor]]:
     """Those of ``kernels`` that return, on this call's input, the output of the first one that runs, to the bit; each
     other one is named in a warning (a kernel fault on this GPU or Triton version must not decide the model's
-    numbers). A kernel without a tile that fits the shared memory is left out silently."""
+    numbers). A kernel without a tile that fits the shared memory is left out silently (all of them if none runs:
+    the caller's timing then meets the error)."""
     from triton.runtime.errors import OutOfResources
 
     kept, first = {}, None
@@ -182,7 +183,7 @@ def agreeing(key: tuple, kernels: dict[str, Callable[[], Tensor]]) -> dict[str, 
         else:
             warnings.warn(f"segquant: the {name!r} GEMM kernel differs from the {next(iter(kept))!r} one on shape "
                           f"{key}; it is not used for that shape", RuntimeWarning, stacklevel=2)
-    return kept
+    return kept or kernels
 
 
 def gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Tensor], w_scale: Tensor, a_col: Tensor,
