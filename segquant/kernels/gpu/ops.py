@@ -132,10 +132,11 @@ def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, l
 
 
 def _wgmma_fits(a, b, a_scale_neg, lowrank_t, scale_mode: int, input_varies: bool) -> bool:
-    """:func:`.gluon_wgmma.wgmma_fits`, False where this Triton has no Gluon for Hopper (before 3.5)."""
+    """:func:`.gluon_wgmma.wgmma_fits`, False where this Triton has no Gluon for Hopper (before 3.5) or names its
+    pieces otherwise."""
     try:
         from segquant.kernels.gpu.gluon_wgmma import wgmma_fits
-    except ImportError:
+    except (ImportError, AttributeError):
         return False
     return wgmma_fits(a, b, a_scale_neg, lowrank_t, scale_mode, input_varies)
 
