@@ -4,8 +4,9 @@ For every layer and format (FP8 E4M3, INT8) it times, on random data, in one pro
 bf16 ``F.linear`` (torch.mm) and its ``torch.compile``; the gpu backend's forward (quantize + W8A8 GEMM) in
 eager and under ``torch.compile``; the GEMM alone on pre-quantized codes as routed (``gemm_only_us``), on the
 tiled Triton kernel alone (``gemm_triton_us``), on the persistent TMA kernel alone (``gemm_tma_us``) and on its
-variant with the last partial wave split along K (``gemm_tma_split_tail_us``), and, INT8 on sm_90, on the Gluon kernel
-that keeps one tensor-core step in flight (``gemm_wgmma_us``), where the layer fits them; and checks
+variant with the last partial wave split along K (``gemm_tma_split_tail_us``), and, INT8 on sm_90, on the Gluon kernels
+(``gemm_wgmma_us``: one tensor-core step in flight; ``gemm_wgmma_tile_scaled_us``: per-K-tile scales rescaled while the
+next MMA runs), where the layer fits them; and checks
 the output against the pure-torch twin. Prints a table
 last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
 
@@ -147,22 +148,12 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
     quantized = [quantize_input(mod, x) for mod, x in pairs]
     gemm_calls = [lambda mod=mod, q=q: _gemm(mod, q) for (mod, _), q in zip(pairs, quantized)]
     row["gemm_only_us"] = bench(gemm_calls, graph)
-    fits_tma = tma_fits(quantized[0][0], modules[0].weight_codes, quantized[0][2], modules[0].gpu_layout.scale_mode,
-                        input_scale_varies(quantized[0][1], modules[0].gpu_layout.scale_mode))
-    if fits_tma or (fmt_name == "fp8" and ops.USE_SCALED_MM["enabled"]):  # the tiled kernel alone
-        with ops.switched(USE_SCALED_MM=False, USE_TMA=False):
-            row["gemm_triton_us"] = bench(gemm_calls, graph)
-            row["rel_err_triton"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
-    for kernel in ("tma", "tma_split_tail", "wgmma") if fits_tma else ():  # each persistent variant alone
-        if kernel == "tma_split_tail" and not tail_splits(quantized[0][0], modules[0].weight_codes):
-            continue
-        if kernel == "wgmma" and not (fmt_name == "int8" and dev == "cuda"
-                                      and torch.cuda.get_device_capability()[0] == 9):
-            continue
-        with ops.switched(USE_SCALED_MM=False), mock.patch.object(ops, "fastest_kernel",
-                                                                               lambda *_, k=kernel, **__: k):
-            row[f"gemm_{kernel}_us"] = bench(gemm_calls, graph)
-            row[f"rel_err_{kernel}"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
+    for kernel in candidates(modules[0], quantized[0], fmt_name):  # each kernel alone
+        switches = dict(USE_SCALED_MM=False, USE_TMA=kernel != "tiled", USE_WGMMA=kernel != "tiled")
+        with ops.switched(**switches), mock.patch.object(ops, "fastest_kernel", lambda *_, k=kernel, **__: k):
+            name = "triton" if kernel == "tiled" else kernel
+            row[f"gemm_{name}_us"] = bench(gemm_calls, graph)
+            row[f"rel_err_{name}"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
     if m <= ops.GEMV_MAX_M:  # the routing before the GEMV: cuBLASLt (plain FP8) or the tiled kernel
         with ops.switched(USE_GEMV=False):
             row["gemm_no_gemv_us"] = bench(gemm_calls, graph)
@@ -185,6 +176,26 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
         row["speedup_compiled_vs_mm"] = row["bf16_mm_us"] / row["ours_compiled_us"]
         row["speedup_compiled_vs_compiled"] = row["bf16_compiled_us"] / row["ours_compiled_us"]
     return row
+
+
+def candidates(mod, quantized, fmt_name: str) -> list[str]:
+    """The GEMM kernels that ``ops`` chooses among for this layer, by ``fastest_kernel``'s names ("tiled": the tiled
+    Triton kernel, also where cuBLASLt takes plain FP8 layers); none where the op has no choice to make."""
+    codes, a_scale, a_scale_neg = quantized
+    lay = mod.gpu_layout
+    fits_tma = tma_fits(codes, mod.weight_codes, a_scale_neg, lay.scale_mode,
+                        input_scale_varies(a_scale, lay.scale_mode))
+    hopper_int8 = fmt_name == "int8" and DEVICE["name"] == "cuda" and torch.cuda.get_device_capability()[0] == 9
+    names = ["tma"] + (["tma_split_tail"] if tail_splits(codes, mod.weight_codes) else []) if fits_tma else []
+    if hopper_int8:
+        from segquant.kernels.gpu.gluon_wgmma import tile_scaled_fits
+
+        names += ["wgmma"] if fits_tma else []
+        names += ["wgmma_tile_scaled"] if tile_scaled_fits(codes, mod.weight_codes, a_scale, a_scale_neg, None,
+                                                             lay.scale_mode, lay.k_align) else []
+    if names or (fmt_name == "fp8" and ops.USE_SCALED_MM["enabled"]):
+        names = ["tiled"] + names
+    return names
 
 
 def _gemm_args(mod, quantized):
@@ -223,15 +234,16 @@ def tuned_configs() -> dict:
     tuned = {**described(_scaled_gemm_kernel, "", "{BM}x{BN}x{BK}"), **described(_gemv_kernel, "gemv", "{BN}x{BK}"),
              **described(_tma_gemm_kernel, "tma", "{BM}x{BN}x{BK}")}
     if torch.cuda.get_device_capability()[0] == 9:
-        from segquant.kernels.gpu.gluon_wgmma import _wgmma_gemm_kernel
+        from segquant.kernels.gpu.gluon_wgmma import _wgmma_gemm_kernel, _wgmma_tile_scaled_kernel
 
         tuned.update(described(_wgmma_gemm_kernel, "wgmma", "{BM}x{BN}x{BK} x{STAGES}"))
+        tuned.update(described(_wgmma_tile_scaled_kernel, "wgmma_tile_scaled", "{BM}x{BN}x{BK} x{STAGES}"))
     return tuned
 
 
 COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
            "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us", "gemm_tma_split_tail_us",
-           "gemm_wgmma_us", "quant_only_us", "tflops_gemm", "peak_frac_gemm", "tbps_gemm", "speedup_eager",
+           "gemm_wgmma_us", "gemm_wgmma_tile_scaled_us", "quant_only_us", "tflops_gemm", "peak_frac_gemm", "tbps_gemm", "speedup_eager",
            "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled",
            "rel_err_vs_twin", "best_config"]
 

@@ -225,10 +225,10 @@ def test_small_integers_convert_exactly_through_the_float_mantissa():
     ``1.5 · 2²³`` (no conversion instruction): exact for every ``|x| ≤ 2²²``, which holds the sums of 128 channels of
     INT8 products (``≤ 2²¹``), and wrong just outside."""
     pytest.importorskip("triton")
-    from segquant.kernels.gpu.triton_gemm import _MAGIC_BITS, _MAGIC_FLOAT
+    from segquant.kernels.gpu.triton_gemm import MAGIC_BITS, MAGIC_FLOAT
 
     def converted(x: torch.Tensor) -> torch.Tensor:
-        return (x + _MAGIC_BITS.value).view(torch.float32) - _MAGIC_FLOAT.value
+        return (x + MAGIC_BITS.value).view(torch.float32) - MAGIC_FLOAT.value
 
     x = torch.arange(-2 ** 22, 2 ** 22 + 1, dtype=torch.int32)
     assert torch.equal(converted(x), x.float())

@@ -220,6 +220,42 @@ def test_gluon_kernel_matches_twin(name, config, monkeypatch):
     assert len(calls) == 2
 
 
+#: Per-head input scales over per-channel weights (``scale_mode`` 1), on the Gluon per-K-tile kernel: FLUX's attention
+#: output projection (24 heads of 128, per-token scales), SD3.5's (heads of 64, one static scale per head), and tails
+#: in M, N and K (a last head of 112 channels). ``(m, n, head widths, per-token scales)``.
+TILE_SCALED_CASES = {"flux_heads": (4608, 3072, (128,) * 24, True),
+                     "sd35_heads_static": (2048, 1536, (64,) * 24, False),
+                     "tails": (333, 200, (128,) * 7 + (112,), True)}
+
+
+def tile_scaled_case(m, n, heads, rows):
+    args = op_case(DType.INT8, m, n, sum(heads), segments=heads, rows=rows)
+    return dict(args, w_scale=args["w_scale"][:, :1].contiguous(), w_col=torch.zeros_like(args["w_col"]),
+                scale_mode=1)
+
+
+@pytest.mark.parametrize("name,config", [(name, config) for name, (_, _, heads, _) in TILE_SCALED_CASES.items()
+                                         for config in ((2,) if heads[0] == 64 else (0, 1))])
+def test_gluon_tile_scaled_kernel_matches_twin(name, config, monkeypatch):
+    """``ops.gemm`` with the Gluon per-K-tile kernel chosen, in each of its configs for the layer's scale tile,
+    equals the twin bitwise, also when called again."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the Gluon kernels are sm_90's (wgmma)")
+    from segquant.kernels.gpu import gluon_wgmma
+
+    kernel = gluon_wgmma._wgmma_tile_scaled_kernel
+    monkeypatch.setattr(ops, "fastest_kernel", lambda key, kernels, **_: "wgmma_tile_scaled")
+    monkeypatch.setattr(kernel, "configs", [gluon_wgmma._TILE_SCALED_CONFIGS[config]])
+    monkeypatch.setattr(kernel, "cache", {})
+    args = tile_scaled_case(*TILE_SCALED_CASES[name])
+    assert gluon_wgmma.tile_scaled_fits(args["a"], args["b"], args["a_scale"], None, None, 1, args["k_align"])
+    for _ in range(2):
+        poison_allocator()
+        y = ops.gemm(**args, out_dtype=torch.bfloat16)
+        assert_matches_twin(y, args)
+    assert len(kernel.cache) == 1
+
+
 def test_dequantize_w4_matches_cpu():
     b, scale, cols = dequantize_case(n=3072, k=3072, segments=(64,) * 48)
     for dtype in (torch.float16, torch.bfloat16, torch.float32):

@@ -3,6 +3,8 @@
 atomics, and which float32 instructions the INT8 epilogues use). Numerics are the interpreter's and the GPU tests'
 business."""
 
+import re
+
 import pytest
 
 triton = pytest.importorskip("triton")
@@ -115,15 +117,13 @@ def test_every_tma_config_fits_hoppers_shared_memory():
             assert shared <= HOPPER_SHARED_BYTES, (config, is_int, shared)
 
 
-def wgmma_build(config) -> "triton.compiler.CompiledKernel":
-    """The Gluon INT8 kernel (:mod:`segquant.kernels.gpu.gluon_wgmma`) compiled for sm_90 with ``config``, as
-    launched: bias, no fused multiply-adds."""
+def gluon_build(kernel, config) -> "triton.compiler.CompiledKernel":
+    """A Gluon kernel of :mod:`segquant.kernels.gpu.gluon_wgmma` compiled for sm_90 with ``config``, as launched:
+    bias, no fused multiply-adds, pointers and strides specialized as multiples of 16."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from segquant.kernels.gpu.gluon_wgmma import _wgmma_gemm_kernel
-
-    fn = _wgmma_gemm_kernel.fn
+    fn = kernel.fn
     signature = {name: "i32" for name in fn.arg_names}
     for name, rows in (("a_desc", config.kwargs["BM"]), ("b_desc", config.kwargs["BN"])):
         block = [rows, config.kwargs["BK"]]
@@ -132,7 +132,9 @@ def wgmma_build(config) -> "triton.compiler.CompiledKernel":
     signature.update({k: v for k, v in POINTERS.items() if k in fn.arg_names})
     constants = dict(NUM_SMS=132, HAS_BIAS=True, **config.kwargs)
     signature.update({name: "constexpr" for name in constants})
-    source = GluonASTSource(fn=fn, signature=signature,
+    aligned = [i for i, name in enumerate(fn.arg_names) if name.endswith("_ptr") or name.startswith("stride")
+               or name in ("N", "K")]
+    source = GluonASTSource(fn=fn, signature=signature, attrs={(i,): [["tt.divisibility", 16]] for i in aligned},
                             constexprs={(fn.arg_names.index(name),): value for name, value in constants.items()})
     return compiled(source, config.num_warps, config.num_stages, fp_fusion=False)
 
@@ -155,22 +157,64 @@ def ptxas_report(ptx: str) -> str:
     return run.stdout + run.stderr
 
 
-def wgmma_configs():
-    gluon = pytest.importorskip("segquant.kernels.gpu.gluon_wgmma", reason="this Triton has no Gluon for Hopper")
-    return gluon._CONFIGS
+def gluon_module():
+    return pytest.importorskip("segquant.kernels.gpu.gluon_wgmma", reason="this Triton has no Gluon for Hopper")
+
+
+def mma_sequence(kernel) -> list[str]:
+    """The kernel's SASS (Triton's bundled ``nvdisasm``) reduced to its tensor-core ops in order: ``MMA`` (an
+    ``IGMMA`` / ``HGMMA``), ``WAIT0`` / ``WAIT1`` (``WARPGROUP.DEPBAR.LE gsb0, 0x0 / 0x1``: wait until at most that
+    many MMA groups are in flight) and ``SPILL`` (``STL`` / ``LDL``)."""
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    nvdisasm = Path(os.path.dirname(triton.__file__)) / "backends/nvidia/bin/nvdisasm"
+    with tempfile.TemporaryDirectory() as folder:
+        cubin = Path(folder) / "kernel.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        sass = subprocess.run([str(nvdisasm), "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
+    names = {"IGMMA": "MMA", "HGMMA": "MMA", "0x0": "WAIT0", "0x1": "WAIT1", "STL": "SPILL", "LDL": "SPILL"}
+    ops = re.findall(r"\b(IGMMA|HGMMA|STL|LDL)\b|WARPGROUP\.DEPBAR\.LE gsb0, (0x\d)", sass)
+    return [names[op or depth] for op, depth in ops]
+
+
+def pipelined(sequence: list[str]) -> bool:
+    """One MMA group waited with ``WAIT1`` (the next one in flight), and no MMA waited for on its own: ptxas
+    serializes every MMA (``MMA WAIT0 MMA WAIT0 ...``) where it cannot prove that the registers of an MMA in flight
+    are left alone, which it reports as a wait it "injected" only for the first."""
+    serialized = any(a == "MMA" and b == "WAIT0" and c == "MMA" for a, b, c in zip(sequence, sequence[1:],
+                                                                                  sequence[2:]))
+    return "WAIT1" in sequence and not serialized and "SPILL" not in sequence
 
 
 def test_gluon_int8_kernel_keeps_a_wgmma_in_flight_in_every_config():
-    """The reason the Gluon kernel exists: one INT8 MMA stays in flight (``wait_group 1``) where Triton's own INT8
-    loop waits for every step; without spills (the accumulator and the epilogue's scale vectors in registers), without
-    a wait that ptxas inserts on its own (it does where the accumulator's registers are touched while an MMA may be in
-    flight, which would drain the tensor cores again), in Hopper's shared memory, and without fused multiply-adds in
-    the epilogue (bitwise equal to the twin)."""
-    for config in wgmma_configs():
-        kernel = wgmma_build(config)
+    """The reason the Gluon kernel exists: one INT8 MMA stays in flight (``wait 1`` in the SASS) where Triton's own
+    INT8 loop waits for every step (checked too, so that the comparison stays honest); without spills (the
+    accumulator and the epilogue's scale vectors in registers), in Hopper's shared memory, and without fused
+    multiply-adds in the epilogue (bitwise equal to the twin)."""
+    gluon = gluon_module()
+    for config in gluon._CONFIGS:
+        kernel = gluon_build(gluon._wgmma_gemm_kernel, config)
         ptx = kernel.asm["ptx"]
-        assert "wgmma.wait_group.sync.aligned 1;" in ptx and "cp.async.bulk.tensor" in ptx, config
-        assert "fma.rn.f32" not in ptx, config
+        assert "cp.async.bulk.tensor" in ptx and "fma.rn.f32" not in ptx, config
         assert kernel.metadata.shared <= HOPPER_SHARED_BYTES, (config, kernel.metadata.shared)
-        report = ptxas_report(ptx)
-        assert " 0 bytes spill stores" in report and "injected" not in report, (config, report)
+        assert pipelined(mma_sequence(kernel)), (config, mma_sequence(kernel))
+        assert " 0 bytes spill stores" in ptxas_report(ptx), config
+    assert "WAIT1" not in mma_sequence(hopper_build(True, False, False, fp_fusion=False))
+
+
+def test_gluon_tile_scaled_kernel_overlaps_a_rescale_with_the_next_mma():
+    """The per-K-tile kernel issues a pair of K tiles' MMAs and rescales the first while the second is in flight
+    (``wait 1``), converts without ``cvt.rn.f32.s32`` and multiplies without FMAs, and fits the shared memory and the
+    registers (two int32 accumulators and the float32 tile) without spills."""
+    gluon = gluon_module()
+    for config in gluon._TILE_SCALED_CONFIGS:
+        kernel = gluon_build(gluon._wgmma_tile_scaled_kernel, config)
+        ptx = kernel.asm["ptx"]
+        assert "cp.async.bulk.tensor" in ptx, config
+        assert "cvt.rn.f32.s32" not in ptx and "fma.rn.f32" not in ptx, config
+        assert kernel.metadata.shared <= HOPPER_SHARED_BYTES, (config, kernel.metadata.shared)
+        assert pipelined(mma_sequence(kernel)), (config, mma_sequence(kernel))
+        assert " 0 bytes spill stores" in ptxas_report(ptx), config

@@ -13,6 +13,14 @@ Scope (:func:`wgmma_fits`): what :func:`.triton_tma.tma_fits` accepts, INT8 only
 sm_90 (wgmma is Hopper's instruction). Epilogue ``acc · a_scale[m] · w_scale[n] + bias`` in float32, one rounding
 per step (launched without fused multiply-adds), the same operations in the same order as the other INT8 kernels,
 so the result equals the twin (:func:`segquant.kernels.gemm_reference.integer_scaled_gemm`) to the bit.
+
+A second kernel takes the INT8 layers whose input scale changes every K tile (per-head input segments,
+:func:`tile_scaled_fits`): each K tile's exact int32 sum is converted, scaled by its column's input scale and added to a
+float32 tile, which :mod:`.triton_gemm`'s tiled kernel does while the tensor cores wait. Here the K tiles go in
+pairs on two accumulators: both MMAs issued, the first one's sum rescaled (converted through the float mantissa,
+``triton_gemm._small_int_to_float``) while the second one's MMA runs, then the second one's. In the twin's order:
+``out + float(sum) · a_scale[m, j]`` per K tile from zero, then ``· w_scale[n]`` and the bias. (Keeping an MMA in
+flight across the loop's back edge as well, ptxas serialized every MMA; four K tiles per iteration spilled.)
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from segquant.kernels.gpu.triton_gemm import graph_timed, k_contiguous, row_tile_fits, scale_strides, tuned_or_first
-from segquant.kernels.gpu.triton_tma import device_properties, persistent_programs, tma_fits
+from segquant.kernels.gemm_reference import scale_tile_k
+from segquant.kernels.gpu.triton_gemm import (MAGIC_BITS, MAGIC_FLOAT, graph_timed, k_contiguous, row_tile_fits,
+                                              scale_strides, tuned_or_first)
+from segquant.kernels.gpu.triton_tma import TMA_MIN_M, device_properties, persistent_programs, tma_aligned, tma_fits
 
 #: wgmma's K per instruction for 8-bit operands, and the widest N an INT8 instruction takes here.
 _INSTR_K = gl.constexpr(32)
@@ -58,6 +68,17 @@ def _sized(configs, named_args, **kwargs):
 
 
 @gluon.jit
+def _ring(a_desc, b_desc, STAGES: gl.constexpr):
+    """The shared-memory ring: ``STAGES`` A tiles, B tiles and their load barriers (initialized)."""
+    a_bufs = gl.allocate_shared_memory(gl.int8, [STAGES] + a_desc.block_type.shape, a_desc.layout)
+    b_bufs = gl.allocate_shared_memory(gl.int8, [STAGES] + b_desc.block_type.shape, b_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(STAGES):
+        mbarrier.init(bars.index(s), count=1)
+    return a_bufs, b_bufs, bars
+
+
+@gluon.jit
 def _tile_position(tile, num_m, num_n, GROUP_M: gl.constexpr):
     """:func:`.triton_gemm.tile_position` (grouped tile order, so the B tiles a group shares stay in L2)."""
     group = GROUP_M * num_n
@@ -83,21 +104,33 @@ def _load_step(step, a_desc, b_desc, a_bufs, b_bufs, bars, k_tiles, num_m, num_n
 
 
 @gluon.jit
+def _offsets(pid, BLOCK: gl.constexpr, layout: gl.constexpr, DIM: gl.constexpr):
+    """The rows (``DIM`` 0, slice 1 of ``layout``) or columns (``DIM`` 1) ``(BLOCK,)`` of tile position ``pid``."""
+    return pid * BLOCK + gl.arange(0, BLOCK, layout=gl.SliceLayout(1 - DIM, layout))
+
+
+@gluon.jit
+def _finish(out, offs_m, offs_n, M, N, c_ptr, stride_cm, bias_ptr, HAS_BIAS: gl.constexpr):
+    """A scaled float32 tile ``(+ bias)``, stored in ``c``'s dtype (masked at the edges)."""
+    if HAS_BIAS:
+        out += gl.expand_dims(gl.load(bias_ptr + gl.where(offs_n < N, offs_n, 0)).to(gl.float32), 0)
+    c_ptrs = c_ptr + gl.expand_dims(offs_m, 1) * stride_cm + gl.expand_dims(offs_n, 0)
+    mask = gl.expand_dims(offs_m < M, 1) & gl.expand_dims(offs_n < N, 0)
+    gl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+@gluon.jit
 def _store_tile(acc, tile, num_m, num_n, M, N, c_ptr, as_ptr, ws_ptr, a_col, w_col, bias_ptr, stride_cm, stride_sm,
                 stride_wn, HAS_BIAS: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr):
     """``acc · a_scale[m] · w_scale[n] (+ bias)`` in float32, stored in ``c``'s dtype (the other INT8 kernels'
     epilogue, step for step)."""
+    layout: gl.constexpr = acc.type.layout
     pid_m, pid_n = _tile_position(tile, num_m, num_n, GROUP_M)
-    offs_m = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, acc.type.layout))
-    offs_n = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, acc.type.layout))
+    offs_m, offs_n = _offsets(pid_m, BM, layout, 0), _offsets(pid_n, BN, layout, 1)
     rm, rn = gl.where(offs_m < M, offs_m, 0), gl.where(offs_n < N, offs_n, 0)
     out = acc.to(gl.float32) * gl.expand_dims(gl.load(as_ptr + rm * stride_sm + a_col), 1)
     out = out * gl.expand_dims(gl.load(ws_ptr + rn * stride_wn + w_col), 0)
-    if HAS_BIAS:
-        out += gl.expand_dims(gl.load(bias_ptr + rn).to(gl.float32), 0)
-    c_ptrs = c_ptr + gl.expand_dims(offs_m, 1) * stride_cm + gl.expand_dims(offs_n, 0)
-    mask = gl.expand_dims(offs_m < M, 1) & gl.expand_dims(offs_n < N, 0)
-    gl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=mask)
+    _finish(out, offs_m, offs_n, M, N, c_ptr, stride_cm, bias_ptr, HAS_BIAS)
 
 
 @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "HAS_BIAS"],
@@ -109,11 +142,7 @@ def _wgmma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr
                        GROUP_M: gl.constexpr, WARPS_N: gl.constexpr):
     layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps() // WARPS_N, WARPS_N],
                                                      instr_shape=[16, _INSTR_N, _INSTR_K])
-    a_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BM, BK], a_desc.layout)
-    b_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BN, BK], b_desc.layout)
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for s in gl.static_range(STAGES):
-        mbarrier.init(bars.index(s), count=1)
+    a_bufs, b_bufs, bars = _ring(a_desc, b_desc, STAGES)
     num_m, num_n, k_tiles = gl.cdiv(M, BM), gl.cdiv(N, BN), gl.cdiv(K, BK)
     tiles = gl.cdiv(num_m * num_n - gl.program_id(0), NUM_SMS)  # this program's output tiles
     total = tiles * k_tiles  # and K steps
@@ -151,20 +180,127 @@ def wgmma_fits(a: torch.Tensor, b: torch.Tensor, a_scale_neg, lowrank_t, scale_m
 def wgmma_gemm_gluon(a, b, a_scale, w_scale, a_col, w_col, bias, out_dtype: torch.dtype) -> torch.Tensor:
     """``(1, M, K)`` INT8 codes x ``(N, K)`` INT8 weights -> ``(M, N)`` (see :func:`wgmma_fits`); ``a_scale``
     ``(1, M|1, J)``, ``w_scale`` ``(N, J')``, column ``a_col[0]`` / ``w_col[0]`` of each."""
+    return _launch(_wgmma_gemm_kernel, a, b, a_scale, w_scale, a_col, w_col, bias, out_dtype)
+
+
+def _launch(kernel, a, b, a_scale, w_scale, a_col, w_col, bias, out_dtype: torch.dtype, *sizes: int) -> torch.Tensor:
+    """Launch a kernel of this module, one program per SM at most; ``sizes``: its integer arguments between
+    ``M_BUCKET`` and the strides (the per-K-tile kernel's ``K_ALIGN``)."""
     m, k, n = a.shape[1], a.shape[2], b.shape[0]
     out = torch.empty(m, n, device=a.device, dtype=out_dtype)
-    a2, b = k_contiguous(a[0]), k_contiguous(b)
     ws, a_scale = w_scale.contiguous(), a_scale.contiguous()
+    a_desc, b_desc = _descriptors(k_contiguous(a[0]), k_contiguous(b))
     sms = persistent_programs(a)
-    placeholder = [_CONFIGS[0].kwargs["BM"], _CONFIGS[0].kwargs["BK"]]  # the pre-hook sets each config's own
-    a_desc = TensorDescriptor.from_tensor(a2, placeholder, gl.NVMMASharedLayout.get_default_for(placeholder, gl.int8))
-    b_desc = TensorDescriptor.from_tensor(b, placeholder, gl.NVMMASharedLayout.get_default_for(placeholder, gl.int8))
 
     def grid(meta: dict) -> tuple[int]:
         return (min(sms, triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"])),)
 
-    _wgmma_gemm_kernel[grid](
-        a_desc, b_desc, out, a_scale, ws, a_col, w_col, bias if bias is not None else ws, m, n, k,
-        triton.next_power_of_2(m), out.stride(0), scale_strides(a_scale)[1], ws.stride(0),
-        NUM_SMS=sms, HAS_BIAS=bias is not None, enable_fp_fusion=False)
+    kernel[grid](a_desc, b_desc, out, a_scale, ws, a_col, w_col, bias if bias is not None else ws, m, n, k,
+                 triton.next_power_of_2(m), *sizes, out.stride(0), scale_strides(a_scale)[1], ws.stride(0),
+                 NUM_SMS=sms, HAS_BIAS=bias is not None, enable_fp_fusion=False)
     return out
+
+
+def _descriptors(a2: torch.Tensor, b: torch.Tensor) -> tuple[TensorDescriptor, TensorDescriptor]:
+    """TMA descriptors of codes ``(M, K)`` and weights ``(N, K)``, with a placeholder block that each config's pre-hook
+    replaces by its own tiles."""
+    block = [_CONFIGS[0].kwargs["BM"], _CONFIGS[0].kwargs["BK"]]
+    layout = gl.NVMMASharedLayout.get_default_for(block, gl.int8)
+    return TensorDescriptor.from_tensor(a2, block, layout), TensorDescriptor.from_tensor(b, block, layout)
+
+
+# (BM, BN, BK, STAGES), 8 warps along M: two int32 accumulators and the float32 tile, 64 registers each per thread.
+# BK is the layer's scale tile (:func:`segquant.kernels.gemm_reference.scale_tile_k`): 128 or 64 channels.
+_TILE_SCALED_CONFIGS = [triton.Config({"BM": 128, "BN": 128, "BK": bk, "STAGES": st, "GROUP_M": 8}, num_warps=8,
+                                      num_stages=1, pre_hook=_descriptor_blocks)
+                        for bk, st in [(128, 4), (128, 3), (64, 6)]]
+
+
+def _scale_tiled(configs, named_args, **kwargs):
+    """The configs whose K tile is the layer's scale tile (so the float32 sum of scaled tiles is the twin's)."""
+    args = {**named_args, **kwargs}
+    width = scale_tile_k(args["K_ALIGN"], args["K"])
+    return tuned_or_first([c for c in configs if c.kwargs["BK"] == width])
+
+
+@gluon.jit
+def _mma_step(step, acc, a_bufs, b_bufs, bars, STAGES: gl.constexpr):
+    """Issue K step ``step``'s MMA into ``acc``'s registers (its value unused) once its ring slot is loaded."""
+    slot = step % STAGES
+    mbarrier.wait(bars.index(slot), (step // STAGES) & 1)
+    return warpgroup_mma(a_bufs.index(slot), b_bufs.index(slot).permute((1, 0)), acc, use_acc=False, is_async=True)
+
+
+@gluon.jit
+def _add_scaled(out, part, s_rows, acol_ptr, k0):
+    """``out + float(part) · a_scale[m, j(k0)]`` (``part``: a K tile's int32 sum, ``|part| ≤ 2²¹``, converted
+    through the mantissa as ``triton_gemm._small_int_to_float``)."""
+    x = (part + MAGIC_BITS).to(gl.float32, bitcast=True) - MAGIC_FLOAT
+    return out + x * gl.expand_dims(gl.load(s_rows + gl.load(acol_ptr + k0)), 1)
+
+
+@triton.autotune(configs=_TILE_SCALED_CONFIGS, key=["M_BUCKET", "N", "K", "K_ALIGN", "HAS_BIAS"],
+                 prune_configs_by={"early_config_prune": _scale_tiled}, do_bench=graph_timed)
+@gluon.jit
+def _wgmma_tile_scaled_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, bias_ptr, M, N, K, M_BUCKET,
+                              K_ALIGN, stride_cm, stride_sm, stride_wn, NUM_SMS: gl.constexpr, HAS_BIAS: gl.constexpr,
+                              BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
+                              GROUP_M: gl.constexpr):
+    layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps(), 1],
+                                                     instr_shape=[16, _INSTR_N, _INSTR_K])
+    a_bufs, b_bufs, bars = _ring(a_desc, b_desc, STAGES)
+    num_m, num_n, k_tiles = gl.cdiv(M, BM), gl.cdiv(N, BN), gl.cdiv(K, BK)
+    total = gl.cdiv(num_m * num_n - gl.program_id(0), NUM_SMS) * k_tiles  # this program's K steps, all tiles
+    for first in gl.static_range(STAGES):  # every slot: a slot is refilled once the MMA that read it is done
+        _load_step(first, a_desc, b_desc, a_bufs, b_bufs, bars, k_tiles, num_m, num_n, total, NUM_SMS, STAGES,
+                   GROUP_M)
+    acc_even = gl.zeros((BM, BN), gl.int32, layout)
+    acc_odd = gl.zeros((BM, BN), gl.int32, layout)
+    out = gl.zeros((BM, BN), gl.float32, layout)
+    for pair in range(total // 2):  # k_tiles is even: a pair of K steps never straddles two tiles
+        step = 2 * pair
+        kt = step % k_tiles
+        tile = gl.program_id(0) + (step // k_tiles) * NUM_SMS
+        pid_m, pid_n = _tile_position(tile, num_m, num_n, GROUP_M)
+        offs_m = _offsets(pid_m, BM, layout, 0)
+        s_rows = as_ptr + gl.where(offs_m < M, offs_m, 0) * stride_sm
+        # both MMAs of the pair issued, then the first one's rescale runs while the second one's MMA is in flight;
+        # nothing stays in flight across the loop's back edge (where it did, ptxas serialized every MMA)
+        even = _mma_step(step, acc_even, a_bufs, b_bufs, bars, STAGES)
+        odd = _mma_step(step + 1, acc_odd, a_bufs, b_bufs, bars, STAGES)
+        acc_even = warpgroup_mma_wait(num_outstanding=1, deps=(even, ))
+        _load_step(step + STAGES, a_desc, b_desc, a_bufs, b_bufs, bars, k_tiles, num_m, num_n, total, NUM_SMS,
+                   STAGES, GROUP_M)
+        out = _add_scaled(out, acc_even, s_rows, acol_ptr, kt * BK)
+        acc_odd = warpgroup_mma_wait(num_outstanding=0, deps=(odd, ))
+        _load_step(step + 1 + STAGES, a_desc, b_desc, a_bufs, b_bufs, bars, k_tiles, num_m, num_n, total, NUM_SMS,
+                   STAGES, GROUP_M)
+        out = _add_scaled(out, acc_odd, s_rows, acol_ptr, kt * BK + BK)
+        if kt + 2 == k_tiles:
+            offs_n = _offsets(pid_n, BN, layout, 1)
+            w_scale = gl.load(ws_ptr + gl.where(offs_n < N, offs_n, 0) * stride_wn + gl.load(wcol_ptr))
+            _finish(out * gl.expand_dims(w_scale, 0), offs_m, offs_n, M, N, c_ptr, stride_cm, bias_ptr, HAS_BIAS)
+            out = gl.zeros((BM, BN), gl.float32, layout)
+    for s in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(s))
+
+
+def tile_scaled_fits(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, a_scale_neg, lowrank_t,
+                     scale_mode: int, k_align: int) -> bool:
+    """INT8 codes and weights on an sm_90 GPU with at least ``TMA_MIN_M`` rows, one input, no DualScale, no low-rank
+    branch, in TMA's alignment, whose input scale changes along K but not the weight's (``scale_mode`` 1: per-head
+    segments over per-channel weights), with a scale tile of 128 or 64 channels and an even number of K tiles."""
+    k = a.shape[2]
+    width = scale_tile_k(k_align, k)
+    return (a.dtype == b.dtype == torch.int8 and a.shape[0] == 1 and a.shape[1] >= TMA_MIN_M and a_scale_neg is None
+            and lowrank_t is None and scale_mode == 1 and a_scale.shape[2] > 1 and width in (64, 128)
+            and triton.cdiv(k, width) % 2 == 0 and a.is_cuda and device_properties(a.device.index or 0).major == 9
+            and tma_aligned(a, b))
+
+
+def wgmma_tile_scaled_gluon(a, b, a_scale, w_scale, a_col, w_col, bias, k_align: int,
+                            out_dtype: torch.dtype) -> torch.Tensor:
+    """``(1, M, K)`` INT8 codes x ``(N, K)`` INT8 weights -> ``(M, N)`` with the input scale column ``a_col[k]`` of
+    ``a_scale`` ``(1, M|1, J)`` per K tile and weight scale column ``w_col[0]`` of ``w_scale`` ``(N, J')`` (see
+    :func:`tile_scaled_fits`)."""
+    return _launch(_wgmma_tile_scaled_kernel, a, b, a_scale, w_scale, a_col, w_col, bias, out_dtype, k_align)

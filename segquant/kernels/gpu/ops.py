@@ -13,8 +13,9 @@ CPU -> the pure-torch twin, plus fake implementations so ``torch.compile`` trace
   8-bit weights with one scale per row up to ``GEMV_MAX_M_8BIT``, an input scale constant along K; see
   :mod:`.triton_gemv`), else the fastest for the shape, measured at its first call, of the tiled Triton kernel
   (:mod:`.triton_gemm`) and, where it fits (``USE_TMA``), the persistent TMA kernel (:mod:`.triton_tma`) with
-  and without its last partial wave split along K, and for INT8 on sm_90 (``USE_WGMMA``) the Gluon kernel that
-  keeps one tensor-core step in flight (:mod:`.gluon_wgmma`). Plain FP8 layers with that few rows take the GEMV too.
+  and without its last partial wave split along K, and for INT8 on sm_90 (``USE_WGMMA``) the Gluon kernels
+  (:mod:`.gluon_wgmma`: one tensor-core step kept in flight; per-K-tile scales rescaled while the next MMA runs).
+  Plain FP8 layers with that few rows take the GEMV too.
 
 Arguments and math: :func:`segquant.kernels.gemm_reference.scaled_gemm_reference`. Importing this module does
 not import Triton (the CUDA implementations import it on first call).
@@ -55,8 +56,9 @@ USE_GEMV = {"enabled": True}
 USE_TMA = {"enabled": True}
 #: INT8 layers that fit the persistent TMA kernel, without a low-rank branch, on sm_90, may also run on the Gluon
 #: kernel (:mod:`.gluon_wgmma`, one tensor-core step kept in flight, which Triton's pipeliner does not do for int32
-#: accumulators): when True it joins the first-call timing. Every INT8 candidate computes the same bits, so a
-#: candidate whose output differs from the tiled kernel's on that first call is left out, with a warning.
+#: accumulators), and per-K-tile scaled INT8 layers (per-head input segments) on its variant that rescales one K tile
+#: while the next one's MMA runs: when True they join the first-call timing. Every INT8 candidate computes the same
+#: bits, so a candidate whose output differs from the tiled kernel's on that first call is left out, with a warning.
 USE_WGMMA = {"enabled": True}
 #: The kernel :func:`fastest_kernel` chose, per shape key.
 _FASTEST: dict = {}
@@ -118,27 +120,32 @@ def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, l
                                split_tail=split_tail)
 
     input_varies = input_scale_varies(a_scale, scale_mode)
-    if not (USE_TMA["enabled"] and tma_fits(a, b, a_scale_neg, scale_mode, input_varies)):
+    kernels = {"tiled": tiled}
+    if USE_TMA["enabled"] and tma_fits(a, b, a_scale_neg, scale_mode, input_varies):
+        kernels["tma"] = tma
+        if tail_splits(a, b):
+            kernels["tma_split_tail"] = lambda: tma(split_tail=True)
+    gluon = _gluon_kernels() if USE_WGMMA["enabled"] else None
+    if gluon is not None and gluon.wgmma_fits(a, b, a_scale_neg, lowrank_t, scale_mode, input_varies):
+        kernels["wgmma"] = lambda: gluon.wgmma_gemm_gluon(a, b, a_scale, w_scale, a_col, w_col, bias, out_dtype)
+    if gluon is not None and gluon.tile_scaled_fits(a, b, a_scale, a_scale_neg, lowrank_t, scale_mode, k_align):
+        kernels["wgmma_tile_scaled"] = lambda: gluon.wgmma_tile_scaled_gluon(a, b, a_scale, w_scale, a_col, w_col,
+                                                                            bias, k_align, out_dtype)
+    if len(kernels) == 1:
         return tiled()
-    kernels = {"tiled": tiled, "tma": tma}
-    if tail_splits(a, b):
-        kernels["tma_split_tail"] = lambda: tma(split_tail=True)
-    if USE_WGMMA["enabled"] and _wgmma_fits(a, b, a_scale_neg, lowrank_t, scale_mode, input_varies):
-        from segquant.kernels.gpu.gluon_wgmma import wgmma_gemm_gluon
-
-        kernels["wgmma"] = lambda: wgmma_gemm_gluon(a, b, a_scale, w_scale, a_col, w_col, bias, out_dtype)
-    key = (a.device, a.dtype, triton.next_power_of_2(a.shape[1]), b.shape, bias is None, lowrank_t is None, out_dtype)
+    key = (a.device, a.dtype, triton.next_power_of_2(a.shape[1]), b.shape, bias is None, lowrank_t is None, out_dtype,
+           scale_mode, k_align, a_scale.shape[2])
     return kernels[fastest_kernel(key, kernels, exact=a.dtype == b.dtype == torch.int8)]()
 
 
-def _wgmma_fits(a, b, a_scale_neg, lowrank_t, scale_mode: int, input_varies: bool) -> bool:
-    """:func:`.gluon_wgmma.wgmma_fits`, False where this Triton has no Gluon for Hopper (before 3.5) or names its
-    pieces otherwise."""
+def _gluon_kernels():
+    """:mod:`.gluon_wgmma`, or None where this Triton has no Gluon for Hopper (before 3.5) or names its pieces
+    otherwise."""
     try:
-        from segquant.kernels.gpu.gluon_wgmma import wgmma_fits
+        from segquant.kernels.gpu import gluon_wgmma
     except (ImportError, AttributeError):
-        return False
-    return wgmma_fits(a, b, a_scale_neg, lowrank_t, scale_mode, input_varies)
+        return None
+    return gluon_wgmma
 
 
 def fastest_kernel(key: tuple, kernels: dict[str, Callable[[], Tensor]], exact: bool = False) -> str:

@@ -216,8 +216,8 @@ def _mainloop(a_ptrs, b_ptrs, w_rows, wcol_ptr, K, acc, acc_neg, BK: tl.constexp
 
 
 #: ``1.5 · 2²³`` and its float32 bit pattern: see :func:`_small_int_to_float`.
-_MAGIC_FLOAT: tl.constexpr = tl.constexpr(12582912.0)
-_MAGIC_BITS: tl.constexpr = tl.constexpr(0x4B400000)
+MAGIC_FLOAT: tl.constexpr = tl.constexpr(12582912.0)
+MAGIC_BITS: tl.constexpr = tl.constexpr(0x4B400000)
 
 
 @triton.jit
@@ -226,7 +226,7 @@ def _small_int_to_float(x):
     mantissa (whose unit is 1 there), and subtracting ``1.5 · 2²³`` is exact. An integer add and a float add, where
     ``cvt.rn.f32.s32`` runs on the conversion unit at a quarter or less of their rate (it bounds the per-K-tile path,
     which converts every element once per K tile). Equal to ``x.to(tl.float32)`` for every such ``x``."""
-    return (x + _MAGIC_BITS).to(tl.float32, bitcast=True) - _MAGIC_FLOAT
+    return (x + MAGIC_BITS).to(tl.float32, bitcast=True) - MAGIC_FLOAT
 
 
 @triton.jit

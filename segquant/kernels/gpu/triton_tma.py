@@ -173,11 +173,17 @@ def _tma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, 
 
 def tma_fits(a: torch.Tensor, b: torch.Tensor, a_scale_neg, scale_mode: int, input_varies: bool) -> bool:
     """An 8-bit layer with at least ``TMA_MIN_M`` rows, one input (``Sa == 1``), no DualScale, scales constant
-    along K (``scale_mode`` 0), rows of 16-byte multiples starting at 16-byte offsets and 16-byte row strides (TMA's
-    alignment; a K-slice of a wider tensor is read in place), on a GPU with TMA (sm_90+)."""
+    along K (``scale_mode`` 0), in TMA's alignment (:func:`tma_aligned`)."""
     return (b.dtype == a.dtype and a.dtype in (torch.int8, torch.float8_e4m3fn) and a.shape[0] == 1
             and a.shape[1] >= TMA_MIN_M and a_scale_neg is None and scale_mode == 0 and not input_varies
-            and a.shape[2] % 16 == 0 and a.storage_offset() % 16 == 0 and b.storage_offset() % 16 == 0
+            and tma_aligned(a, b))
+
+
+def tma_aligned(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Codes ``a`` ``(1, M, K)`` and weights ``b`` ``(N, K)`` (8-bit) in rows of 16-byte multiples starting at 16-byte
+    offsets, with 16-byte row strides (TMA's alignment; a K-slice of a wider tensor is read in place), on a GPU with
+    TMA (sm_90+)."""
+    return (a.shape[2] % 16 == 0 and a.storage_offset() % 16 == 0 and b.storage_offset() % 16 == 0
             and a.stride(1) % 16 == 0 and b.stride(0) % 16 == 0
             and (not a.is_cuda or device_properties(a.device.index or 0).major >= 9))
 
