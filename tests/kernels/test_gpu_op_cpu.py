@@ -262,6 +262,10 @@ def test_tiled_kernel_row_tiles_follow_the_number_of_rows(monkeypatch):
     assert row_tiles(32) == {16, 64}
     assert row_tiles(512) == {64, 128, 256}  # the text stream: 64-row tiles give more CTAs than 132 SMs want
     assert row_tiles(4096) == {128, 256}
+    per_head = {"M": 4096, "K": 3072, "K_ALIGN": 128, "OUT_SEG": 2 ** 30, "TILE_SCALE": True, "W4": False, "MODE": 1}
+    rescaled = legal_configs(CONFIGS, per_head)
+    assert {c.kwargs["BK"] for c in rescaled} == {128}  # the scale tile: the twin's float32 order
+    assert {c.kwargs["BM"] for c in rescaled} == {64, 128, 256}  # 64-row ones too: two programs share an SM
 
 
 def test_tma_kernel_row_tiles_follow_the_number_of_rows(monkeypatch):

@@ -79,13 +79,16 @@ def tuned_or_first(configs: list) -> list:
 def legal_configs(configs, named_args, **kwargs):
     """Configs whose BN divides ``OUT_SEG``, sized for M, BK >= 128 where legal; rescaled tiles (``TILE_SCALE``)
     exactly :func:`segquant.kernels.gemm_reference.scale_tile_k` wide, so that the float32 sum of the scaled tiles
-    is the twin's whichever config wins (narrower K tiles only compete where the segments force them)."""
+    is the twin's whichever config wins (narrower K tiles only compete where the segments force them). Rescaled
+    tiles of 64 rows compete at any M above 64: they hold a float32 and an int32 tile in fewer registers, so two
+    programs share an SM and one's rescale can run during the other's MMA (the 128 x 256 ones spill, ptxas on sm_90)."""
     args = {**named_args, **kwargs}
     m, k_align, out_seg, tile = args["M"], args["K_ALIGN"], args["OUT_SEG"], args["TILE_SCALE"]
     if tile:
         width = scale_tile_k(k_align, args["K"])
         fits = [c for c in configs if c.kwargs["BK"] == width and out_seg % c.kwargs["BN"] == 0]
-        return tuned_or_first([c for c in fits if row_tile_fits(c.kwargs["BM"], m)] or fits)
+        sized = [c for c in fits if row_tile_fits(c.kwargs["BM"], m) or (c.kwargs["BM"] == 64 and m > 64)]
+        return tuned_or_first(sized or fits)
     fits = [c for c in configs if out_seg % c.kwargs["BN"] == 0
             and c.kwargs["BK"] <= max(32, triton.next_power_of_2(args["K"]))]
     sized = [c for c in fits if row_tile_fits(c.kwargs["BM"], m)] or fits
