@@ -101,13 +101,6 @@ def test_tma_kernel_lowers_to_wgmma_with_an_ordered_tail_count(is_int, split_tai
     assert ("atom.global.gpu.acq_rel.add" in ptx) == split_tail  # a piece publishes its partial before counting in
 
 
-def test_fp8_kernel_keeps_a_wgmma_in_flight():
-    # one K step's MMA stays in flight while the next is issued (Triton does this for float32 accumulators only, so
-    # not for INT8: BENCHMARKS.md "The split last wave"); a change that made the FP8 loop synchronous would show here
-    for split_tail in (False, True):
-        assert "wgmma.wait_group.sync.aligned 1;" in hopper_build(False, split_tail, False).asm["ptx"]
-
-
 def test_every_tma_config_fits_hoppers_shared_memory():
     from segquant.kernels.gpu.triton_tma import _CONFIGS
 
@@ -163,8 +156,8 @@ def gluon_module():
 
 def mma_sequence(kernel) -> list[str]:
     """The kernel's SASS (Triton's bundled ``nvdisasm``) reduced to its tensor-core ops in order: ``MMA`` (an
-    ``IGMMA`` / ``HGMMA``), ``WAIT0`` / ``WAIT1`` (``WARPGROUP.DEPBAR.LE gsb0, 0x0 / 0x1``: wait until at most that
-    many MMA groups are in flight) and ``SPILL`` (``STL`` / ``LDL``)."""
+    ``IGMMA`` / ``HGMMA`` / ``QGMMA``: INT8 / 16-bit / FP8), ``WAIT0`` / ``WAIT1`` (``WARPGROUP.DEPBAR.LE gsb0,
+    0x0 / 0x1``: wait until at most that many MMA groups are in flight) and ``SPILL`` (``STL`` / ``LDL``)."""
     import os
     import subprocess
     import tempfile
@@ -175,8 +168,9 @@ def mma_sequence(kernel) -> list[str]:
         cubin = Path(folder) / "kernel.cubin"
         cubin.write_bytes(kernel.asm["cubin"])
         sass = subprocess.run([str(nvdisasm), "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
-    names = {"IGMMA": "MMA", "HGMMA": "MMA", "0x0": "WAIT0", "0x1": "WAIT1", "STL": "SPILL", "LDL": "SPILL"}
-    ops = re.findall(r"\b(IGMMA|HGMMA|STL|LDL)\b|WARPGROUP\.DEPBAR\.LE gsb0, (0x\d)", sass)
+    names = {"IGMMA": "MMA", "HGMMA": "MMA", "QGMMA": "MMA", "0x0": "WAIT0", "0x1": "WAIT1", "STL": "SPILL",
+             "LDL": "SPILL"}
+    ops = re.findall(r"\b(IGMMA|HGMMA|QGMMA|STL|LDL)\b|WARPGROUP\.DEPBAR\.LE gsb0, (0x\d)", sass)
     return [names[op or depth] for op, depth in ops]
 
 
