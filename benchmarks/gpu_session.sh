@@ -37,13 +37,17 @@ cd "$(dirname "$0")/.."
 OUT=$(realpath -m "${OUT:-gpu_out}")
 mkdir -p "$OUT"
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
+# the Gluon INT8 kernels join each shape's first-call timing in the benchmarks (off by default until they have run on a
+# GPU; SEGQUANT_GLUON_KERNELS=0 leaves them out); the tests step runs them only in their own file, last
+export SEGQUANT_GLUON_KERNELS=${SEGQUANT_GLUON_KERNELS:-1}
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && { echo "name the steps (see the header)" >&2; exit 2; }
 
 for step in "${steps[@]}"; do
   case $step in
-    tests) SEGQUANT_TRITON_AUTOTUNE=0 timeout 400 python3 -m pytest -q -p no:cacheprovider \
-             ${TESTS_NODES:-tests/kernels/test_gpu_w8a8.py tests/pipeline/test_cuda_graph.py} ${TESTS_K:+-k "$TESTS_K"} \
+    tests) SEGQUANT_GLUON_KERNELS=0 SEGQUANT_TRITON_AUTOTUNE=0 timeout 400 python3 -m pytest -q -p no:cacheprovider \
+             ${TESTS_NODES:-tests/kernels/test_gpu_w8a8.py tests/pipeline/test_cuda_graph.py tests/kernels/test_gpu_gluon.py} \
+             ${TESTS_K:+-k "$TESTS_K"} \
              > "$OUT/tests_gpu.log" 2>&1; tail -n 5 "$OUT/tests_gpu.log" ;;
     gemm_w4) (cd benchmarks && timeout 150 python3 gemm_w4.py --json "$OUT/gemm_w4.json") > "$OUT/gemm_w4.log" 2>&1
              tail -n 20 "$OUT/gemm_w4.log" ;;

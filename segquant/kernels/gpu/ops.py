@@ -24,6 +24,7 @@ not import Triton (the CUDA implementations import it on first call).
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from typing import Callable, Iterator, Optional
 
@@ -59,7 +60,9 @@ USE_TMA = {"enabled": True}
 #: accumulators), and per-K-tile scaled INT8 layers (per-head input segments) on its variant that rescales one K tile
 #: while the next one's MMA runs: when True they join the first-call timing. Every INT8 candidate computes the same
 #: bits, so a candidate whose output differs from the tiled kernel's on that first call is left out, with a warning.
-USE_WGMMA = {"enabled": True}
+#: Off unless ``SEGQUANT_GLUON_KERNELS=1`` is in the environment until they have run on a GPU: a kernel that waits on
+#: barriers can hang where a wrong one of the others only computes wrong bits (BENCHMARKS.md, "One INT8 MMA in flight").
+USE_WGMMA = {"enabled": os.environ.get("SEGQUANT_GLUON_KERNELS") == "1"}
 #: The kernel :func:`fastest_kernel` chose, per shape key.
 _FASTEST: dict = {}
 _SWITCHES = {"USE_SCALED_MM": USE_SCALED_MM, "FP8_FAST_ACCUM": FP8_FAST_ACCUM, "USE_GEMV": USE_GEMV,
