@@ -145,7 +145,7 @@ def _gluon_kernels():
     """:mod:`.gluon_wgmma`, or None where this Triton has no Gluon for Hopper (before 3.5) or names its pieces
     otherwise."""
     try:
-        from segquant.kernels.gpu import gluon_wgmma
+        import segquant.kernels.gpu.gluon_wgmma as gluon_wgmma
     except (ImportError, AttributeError):
         return None
     return gluon_wgmma
