@@ -40,6 +40,8 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``sq_w4a8_2l_preset`` the ``w4a8_two_level`` preset's layout (all segments, the input segments folded, DualScale
                     on the weight-bound layers only), round-to-nearest weights
 - ``sq_w4a16``      packed INT4 per-group(64) weights, 16-bit inputs (weight-only), output segments
+- ``*_nogluon``     any variant without the Gluon INT8 kernels (``ops.USE_WGMMA`` off; ``gpu_session.sh`` turns
+                    them on for the others), after ``_sgelu`` where both are given
 - ``*_sgelu``       any variant with every tanh-GELU computed in its sigmoid form
                     (:func:`segquant.sigmoid_form_gelus`, after quantize: the same function to float32
                     rounding; the tanh form's GELU + quantize kernel is ALU-bound, runs 13-14)
@@ -86,7 +88,7 @@ VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_nocfg", "torcha
             "sq_int8_dyn", "sq_int8_dyn_cat", "sq_int8_full", "sq_int8_dyn_full", "sq_int8_segs", "sq_fp8_segs",
             "sq_int8_segfold", "sq_fp8_segfold", "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a8_2l_preset", "sq_w4a16")
 #: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.
-SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tiled": {"USE_TMA": False},
+SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tiled": {"USE_TMA": False, "USE_WGMMA": False},
             "sq_fp8_tma": {"USE_SCALED_MM": False}}
 LAYERS_CHECKED = 48
 _ALL_PATTERNS = ["linear_to_chunk", "linear_to_split", "concat_to_linear", "stack_to_linear",
@@ -95,6 +97,20 @@ _ALL_PATTERNS = ["linear_to_chunk", "linear_to_split", "concat_to_linear", "stac
 
 #: Variant suffix: the model's tanh-GELUs in the sigmoid form (:func:`segquant.sigmoid_form_gelus`).
 SIGMOID_GELU = "_sgelu"
+#: Variant suffix: without the Gluon INT8 kernels (``ops.USE_WGMMA`` off), for a same-run comparison.
+NO_GLUON = "_nogluon"
+
+
+def base_of(variant: str) -> str:
+    """``variant`` without its run-time suffixes (:data:`SIGMOID_GELU`, :data:`NO_GLUON`)."""
+    for suffix in (NO_GLUON, SIGMOID_GELU):
+        variant = variant.replace(suffix, "")
+    return variant
+
+
+def switches_of(variant: str) -> dict:
+    """The routing switches of ``segquant.kernels.gpu.ops`` that ``variant`` sets for its run."""
+    return {**SWITCHES.get(base_of(variant), {}), **({"USE_WGMMA": False} if NO_GLUON in variant else {})}
 
 
 def segquant_config(variant: str) -> dict:
@@ -309,7 +325,7 @@ def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = 
     # variants that follow one must not inherit them
     saved_inductor, precision = torch._inductor.config.save_config(), torch.get_float32_matmul_precision()
     try:
-        with ops.switched(**SWITCHES.get(variant.removesuffix(SIGMOID_GELU), {})):
+        with ops.switched(**switches_of(variant)):
             return _run_prepared(name, variant, iters, compile_mode, profile, max_image_size)
     finally:
         torch._inductor.config.load_config(saved_inductor)
@@ -320,9 +336,9 @@ def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None,
                   max_image_size: int | None) -> dict:
     model, example = build(name)
     freed = crop_position_tables(model, max_image_size) if max_image_size else 0  # SD3's table: every variant alike
-    base = variant.removesuffix(SIGMOID_GELU)
+    base = base_of(variant)
     eager = output(model, example) if base == "bf16_compiled" else None  # the floor of the model-level error
-    facts = prepare(base, model, example, compile_mode, sigmoid_gelu=base != variant)
+    facts = prepare(base, model, example, compile_mode, sigmoid_gelu=SIGMOID_GELU in variant)
     if freed:
         facts["position_table_freed_gib"] = round(freed / 2**30, 3)
     gc.collect()
@@ -380,14 +396,14 @@ def smoke(name: str, variants: list[str]) -> None:
 
     for variant in [v for v in variants if v.startswith("sq_")]:
         model, example = build(name, "cpu", torch.float32, small=True)
-        base = variant.removesuffix(SIGMOID_GELU)
+        base = base_of(variant)
         with torch.inference_mode():
             quantize(model, [example], segquant_config(base), example=example)
             emulated = model(**example)[0]
             with mock.patch("segquant.kernels.gpu.backend._device_problem", return_value=None):
                 set_backend(model, "gpu")
             gpu_twin = model(**example)[0]
-            if base != variant:
+            if SIGMOID_GELU in variant:
                 print(f"smoke {name} {variant}: {sigmoid_form_gelus(model)} GELUs in the sigmoid form, output moved by "
                       f"{float((model(**example)[0] - gpu_twin).abs().max()):.2e}")
             compile_repeated_blocks(model, fullgraph=True, backend="eager")
