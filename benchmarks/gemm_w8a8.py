@@ -180,14 +180,16 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
 
 def candidates(mod, quantized, fmt_name: str) -> list[str]:
     """The GEMM kernels that ``ops`` chooses among for this layer, by ``fastest_kernel``'s names ("tiled": the tiled
-    Triton kernel, also where cuBLASLt takes plain FP8 layers); none where the op has no choice to make."""
+    Triton kernel, also where cuBLASLt takes plain FP8 layers; the Gluon ones where ``ops.USE_WGMMA`` is on); none
+    where the op has no choice to make."""
     codes, a_scale, a_scale_neg = quantized
     lay = mod.gpu_layout
     fits_tma = tma_fits(codes, mod.weight_codes, a_scale_neg, lay.scale_mode,
                         input_scale_varies(a_scale, lay.scale_mode))
-    hopper_int8 = fmt_name == "int8" and DEVICE["name"] == "cuda" and torch.cuda.get_device_capability()[0] == 9
+    gluon = (fmt_name == "int8" and ops.USE_WGMMA["enabled"] and DEVICE["name"] == "cuda"
+             and torch.cuda.get_device_capability()[0] == 9)  # on by SEGQUANT_GLUON_KERNELS=1
     names = ["tma"] + (["tma_split_tail"] if tail_splits(codes, mod.weight_codes) else []) if fits_tma else []
-    if hopper_int8:
+    if gluon:
         from segquant.kernels.gpu.gluon_wgmma import tile_scaled_fits
 
         names += ["wgmma"] if fits_tma else []
