@@ -190,9 +190,11 @@ def candidates(mod, quantized, fmt_name: str) -> list[str]:
              and torch.cuda.get_device_capability()[0] == 9)  # on by SEGQUANT_GLUON_KERNELS=1
     names = ["tma"] + (["tma_split_tail"] if tail_splits(codes, mod.weight_codes) else []) if fits_tma else []
     if gluon:
-        from segquant.kernels.gpu.gluon_wgmma import tile_scaled_fits
+        from segquant.kernels.gpu.gluon_wgmma import dual_fits, tile_scaled_fits
 
-        names += ["wgmma"] if fits_tma else []
+        fits_dual = dual_fits(codes, mod.weight_codes, a_scale_neg, None, lay.scale_mode,
+                              input_scale_varies(a_scale, lay.scale_mode))
+        names += ["wgmma"] if fits_tma or fits_dual else []
         names += ["wgmma_tile_scaled"] if tile_scaled_fits(codes, mod.weight_codes, a_scale, a_scale_neg, None,
                                                              lay.scale_mode, lay.k_align) else []
     if names or (fmt_name == "fp8" and ops.USE_SCALED_MM["enabled"]):

@@ -84,3 +84,30 @@ def test_gluon_tile_scaled_kernel_matches_twin(name, config, monkeypatch):
         y = ops.gemm(**args, out_dtype=torch.bfloat16)
         assert_matches_twin(y, args)
     assert len(kernel.cache) == 1
+
+
+#: DualScale layers (``(m, n, k, per-token scales)``): FLUX's FFN down-projection, tails in M and N, and a K that is not
+#: a multiple of the K tile (the positive side's last tile must read zeros past K, not the negative side's codes).
+DUAL_CASES = {"flux_ff_down": (4608, 3072, 12288, False), "tails": (333, 200, 1024, True),
+              "k_tail": (300, 136, 1040, True)}
+
+
+@pytest.mark.parametrize("name,config", [(name, config) for name in DUAL_CASES for config in (0, 1)])
+def test_gluon_dual_kernel_matches_twin(name, config, monkeypatch):
+    """``ops.gemm`` with the Gluon kernel chosen for a DualScale layer (both products of a weight tile in flight), in
+    each of its configs, equals the twin bitwise, also when called again."""
+    from segquant.kernels.gpu import gluon_wgmma
+
+    kernel = gluon_wgmma._wgmma_dual_kernel
+    monkeypatch.setitem(ops.USE_WGMMA, "enabled", True)
+    monkeypatch.setattr(ops, "fastest_kernel", lambda key, kernels, **_: "wgmma")
+    monkeypatch.setattr(kernel, "configs", [gluon_wgmma._DUAL_CONFIGS[config]])
+    monkeypatch.setattr(kernel, "cache", {})
+    m, n, k, rows = DUAL_CASES[name]
+    args = op_case(DType.INT8, m, n, k, dual=True, rows=rows)
+    assert gluon_wgmma.dual_fits(args["a"], args["b"], args["a_scale_neg"], None, 0, False)
+    for _ in range(2):
+        poison_allocator()
+        y = ops.gemm(**args, out_dtype=torch.bfloat16)
+        assert_matches_twin(y, args)
+    assert len(kernel.cache) == 1

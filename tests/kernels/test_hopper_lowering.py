@@ -110,20 +110,22 @@ def test_every_tma_config_fits_hoppers_shared_memory():
             assert shared <= HOPPER_SHARED_BYTES, (config, is_int, shared)
 
 
-def gluon_build(kernel, config) -> "triton.compiler.CompiledKernel":
-    """A Gluon kernel of :mod:`segquant.kernels.gpu.gluon_wgmma` compiled for sm_90 with ``config``, as launched:
-    bias, no fused multiply-adds, pointers and strides specialized as multiples of 16."""
+def gluon_build(kernel, config, **constants) -> "triton.compiler.CompiledKernel":
+    """A Gluon kernel of :mod:`segquant.kernels.gpu.gluon_wgmma` compiled for sm_90 with ``config`` (and the kernel's
+    own ``constants``), as launched: bias, no fused multiply-adds, pointers and strides specialized as multiples of
+    16."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
     fn = kernel.fn
     signature = {name: "i32" for name in fn.arg_names}
-    for name, rows in (("a_desc", config.kwargs["BM"]), ("b_desc", config.kwargs["BN"])):
+    rows = {"a_desc": config.kwargs["BM"], "an_desc": config.kwargs["BM"], "b_desc": config.kwargs["BN"]}
+    for name, rows in rows.items():
         block = [rows, config.kwargs["BK"]]
         layout = gl.NVMMASharedLayout.get_default_for(block, gl.int8)
         signature[name] = f"tensordesc<i8[{block[0]}, {block[1]}],{layout!r}>"
-    signature.update({k: v for k, v in POINTERS.items() if k in fn.arg_names})
-    constants = dict(NUM_SMS=132, HAS_BIAS=True, **config.kwargs)
+    signature.update({k: v for k, v in POINTERS.items() if k in fn.arg_names}, asn_ptr="*fp32")
+    constants = dict(NUM_SMS=132, HAS_BIAS=True, **constants, **config.kwargs)
     signature.update({name: "constexpr" for name in constants})
     aligned = [i for i, name in enumerate(fn.arg_names) if name.endswith("_ptr") or name.startswith("stride")
                or name in ("N", "K")]
@@ -156,8 +158,8 @@ def gluon_module():
 
 def mma_sequence(kernel) -> list[str]:
     """The kernel's SASS (Triton's bundled ``nvdisasm``) reduced to its tensor-core ops in order: ``MMA`` (an
-    ``IGMMA`` / ``HGMMA`` / ``QGMMA``: INT8 / 16-bit / FP8), ``WAIT0`` / ``WAIT1`` (``WARPGROUP.DEPBAR.LE gsb0,
-    0x0 / 0x1``: wait until at most that many MMA groups are in flight) and ``SPILL`` (``STL`` / ``LDL``)."""
+    ``IGMMA`` / ``HGMMA`` / ``QGMMA``: INT8 / 16-bit / FP8), ``WAIT<n>`` (``WARPGROUP.DEPBAR.LE gsb0, n``: wait until at
+    most ``n`` MMA groups are in flight) and ``SPILL`` (``STL`` / ``LDL``)."""
     import os
     import subprocess
     import tempfile
@@ -168,19 +170,18 @@ def mma_sequence(kernel) -> list[str]:
         cubin = Path(folder) / "kernel.cubin"
         cubin.write_bytes(kernel.asm["cubin"])
         sass = subprocess.run([str(nvdisasm), "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
-    names = {"IGMMA": "MMA", "HGMMA": "MMA", "QGMMA": "MMA", "0x0": "WAIT0", "0x1": "WAIT1", "STL": "SPILL",
-             "LDL": "SPILL"}
-    ops = re.findall(r"\b(IGMMA|HGMMA|QGMMA|STL|LDL)\b|WARPGROUP\.DEPBAR\.LE gsb0, (0x\d)", sass)
-    return [names[op or depth] for op, depth in ops]
+    names = {"IGMMA": "MMA", "HGMMA": "MMA", "QGMMA": "MMA", "STL": "SPILL", "LDL": "SPILL"}
+    ops = re.findall(r"\b(IGMMA|HGMMA|QGMMA|STL|LDL)\b|WARPGROUP\.DEPBAR\.LE gsb0, 0x(\d)", sass)
+    return [names[op] if op else f"WAIT{depth}" for op, depth in ops]
 
 
 def pipelined(sequence: list[str]) -> bool:
-    """One MMA group waited with ``WAIT1`` (the next one in flight), and no MMA waited for on its own: ptxas
+    """MMA groups waited with ``WAIT1`` or ``WAIT2`` (the next ones in flight), and no MMA waited for on its own: ptxas
     serializes every MMA (``MMA WAIT0 MMA WAIT0 ...``) where it cannot prove that the registers of an MMA in flight
     are left alone, which it reports as a wait it "injected" only for the first."""
     serialized = any(a == "MMA" and b == "WAIT0" and c == "MMA" for a, b, c in zip(sequence, sequence[1:],
                                                                                   sequence[2:]))
-    return "WAIT1" in sequence and not serialized and "SPILL" not in sequence
+    return ("WAIT1" in sequence or "WAIT2" in sequence) and not serialized and "SPILL" not in sequence
 
 
 def test_gluon_int8_kernel_keeps_a_wgmma_in_flight_in_every_config():
@@ -189,8 +190,9 @@ def test_gluon_int8_kernel_keeps_a_wgmma_in_flight_in_every_config():
     accumulator and the epilogue's scale vectors in registers), in Hopper's shared memory, and without fused
     multiply-adds in the epilogue (bitwise equal to the twin)."""
     gluon = gluon_module()
-    for config in gluon._CONFIGS:
-        kernel = gluon_build(gluon._wgmma_gemm_kernel, config)
+    builds = [(config, False) for config in gluon._CONFIGS] + [(config, True) for config in gluon._DUAL_CONFIGS]
+    for config, dual in builds:
+        kernel = gluon_build(gluon._wgmma_gemm_kernel, config, DUAL=dual)
         ptx = kernel.asm["ptx"]
         assert "cp.async.bulk.tensor" in ptx and "fma.rn.f32" not in ptx, config
         assert kernel.metadata.shared <= HOPPER_SHARED_BYTES, (config, kernel.metadata.shared)

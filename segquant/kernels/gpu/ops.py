@@ -57,8 +57,9 @@ USE_GEMV = {"enabled": True}
 USE_TMA = {"enabled": True}
 #: INT8 layers that fit the persistent TMA kernel, without a low-rank branch, on sm_90, may also run on the Gluon
 #: kernel (:mod:`.gluon_wgmma`, one tensor-core step kept in flight, which Triton's pipeliner does not do for int32
-#: accumulators), and per-K-tile scaled INT8 layers (per-head input segments) on its variant that rescales one K tile
-#: while the next one's MMA runs: when True they join the first-call timing. Every INT8 candidate computes the same
+#: accumulators; DualScale layers with both products per weight tile in flight), and per-K-tile scaled INT8 layers
+#: (per-head input segments) on its variant that rescales one K tile while the next one's MMA runs: when True they
+#: join the first-call timing. Every INT8 candidate computes the same
 #: bits, so a candidate whose output differs from the tiled kernel's on that first call is left out, with a warning.
 #: Off unless ``SEGQUANT_GLUON_KERNELS=1`` is in the environment until they have run on a GPU: a kernel that waits on
 #: barriers can hang where a wrong one of the others only computes wrong bits (BENCHMARKS.md, "One INT8 MMA in flight").
@@ -129,8 +130,10 @@ def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, l
         if tail_splits(a, b):
             kernels["tma_split_tail"] = lambda: tma(split_tail=True)
     gluon = _gluon_kernels() if USE_WGMMA["enabled"] else None
-    if gluon is not None and gluon.wgmma_fits(a, b, a_scale_neg, lowrank_t, scale_mode, input_varies):
-        kernels["wgmma"] = lambda: gluon.wgmma_gemm_gluon(a, b, a_scale, w_scale, a_col, w_col, bias, out_dtype)
+    if gluon is not None and (gluon.wgmma_fits(a, b, a_scale_neg, lowrank_t, scale_mode, input_varies)
+                              or gluon.dual_fits(a, b, a_scale_neg, lowrank_t, scale_mode, input_varies)):
+        kernels["wgmma"] = lambda: gluon.wgmma_gemm_gluon(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias,
+                                                          out_dtype)
     if gluon is not None and gluon.tile_scaled_fits(a, b, a_scale, a_scale_neg, lowrank_t, scale_mode, k_align):
         kernels["wgmma_tile_scaled"] = lambda: gluon.wgmma_tile_scaled_gluon(a, b, a_scale, w_scale, a_col, w_col,
                                                                             bias, k_align, out_dtype)
