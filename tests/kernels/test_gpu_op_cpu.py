@@ -271,14 +271,14 @@ def test_tiled_kernel_row_tiles_follow_the_number_of_rows(monkeypatch):
 def test_tma_kernel_row_tiles_follow_the_number_of_rows(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.delenv("SEGQUANT_TRITON_AUTOTUNE", raising=False)
-    from segquant.kernels.gpu.triton_tma import _CONFIGS, _sized
+    from segquant.kernels.gpu.triton_tma import _CONFIGS, sized_configs
 
     def row_tiles(m: int) -> set[int]:
-        return {c.kwargs["BM"] for c in _sized(_CONFIGS, {"M": m})}
+        return {c.kwargs["BM"] for c in sized_configs(_CONFIGS, {"M": m})}
 
     assert row_tiles(512) == {64, 128, 256}
     assert row_tiles(4608) == {128, 256}
-    split_tiles = {(c.kwargs["BM"], c.kwargs["BN"]) for c in _sized(_CONFIGS, {"M": 4608, "N": 3072, "K": 3072,
+    split_tiles = {(c.kwargs["BM"], c.kwargs["BN"]) for c in sized_configs(_CONFIGS, {"M": 4608, "N": 3072, "K": 3072,
                                                                                "NUM_SMS": 132, "SPLIT_TAIL": True})}
     assert split_tiles == {(128, 256), (256, 128)}  # 128 x 128 tiles: 864 = 6 waves + 72, a last wave > half full
 

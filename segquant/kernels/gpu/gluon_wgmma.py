@@ -12,9 +12,10 @@ sequence, so the loads of the next tile are in flight during the epilogue of thi
 Scope (:func:`wgmma_fits`): what :func:`.triton_tma.tma_fits` accepts, INT8 only, without the low-rank branch, on
 sm_90 (wgmma is Hopper's instruction). DualScale layers too (:func:`dual_fits`): per K step the weight tile is read
 once and both sides' products are issued, each into its own accumulator, and both stay in flight during the next
-step's loads (Triton's tiled kernel waits for each of the two dots). Epilogue ``acc · a_scale[m] (+ acc⁻ · a_scale⁻[m]) · w_scale[n] + bias`` in float32, one rounding
-per step (launched without fused multiply-adds), the same operations in the same order as the other INT8 kernels,
-so the result equals the twin (:func:`segquant.kernels.gemm_reference.integer_scaled_gemm`) to the bit.
+step's loads (Triton's tiled kernel waits for each of the two dots). Epilogue
+``acc · a_scale[m] (+ acc⁻ · a_scale⁻[m]) · w_scale[n] + bias`` in float32, one rounding per step (launched without
+fused multiply-adds), the same operations in the same order as the other INT8 kernels, so the result equals the twin
+(:func:`segquant.kernels.gemm_reference.integer_scaled_gemm`) to the bit.
 
 A second kernel takes the INT8 layers whose input scale changes every K tile (per-head input segments,
 :func:`tile_scaled_fits`): each K tile's exact int32 sum is converted, scaled by its column's input scale and added to a
@@ -35,9 +36,10 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warp
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from segquant.kernels.gemm_reference import scale_tile_k
-from segquant.kernels.gpu.triton_gemm import (MAGIC_BITS, MAGIC_FLOAT, graph_timed, k_contiguous, row_tile_fits,
-                                              scale_strides, tuned_or_first)
-from segquant.kernels.gpu.triton_tma import TMA_MIN_M, device_properties, persistent_programs, tma_aligned, tma_fits
+from segquant.kernels.gpu.triton_gemm import (MAGIC_BITS, MAGIC_FLOAT, graph_timed, k_contiguous, scale_strides,
+                                              tuned_or_first)
+from segquant.kernels.gpu.triton_tma import (TMA_MIN_M, device_properties, persistent_programs, sized_configs,
+                                             tma_aligned, tma_fits)
 
 #: wgmma's K per instruction for 8-bit operands, and the widest N an INT8 instruction takes here.
 _INSTR_K = gl.constexpr(32)
@@ -61,12 +63,6 @@ _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "STAGES": st, "GROUP_M"
                           num_warps=8, num_stages=1, pre_hook=_descriptor_blocks)
             for bm, bn, bk, st in [(128, 256, 128, 3), (128, 256, 64, 5), (256, 128, 128, 3), (128, 128, 128, 5),
                                    (128, 128, 256, 3)]]
-
-
-def _sized(configs, named_args, **kwargs):
-    """The configs whose row tiles suit M (as the persistent Triton kernel's)."""
-    m = {**named_args, **kwargs}["M"]
-    return tuned_or_first([c for c in configs if row_tile_fits(c.kwargs["BM"], m)])
 
 
 @gluon.jit
@@ -188,14 +184,16 @@ def _wgmma_gemm(a_desc, an_desc, b_desc, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_pt
 
 
 _wgmma_gemm_kernel = triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "HAS_BIAS"],
-                                     prune_configs_by={"early_config_prune": _sized}, do_bench=graph_timed)(_wgmma_gemm)
+                                     prune_configs_by={"early_config_prune": sized_configs},
+                                     do_bench=graph_timed)(_wgmma_gemm)
 #: DualScale: two int32 accumulators (64 registers each per thread on 128 x 128 tiles) and two A rings;
 #: shared memory STAGES · (2 · BM + BN) · BK bytes.
 _DUAL_CONFIGS = [triton.Config({"BM": 128, "BN": 128, "BK": bk, "STAGES": st, "GROUP_M": 8, "WARPS_N": 1},
                                num_warps=8, num_stages=1, pre_hook=_descriptor_blocks)
                  for bk, st in [(128, 4), (64, 6)]]
 _wgmma_dual_kernel = triton.autotune(configs=_DUAL_CONFIGS, key=["M_BUCKET", "N", "K", "HAS_BIAS"],
-                                     prune_configs_by={"early_config_prune": _sized}, do_bench=graph_timed)(_wgmma_gemm)
+                                     prune_configs_by={"early_config_prune": sized_configs},
+                                     do_bench=graph_timed)(_wgmma_gemm)
 
 
 def wgmma_fits(a: torch.Tensor, b: torch.Tensor, a_scale_neg, lowrank_t, scale_mode: int, input_varies: bool) -> bool:

@@ -72,7 +72,7 @@ def tail_parts(tiles: int, programs: int, k_tiles: int) -> int:
     return parts if parts >= 2 else 1
 
 
-def _sized(configs, named_args, **kwargs):
+def sized_configs(configs, named_args, **kwargs):
     """The configs whose row tiles suit M (64-row tiles only up to :data:`.triton_gemm.MID_M`); with
     ``SPLIT_TAIL`` only those whose last wave is split (the others run as without it)."""
     args = {**named_args, **kwargs}
@@ -119,7 +119,7 @@ def _add_partials(first_ptr, parts, pid_m, pid_n, M, N, c_ptr, as_ptr, ws_ptr, a
 
 
 @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "IS_INT", "HAS_LR", "SPLIT_TAIL"],
-                 prune_configs_by={"early_config_prune": _sized}, do_bench=graph_timed)
+                 prune_configs_by={"early_config_prune": sized_configs}, do_bench=graph_timed)
 @triton.jit
 def _tma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, bias_ptr, t_ptr, u_ptr,
                      partial_ptr, count_ptr, M, N, K, M_BUCKET, RANK, stride_cm, stride_sm, stride_wn, stride_tm,
@@ -197,7 +197,7 @@ def tail_splits(a: torch.Tensor, b: torch.Tensor) -> bool:
 @functools.cache
 def _some_config_splits(m: int, n: int, k: int, programs: int) -> bool:
     """:func:`tail_splits` for one shape, remembered (it is asked on every eager call of the op)."""
-    return bool(_sized(_CONFIGS, {"M": m, "N": n, "K": k, "NUM_SMS": programs, "SPLIT_TAIL": True}))
+    return bool(sized_configs(_CONFIGS, {"M": m, "N": n, "K": k, "NUM_SMS": programs, "SPLIT_TAIL": True}))
 
 
 @functools.cache
