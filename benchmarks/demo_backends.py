@@ -57,6 +57,7 @@ def embed(out: Path, settings: dict) -> None:
 
     prompts = needed_prompts(settings)
     states, pooled = encode_prompts(*load_text_encoder(), prompts)
+    out.parent.mkdir(parents=True, exist_ok=True)
     save_file({"states": states.contiguous(), "pooled": pooled.contiguous()}, str(out),
               metadata={"prompts": json.dumps(prompts)})
     print(f"{len(prompts)} prompts -> {out}")

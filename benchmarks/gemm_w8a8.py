@@ -32,7 +32,6 @@ from segquant.kernels.gemm_reference import input_scale_varies, scaled_gemm_refe
 from segquant.kernels.gpu import ops
 from segquant.kernels.gpu.backend import GpuBackend
 from segquant.kernels.gpu.plan import quantize_input
-from segquant.kernels.gpu.triton_gemm import MID_M
 from segquant.kernels.gpu.triton_tma import tail_splits, tma_fits
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import SegLinearSpec
@@ -131,9 +130,10 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
     m, k, n, in_segs, out_segs, dual, _ = LAYERS[layer]
     dev = DEVICE["name"]
     copies = rotation(m, k, n)
-    # weight-bound and mid-size rows (GEMMs of a few to a few tens of µs): replayed from a CUDA graph, since their
-    # eager launches (Triton's autotuner dispatch: ~100 µs) would be timed instead of the GPU
-    graph = m <= MID_M and dev == "cuda"
+    # every row replayed from a CUDA graph: an eager launch through Triton's autotuner dispatch costs ~100-400 µs of
+    # CPU (run of 2026-12-05: FLUX's out_proj, a ~90 µs GEMM, timed at 400 µs eagerly), which would be timed instead
+    # of the GPU; a compiled model replays the same kernels from CUDA graphs
+    graph = dev == "cuda"
     modules = [random_module(spec_of(layer, FORMATS[fmt_name]), seed) for seed in range(copies)]
     xs = [torch.randn(m, k, device=dev, dtype=torch.bfloat16) for _ in range(copies)]
     weights = [mod.dequantized_weight().to(torch.bfloat16) for mod in modules]
