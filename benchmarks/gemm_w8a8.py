@@ -84,7 +84,8 @@ def random_module(spec: SegLinearSpec, seed: int) -> SegLinear:
         module.weight_codes.copy_(torch.randint(-127, 128, (n, k), device=dev, generator=g))
     else:
         module.weight_codes.copy_(torch.randn(n, k, device=dev, generator=g).mul(64).clamp(-448, 448))
-    module.weight_scale.uniform_(1e-3, 2e-3, generator=g)
+    # one per-channel scale in every column, as the quantizers write per-channel weights (segmented inputs: scale_mode 1)
+    module.weight_scale.copy_(torch.empty(n, 1, device=dev).uniform_(1e-3, 2e-3, generator=g).expand(n, -1))
     segments = torch.tensor(spec.input_segments, device=dev)
     module.weight_col_group.copy_(torch.arange(len(segments), device=dev).repeat_interleave(segments))
     module.bias.normal_(generator=g)

@@ -6,15 +6,15 @@
 #                                   demo_backends|quantize_sd35|load_flux|scaling ...]
 #
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
-# e.g. `tests` (≤ 400 s: the whole GPU test file, ~302 tests), `gemm_w4 scaling`, then `e2e_flux` (~5.5 min), `e2e_flux_w4` (~7 min), then
-# `e2e_sd35 gemm_w8a8`; `gemv` (~1.5 min), `tma` (the compute-bound FLUX and SD3.5 layers on the persistent
+# e.g. `tests` (≤ 400 s: the GPU test files, 302 tests, 306 s in run 15), `gemm_w4 scaling`, then `e2e_flux` (~5.5 min), `e2e_flux_w4` (~7 min), then
+# `e2e_sd35 gemm_w8a8`; `gemv` (~1.5 min), `tma` (up to 400 s; the compute-bound FLUX and SD3.5 layers on the persistent
 # TMA kernel, its split-last-wave variant, the Gluon INT8 kernel, the tiled kernel and cuBLASLt), `ctx` (the joint blocks' text-stream layers, M = 512 / 666,
 # where FLUX's INT8 model spent 8.1 ms in 117 tiled-kernel calls in run 10) and `e2e_flux_w8` (the segquant
-# 8-bit variants without torchao's slow first compilation, ~4 min) fit beside `tests`; `load_flux` (~3 min);
+# 8-bit variants without torchao's slow first compilation, ~4 min) fit beside `tests` (`tma` no longer does); `load_flux` (~3 min);
 # `demo_backends` (~5 min, carry gpu_inputs/ made by `demo_backends.py embed`) and `quantize_sd35` (up to 10 min)
 # each in a call of their own; `backend_gap` (~3 min, carry gpu_inputs; GAP_MODELS / GAP_LIMIT) asks where the W8A8
 # demo PSNR gap between the backends comes from (benchmarks/backend_gap.py).
-# `segments` (~1.5 min) times the layers with input segments of their own scales (per-K-tile scaled): FLUX's `cat`
+# `segments` (~3–4 min since every row is graph-timed) times the layers with input segments of their own scales (per-K-tile scaled): FLUX's `cat`
 # layer and its per-head layer, beside their plain versions (what a folded or unsegmented layer runs).
 # `quantize_elementwise` (~2 min) times the fused GELU / norm + quantize kernels alone (benchmarks/quantize_elementwise.py).
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
@@ -37,8 +37,9 @@ cd "$(dirname "$0")/.."
 OUT=$(realpath -m "${OUT:-gpu_out}")
 mkdir -p "$OUT"
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
-# the Gluon INT8 kernels join each shape's first-call timing in the benchmarks (off by default until they have run on a
-# GPU; SEGQUANT_GLUON_KERNELS=0 leaves them out); the tests step runs them only in their own file, last
+# the Gluon INT8 kernels join each shape's first-call timing in the benchmarks (off by default: bitwise on the H200 but
+# slower than the persistent Triton kernel in run 15; SEGQUANT_GLUON_KERNELS=0 leaves them out); the tests step runs
+# them only in their own file, last
 export SEGQUANT_GLUON_KERNELS=${SEGQUANT_GLUON_KERNELS:-1}
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && { echo "name the steps (see the header)" >&2; exit 2; }
@@ -53,14 +54,14 @@ for step in "${steps[@]}"; do
              tail -n 20 "$OUT/gemm_w4.log" ;;
     gemm_w8a8) (cd benchmarks && timeout 300 python3 gemm_w8a8.py --out "$OUT/gemm_w8a8") > "$OUT/gemm_w8a8.log" 2>&1
                tail -n 20 "$OUT/gemm_w8a8.log" ;;
-    tma) (cd benchmarks && timeout 240 python3 gemm_w8a8.py --out "$OUT/tma" --compile-layers none --layers \
+    tma) (cd benchmarks && timeout 400 python3 gemm_w8a8.py --out "$OUT/tma" --compile-layers none --layers \
              qkv_fused,out_proj_plain,ff_up,ff_down_plain,proj_out_plain,sd35_qkv,sd35_ff_up,sd35_ff_down) \
              > "$OUT/tma.log" 2>&1
          tail -n 12 "$OUT/tma.log" ;;
     ctx) (cd benchmarks && timeout 200 python3 gemm_w8a8.py --out "$OUT/ctx" --compile-layers none \
              --layers ctx_proj,ctx_ff_up,ctx_ff_down,sd35_ctx_proj,sd35_ctx_ff_down,out_proj_plain) \
              > "$OUT/ctx.log" 2>&1; tail -n 12 "$OUT/ctx.log" ;;
-    segments) (cd benchmarks && timeout 150 python3 gemm_w8a8.py --out "$OUT/segments" --compile-layers none \
+    segments) (cd benchmarks && timeout 240 python3 gemm_w8a8.py --out "$OUT/segments" --compile-layers none \
              --layers proj_out_cat,proj_out_plain,out_proj_heads,out_proj_plain) > "$OUT/segments.log" 2>&1
            tail -n 10 "$OUT/segments.log" ;;
     gemv) (cd benchmarks && timeout 150 python3 gemm_w8a8.py --out "$OUT/gemv" --compile-layers none \

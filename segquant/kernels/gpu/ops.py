@@ -61,8 +61,9 @@ USE_TMA = {"enabled": True}
 #: (per-head input segments) on its variant that rescales one K tile while the next one's MMA runs: when True they
 #: join the first-call timing. Every INT8 candidate computes the same
 #: bits, so a candidate whose output differs from the tiled kernel's on that first call is left out, with a warning.
-#: Off unless ``SEGQUANT_GLUON_KERNELS=1`` is in the environment until they have run on a GPU: a kernel that waits on
-#: barriers can hang where a wrong one of the others only computes wrong bits (BENCHMARKS.md, "One INT8 MMA in flight").
+#: Off unless ``SEGQUANT_GLUON_KERNELS=1`` is in the environment: on the H200 (run 15) they equal the twin bitwise, but
+#: the plain one was 8 % slower than the persistent Triton kernel on FLUX's ``proj_out``, never won a FLUX INT8 shape's
+#: first-call timing, and its configs add ~6 s to that first call (BENCHMARKS.md, "Run 15").
 USE_WGMMA = {"enabled": os.environ.get("SEGQUANT_GLUON_KERNELS") == "1"}
 #: The kernel :func:`fastest_kernel` chose, per shape key.
 _FASTEST: dict = {}
