@@ -2,7 +2,7 @@
 # One device-machine call that checks and measures the GPU backend (what BENCHMARKS.md reports), each step
 # under its own time limit so that a slow step cannot hide the others. Outputs go to $OUT (or ./gpu_out).
 #
-#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|tma|ctx|segments|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|
+#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|tma|ctx|segments|gluon|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|
 #                                   demo_backends|quantize_sd35|load_flux|scaling ...]
 #
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
@@ -16,6 +16,7 @@
 # demo PSNR gap between the backends comes from (benchmarks/backend_gap.py).
 # `segments` (~3–4 min since every row is graph-timed) times the layers with input segments of their own scales (per-K-tile scaled): FLUX's `cat`
 # layer and its per-head layer, beside their plain versions (what a folded or unsegmented layer runs).
+# `gluon` (≤ 300 s) times the Gluon INT8 kernels where they compete: per-head (per-K-tile) and DualScale rows, INT8 only.
 # `quantize_elementwise` (~2 min) times the fused GELU / norm + quantize kernels alone (benchmarks/quantize_elementwise.py).
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
 # kernel, `sq_int8_fused` fuses q/k/v with one smoothing), SD35_VARIANTS / SD35_LIMIT / SD35_INDUCTOR / SD35_MAX_IMAGE (e2e_sd35; `sq_fp8_fused`; SD35_MAX_IMAGE=2048 crops the
@@ -64,6 +65,9 @@ for step in "${steps[@]}"; do
     segments) (cd benchmarks && timeout 240 python3 gemm_w8a8.py --out "$OUT/segments" --compile-layers none \
              --layers proj_out_cat,proj_out_plain,out_proj_heads,out_proj_plain) > "$OUT/segments.log" 2>&1
            tail -n 10 "$OUT/segments.log" ;;
+    gluon) (cd benchmarks && timeout 300 python3 gemm_w8a8.py --out "$OUT/gluon" --compile-layers none --formats int8 \
+             --layers out_proj_heads,ff_down_dual,ff_down_plain,out_proj_plain) > "$OUT/gluon.log" 2>&1
+           tail -n 6 "$OUT/gluon.log" ;;
     gemv) (cd benchmarks && timeout 150 python3 gemm_w8a8.py --out "$OUT/gemv" --compile-layers none \
              --layers adaln_plain,adaln_seg6,adaln_seg6_dual,time_linear_2,sd35_adaln_m2,sd35_adaln_dual_m2) \
              > "$OUT/gemv.log" 2>&1; tail -n 16 "$OUT/gemv.log" ;;
