@@ -96,14 +96,22 @@ def meta_shadow(model: nn.Module) -> nn.Module:
     return shadow.eval()
 
 
+#: Logs at ERROR with a traceback for every op that fails on fake tensors (an example that does not fit the model),
+#: through a handler bound to the process's stderr: silenced during an export, whose failure is reported instead.
+_FAKE_TENSOR_LOGGER = logging.getLogger("torch._subclasses.fake_tensor")
+
+
 def _export(model: nn.Module, args: tuple, kwargs: dict) -> torch.export.ExportedProgram:
     """``torch.export.export(strict=False)``; what export prints to stderr (on failure it prints the
-    partial graph) is logged at DEBUG instead."""
+    partial graph) is logged at DEBUG instead, and the fake-tensor tracebacks are not printed."""
     buf = io.StringIO()
+    disabled = _FAKE_TENSOR_LOGGER.disabled
+    _FAKE_TENSOR_LOGGER.disabled = True
     try:
         with contextlib.redirect_stderr(buf), torch.no_grad():
             return torch.export.export(model, args, kwargs, strict=False)
     finally:
+        _FAKE_TENSOR_LOGGER.disabled = disabled
         if buf.getvalue().strip():
             logger.debug("torch.export stderr for %s:\n%s", type(model).__name__, buf.getvalue())
 

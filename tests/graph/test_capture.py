@@ -1,6 +1,8 @@
 """Graph capture: example forms, meta shadow, module-name mapping, decomposed graphs, failures."""
 
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -115,6 +117,17 @@ def test_wrong_example_warns_and_returns_empty(caplog):
     with caplog.at_level(logging.WARNING, logger="segquant.graph"):
         assert find_layer_segments(Block(), torch.randn(3, 3)) == {}
     assert any("Block" in r.getMessage() for r in caplog.records if r.name == "segquant.graph")
+
+
+def test_wrong_example_prints_one_line_not_tracebacks():
+    """torch logs a traceback per op that fails on fake tensors, to the stderr of a process without pytest's
+    logging capture; a user sees only the one-line warning."""
+    script = ("import torch\nfrom segquant.graph import find_layer_segments\n"
+              "m = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))\n"
+              "assert find_layer_segments(m, torch.randn(4, 15)) == {}\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    assert "Traceback" not in run.stderr
+    assert "could not capture the graph of Sequential" in run.stderr and "[4, 15] X [16, 32]" in run.stderr
 
 
 def test_decomposed_graph_addmm_and_chunk_lowered_to_split():
