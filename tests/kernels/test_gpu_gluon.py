@@ -40,14 +40,12 @@ def test_gluon_kernel_matches_twin(name, config, monkeypatch):
     equals the twin bitwise, also when called again."""
     from segquant.kernels.gpu import gluon_wgmma
 
+    kernel = gluon_wgmma._wgmma_gemm_kernel
     assert len(gluon_wgmma._CONFIGS) == 5
-    calls = []
-    launch = gluon_wgmma.wgmma_gemm_gluon
-    monkeypatch.setattr(gluon_wgmma, "wgmma_gemm_gluon", lambda *a: calls.append(a) or launch(*a))
     monkeypatch.setitem(ops.USE_WGMMA, "enabled", True)
     monkeypatch.setattr(ops, "fastest_kernel", lambda key, kernels, **_: "wgmma")
-    monkeypatch.setattr(gluon_wgmma._wgmma_gemm_kernel, "configs", [gluon_wgmma._CONFIGS[config]])
-    monkeypatch.setattr(gluon_wgmma._wgmma_gemm_kernel, "cache", {})  # no config remembered from another test
+    monkeypatch.setattr(kernel, "configs", [gluon_wgmma._CONFIGS[config]])
+    launches = count_launches(kernel, monkeypatch)
     spec = {k: v for k, v in WGMMA_CASES[name].items() if k != "tile"}
     op_args = interpreted_case(**spec)
     op_args = op_args if "block" in spec else one_input_scale(op_args)
@@ -56,7 +54,7 @@ def test_gluon_kernel_matches_twin(name, config, monkeypatch):
         poison_allocator()
         y = ops.gemm(*args[:-1], torch.bfloat16)
         assert_matches_twin(y, args)
-    assert len(calls) == 2
+    assert len(launches) == 2
 
 
 #: Per-head input scales over per-channel weights (``scale_mode`` 1), on the Gluon per-K-tile kernel: FLUX's attention
@@ -84,7 +82,6 @@ def test_gluon_tile_scaled_kernel_matches_twin(name, config, monkeypatch):
     monkeypatch.setitem(ops.USE_WGMMA, "enabled", True)
     monkeypatch.setattr(ops, "fastest_kernel", lambda key, kernels, **_: "wgmma_tile_scaled")
     monkeypatch.setattr(kernel, "configs", [gluon_wgmma._TILE_SCALED_CONFIGS[config]])
-    monkeypatch.setattr(kernel, "cache", {})
     launches = count_launches(kernel, monkeypatch)
     args = tile_scaled_case(*TILE_SCALED_CASES[name])
     assert gluon_wgmma.tile_scaled_fits(args["a"], args["b"], args["a_scale"], None, None, 1, args["k_align"])
@@ -111,7 +108,6 @@ def test_gluon_dual_kernel_matches_twin(name, config, monkeypatch):
     monkeypatch.setitem(ops.USE_WGMMA, "enabled", True)
     monkeypatch.setattr(ops, "fastest_kernel", lambda key, kernels, **_: "wgmma")
     monkeypatch.setattr(kernel, "configs", [gluon_wgmma._DUAL_CONFIGS[config]])
-    monkeypatch.setattr(kernel, "cache", {})
     launches = count_launches(kernel, monkeypatch)
     m, n, k, rows = DUAL_CASES[name]
     args = op_case(DType.INT8, m, n, k, dual=True, rows=rows)
