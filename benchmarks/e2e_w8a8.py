@@ -285,7 +285,7 @@ def segquant_ops_by_shape(prof) -> list:
 
     from segquant.kernels.gpu import ops
 
-    kernel_by_shape = {(key[2], tuple(key[3])): kernel for key, kernel in ops._FASTEST.items()}
+    kernel_by_shape = {(key[2], tuple(key[3])): kernel for (key, _candidates), kernel in ops._FASTEST.items()}
     rows = []
     for event in prof.key_averages(group_by_input_shape=True):
         if not event.key.startswith("segquant::") or event.device_time_total <= 0:

@@ -62,10 +62,10 @@ USE_TMA = {"enabled": True}
 #: join the first-call timing. Every INT8 candidate computes the same
 #: bits, so a candidate whose output differs from the tiled kernel's on that first call is left out, with a warning.
 #: Off unless ``SEGQUANT_GLUON_KERNELS=1`` is in the environment: on the H200 (run 15) they equal the twin bitwise, but
-#: the plain one was 8 % slower than the persistent Triton kernel on FLUX's ``proj_out``, never won a FLUX INT8 shape's
-#: first-call timing, and its configs add ~6 s to that first call (BENCHMARKS.md, "Run 15").
+#: the plain one was 8 % slower than the persistent Triton kernel on FLUX's ``proj_out`` and never won a FLUX INT8
+#: shape's first-call timing, where each of its configs is compiled and timed (BENCHMARKS.md, "Run 15").
 USE_WGMMA = {"enabled": os.environ.get("SEGQUANT_GLUON_KERNELS") == "1"}
-#: The kernel :func:`fastest_kernel` chose, per shape key.
+#: The kernel :func:`fastest_kernel` chose, per ``(shape key, candidate names)``.
 _FASTEST: dict = {}
 _SWITCHES = {"USE_SCALED_MM": USE_SCALED_MM, "FP8_FAST_ACCUM": FP8_FAST_ACCUM, "USE_GEMV": USE_GEMV,
              "USE_TMA": USE_TMA, "USE_WGMMA": USE_WGMMA}
@@ -160,8 +160,10 @@ def fastest_kernel(key: tuple, kernels: dict[str, Callable[[], Tensor]], exact: 
     timed at its first call and remembered. While a CUDA graph is being captured nothing can be timed: the first
     kernel, not remembered. A kernel without a tile that fits the shared memory (float32 output of the largest tile
     when autotuning is off) counts as slowest. ``exact``: the kernels compute the same bits (INT8 x INT8), so those
-    whose output differs from the first's are left out first (:func:`agreeing`)."""
-    if key not in _FASTEST:
+    whose output differs from the first's are left out first (:func:`agreeing`). Remembered per set of candidates: with
+    a switch turned (``USE_WGMMA`` off, say) the shape is timed again among the kernels it leaves."""
+    remembered = (key, tuple(kernels))
+    if remembered not in _FASTEST:
         if torch.cuda.is_current_stream_capturing():
             return next(iter(kernels))
         from triton.runtime.errors import OutOfResources
@@ -175,8 +177,8 @@ def fastest_kernel(key: tuple, kernels: dict[str, Callable[[], Tensor]], exact: 
                 return float("inf")
 
         times = {name: timed(kernel) for name, kernel in (agreeing(key, kernels) if exact else kernels).items()}
-        _FASTEST[key] = min(times, key=times.get)
-    return _FASTEST[key]
+        _FASTEST[remembered] = min(times, key=times.get)
+    return _FASTEST[remembered]
 
 
 def agreeing(key: tuple, kernels: dict[str, Callable[[], Tensor]]) -> dict[str, Callable[[], Tensor]]:
