@@ -28,11 +28,10 @@ import torch.nn.functional as F
 import triton
 
 from segquant.enums import DType
-from segquant.kernels.gemm_reference import input_scale_varies, scaled_gemm_reference
+from segquant.kernels.gemm_reference import scaled_gemm_reference
 from segquant.kernels.gpu import ops
 from segquant.kernels.gpu.backend import GpuBackend
 from segquant.kernels.gpu.plan import quantize_input
-from segquant.kernels.gpu.triton_tma import tail_splits, tma_fits
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import SegLinearSpec
 
@@ -180,27 +179,11 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
 
 
 def candidates(mod, quantized, fmt_name: str) -> list[str]:
-    """The GEMM kernels that ``ops`` chooses among for this layer, by ``fastest_kernel``'s names ("tiled": the tiled
+    """The GEMM kernels that ``ops`` chooses among for this layer (:func:`ops.gemm_kernels`' names: "tiled", the tiled
     Triton kernel, also where cuBLASLt takes plain FP8 layers; the Gluon ones where ``ops.USE_WGMMA`` is on); none
     where the op has no choice to make."""
-    codes, a_scale, a_scale_neg = quantized
-    lay = mod.gpu_layout
-    fits_tma = tma_fits(codes, mod.weight_codes, a_scale_neg, lay.scale_mode,
-                        input_scale_varies(a_scale, lay.scale_mode))
-    gluon = (fmt_name == "int8" and ops.USE_WGMMA["enabled"] and DEVICE["name"] == "cuda"
-             and torch.cuda.get_device_capability()[0] == 9)  # on by SEGQUANT_GLUON_KERNELS=1
-    names = ["tma"] + (["tma_split_tail"] if tail_splits(codes, mod.weight_codes) else []) if fits_tma else []
-    if gluon:
-        from segquant.kernels.gpu.gluon_wgmma import dual_fits, tile_scaled_fits
-
-        fits_dual = dual_fits(codes, mod.weight_codes, a_scale_neg, None, lay.scale_mode,
-                              input_scale_varies(a_scale, lay.scale_mode))
-        names += ["wgmma"] if fits_tma or fits_dual else []
-        names += ["wgmma_tile_scaled"] if tile_scaled_fits(codes, mod.weight_codes, a_scale, a_scale_neg, None,
-                                                             lay.scale_mode, lay.k_align) else []
-    if names or (fmt_name == "fp8" and ops.USE_SCALED_MM["enabled"]):
-        names = ["tiled"] + names
-    return names
+    names = list(ops.gemm_kernels(*_gemm_args(mod, quantized), torch.bfloat16))
+    return names if len(names) > 1 or (fmt_name == "fp8" and ops.USE_SCALED_MM["enabled"]) else []
 
 
 def _gemm_args(mod, quantized):

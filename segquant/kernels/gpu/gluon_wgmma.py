@@ -196,11 +196,15 @@ _wgmma_dual_kernel = triton.autotune(configs=_DUAL_CONFIGS, key=["M_BUCKET", "N"
                                      do_bench=graph_timed)(_wgmma_gemm)
 
 
+def _on_hopper(a: torch.Tensor) -> bool:
+    """``a`` is on an sm_90 GPU (wgmma is Hopper's instruction)."""
+    return a.is_cuda and device_properties(a.device.index or 0).major == 9
+
+
 def wgmma_fits(a: torch.Tensor, b: torch.Tensor, a_scale_neg, lowrank_t, scale_mode: int, input_varies: bool) -> bool:
     """INT8 codes and weights on an sm_90 GPU, no low-rank branch, and what the persistent TMA kernel takes
     (:func:`.triton_tma.tma_fits`: one input, no DualScale, scales constant along K, TMA's alignment)."""
-    return (a.dtype == b.dtype == torch.int8 and lowrank_t is None and a.is_cuda
-            and device_properties(a.device.index or 0).major == 9
+    return (a.dtype == b.dtype == torch.int8 and lowrank_t is None and _on_hopper(a)
             and tma_fits(a, b, a_scale_neg, scale_mode, input_varies))
 
 
@@ -210,8 +214,7 @@ def dual_fits(a: torch.Tensor, b: torch.Tensor, a_scale_neg, lowrank_t, scale_mo
     k = b.shape[1]
     return (a.dtype == b.dtype == torch.int8 and a_scale_neg is not None and lowrank_t is None and a.shape[0] == 1
             and a.shape[1] >= TMA_MIN_M and a.shape[2] == 2 * k and k % 16 == 0 and scale_mode == 0
-            and not input_varies and a.is_cuda and device_properties(a.device.index or 0).major == 9
-            and tma_aligned(a, b))
+            and not input_varies and _on_hopper(a) and tma_aligned(a, b))
 
 
 def wgmma_gemm_gluon(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, out_dtype: torch.dtype) -> torch.Tensor:
@@ -337,8 +340,7 @@ def tile_scaled_fits(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, a_
     width = scale_tile_k(k_align, k)
     return (a.dtype == b.dtype == torch.int8 and a.shape[0] == 1 and a.shape[1] >= TMA_MIN_M and a_scale_neg is None
             and lowrank_t is None and scale_mode == 1 and a_scale.shape[2] > 1 and width in (64, 128)
-            and triton.cdiv(k, width) % 2 == 0 and a.is_cuda and device_properties(a.device.index or 0).major == 9
-            and tma_aligned(a, b))
+            and triton.cdiv(k, width) % 2 == 0 and _on_hopper(a) and tma_aligned(a, b))
 
 
 def wgmma_tile_scaled_gluon(a, b, a_scale, w_scale, a_col, w_col, bias, k_align: int,

@@ -108,13 +108,27 @@ def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, l
                       scale_mode, k_align, out_dtype):
     import triton
 
-    from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
     from segquant.kernels.gpu.triton_gemv import gemv_triton
-    from segquant.kernels.gpu.triton_tma import tail_splits, tma_fits, tma_gemm_triton
 
     if _gemv_fits(a, b, a_scale, scale_mode):
         return gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, lowrank_t, lowrank_up, out_segment,
                            k_align, out_dtype)
+    kernels = gemm_kernels(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up,
+                           out_segment, scale_mode, k_align, out_dtype)
+    if len(kernels) == 1:
+        return kernels["tiled"]()
+    key = (a.device, a.dtype, triton.next_power_of_2(a.shape[1]), b.shape, bias is None, lowrank_t is None, out_dtype,
+           scale_mode, k_align, a_scale.shape[2])
+    return kernels[fastest_kernel(key, kernels, exact=a.dtype == b.dtype == torch.int8)]()
+
+
+def gemm_kernels(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_segment,
+                 scale_mode, k_align, out_dtype) -> dict[str, Callable[[], Tensor]]:
+    """The GEMM kernels that can compute the op's arguments (past the GEMV), by :func:`fastest_kernel`'s names:
+    ``tiled`` always; ``tma`` / ``tma_split_tail`` where the persistent kernel fits (``USE_TMA``) and its last wave
+    splits; ``wgmma`` / ``wgmma_tile_scaled`` where a Gluon kernel fits (``USE_WGMMA``)."""
+    from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
+    from segquant.kernels.gpu.triton_tma import tail_splits, tma_fits, tma_gemm_triton
 
     def tiled():
         return scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up,
@@ -138,11 +152,7 @@ def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, l
     if gluon is not None and gluon.tile_scaled_fits(a, b, a_scale, a_scale_neg, lowrank_t, scale_mode, k_align):
         kernels["wgmma_tile_scaled"] = lambda: gluon.wgmma_tile_scaled_gluon(a, b, a_scale, w_scale, a_col, w_col,
                                                                             bias, k_align, out_dtype)
-    if len(kernels) == 1:
-        return tiled()
-    key = (a.device, a.dtype, triton.next_power_of_2(a.shape[1]), b.shape, bias is None, lowrank_t is None, out_dtype,
-           scale_mode, k_align, a_scale.shape[2])
-    return kernels[fastest_kernel(key, kernels, exact=a.dtype == b.dtype == torch.int8)]()
+    return kernels
 
 
 def _gluon_kernels():
@@ -194,12 +204,13 @@ def agreeing(key: tuple, kernels: dict[str, Callable[[], Tensor]]) -> dict[str, 
             out = kernel()
         except OutOfResources:
             continue
-        if first is None or torch.equal(out, first):
-            first = out if first is None else first
-            kept[name] = kernel
-        else:
+        if first is None:
+            first = out
+        elif not torch.equal(out, first):
             warnings.warn(f"segquant: the {name!r} GEMM kernel differs from the {next(iter(kept))!r} one on shape "
                           f"{key}; it is not used for that shape", RuntimeWarning, stacklevel=2)
+            continue
+        kept[name] = kernel
     return kept or kernels
 
 
