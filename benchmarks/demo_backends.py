@@ -11,9 +11,9 @@ this runs in two steps; the prompt embeddings are the encoder's own float32 outp
 ``run`` is ``segquant demo`` (the same prompts, seeds, calibration and metrics; ``--per-class`` / ``--steps``
 as given) on ``--device``, with each preset twice in one harness call: as it is (backend ``emulated``) and
 with ``backend: gpu``, so both quantize from the same calibration set and start from the same noise. It
-writes the usual report into ``DIR`` and prints, per model and preset, PSNR / SSIM of both backends and
-their difference. ``--mock-gpu`` (for a CPU check of this script) runs the GPU backend's layout with the
-op's pure-torch twin instead of the Triton kernels.
+writes each model's usual report into ``DIR/<model>`` and prints, as each model finishes, per preset PSNR / SSIM
+of both backends and their difference. ``--mock-gpu`` (for a CPU check of this script) runs the GPU backend's
+layout with the op's pure-torch twin instead of the Triton kernels.
 """
 
 from __future__ import annotations
@@ -111,20 +111,24 @@ def run(args: argparse.Namespace, settings: dict) -> None:
                mock.patch.object(demo_cli, "_load", lambda *a: load(*a).to(args.device))]
     if args.mock_gpu:
         patches.append(mock.patch("segquant.kernels.gpu.backend._device_problem", return_value=None))
-    with contextlib.ExitStack() as stack:
-        for patch in patches:
-            stack.enter_context(patch)
-        results = demo_cli.evaluate_demo_models(settings, args.out, progress=False)
-    table = compare(results, args.presets)
-    (Path(args.out) / "backends.json").write_text(json.dumps(table, indent=1))
     print(f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}, "
           f"{float32_matmul_mode()}")
     print("| model | preset | PSNR emulated | PSNR gpu | Δ dB | Δ std. error dB | images with equal PSNR | SSIM emulated "
           "| SSIM gpu | error |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in table:
-        print(f"| {r['model']} | {r['preset']} | {r['psnr_emulated']} | {r['psnr_gpu']} | {r['delta_db']} | "
-              f"{r['delta_se_db']} | {r['equal_images']} | {r['ssim_emulated']} | {r['ssim_gpu']} | {r['error']} |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+    table = []
+    with contextlib.ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
+        for model in settings["models"]:  # one at a time: a run cut by its time limit keeps the models done
+            results = demo_cli.evaluate_demo_models({**settings, "models": [model]}, Path(args.out) / model,
+                                                    progress=False)
+            table += compare(results, args.presets)
+            (Path(args.out) / "backends.json").write_text(json.dumps(table, indent=1))
+            for r in table[-len(args.presets):]:
+                print(f"| {r['model']} | {r['preset']} | {r['psnr_emulated']} | {r['psnr_gpu']} | {r['delta_db']} | "
+                      f"{r['delta_se_db']} | {r['equal_images']} | {r['ssim_emulated']} | {r['ssim_gpu']} | "
+                      f"{r['error']} |", flush=True)
 
 
 def float32_matmul_mode() -> str:

@@ -6,9 +6,9 @@ eager and under ``torch.compile``; the GEMM alone on pre-quantized codes as rout
 tiled Triton kernel alone (``gemm_triton_us``), on the persistent TMA kernel alone (``gemm_tma_us``) and on its
 variant with the last partial wave split along K (``gemm_tma_split_tail_us``), and, INT8 on sm_90, on the Gluon kernels
 (``gemm_wgmma_us``: one tensor-core step in flight; ``gemm_wgmma_tile_scaled_us``: per-K-tile scales rescaled while the
-next MMA runs), where the layer fits them; and checks
-the output against the pure-torch twin. Prints a table
-last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
+next MMA runs), where the layer fits them; plain FP8 layers also with cuBLASLt's fast accumulation
+(``gemm_fast_accum_us``) and with one scale per tensor (``gemm_tensorwise_us``, a diagnostic); and checks
+the output against the pure-torch twin. Prints a table last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
 
     python benchmarks/gemm_w8a8.py --out /tmp/bench [--layers ff_up,ff_down_dual] [--compile-layers ff_up]
 
@@ -65,6 +65,7 @@ LAYERS = {
     "sd35_ctx_ff_down": (666, 6144, 1536, (6144,), (1536,), False, False),
 }
 SMOKE_LAYERS = {  # tiny versions of the same kinds of layer, for --smoke on the CPU
+    "plain": (33, 128, 64, (128,), (64,), False, False),
     "heads": (33, 128, 64, (32,) * 4, (64,), False, False),
     "dual": (33, 256, 64, (256,), (64,), True, False),
     "adaln": (1, 64, 192, (64,), (32,) * 6, True, True),
@@ -154,6 +155,8 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
             name = "triton" if kernel == "tiled" else kernel
             row[f"gemm_{name}_us"] = bench(gemm_calls, graph)
             row[f"rel_err_{name}"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
+    if fmt_name == "fp8" and len(in_segs) == 1 and not dual and m > ops.GEMV_MAX_M_8BIT:
+        row.update(cublaslt_variants(modules[0], quantized[0], gemm_calls, graph))
     if m <= ops.GEMV_MAX_M:  # the routing before the GEMV: cuBLASLt (plain FP8) or the tiled kernel
         with ops.switched(USE_GEMV=False):
             row["gemm_no_gemv_us"] = bench(gemm_calls, graph)
@@ -175,6 +178,20 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
     if compile_:
         row["speedup_compiled_vs_mm"] = row["bf16_mm_us"] / row["ours_compiled_us"]
         row["speedup_compiled_vs_compiled"] = row["bf16_compiled_us"] / row["ours_compiled_us"]
+    return row
+
+
+def cublaslt_variants(mod, quantized, gemm_calls, graph: bool) -> dict:
+    """Plain FP8 layers (cuBLASLt's ``_scaled_mm``): the GEMM with ``ops.FP8_FAST_ACCUM`` (no periodic float32
+    promotion; its error against the twin), and, as a diagnostic of cuBLASLt's kernel choice, the same codes with one
+    scale per tensor (what the call would cost if the per-channel weight scales were applied elsewhere)."""
+    with ops.switched(FP8_FAST_ACCUM=True):
+        row = {"gemm_fast_accum_us": bench(gemm_calls, graph),
+               "rel_err_fast_accum": _rel(_gemm(mod, quantized), ref_of(mod, quantized))}
+    codes, weight = quantized[0][0], mod.weight_codes
+    one = torch.ones((), device=codes.device)
+    row["gemm_tensorwise_us"] = bench([lambda: torch._scaled_mm(codes, weight.t(), scale_a=one, scale_b=one,
+                                                                out_dtype=torch.bfloat16)], graph)
     return row
 
 
@@ -231,7 +248,7 @@ def tuned_configs() -> dict:
 
 COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
            "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us", "gemm_tma_split_tail_us",
-           "gemm_wgmma_us", "gemm_wgmma_tile_scaled_us", "quant_only_us", "tflops_gemm", "peak_frac_gemm", "tbps_gemm", "speedup_eager",
+           "gemm_wgmma_us", "gemm_wgmma_tile_scaled_us", "gemm_fast_accum_us", "gemm_tensorwise_us", "quant_only_us", "tflops_gemm", "peak_frac_gemm", "tbps_gemm", "speedup_eager",
            "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled",
            "rel_err_vs_twin", "best_config"]
 
