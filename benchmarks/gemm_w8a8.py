@@ -224,8 +224,8 @@ def ref_of(mod, quantized):
 
 def tuned_configs() -> dict:
     """Autotuner choices so far: key -> "BMxBNxBK w<warps> s<stages>" (GEMV: "gemv BNxBK ...", persistent TMA
-    kernel: "tma BMxBNxBK ...", Gluon kernel: "wgmma BMxBNxBK x<ring slots> ..."); keys are the autotuners' (shape
-    values and dtypes; empty off CUDA)."""
+    kernel: "tma BMxBNxBK tma-store=<STORE_TMA> ...", Gluon kernel: "wgmma BMxBNxBK x<ring slots> ..."); keys are the
+    autotuners' (shape values and dtypes; empty off CUDA)."""
     if DEVICE["name"] != "cuda":
         return {}
     from segquant.kernels.gpu.triton_gemm import _scaled_gemm_kernel
@@ -237,7 +237,7 @@ def tuned_configs() -> dict:
                 for key, c in kernel.cache.items()}
 
     tuned = {**described(_scaled_gemm_kernel, "", "{BM}x{BN}x{BK}"), **described(_gemv_kernel, "gemv", "{BN}x{BK}"),
-             **described(_tma_gemm_kernel, "tma", "{BM}x{BN}x{BK}")}
+             **described(_tma_gemm_kernel, "tma", "{BM}x{BN}x{BK} tma-store={STORE_TMA}")}
     if torch.cuda.get_device_capability()[0] == 9:
         from segquant.kernels.gpu.gluon_wgmma import _wgmma_gemm_kernel, _wgmma_tile_scaled_kernel
 

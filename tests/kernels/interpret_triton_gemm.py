@@ -82,18 +82,25 @@ GEMV_CASES = {
     "gemv_w4a8_out_segments": dict(m=2, n=96, k=256, fmt="int8", sa=3, w4=True),
     "gemv_w4a16_uneven_groups": dict(m=1, n=24, k=480, fmt="int8", segments=(96, 384), w4=True, a16=True),
 }
-#: The persistent TMA kernel (8-bit, one input scale along K): tails in M, N and K (zeros from the descriptors).
+#: The persistent TMA kernel (8-bit, one input scale along K): tails in M, N and K (zeros from the descriptors); its
+#: ``STORE_TMA`` configs (``tile``: the config used, ``(BM, BN, BK, STORE_TMA)``), whose store the TMA unit clips at M
+#: and N, and which an output with rows of no 16-byte multiple (N = 62) leaves out.
 TMA_CASES = {
     "tma_int8_tails": dict(m=130, n=72, k=80, fmt="int8"),
     "tma_fp8_lowrank": dict(m=136, n=48, k=160, fmt="fp8", rank=8),
+    "tma_store_int8_tails": dict(m=130, n=72, k=80, fmt="int8", tile=(128, 256, 128, True)),
+    "tma_store_fp8_lowrank": dict(m=136, n=48, k=160, fmt="fp8", rank=8, tile=(128, 128, 128, True)),
+    "tma_store_int8_unaligned_rows": dict(m=130, n=62, k=80, fmt="int8", tile=(128, 256, 128, True)),
     "tma_int8_cat_block_in_place": dict(m=130, n=72, k=640, fmt="int8", segments=(128, 512), block=(128, 640)),
 }
 #: The same kernel with its last partial wave split along K (``split_tail``; the interpreter runs 4 programs, the
 #: first config's tiles are 128 x 256 x 128): 9 tiles = 2 whole waves + 1 tile in 2 pieces of 2 and 3 K tiles; 2 tiles
 #: (fewer than the programs) in 2 pieces each, with bias and the low-rank branch in the last piece's epilogue; 64 x 128
-#: tiles (``tile``: the config used instead of the first), 6 tiles = 1 whole wave + 2 tiles in 2 pieces each.
+#: tiles (``tile``: the config used instead of the first), 6 tiles = 1 whole wave + 2 tiles in 2 pieces each; the whole
+#: waves stored by TMA and the pieces' fix-up through pointers.
 TMA_SPLIT_CASES = {
     "tma_split_int8_waves_and_tail": dict(m=300, n=520, k=640, fmt="int8"),
+    "tma_split_store_int8_waves_and_tail": dict(m=300, n=520, k=640, fmt="int8", tile=(128, 256, 128, True)),
     "tma_split_fp8_lowrank_no_whole_wave": dict(m=200, n=200, k=400, fmt="fp8", rank=8),
     "tma_split_int8_64_row_tiles": dict(m=150, n=130, k=512, fmt="int8", tile=(64, 128, 128)),
 }
@@ -140,14 +147,16 @@ def dequantize_case(n, k, segments, steps=False, seed=0):
 
 
 @contextlib.contextmanager
-def first_tma_config(tile: tuple[int, int, int] | None):
-    """The persistent kernel's configs with the one of tiles ``(BM, BN, BK)`` first (autotuning is off here, so the
-    first legal config runs); ``None``: as they are."""
+def first_tma_config(tile: tuple | None):
+    """The persistent kernel's configs with the one of tiles ``(BM, BN, BK)`` (and ``STORE_TMA``, if given) first
+    (autotuning is off here, so the first legal config runs); ``None``: as they are."""
     from segquant.kernels.gpu.triton_tma import _tma_gemm_kernel
 
     configs = list(_tma_gemm_kernel.configs)
+    _tma_gemm_kernel.cache.clear()  # a config chosen before for the same key would be taken again
     if tile is not None:
-        _tma_gemm_kernel.configs = sorted(configs, key=lambda c: tuple(c.kwargs[k] for k in ("BM", "BN", "BK")) != tile)
+        names = ("BM", "BN", "BK", "STORE_TMA")[:len(tile)]
+        _tma_gemm_kernel.configs = sorted(configs, key=lambda c: tuple(c.kwargs[k] for k in names) != tuple(tile))
     try:
         yield
     finally:
@@ -202,8 +211,19 @@ def prepare_interpreter() -> None:
     interpreter._patch_lang_tensor = patch_index
 
 
+def stored_by_tma(name: str) -> str:
+    """For a persistent-kernel case: whether the config that ran stored its tiles by TMA (``"True"`` / ``"False"``);
+    ``"-"`` for the others."""
+    if name not in TMA_CASES and name not in TMA_SPLIT_CASES:
+        return "-"
+    from segquant.kernels.gpu.triton_tma import _tma_gemm_kernel
+
+    return str(_tma_gemm_kernel.best_config.kwargs["STORE_TMA"])
+
+
 if __name__ == "__main__":
     prepare_interpreter()
     for name in sys.argv[1:] or list(ALL_CASES):
         y, ref = run(name)
-        print(name, f"{float((y - ref).norm() / ref.norm()):.3e}", torch.equal(y, ref), flush=True)
+        print(name, f"{float((y - ref).norm() / ref.norm()):.3e}", torch.equal(y, ref), stored_by_tma(name),
+              flush=True)

@@ -29,10 +29,11 @@ def hopper_build(is_int: bool, split_tail: bool, has_lr: bool, config=None, fp_f
     bm, bn, bk = config.kwargs["BM"], config.kwargs["BN"], config.kwargs["BK"]
     kernel = _tma_gemm_kernel.fn  # the JITFunction under the autotuner
     code = "i8" if is_int else "fp8e4nv"
-    constants = dict(NUM_SMS=132, IS_INT=is_int, HAS_BIAS=True, HAS_LR=has_lr, R=32, SPLIT_TAIL=split_tail, BM=bm,
-                     BN=bn, BK=bk, GROUP_M=8)
+    constants = dict(NUM_SMS=132, IS_INT=is_int, HAS_BIAS=True, HAS_LR=has_lr, R=32, SPLIT_TAIL=split_tail,
+                     **config.kwargs)
     signature = {name: "i32" for name in kernel.arg_names}
     signature.update(POINTERS, a_desc=f"tensordesc<{code}[{bm}, {bk}]>", b_desc=f"tensordesc<{code}[{bn}, {bk}]>",
+                     c_desc=f"tensordesc<bf16[{bm}, {bn}]>",
                      partial_ptr="*i32" if is_int else "*fp32", **{name: "constexpr" for name in constants})
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()})
@@ -102,12 +103,17 @@ def test_tma_kernel_lowers_to_wgmma_with_an_ordered_tail_count(is_int, split_tai
 
 
 def test_every_tma_config_fits_hoppers_shared_memory():
+    """Each config, with its split tail, in the shared memory of one block; the ``STORE_TMA`` ones (their bf16 output
+    tile staged in shared memory too) store by TMA, the others through pointers."""
     from segquant.kernels.gpu.triton_tma import _CONFIGS
 
+    assert any(config.kwargs["STORE_TMA"] for config in _CONFIGS)
     for config in _CONFIGS:
         for is_int in (True, False):
-            shared = hopper_build(is_int, True, False, config).metadata.shared
-            assert shared <= HOPPER_SHARED_BYTES, (config, is_int, shared)
+            kernel = hopper_build(is_int, True, False, config)
+            assert kernel.metadata.shared <= HOPPER_SHARED_BYTES, (config, is_int, kernel.metadata.shared)
+            stores_by_tma = re.search(r"cp\.async\.bulk\.tensor\.2d\.global\.shared", kernel.asm["ptx"]) is not None
+            assert stores_by_tma == config.kwargs["STORE_TMA"], config
 
 
 def gluon_build(kernel, config, **constants) -> "triton.compiler.CompiledKernel":

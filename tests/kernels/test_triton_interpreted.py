@@ -21,9 +21,12 @@ def test_interpreted_kernel_matches_twin_on_every_variant():
     run = subprocess.run([sys.executable, str(ROOT / "tests/kernels/interpret_triton_gemm.py")], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    results = {name: (float(err), equal == "True") for name, err, equal in map(str.split, run.stdout.splitlines())}
+    lines = [line.split() for line in run.stdout.splitlines()]
+    results = {name: (float(err), equal == "True") for name, err, equal, _ in lines}
     assert set(results) == set(ALL_CASES)
     assert all(err <= 1e-5 for err, _ in results.values()), results  # accumulation order only
     integer = [name for name in results if exact_integer_case(name)]
     assert len(integer) >= 8 and all(results[name][1] for name in integer), results  # INT8 x INT8: bitwise
+    stored_by_tma = {name for name, *_, stored in lines if stored == "True"}
+    assert stored_by_tma == {name for name in ALL_CASES if "store" in name and "unaligned" not in name}, stored_by_tma
 

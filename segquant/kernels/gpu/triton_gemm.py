@@ -314,9 +314,17 @@ def _scaled_gemm_kernel(a_ptr, b_ptr, c_ptr, as_ptr, asn_ptr, ws_ptr, acol_ptr, 
 @triton.jit
 def finish_tile(out, offs_m, offs_n, M, N, c_ptr, stride_cm, bias_ptr, t_ptr, u_ptr, stride_tm, stride_un, RANK,
                 HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr):
-    """The epilogue of a scaled ``(BM, BN)`` float32 tile: bias, the low-rank branch ``t (BM, R) @ Uᵀ (R, BN)``
-    (``R`` the rank padded to a power of 2 >= 16), and the masked store in ``c``'s dtype."""
+    """The epilogue of a scaled ``(BM, BN)`` float32 tile: :func:`epilogue_terms`, then :func:`store_tile`."""
     rm, rn = tl.where(offs_m < M, offs_m, 0), tl.where(offs_n < N, offs_n, 0)
+    out = epilogue_terms(out, rm, rn, bias_ptr, t_ptr, u_ptr, stride_tm, stride_un, RANK, HAS_BIAS, HAS_LR, R)
+    store_tile(out, offs_m, offs_n, M, N, c_ptr, stride_cm)
+
+
+@triton.jit
+def epilogue_terms(out, rm, rn, bias_ptr, t_ptr, u_ptr, stride_tm, stride_un, RANK, HAS_BIAS: tl.constexpr,
+                   HAS_LR: tl.constexpr, R: tl.constexpr):
+    """A scaled ``(BM, BN)`` float32 tile of the rows ``rm`` x columns ``rn`` (clamped in range) plus the bias and the
+    low-rank branch ``t (BM, R) @ Uᵀ (R, BN)`` (``R`` the rank padded to a power of 2 >= 16)."""
     if HAS_BIAS:
         out += tl.load(bias_ptr + rn).to(tl.float32)[None, :]
     if HAS_LR:
@@ -325,6 +333,12 @@ def finish_tile(out, offs_m, offs_n, M, N, c_ptr, stride_cm, bias_ptr, t_ptr, u_
                     mask=(offs_r < RANK)[None, :], other=0.0)
         u = tl.load(u_ptr + rn[None, :] * stride_un + offs_r[:, None], mask=(offs_r < RANK)[:, None], other=0.0)
         out += tl.dot(t, u)
+    return out
+
+
+@triton.jit
+def store_tile(out, offs_m, offs_n, M, N, c_ptr, stride_cm):
+    """``out`` ``(BM, BN)`` stored in ``c``'s dtype at the rows ``offs_m`` x columns ``offs_n`` within ``M`` x ``N``."""
     c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
     tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
 

@@ -6,7 +6,10 @@ program per output tile. Here each of ``NUM_SMS`` programs walks its share of th
 as in :func:`.triton_gemm.tile_position`), the A and B tiles arrive by the Tensor Memory Accelerator
 (host-built descriptors; out-of-range rows and the K tail read as zeros, so no masks in the mainloop) and the
 compiler pipelines the K loop across tile boundaries (``flatten``). Epilogue: ``acc · a_scale[m] ·
-w_scale[n]``, then the shared :func:`.triton_gemm.finish_tile` (bias, low-rank branch, store).
+w_scale[n]``, bias and low-rank branch (:func:`.triton_gemm.epilogue_terms`), then the store: masked pointer
+stores from the registers, or (``STORE_TMA`` configs, where the output's rows are 16-byte aligned) one TMA store of
+the tile through shared memory, which leaves the registers free for the next tile's K loop sooner. The autotuner
+times both.
 
 ``SPLIT_TAIL``: the last, partial wave of tiles (``tiles % NUM_SMS`` of them; FLUX's 3072 -> 3072 layer at
 4608 rows: 432 tiles of 128 x 256 on 132 SMs, a last wave 27 % full) is split along K over the programs that
@@ -31,8 +34,8 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from segquant.kernels.gpu.triton_gemm import (_dot, exact_integer, finish_tile, graph_timed, k_contiguous,
-                                              lowrank_args, row_tile_fits, scale_strides, tile_position,
+from segquant.kernels.gpu.triton_gemm import (_dot, epilogue_terms, exact_integer, graph_timed, k_contiguous,
+                                              lowrank_args, row_tile_fits, scale_strides, store_tile, tile_position,
                                               tuned_or_first)
 
 #: Rows from which an 8-bit layer is compute-bound enough for the persistent kernel.
@@ -45,16 +48,21 @@ def _block_shapes(nargs: dict) -> None:
     """Config pre-hook: the descriptors' block shapes are the config's tiles."""
     nargs["a_desc"].block_shape = [nargs["BM"], nargs["BK"]]
     nargs["b_desc"].block_shape = [nargs["BN"], nargs["BK"]]
+    if nargs["c_desc"] is not None:
+        nargs["c_desc"].block_shape = [nargs["BM"], nargs["BN"]]
 
 
 # (BM, BN, BK, warps, stages). Triton keeps a wgmma with an int32 accumulator synchronous ("the accumulator is not
 # fp32": a wait for the tensor cores after every K step, where FP8 / fp16 dots keep one step in flight), so the
 # 256-deep K tiles, which halve those waits, compete too (their 3 / 2 stages fill 224 of the 227 KB of shared memory).
-_CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=w, num_stages=st,
-                          pre_hook=_block_shapes)
-            for bm, bn, bk, w, st in [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4),
-                                      (128, 256, 64, 8, 4), (128, 128, 64, 4, 5), (64, 128, 128, 4, 4),
-                                      (64, 256, 128, 8, 3), (128, 256, 256, 8, 2), (128, 128, 256, 8, 3)]]
+# The largest tiles also with the TMA store (its staging tile, 64 KB at 128 x 256 in bf16, beside 3 stages of 48 KB).
+_CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "STORE_TMA": store}, num_warps=w,
+                          num_stages=st, pre_hook=_block_shapes)
+            for bm, bn, bk, w, st, store in [
+                (128, 256, 128, 8, 3, False), (256, 128, 128, 8, 3, False), (128, 128, 128, 8, 4, False),
+                (128, 256, 64, 8, 4, False), (128, 128, 64, 4, 5, False), (64, 128, 128, 4, 4, False),
+                (64, 256, 128, 8, 3, False), (128, 256, 256, 8, 2, False), (128, 128, 256, 8, 3, False),
+                (128, 256, 128, 8, 3, True), (256, 128, 128, 8, 3, True), (128, 128, 128, 8, 4, True)]]
 #: Rows of a split tile that its fix-up adds and finishes at a time.
 FIXUP_ROWS: tl.constexpr = tl.constexpr(32)
 #: Elements of the largest output tile: one workspace slot per tail piece.
@@ -73,10 +81,12 @@ def tail_parts(tiles: int, programs: int, k_tiles: int) -> int:
 
 
 def sized_configs(configs, named_args, **kwargs):
-    """The configs whose row tiles suit M (64-row tiles only up to :data:`.triton_gemm.MID_M`); with
-    ``SPLIT_TAIL`` only those whose last wave is split (the others run as without it)."""
+    """The configs whose row tiles suit M (64-row tiles only up to :data:`.triton_gemm.MID_M`), the ``STORE_TMA``
+    ones only where the launch made an output descriptor; with ``SPLIT_TAIL`` only those whose last wave is split
+    (the others run as without it)."""
     args = {**named_args, **kwargs}
-    kept = [c for c in configs if row_tile_fits(c.kwargs["BM"], args["M"])]
+    kept = [c for c in configs if row_tile_fits(c.kwargs["BM"], args["M"])
+            and (args.get("c_desc") is not None or not c.kwargs["STORE_TMA"])]
     if args.get("SPLIT_TAIL"):
         kept = [c for c in kept if _splits(c, args["M"], args["N"], args["K"], args["NUM_SMS"])]
     return tuned_or_first(kept)
@@ -89,16 +99,22 @@ def _splits(config: triton.Config, m: int, n: int, k: int, programs: int) -> boo
 
 
 @triton.jit
-def _scaled_tile(acc, offs_m, offs_n, M, N, c_ptr, as_ptr, ws_ptr, a_col, w_col, bias_ptr, t_ptr, u_ptr, RANK,
+def _scaled_tile(acc, m0, n0, M, N, c_ptr, c_desc, as_ptr, ws_ptr, a_col, w_col, bias_ptr, t_ptr, u_ptr, RANK,
                  stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr,
-                 R: tl.constexpr):
-    """The epilogue of the output rows ``offs_m`` x columns ``offs_n``: ``acc · a_scale[m] · w_scale[n]``, then
-    bias, low-rank branch and store (:func:`.triton_gemm.finish_tile`)."""
+                 R: tl.constexpr, STORE_TMA: tl.constexpr):
+    """The epilogue of the output block at row ``m0``, column ``n0`` of ``acc``'s shape: ``acc · a_scale[m] ·
+    w_scale[n]``, bias and low-rank branch (:func:`.triton_gemm.epilogue_terms`), then the store: masked through
+    ``c_ptr``, or with ``STORE_TMA`` the whole block through ``c_desc`` (rows and columns past ``M`` / ``N`` clipped by
+    the TMA unit)."""
+    offs_m, offs_n = m0 + tl.arange(0, acc.shape[0]), n0 + tl.arange(0, acc.shape[1])
     rm, rn = tl.where(offs_m < M, offs_m, 0), tl.where(offs_n < N, offs_n, 0)
     out = acc.to(tl.float32) * tl.load(as_ptr + rm * stride_sm + a_col)[:, None]
     out = out * tl.load(ws_ptr + rn * stride_wn + w_col)[None, :]
-    finish_tile(out, offs_m, offs_n, M, N, c_ptr, stride_cm, bias_ptr, t_ptr, u_ptr, stride_tm, stride_un, RANK,
-                HAS_BIAS, HAS_LR, R)
+    out = epilogue_terms(out, rm, rn, bias_ptr, t_ptr, u_ptr, stride_tm, stride_un, RANK, HAS_BIAS, HAS_LR, R)
+    if STORE_TMA:
+        c_desc.store([m0, n0], out.to(c_ptr.dtype.element_ty))
+    else:
+        store_tile(out, offs_m, offs_n, M, N, c_ptr, stride_cm)
 
 
 @triton.jit
@@ -107,25 +123,25 @@ def _add_partials(first_ptr, parts, pid_m, pid_n, M, N, c_ptr, as_ptr, ws_ptr, a
                   HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """The split tile's fix-up: the ``parts`` partial tiles from ``first_ptr`` on added in piece order and finished,
     ``FIXUP_ROWS`` rows at a time (a whole 128 x 256 tile and one partial would not fit the registers)."""
-    offs_n = pid_n * BN + tl.arange(0, BN)
     for r0 in tl.static_range(0, BM, FIXUP_ROWS):
         rows = r0 + tl.arange(0, FIXUP_ROWS)
         slot = rows[:, None] * BN + tl.arange(0, BN)[None, :]
         total = tl.zeros((FIXUP_ROWS, BN), tl.int32 if IS_INT else tl.float32)
         for p in range(0, parts):
             total += tl.load(first_ptr + p * BM * BN + slot, cache_modifier=".cg")
-        _scaled_tile(total, pid_m * BM + rows, offs_n, M, N, c_ptr, as_ptr, ws_ptr, a_col, w_col, bias_ptr, t_ptr,
-                     u_ptr, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS, HAS_LR, R)
+        _scaled_tile(total, pid_m * BM + r0, pid_n * BN, M, N, c_ptr, None, as_ptr, ws_ptr, a_col, w_col, bias_ptr,
+                     t_ptr, u_ptr, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS, HAS_LR, R,
+                     False)
 
 
 @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "IS_INT", "HAS_LR", "SPLIT_TAIL"],
                  prune_configs_by={"early_config_prune": sized_configs}, do_bench=graph_timed)
 @triton.jit
-def _tma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, bias_ptr, t_ptr, u_ptr,
+def _tma_gemm_kernel(a_desc, b_desc, c_ptr, c_desc, as_ptr, ws_ptr, acol_ptr, wcol_ptr, bias_ptr, t_ptr, u_ptr,
                      partial_ptr, count_ptr, M, N, K, M_BUCKET, RANK, stride_cm, stride_sm, stride_wn, stride_tm,
                      stride_un, NUM_SMS: tl.constexpr, IS_INT: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_LR: tl.constexpr, R: tl.constexpr, SPLIT_TAIL: tl.constexpr, BM: tl.constexpr,
-                     BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+                     BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, STORE_TMA: tl.constexpr):
     num_m, num_n, k_tiles = tl.cdiv(M, BM), tl.cdiv(N, BN), tl.cdiv(K, BK)
     tiles = num_m * num_n
     a_col, w_col = tl.load(acol_ptr), tl.load(wcol_ptr)
@@ -147,9 +163,9 @@ def _tma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, 
             acc = _dot(a, b.T, acc, IS_INT, BK)
         done += NUM_SMS
         pid_m, pid_n = tile_position(done, num_m, num_n, GROUP_M)
-        _scaled_tile(acc, pid_m * BM + tl.arange(0, BM), pid_n * BN + tl.arange(0, BN), M, N, c_ptr, as_ptr, ws_ptr,
-                     a_col, w_col, bias_ptr, t_ptr, u_ptr, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un,
-                     HAS_BIAS, HAS_LR, R)
+        _scaled_tile(acc, pid_m * BM, pid_n * BN, M, N, c_ptr, c_desc, as_ptr, ws_ptr, a_col, w_col, bias_ptr,
+                     t_ptr, u_ptr, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS, HAS_LR, R,
+                     STORE_TMA)
     if SPLIT_TAIL:
         piece = tl.program_id(0)
         if piece < (tiles - whole_tiles) * parts:
@@ -169,6 +185,12 @@ def _tma_gemm_kernel(a_desc, b_desc, c_ptr, as_ptr, ws_ptr, acol_ptr, wcol_ptr, 
                 _add_partials(partial_ptr + (piece - part) * BM * BN, parts, pid_m, pid_n, M, N, c_ptr, as_ptr,
                               ws_ptr, a_col, w_col, bias_ptr, t_ptr, u_ptr, RANK, stride_cm, stride_sm, stride_wn,
                               stride_tm, stride_un, IS_INT, HAS_BIAS, HAS_LR, R, BM, BN)
+
+
+def _store_descriptor(out: torch.Tensor) -> TensorDescriptor | None:
+    """A TMA descriptor of the ``(M, N)`` output (block shape set per config), or None where its rows are not
+    16-byte multiples (the ``STORE_TMA`` configs are then left out)."""
+    return TensorDescriptor.from_tensor(out, [1, 1]) if out.stride(0) * out.element_size() % 16 == 0 else None
 
 
 def tma_fits(a: torch.Tensor, b: torch.Tensor, a_scale_neg, scale_mode: int, input_varies: bool) -> bool:
@@ -234,7 +256,8 @@ def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowra
         return (sms if split_tail else min(sms, triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"])),)
 
     _tma_gemm_kernel[grid](
-        TensorDescriptor.from_tensor(a2, [1, 1]), TensorDescriptor.from_tensor(b, [1, 1]), out, a_scale, ws,
+        TensorDescriptor.from_tensor(a2, [1, 1]), TensorDescriptor.from_tensor(b, [1, 1]), out, _store_descriptor(out),
+        a_scale, ws,
         a_col, w_col, bias if bias is not None else ws, t, u, partials, counts,
         m, n, k, triton.next_power_of_2(m), rank, out.stride(0), scale_strides(a_scale)[1], ws.stride(0),
         t.stride(0), u.stride(0),
