@@ -11,8 +11,8 @@ this runs in two steps; the prompt embeddings are the encoder's own float32 outp
 ``run`` is ``segquant demo`` (the same prompts, seeds, calibration and metrics; ``--per-class`` / ``--steps``
 as given) on ``--device``, with each preset twice in one harness call: as it is (backend ``emulated``) and
 with ``backend: gpu``, so both quantize from the same calibration set and start from the same noise. It
-writes each model's usual report into ``DIR/<model>`` and prints, as each model finishes, per preset PSNR / SSIM
-of both backends and their difference. ``--mock-gpu`` (for a CPU check of this script) runs the GPU backend's
+writes each model's usual report into ``DIR/<model>`` (``DIR/README.md`` is the last model's) and prints, as each
+model finishes, per preset PSNR / SSIM of both backends and their difference. ``--mock-gpu`` (for a CPU check of this script) runs the GPU backend's
 layout with the op's pure-torch twin instead of the Triton kernels.
 """
 
@@ -121,8 +121,7 @@ def run(args: argparse.Namespace, settings: dict) -> None:
         for patch in patches:
             stack.enter_context(patch)
         for model in settings["models"]:  # one at a time: a run cut by its time limit keeps the models done
-            results = demo_cli.evaluate_demo_models({**settings, "models": [model]}, Path(args.out) / model,
-                                                    progress=False)
+            results = demo_cli.evaluate_demo_models({**settings, "models": [model]}, args.out, progress=False)
             table += compare(results, args.presets)
             (Path(args.out) / "backends.json").write_text(json.dumps(table, indent=1))
             for r in table[-len(args.presets):]:
