@@ -56,7 +56,7 @@ for step in "${steps[@]}"; do
     gemm_w8a8) (cd benchmarks && timeout 300 python3 gemm_w8a8.py --out "$OUT/gemm_w8a8") > "$OUT/gemm_w8a8.log" 2>&1
                tail -n 20 "$OUT/gemm_w8a8.log" ;;
     tma) (cd benchmarks && timeout 400 python3 gemm_w8a8.py --out "$OUT/tma" --compile-layers none --layers \
-             qkv_fused,out_proj_plain,ff_up,ff_down_plain,proj_out_plain,sd35_qkv,sd35_ff_up,sd35_ff_down) \
+             out_proj_plain,qkv_fused,ff_up,ff_down_plain,proj_out_plain,sd35_qkv,sd35_ff_up,sd35_ff_down) \
              > "$OUT/tma.log" 2>&1
          tail -n 12 "$OUT/tma.log" ;;
     ctx) (cd benchmarks && timeout 200 python3 gemm_w8a8.py --out "$OUT/ctx" --compile-layers none \
