@@ -285,6 +285,24 @@ def test_tma_kernel_row_tiles_follow_the_number_of_rows(monkeypatch):
     assert split_tiles == {(128, 256), (256, 128)}  # 128 x 128 tiles: 864 = 6 waves + 72, a last wave > half full
 
 
+def test_tma_store_configs_compete_only_with_an_output_descriptor(monkeypatch):
+    """The ``STORE_TMA`` configs need the output's descriptor (rows of 16-byte multiples); the Gluon kernels share the
+    pruner and have no such key."""
+    pytest.importorskip("triton")
+    monkeypatch.delenv("SEGQUANT_TRITON_AUTOTUNE", raising=False)
+    from segquant.kernels.gpu.triton_tma import _CONFIGS, sized_configs
+
+    def stores(c_desc) -> set[bool]:
+        return {c.kwargs["STORE_TMA"] for c in sized_configs(_CONFIGS, {"M": 4608, "c_desc": c_desc})}
+
+    assert stores(None) == {False} and stores(object()) == {False, True}
+    try:
+        from segquant.kernels.gpu import gluon_wgmma
+    except (ImportError, AttributeError):  # no Gluon for Hopper in this Triton
+        return
+    assert len(sized_configs(gluon_wgmma._CONFIGS, {"M": 4608})) == len(gluon_wgmma._CONFIGS)
+
+
 class LaunchRecorder:
     """Stands in for a Triton kernel: ``kernel[grid](*args, **options)`` records the call instead of running it."""
 

@@ -86,7 +86,7 @@ def sized_configs(configs, named_args, **kwargs):
     (the others run as without it)."""
     args = {**named_args, **kwargs}
     kept = [c for c in configs if row_tile_fits(c.kwargs["BM"], args["M"])
-            and (args.get("c_desc") is not None or not c.kwargs["STORE_TMA"])]
+            and (args.get("c_desc") is not None or not c.kwargs.get("STORE_TMA"))]
     if args.get("SPLIT_TAIL"):
         kept = [c for c in kept if _splits(c, args["M"], args["N"], args["K"], args["NUM_SMS"])]
     return tuned_or_first(kept)
