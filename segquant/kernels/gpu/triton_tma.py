@@ -257,8 +257,7 @@ def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowra
 
     _tma_gemm_kernel[grid](
         TensorDescriptor.from_tensor(a2, [1, 1]), TensorDescriptor.from_tensor(b, [1, 1]), out, _store_descriptor(out),
-        a_scale, ws,
-        a_col, w_col, bias if bias is not None else ws, t, u, partials, counts,
+        a_scale, ws, a_col, w_col, bias if bias is not None else ws, t, u, partials, counts,
         m, n, k, triton.next_power_of_2(m), rank, out.stride(0), scale_strides(a_scale)[1], ws.stride(0),
         t.stride(0), u.stride(0),
         NUM_SMS=sms, IS_INT=a.dtype == torch.int8, HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None,
