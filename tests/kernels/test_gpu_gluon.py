@@ -27,11 +27,13 @@ def count_launches(kernel, monkeypatch) -> list:
 
 #: The Gluon kernel's cases: the persistent kernel's INT8 ones without the low-rank branch (tails in M, N and K, a K
 #: block read in place, FLUX's ff_up and out_proj, more tiles than programs and fewer); the small ones in every tile
-#: config, FLUX's in the first (the widest tiles).
+#: config, FLUX's in the first (the widest tiles). ``TILE_SCALED_CONFIGS``: the per-K-tile kernel's configs by K tile.
+GLUON_CONFIGS = 7
+TILE_SCALED_CONFIGS = {128: (0, 1, 2), 64: (3,)}
 WGMMA_CASES = {name: spec for name, spec in {**TMA_GPU_CASES, **TMA_SPLIT_GPU_CASES}.items()
                if spec["fmt"] == "int8" and not spec.get("rank")}
 WGMMA_RUNS = [(name, config) for name, spec in WGMMA_CASES.items()
-              for config in (range(5) if spec["m"] * spec["n"] < 2 ** 20 else (0,))]
+              for config in (range(GLUON_CONFIGS) if spec["m"] * spec["n"] < 2 ** 20 else (0,))]
 
 
 @pytest.mark.parametrize("name,config", WGMMA_RUNS)
@@ -41,7 +43,7 @@ def test_gluon_kernel_matches_twin(name, config, monkeypatch):
     from segquant.kernels.gpu import gluon_wgmma
 
     kernel = gluon_wgmma._wgmma_gemm_kernel
-    assert len(gluon_wgmma._CONFIGS) == 5
+    assert len(gluon_wgmma._CONFIGS) == GLUON_CONFIGS
     monkeypatch.setitem(ops.USE_WGMMA, "enabled", True)
     monkeypatch.setattr(ops, "fastest_kernel", lambda key, kernels, **_: "wgmma")
     monkeypatch.setattr(kernel, "configs", [gluon_wgmma._CONFIGS[config]])
@@ -72,13 +74,14 @@ def tile_scaled_case(m, n, heads, rows):
 
 
 @pytest.mark.parametrize("name,config", [(name, config) for name, (_, _, heads, _) in TILE_SCALED_CASES.items()
-                                         for config in ((2,) if heads[0] == 64 else (0, 1))])
+                                         for config in TILE_SCALED_CONFIGS[heads[0]]])
 def test_gluon_tile_scaled_kernel_matches_twin(name, config, monkeypatch):
     """``ops.gemm`` with the Gluon per-K-tile kernel chosen, in each of its configs for the layer's scale tile,
     equals the twin bitwise, also when called again."""
     from segquant.kernels.gpu import gluon_wgmma
 
     kernel = gluon_wgmma._wgmma_tile_scaled_kernel
+    assert [c.kwargs["BK"] for c in gluon_wgmma._TILE_SCALED_CONFIGS] == [128, 128, 128, 64]
     monkeypatch.setitem(ops.USE_WGMMA, "enabled", True)
     monkeypatch.setattr(ops, "fastest_kernel", lambda key, kernels, **_: "wgmma_tile_scaled")
     monkeypatch.setattr(kernel, "configs", [gluon_wgmma._TILE_SCALED_CONFIGS[config]])

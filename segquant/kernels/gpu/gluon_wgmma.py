@@ -58,11 +58,13 @@ def _descriptor_blocks(nargs: dict) -> None:
 
 # (BM, BN, BK, STAGES); 8 warps, two warpgroups: split along N for the 256-wide tiles (each thread then holds 32
 # columns of the tile, not 64: their scales and bias in the epilogue fit the registers), else along M.
-# Shared memory: STAGES · (BM + BN) · BK bytes.
+# Shared memory: STAGES · (BM + BN) · BK bytes. The slot of the MMA in flight cannot take a load, so STAGES slots
+# keep STAGES - 2 loads in flight beside it, one fewer than Triton's synchronous loop with as many stages: the
+# 4-stage rings (192 KB; Triton's kernel has no room for them beside its epilogue's staging) match its 3.
 _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "STAGES": st, "GROUP_M": 8, "WARPS_N": 2 if bn > bm else 1},
                           num_warps=8, num_stages=1, pre_hook=_descriptor_blocks)
-            for bm, bn, bk, st in [(128, 256, 128, 3), (128, 256, 64, 5), (256, 128, 128, 3), (128, 128, 128, 5),
-                                   (128, 128, 256, 3)]]
+            for bm, bn, bk, st in [(128, 256, 128, 3), (128, 256, 128, 4), (128, 256, 64, 5), (256, 128, 128, 3),
+                                   (256, 128, 128, 4), (128, 128, 128, 5), (128, 128, 256, 3)]]
 
 
 @gluon.jit
@@ -259,7 +261,7 @@ def _descriptors(*tensors: torch.Tensor) -> list[TensorDescriptor]:
 # BK is the layer's scale tile (:func:`segquant.kernels.gemm_reference.scale_tile_k`): 128 or 64 channels.
 _TILE_SCALED_CONFIGS = [triton.Config({"BM": 128, "BN": 128, "BK": bk, "STAGES": st, "GROUP_M": 8}, num_warps=8,
                                       num_stages=1, pre_hook=_descriptor_blocks)
-                        for bk, st in [(128, 4), (128, 3), (64, 6)]]
+                        for bk, st in [(128, 4), (128, 3), (128, 6), (64, 6)]]
 
 
 def _scale_tiled(configs, named_args, **kwargs):
