@@ -83,14 +83,16 @@ GEMV_CASES = {
     "gemv_w4a16_uneven_groups": dict(m=1, n=24, k=480, fmt="int8", segments=(96, 384), w4=True, a16=True),
 }
 #: The persistent TMA kernel (8-bit, one input scale along K): tails in M, N and K (zeros from the descriptors); its
-#: ``STORE_TMA`` configs (``tile``: the config used, ``(BM, BN, BK, STORE_TMA)``), whose store the TMA unit clips at M
-#: and N, and which an output with rows of no 16-byte multiple (N = 62) leaves out.
+#: configs with TMA stores (``tile``: the config used, ``(BM, BN, BK, STORE_TMA)``; 1: the whole tile, 2: its halves along
+#: N, the right one here partly and wholly past N), which the TMA unit clips at M and N, and which an output with rows
+#: of no 16-byte multiple (N = 62) leaves out.
 TMA_CASES = {
     "tma_int8_tails": dict(m=130, n=72, k=80, fmt="int8"),
     "tma_fp8_lowrank": dict(m=136, n=48, k=160, fmt="fp8", rank=8),
-    "tma_store_int8_tails": dict(m=130, n=72, k=80, fmt="int8", tile=(128, 256, 128, True)),
-    "tma_store_fp8_lowrank": dict(m=136, n=48, k=160, fmt="fp8", rank=8, tile=(128, 128, 128, True)),
-    "tma_store_int8_unaligned_rows": dict(m=130, n=62, k=80, fmt="int8", tile=(128, 256, 128, True)),
+    "tma_store_int8_tails": dict(m=130, n=72, k=80, fmt="int8", tile=(128, 256, 128, 1)),
+    "tma_store_halves_int8_tails": dict(m=130, n=200, k=80, fmt="int8", tile=(128, 256, 128, 2)),
+    "tma_store_halves_fp8_lowrank_beyond_n": dict(m=136, n=48, k=160, fmt="fp8", rank=8, tile=(256, 128, 128, 2)),
+    "tma_store_int8_unaligned_rows": dict(m=130, n=62, k=80, fmt="int8", tile=(128, 256, 128, 1)),
     "tma_int8_cat_block_in_place": dict(m=130, n=72, k=640, fmt="int8", segments=(128, 512), block=(128, 640)),
 }
 #: The same kernel with its last partial wave split along K (``split_tail``; the interpreter runs 4 programs, the
@@ -100,7 +102,7 @@ TMA_CASES = {
 #: waves stored by TMA and the pieces' fix-up through pointers.
 TMA_SPLIT_CASES = {
     "tma_split_int8_waves_and_tail": dict(m=300, n=520, k=640, fmt="int8"),
-    "tma_split_store_int8_waves_and_tail": dict(m=300, n=520, k=640, fmt="int8", tile=(128, 256, 128, True)),
+    "tma_split_store_int8_waves_and_tail": dict(m=300, n=520, k=640, fmt="int8", tile=(128, 256, 128, 2)),
     "tma_split_fp8_lowrank_no_whole_wave": dict(m=200, n=200, k=400, fmt="fp8", rank=8),
     "tma_split_int8_64_row_tiles": dict(m=150, n=130, k=512, fmt="int8", tile=(64, 128, 128)),
 }
@@ -212,8 +214,8 @@ def prepare_interpreter() -> None:
 
 
 def stored_by_tma(name: str) -> str:
-    """For a persistent-kernel case: whether the config that ran stored its tiles by TMA (``"True"`` / ``"False"``);
-    ``"-"`` for the others."""
+    """For a persistent-kernel case: the ``STORE_TMA`` of the config that ran (``"0"``: pointer stores); ``"-"`` for the
+    others."""
     if name not in TMA_CASES and name not in TMA_SPLIT_CASES:
         return "-"
     from segquant.kernels.gpu.triton_tma import _tma_gemm_kernel

@@ -286,16 +286,16 @@ def test_tma_kernel_row_tiles_follow_the_number_of_rows(monkeypatch):
 
 
 def test_tma_store_configs_compete_only_with_an_output_descriptor(monkeypatch):
-    """The ``STORE_TMA`` configs need the output's descriptor (rows of 16-byte multiples); the Gluon kernels share the
+    """The configs with TMA stores need the output's descriptor (rows of 16-byte multiples); the Gluon kernels share the
     pruner and have no such key."""
     pytest.importorskip("triton")
     monkeypatch.delenv("SEGQUANT_TRITON_AUTOTUNE", raising=False)
     from segquant.kernels.gpu.triton_tma import _CONFIGS, sized_configs
 
-    def stores(c_desc) -> set[bool]:
+    def stores(c_desc) -> set[int]:
         return {c.kwargs["STORE_TMA"] for c in sized_configs(_CONFIGS, {"M": 4608, "c_desc": c_desc})}
 
-    assert stores(None) == {False} and stores(object()) == {False, True}
+    assert stores(None) == {0} and stores(object()) == {0, 1, 2}
     try:
         from segquant.kernels.gpu import gluon_wgmma
     except (ImportError, AttributeError):  # no Gluon for Hopper in this Triton

@@ -149,8 +149,11 @@ def test_gemv_kernel_matches_twin(name):
 
 TMA_GPU_CASES = dict(TMA_CASES, tma_int8_flux_ff_up=dict(m=4608, n=12288, k=3072, fmt="int8"),
                      tma_fp8_flux_ff_down_lowrank=dict(m=4608, n=3072, k=12288, fmt="fp8", rank=32),
-                     tma_store_int8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="int8", tile=(128, 256, 128, True)),
-                     tma_store_fp8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="fp8", tile=(256, 128, 128, True)))
+                     tma_store_int8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="int8", tile=(128, 256, 128, 1)),
+                     tma_store_halves_int8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="int8",
+                                                              tile=(128, 256, 128, 2)),
+                     tma_store_halves_fp8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="fp8",
+                                                             tile=(256, 128, 128, 2)))
 #: The split last wave: FLUX's 3072 -> 3072 layer (432 tiles of 128 x 256 on 132 SMs), a text-stream layer with
 #: fewer tiles than SMs, and odd sizes with bias and the low-rank branch.
 TMA_SPLIT_GPU_CASES = dict(TMA_SPLIT_CASES, tma_split_int8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="int8"),
@@ -158,7 +161,7 @@ TMA_SPLIT_GPU_CASES = dict(TMA_SPLIT_CASES, tma_split_int8_flux_out_proj=dict(m=
                            tma_split_int8_ctx_lowrank=dict(m=512, n=3072, k=3072, fmt="int8", rank=32),
                            tma_split_int8_odd=dict(m=999, n=1040, k=2000, fmt="int8"),
                            tma_split_store_int8_flux_proj_out=dict(m=4608, n=3072, k=15360, fmt="int8",
-                                                                   tile=(128, 256, 128, True)))
+                                                                   tile=(128, 256, 128, 2)))
 
 
 @pytest.mark.parametrize("name", list(TMA_GPU_CASES) + list(TMA_SPLIT_GPU_CASES))

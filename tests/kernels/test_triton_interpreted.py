@@ -27,6 +27,6 @@ def test_interpreted_kernel_matches_twin_on_every_variant():
     assert all(err <= 1e-5 for err, _ in results.values()), results  # accumulation order only
     integer = [name for name in results if exact_integer_case(name)]
     assert len(integer) >= 8 and all(results[name][1] for name in integer), results  # INT8 x INT8: bitwise
-    stored_by_tma = {name for name, *_, stored in lines if stored == "True"}
+    stored_by_tma = {name for name, *_, stored in lines if stored not in ("0", "-")}
     assert stored_by_tma == {name for name in ALL_CASES if "store" in name and "unaligned" not in name}, stored_by_tma
 

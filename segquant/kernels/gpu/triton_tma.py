@@ -6,10 +6,10 @@ program per output tile. Here each of ``NUM_SMS`` programs walks its share of th
 as in :func:`.triton_gemm.tile_position`), the A and B tiles arrive by the Tensor Memory Accelerator
 (host-built descriptors; out-of-range rows and the K tail read as zeros, so no masks in the mainloop) and the
 compiler pipelines the K loop across tile boundaries (``flatten``). Epilogue: ``acc · a_scale[m] ·
-w_scale[n]``, bias and low-rank branch (:func:`.triton_gemm.epilogue_terms`), then the store: masked pointer
-stores from the registers, or (``STORE_TMA`` configs, where the output's rows are 16-byte aligned) one TMA store of
-the tile through shared memory, which leaves the registers free for the next tile's K loop sooner. The autotuner
-times both.
+w_scale[n]``, bias and low-rank branch (:func:`.triton_gemm.epilogue_terms`), then the store (``STORE_TMA``):
+0, masked pointer stores from the registers; where the output's rows are 16-byte multiples also 1, one TMA store of
+the tile through shared memory, or 2, one per half of the tile along N, whose half-size staging buffer leaves room
+for a fourth stage of the K loop at 128 x 256 and 256 x 128. The autotuner times them all.
 
 ``SPLIT_TAIL``: the last, partial wave of tiles (``tiles % NUM_SMS`` of them; FLUX's 3072 -> 3072 layer at
 4608 rows: 432 tiles of 128 x 256 on 132 SMs, a last wave 27 % full) is split along K over the programs that
@@ -45,24 +45,26 @@ INTERPRETER_SMS = 4
 
 
 def _block_shapes(nargs: dict) -> None:
-    """Config pre-hook: the descriptors' block shapes are the config's tiles."""
+    """Config pre-hook: the descriptors' block shapes are the config's tiles (the output's: half of one with
+    ``STORE_TMA`` 2)."""
     nargs["a_desc"].block_shape = [nargs["BM"], nargs["BK"]]
     nargs["b_desc"].block_shape = [nargs["BN"], nargs["BK"]]
     if nargs["c_desc"] is not None:
-        nargs["c_desc"].block_shape = [nargs["BM"], nargs["BN"]]
+        nargs["c_desc"].block_shape = [nargs["BM"], nargs["BN"] // (2 if nargs["STORE_TMA"] == 2 else 1)]
 
 
 # (BM, BN, BK, warps, stages). Triton keeps a wgmma with an int32 accumulator synchronous ("the accumulator is not
 # fp32": a wait for the tensor cores after every K step, where FP8 / fp16 dots keep one step in flight), so the
 # 256-deep K tiles, which halve those waits, compete too (their 3 / 2 stages fill 224 of the 227 KB of shared memory).
-# The largest tiles also with the TMA store (its staging tile, 64 KB at 128 x 256 in bf16, beside 3 stages of 48 KB).
+# The largest tiles also with 4 stages (192 KB beside the epilogue's staging tile: 36 KB for the pointer stores at
+# 128 x 256, 32 KB for a TMA-stored half; 229-230 of the 227 KB = 232448 bytes) and with the TMA stores.
 _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "STORE_TMA": store}, num_warps=w,
                           num_stages=st, pre_hook=_block_shapes)
             for bm, bn, bk, w, st, store in [
-                (128, 256, 128, 8, 3, False), (256, 128, 128, 8, 3, False), (128, 128, 128, 8, 4, False),
-                (128, 256, 64, 8, 4, False), (128, 128, 64, 4, 5, False), (64, 128, 128, 4, 4, False),
-                (64, 256, 128, 8, 3, False), (128, 256, 256, 8, 2, False), (128, 128, 256, 8, 3, False),
-                (128, 256, 128, 8, 3, True), (256, 128, 128, 8, 3, True), (128, 128, 128, 8, 4, True)]]
+                (128, 256, 128, 8, 3, 0), (256, 128, 128, 8, 3, 0), (128, 128, 128, 8, 4, 0), (128, 256, 64, 8, 4, 0),
+                (128, 128, 64, 4, 5, 0), (64, 128, 128, 4, 4, 0), (64, 256, 128, 8, 3, 0), (128, 256, 256, 8, 2, 0),
+                (128, 128, 256, 8, 3, 0), (128, 256, 128, 8, 4, 0), (128, 256, 128, 8, 3, 1), (128, 256, 128, 8, 4, 2),
+                (256, 128, 128, 8, 4, 2)]]
 #: Rows of a split tile that its fix-up adds and finishes at a time.
 FIXUP_ROWS: tl.constexpr = tl.constexpr(32)
 #: Elements of the largest output tile: one workspace slot per tail piece.
@@ -81,9 +83,9 @@ def tail_parts(tiles: int, programs: int, k_tiles: int) -> int:
 
 
 def sized_configs(configs, named_args, **kwargs):
-    """The configs whose row tiles suit M (64-row tiles only up to :data:`.triton_gemm.MID_M`), the ``STORE_TMA``
-    ones only where the launch made an output descriptor; with ``SPLIT_TAIL`` only those whose last wave is split
-    (the others run as without it)."""
+    """The configs whose row tiles suit M (64-row tiles only up to :data:`.triton_gemm.MID_M`), those with TMA
+    stores (``STORE_TMA`` 1, 2) only where the launch made an output descriptor; with ``SPLIT_TAIL`` only those
+    whose last wave is split (the others run as without it)."""
     args = {**named_args, **kwargs}
     kept = [c for c in configs if row_tile_fits(c.kwargs["BM"], args["M"])
             and (args.get("c_desc") is not None or not c.kwargs.get("STORE_TMA"))]
@@ -104,14 +106,18 @@ def _scaled_tile(acc, m0, n0, M, N, c_ptr, c_desc, as_ptr, ws_ptr, a_col, w_col,
                  R: tl.constexpr, STORE_TMA: tl.constexpr):
     """The epilogue of the output block at row ``m0``, column ``n0`` of ``acc``'s shape: ``acc · a_scale[m] ·
     w_scale[n]``, bias and low-rank branch (:func:`.triton_gemm.epilogue_terms`), then the store: masked through
-    ``c_ptr``, or with ``STORE_TMA`` the whole block through ``c_desc`` (rows and columns past ``M`` / ``N`` clipped by
-    the TMA unit)."""
+    ``c_ptr`` (``STORE_TMA`` 0), or through ``c_desc`` as one block (1) or its two halves along N (2), rows and
+    columns past ``M`` / ``N`` clipped by the TMA unit."""
     offs_m, offs_n = m0 + tl.arange(0, acc.shape[0]), n0 + tl.arange(0, acc.shape[1])
     rm, rn = tl.where(offs_m < M, offs_m, 0), tl.where(offs_n < N, offs_n, 0)
     out = acc.to(tl.float32) * tl.load(as_ptr + rm * stride_sm + a_col)[:, None]
     out = out * tl.load(ws_ptr + rn * stride_wn + w_col)[None, :]
     out = epilogue_terms(out, rm, rn, bias_ptr, t_ptr, u_ptr, stride_tm, stride_un, RANK, HAS_BIAS, HAS_LR, R)
-    if STORE_TMA:
+    if STORE_TMA == 2:
+        left, right = tl.split(tl.permute(tl.reshape(out, (out.shape[0], 2, out.shape[1] // 2)), (0, 2, 1)))
+        c_desc.store([m0, n0], left.to(c_ptr.dtype.element_ty))
+        c_desc.store([m0, n0 + out.shape[1] // 2], right.to(c_ptr.dtype.element_ty))
+    elif STORE_TMA:
         c_desc.store([m0, n0], out.to(c_ptr.dtype.element_ty))
     else:
         store_tile(out, offs_m, offs_n, M, N, c_ptr, stride_cm)
@@ -130,8 +136,7 @@ def _add_partials(first_ptr, parts, pid_m, pid_n, M, N, c_ptr, as_ptr, ws_ptr, a
         for p in range(0, parts):
             total += tl.load(first_ptr + p * BM * BN + slot, cache_modifier=".cg")
         _scaled_tile(total, pid_m * BM + r0, pid_n * BN, M, N, c_ptr, None, as_ptr, ws_ptr, a_col, w_col, bias_ptr,
-                     t_ptr, u_ptr, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS, HAS_LR, R,
-                     False)
+                     t_ptr, u_ptr, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS, HAS_LR, R, 0)
 
 
 @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "IS_INT", "HAS_LR", "SPLIT_TAIL"],
@@ -189,7 +194,7 @@ def _tma_gemm_kernel(a_desc, b_desc, c_ptr, c_desc, as_ptr, ws_ptr, acol_ptr, wc
 
 def _store_descriptor(out: torch.Tensor) -> TensorDescriptor | None:
     """A TMA descriptor of the ``(M, N)`` output (block shape set per config), or None where its rows are not
-    16-byte multiples (the ``STORE_TMA`` configs are then left out)."""
+    16-byte multiples (the configs with TMA stores are then left out)."""
     return TensorDescriptor.from_tensor(out, [1, 1]) if out.stride(0) * out.element_size() % 16 == 0 else None
 
 
