@@ -126,8 +126,9 @@ def rotation(m: int, k: int, n: int) -> int:
     return max(1, min(4, -(-3 * 60_000_000 // (m * k * 2 + n * k))))
 
 
-def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
-    """One row of the table: timings (µs), TFLOP/s, speed-ups, error against the twin, tuned configs."""
+def measure(layer: str, fmt_name: str, compile_: bool, each_config_: bool = False) -> dict:
+    """One row of the table: timings (µs), TFLOP/s, speed-ups, error against the twin, tuned configs; with
+    ``each_config_`` also every config of the persistent kernels timed alone (:func:`each_config`)."""
     m, k, n, in_segs, out_segs, dual, _ = LAYERS[layer]
     dev = DEVICE["name"]
     copies = rotation(m, k, n)
@@ -157,6 +158,8 @@ def measure(layer: str, fmt_name: str, compile_: bool) -> dict:
             row[f"rel_err_{name}"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
     if fmt_name == "fp8" and len(in_segs) == 1 and not dual and m > ops.GEMV_MAX_M_8BIT:
         row.update(cublaslt_variants(modules[0], quantized[0], gemm_calls, graph))
+    if each_config_ and len(in_segs) == 1 and not dual:
+        row["each_config_us"] = each_config(modules[0], quantized[0], gemm_calls, graph, fmt_name)
     if m <= ops.GEMV_MAX_M:  # the routing before the GEMV: cuBLASLt (plain FP8) or the tiled kernel
         with ops.switched(USE_GEMV=False):
             row["gemm_no_gemv_us"] = bench(gemm_calls, graph)
@@ -193,6 +196,42 @@ def cublaslt_variants(mod, quantized, gemm_calls, graph: bool) -> dict:
     row["gemm_tensorwise_us"] = bench([lambda: torch._scaled_mm(codes, weight.t(), scale_a=one, scale_b=one,
                                                                 out_dtype=torch.bfloat16)], graph)
     return row
+
+
+def each_config(mod, quantized, gemm_calls, graph: bool, fmt_name: str) -> dict[str, float]:
+    """Every config of the persistent TMA kernel (and, INT8 with ``ops.USE_WGMMA`` on, of the Gluon kernel) that this
+    one-input layer's launch keeps, pinned and timed alone (µs), by :func:`config_name`: which tile, ring depth and
+    store win, and by how much, beyond the autotuner's one choice."""
+    from segquant.kernels.gpu.triton_tma import _tma_gemm_kernel, sized_configs
+
+    kernels = {"tma": _tma_gemm_kernel}
+    if fmt_name == "int8" and ops.USE_WGMMA["enabled"] and DEVICE["name"] == "cuda":
+        from segquant.kernels.gpu.gluon_wgmma import _wgmma_gemm_kernel
+
+        kernels["wgmma"] = _wgmma_gemm_kernel
+    m, k, n = quantized[0].shape[1], quantized[0].shape[2], mod.weight_codes.shape[0]
+    launch = {"M": m, "N": n, "K": k, "c_desc": object() if n * 2 % 16 == 0 else None}  # bf16 output rows
+    times = {}
+    for name, kernel in kernels.items():
+        configs = kernel.configs
+        try:
+            for config in sized_configs(configs, launch):
+                kernel.configs = [config]
+                kernel.cache.clear()
+                with (ops.switched(USE_SCALED_MM=False, USE_TMA=True, USE_WGMMA=name == "wgmma"),
+                      mock.patch.object(ops, "fastest_kernel", lambda *_, pinned=name, **__: pinned)):
+                    times[config_name(name, config)] = bench(gemm_calls, graph)
+        finally:
+            kernel.configs = configs
+            kernel.cache.clear()
+    return times
+
+
+def config_name(kernel: str, config) -> str:
+    """``"<kernel> BMxBNxBK w<warps> s<stages>"``, and `` tma-store=<STORE_TMA>`` where the config has one."""
+    kw = config.kwargs
+    name = f"{kernel} {kw['BM']}x{kw['BN']}x{kw['BK']} w{config.num_warps} s{kw.get('STAGES', config.num_stages)}"
+    return name + (f" tma-store={kw['STORE_TMA']}" if "STORE_TMA" in kw else "")
 
 
 def candidates(mod, quantized, fmt_name: str) -> list[str]:
@@ -269,6 +308,8 @@ def main() -> None:
     parser.add_argument("--formats", default="fp8,int8")
     parser.add_argument("--compile-layers", default="ff_up,ff_down_dual,adaln_seg6",
                         help="layers also timed under torch.compile (each costs a compilation)")
+    parser.add_argument("--each-config", default="",
+                        help="layers whose persistent-kernel configs are also timed one by one (each costs a compile)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, to test this script")
     parser.add_argument("--triton-fp8", action="store_true", help="plain FP8 layers on Triton, not _scaled_mm")
     args = parser.parse_args()
@@ -277,12 +318,13 @@ def main() -> None:
         DEVICE["name"] = "cpu"
         LAYERS.clear()
         LAYERS.update(SMOKE_LAYERS)
-        args.layers, args.compile_layers = ",".join(SMOKE_LAYERS), "dual"
+        args.layers, args.compile_layers, args.each_config = ",".join(SMOKE_LAYERS), "dual", "plain"
     args.out.mkdir(parents=True, exist_ok=True)
     rows, started = [], time.time()
     for layer in args.layers.split(","):
         for fmt_name in args.formats.split(","):
-            rows.append(measure(layer, fmt_name, layer in args.compile_layers.split(",")))
+            rows.append(measure(layer, fmt_name, layer in args.compile_layers.split(","),
+                                layer in args.each_config.split(",")))
             print(json.dumps(rows[-1]), flush=True)
             with open(args.out / "scaled_gemm.jsonl", "a") as log:
                 log.write(json.dumps(rows[-1]) + "\n")

@@ -2,7 +2,7 @@
 # One device-machine call that checks and measures the GPU backend (what BENCHMARKS.md reports), each step
 # under its own time limit so that a slow step cannot hide the others. Outputs go to $OUT (or ./gpu_out).
 #
-#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|tma|ctx|segments|gluon|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|
+#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|tma|outproj|ctx|segments|gluon|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|
 #                                   demo_backends|quantize_sd35|load_flux|scaling ...]
 #
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
@@ -17,6 +17,8 @@
 # `segments` (~3–4 min since every row is graph-timed) times the layers with input segments of their own scales (per-K-tile scaled): FLUX's `cat`
 # layer and its per-head layer, beside their plain versions (what a folded or unsegmented layer runs).
 # `gluon` (≤ 300 s) times the Gluon INT8 kernels where they compete: per-head (per-K-tile) and DualScale rows, INT8 only.
+# `outproj` (≤ 300 s, OUTPROJ_LIMIT) times FLUX's out_proj, the shape furthest from its GEMM target, in both formats with
+# every config of the persistent TMA kernel (and the Gluon one) pinned in turn, and cuBLASLt FP8 with fast accumulation.
 # `quantize_elementwise` (~2 min) times the fused GELU / norm + quantize kernels alone (benchmarks/quantize_elementwise.py).
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
 # kernel, `sq_int8_fused` fuses q/k/v with one smoothing), SD35_VARIANTS / SD35_LIMIT / SD35_INDUCTOR / SD35_MAX_IMAGE (e2e_sd35; `sq_fp8_fused`; SD35_MAX_IMAGE=2048 crops the
@@ -59,6 +61,9 @@ for step in "${steps[@]}"; do
              out_proj_plain,qkv_fused,ff_up,ff_down_plain,proj_out_plain,sd35_qkv,sd35_ff_up,sd35_ff_down) \
              > "$OUT/tma.log" 2>&1
          tail -n 12 "$OUT/tma.log" ;;
+    outproj) (cd benchmarks && timeout ${OUTPROJ_LIMIT:-300} python3 gemm_w8a8.py --out "$OUT/outproj" --compile-layers none \
+             --layers out_proj_plain --each-config out_proj_plain) > "$OUT/outproj.log" 2>&1
+         tail -n 6 "$OUT/outproj.log" ;;
     ctx) (cd benchmarks && timeout 200 python3 gemm_w8a8.py --out "$OUT/ctx" --compile-layers none \
              --layers ctx_proj,ctx_ff_up,ctx_ff_down,sd35_ctx_proj,sd35_ctx_ff_down,out_proj_plain) \
              > "$OUT/ctx.log" 2>&1; tail -n 12 "$OUT/ctx.log" ;;
