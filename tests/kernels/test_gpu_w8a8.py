@@ -149,6 +149,7 @@ def test_gemv_kernel_matches_twin(name):
 
 TMA_GPU_CASES = dict(TMA_CASES, tma_int8_flux_ff_up=dict(m=4608, n=12288, k=3072, fmt="int8"),
                      tma_fp8_flux_ff_down_lowrank=dict(m=4608, n=3072, k=12288, fmt="fp8", rank=32),
+                     tma_int8_demo_unet=dict(m=2048, n=64, k=64, fmt="int8"),
                      tma_store_int8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="int8", tile=(128, 256, 128, 1)),
                      tma_store_halves_int8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="int8",
                                                               tile=(128, 256, 128, 2)),
