@@ -158,14 +158,14 @@ def measure(layer: str, fmt_name: str, compile_: bool, each_config_: bool = Fals
             row[f"rel_err_{name}"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
     if fmt_name == "fp8" and len(in_segs) == 1 and not dual and m > ops.GEMV_MAX_M_8BIT:
         row.update(cublaslt_variants(modules[0], quantized[0], gemm_calls, graph))
-    if each_config_ and len(in_segs) == 1 and not dual:
-        row["each_config_us"] = each_config(modules[0], quantized[0], gemm_calls, graph, fmt_name)
     if m <= ops.GEMV_MAX_M:  # the routing before the GEMV: cuBLASLt (plain FP8) or the tiled kernel
         with ops.switched(USE_GEMV=False):
             row["gemm_no_gemv_us"] = bench(gemm_calls, graph)
     row["quant_only_us"] = bench([lambda mod=mod, x=x: quantize_input(mod, x) for mod, x in pairs], graph)
     row["rel_err_vs_twin"] = _rel(backend.forward(modules[0], xs[0]), ref_of(modules[0], quantized[0]))
     row["best_config"] = "; ".join(c for key, c in tuned_configs().items() if key not in tuned_before) or "cuBLASLt"
+    if each_config_ and len(in_segs) == 1 and not dual:  # after best_config: it empties the autotuners' caches
+        row["each_config_us"] = each_config(modules[0], quantized[0], gemm_calls, graph, fmt_name)
     if compile_:  # one module (the weights of these layers stay far from L2-bound), rotating inputs
         lin = torch.compile(F.linear)
         mod0, w0 = modules[0], weights[0]
@@ -191,7 +191,7 @@ def cublaslt_variants(mod, quantized, gemm_calls, graph: bool) -> dict:
     with ops.switched(FP8_FAST_ACCUM=True):
         row = {"gemm_fast_accum_us": bench(gemm_calls, graph),
                "rel_err_fast_accum": _rel(_gemm(mod, quantized), ref_of(mod, quantized))}
-    codes, weight = quantized[0][0], mod.weight_codes
+    codes, weight = quantized[0][0], mod.weight_codes  # (M, K) and (N, K) E4M3
     one = torch.ones((), device=codes.device)
     row["gemm_tensorwise_us"] = bench([lambda: torch._scaled_mm(codes, weight.t(), scale_a=one, scale_b=one,
                                                                 out_dtype=torch.bfloat16)], graph)
