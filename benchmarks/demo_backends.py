@@ -12,8 +12,8 @@ this runs in two steps; the prompt embeddings are the encoder's own float32 outp
 as given) on ``--device``, with each preset twice in one harness call: as it is (backend ``emulated``) and
 with ``backend: gpu``, so both quantize from the same calibration set and start from the same noise. It
 writes each model's usual report into ``DIR/<model>`` (``DIR/README.md`` is the last model's) and prints, as each
-model finishes, per preset PSNR / SSIM of both backends and their difference. ``--mock-gpu`` (for a CPU check of this script) runs the GPU backend's
-layout with the op's pure-torch twin instead of the Triton kernels.
+model finishes, per preset PSNR / SSIM of both backends and their difference. ``--mock-gpu`` (for a CPU check of
+this script) runs the GPU backend's layout with the op's pure-torch twin instead of the Triton kernels.
 """
 
 from __future__ import annotations
