@@ -83,9 +83,9 @@ GEMV_CASES = {
     "gemv_w4a16_uneven_groups": dict(m=1, n=24, k=480, fmt="int8", segments=(96, 384), w4=True, a16=True),
 }
 #: The persistent TMA kernel (8-bit, one input scale along K): tails in M, N and K (zeros from the descriptors); its
-#: configs with TMA stores (``tile``: the config used, ``(BM, BN, BK, STORE_TMA)``; 1: the whole tile, 2: its halves along
-#: N, the right one here partly and wholly past N), which the TMA unit clips at M and N, and which an output with rows
-#: of no 16-byte multiple (N = 62) leaves out.
+#: configs with TMA stores (``tile``: the config used, ``(BM, BN, BK, STORE_TMA)``; 1: the whole tile, 2: its halves
+#: along N, the right one here partly and wholly past N), which the TMA unit clips at M and N, and which an output
+#: with rows of no 16-byte multiple (N = 62) leaves out.
 TMA_CASES = {
     "tma_int8_tails": dict(m=130, n=72, k=80, fmt="int8"),
     "tma_fp8_lowrank": dict(m=136, n=48, k=160, fmt="fp8", rank=8),
