@@ -202,7 +202,7 @@ def each_config(mod, quantized, gemm_calls, graph: bool, fmt_name: str) -> dict[
     """Every config of the persistent TMA kernel (and, INT8 with ``ops.USE_WGMMA`` on, of the Gluon kernel) that this
     one-input layer's launch keeps, pinned and timed alone (µs), by :func:`config_name`: which tile, ring depth and
     store win, and by how much, beyond the autotuner's one choice."""
-    from segquant.kernels.gpu.triton_tma import _tma_gemm_kernel, sized_configs
+    from segquant.kernels.gpu.triton_tma import _tma_gemm_kernel, sized_configs, store_descriptor
 
     kernels = {"tma": _tma_gemm_kernel}
     if fmt_name == "int8" and ops.USE_WGMMA["enabled"] and DEVICE["name"] == "cuda":
@@ -210,7 +210,8 @@ def each_config(mod, quantized, gemm_calls, graph: bool, fmt_name: str) -> dict[
 
         kernels["wgmma"] = _wgmma_gemm_kernel
     m, k, n = quantized[0].shape[1], quantized[0].shape[2], mod.weight_codes.shape[0]
-    launch = {"M": m, "N": n, "K": k, "c_desc": object() if n * 2 % 16 == 0 else None}  # bf16 output rows
+    out = torch.empty(m, n, device=quantized[0].device, dtype=torch.bfloat16)
+    launch = {"M": m, "N": n, "K": k, "c_desc": store_descriptor(out)}
     times = {}
     for name, kernel in kernels.items():
         configs = kernel.configs
@@ -228,9 +229,11 @@ def each_config(mod, quantized, gemm_calls, graph: bool, fmt_name: str) -> dict[
 
 
 def config_name(kernel: str, config) -> str:
-    """``"<kernel> BMxBNxBK w<warps> s<stages>"``, and `` tma-store=<STORE_TMA>`` where the config has one."""
+    """``"<kernel> BMxBNxBK w<warps> s<stages>"`` (a GEMV's ``BNxBK``; a Gluon kernel's stages are its ring slots),
+    and `` tma-store=<STORE_TMA>`` where the config has one."""
     kw = config.kwargs
-    name = f"{kernel} {kw['BM']}x{kw['BN']}x{kw['BK']} w{config.num_warps} s{kw.get('STAGES', config.num_stages)}"
+    tile = "x".join(str(kw[dim]) for dim in ("BM", "BN", "BK") if dim in kw)
+    name = f"{kernel} {tile} w{config.num_warps} s{kw.get('STAGES', config.num_stages)}".lstrip()
     return name + (f" tma-store={kw['STORE_TMA']}" if "STORE_TMA" in kw else "")
 
 
@@ -262,32 +265,32 @@ def ref_of(mod, quantized):
 
 
 def tuned_configs() -> dict:
-    """Autotuner choices so far: key -> "BMxBNxBK w<warps> s<stages>" (GEMV: "gemv BNxBK ...", persistent TMA
-    kernel: "tma BMxBNxBK tma-store=<STORE_TMA> ...", Gluon kernel: "wgmma BMxBNxBK x<ring slots> ..."); keys are the
-    autotuners' (shape values and dtypes; empty off CUDA)."""
+    """Autotuner choices so far: key -> :func:`config_name` (the tiled kernel's without a prefix; "gemv ...",
+    "tma ...", "wgmma ...", "wgmma_tile_scaled ..."); keys are the autotuners' (shape values and dtypes; empty off
+    CUDA)."""
     if DEVICE["name"] != "cuda":
         return {}
     from segquant.kernels.gpu.triton_gemm import _scaled_gemm_kernel
     from segquant.kernels.gpu.triton_gemv import _gemv_kernel
     from segquant.kernels.gpu.triton_tma import _tma_gemm_kernel
 
-    def described(kernel, prefix: str, size: str) -> dict:
-        return {(prefix,) + tuple(key): f"{prefix} {size.format(**c.kwargs)} w{c.num_warps} s{c.num_stages}".lstrip()
-                for key, c in kernel.cache.items()}
+    def described(kernel, prefix: str) -> dict:
+        return {(prefix,) + tuple(key): config_name(prefix, c) for key, c in kernel.cache.items()}
 
-    tuned = {**described(_scaled_gemm_kernel, "", "{BM}x{BN}x{BK}"), **described(_gemv_kernel, "gemv", "{BN}x{BK}"),
-             **described(_tma_gemm_kernel, "tma", "{BM}x{BN}x{BK} tma-store={STORE_TMA}")}
+    tuned = {**described(_scaled_gemm_kernel, ""), **described(_gemv_kernel, "gemv"),
+             **described(_tma_gemm_kernel, "tma")}
     if torch.cuda.get_device_capability()[0] == 9:
         from segquant.kernels.gpu.gluon_wgmma import _wgmma_gemm_kernel, _wgmma_tile_scaled_kernel
 
-        tuned.update(described(_wgmma_gemm_kernel, "wgmma", "{BM}x{BN}x{BK} x{STAGES}"))
-        tuned.update(described(_wgmma_tile_scaled_kernel, "wgmma_tile_scaled", "{BM}x{BN}x{BK} x{STAGES}"))
+        tuned.update(described(_wgmma_gemm_kernel, "wgmma"))
+        tuned.update(described(_wgmma_tile_scaled_kernel, "wgmma_tile_scaled"))
     return tuned
 
 
 COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
            "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us", "gemm_tma_split_tail_us",
-           "gemm_wgmma_us", "gemm_wgmma_tile_scaled_us", "gemm_fast_accum_us", "gemm_tensorwise_us", "quant_only_us", "tflops_gemm", "peak_frac_gemm", "tbps_gemm", "speedup_eager",
+           "gemm_wgmma_us", "gemm_wgmma_tile_scaled_us", "gemm_fast_accum_us", "gemm_tensorwise_us", "quant_only_us",
+           "tflops_gemm", "peak_frac_gemm", "tbps_gemm", "speedup_eager",
            "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled",
            "rel_err_vs_twin", "best_config"]
 

@@ -23,7 +23,7 @@ HOPPER_SHARED_BYTES = 232448
 def hopper_build(is_int: bool, split_tail: bool, has_lr: bool, config=None, fp_fusion: bool = True):
     """``_tma_gemm_kernel`` compiled for sm_90 with ``config`` (default: the first, FLUX's largest tiles, 128 x 256 x
     128, 8 warps, 3 stages)."""
-    from segquant.kernels.gpu.triton_tma import _CONFIGS, _tma_gemm_kernel
+    from segquant.kernels.gpu.triton_tma import _CONFIGS, _tma_gemm_kernel, store_block
 
     config = config or _CONFIGS[0]
     bm, bn, bk = config.kwargs["BM"], config.kwargs["BN"], config.kwargs["BK"]
@@ -33,7 +33,7 @@ def hopper_build(is_int: bool, split_tail: bool, has_lr: bool, config=None, fp_f
                      **config.kwargs)
     signature = {name: "i32" for name in kernel.arg_names}
     signature.update(POINTERS, a_desc=f"tensordesc<{code}[{bm}, {bk}]>", b_desc=f"tensordesc<{code}[{bn}, {bk}]>",
-                     c_desc=f"tensordesc<bf16[{bm}, {bn // (2 if config.kwargs['STORE_TMA'] == 2 else 1)}]>",
+                     c_desc="tensordesc<bf16[{}, {}]>".format(*store_block(bm, bn, config.kwargs["STORE_TMA"])),
                      partial_ptr="*i32" if is_int else "*fp32", **{name: "constexpr" for name in constants})
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()})

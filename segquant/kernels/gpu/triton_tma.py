@@ -50,7 +50,12 @@ def _block_shapes(nargs: dict) -> None:
     nargs["a_desc"].block_shape = [nargs["BM"], nargs["BK"]]
     nargs["b_desc"].block_shape = [nargs["BN"], nargs["BK"]]
     if nargs["c_desc"] is not None:
-        nargs["c_desc"].block_shape = [nargs["BM"], nargs["BN"] // (2 if nargs["STORE_TMA"] == 2 else 1)]
+        nargs["c_desc"].block_shape = store_block(nargs["BM"], nargs["BN"], nargs["STORE_TMA"])
+
+
+def store_block(bm: int, bn: int, store_tma: int) -> list[int]:
+    """The block one TMA store writes: the ``(BM, BN)`` tile, or its half along N with ``STORE_TMA`` 2."""
+    return [bm, bn // 2 if store_tma == 2 else bn]
 
 
 # (BM, BN, BK, warps, stages). Triton keeps a wgmma with an int32 accumulator synchronous ("the accumulator is not
@@ -192,7 +197,7 @@ def _tma_gemm_kernel(a_desc, b_desc, c_ptr, c_desc, as_ptr, ws_ptr, acol_ptr, wc
                               stride_tm, stride_un, IS_INT, HAS_BIAS, HAS_LR, R, BM, BN)
 
 
-def _store_descriptor(out: torch.Tensor) -> TensorDescriptor | None:
+def store_descriptor(out: torch.Tensor) -> TensorDescriptor | None:
     """A TMA descriptor of the ``(M, N)`` output (block shape set per config), or None where its rows are not
     16-byte multiples (the configs with TMA stores are then left out)."""
     return TensorDescriptor.from_tensor(out, [1, 1]) if out.stride(0) * out.element_size() % 16 == 0 else None
@@ -261,7 +266,7 @@ def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowra
         return (sms if split_tail else min(sms, triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"])),)
 
     _tma_gemm_kernel[grid](
-        TensorDescriptor.from_tensor(a2, [1, 1]), TensorDescriptor.from_tensor(b, [1, 1]), out, _store_descriptor(out),
+        TensorDescriptor.from_tensor(a2, [1, 1]), TensorDescriptor.from_tensor(b, [1, 1]), out, store_descriptor(out),
         a_scale, ws, a_col, w_col, bias if bias is not None else ws, t, u, partials, counts,
         m, n, k, triton.next_power_of_2(m), rank, out.stride(0), scale_strides(a_scale)[1], ws.stride(0),
         t.stride(0), u.stride(0),
