@@ -60,7 +60,7 @@ def _descriptor_blocks(nargs: dict) -> None:
 # columns of the tile, not 64: their scales and bias in the epilogue fit the registers), else along M.
 # Shared memory: STAGES · (BM + BN) · BK bytes. The slot of the MMA in flight cannot take a load, so STAGES slots
 # keep STAGES - 2 loads in flight beside it, one fewer than Triton's synchronous loop with as many stages: the
-# 4-stage rings (192 KB; Triton's kernel has no room for them beside its epilogue's staging) match its 3.
+# 4-stage rings (192 KB) match its 3.
 _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "STAGES": st, "GROUP_M": 8, "WARPS_N": 2 if bn > bm else 1},
                           num_warps=8, num_stages=1, pre_hook=_descriptor_blocks)
             for bm, bn, bk, st in [(128, 256, 128, 3), (128, 256, 128, 4), (128, 256, 64, 5), (256, 128, 128, 3),

@@ -61,8 +61,8 @@ def store_block(bm: int, bn: int, store_tma: int) -> list[int]:
 # (BM, BN, BK, warps, stages). Triton keeps a wgmma with an int32 accumulator synchronous ("the accumulator is not
 # fp32": a wait for the tensor cores after every K step, where FP8 / fp16 dots keep one step in flight), so the
 # 256-deep K tiles, which halve those waits, compete too (their 3 / 2 stages fill 224 of the 227 KB of shared memory).
-# The largest tiles also with 4 stages (192 KB beside the epilogue's staging tile: 36 KB for the pointer stores at
-# 128 x 256, 32 KB for a TMA-stored half; 229-230 of the 227 KB = 232448 bytes) and with the TMA stores.
+# The largest tiles also with 4 stages (192 KB beside the epilogue's staging tile, about 32 KB for the pointer stores
+# at 128 x 256 and for a TMA-stored half: 224-225 of the 227 KB = 232448 bytes) and with the TMA stores.
 _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "STORE_TMA": store}, num_warps=w,
                           num_stages=st, pre_hook=_block_shapes)
             for bm, bn, bk, w, st, store in [
