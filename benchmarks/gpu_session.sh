@@ -2,7 +2,7 @@
 # One device-machine call that checks and measures the GPU backend (what BENCHMARKS.md reports), each step
 # under its own time limit so that a slow step cannot hide the others. Outputs go to $OUT (or ./gpu_out).
 #
-#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|tma|outproj|ctx|segments|gluon|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|
+#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|tma|outproj|ceiling|ctx|segments|gluon|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|
 #                                   demo_backends|quantize_sd35|load_flux|scaling ...]
 #
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
@@ -19,6 +19,8 @@
 # `gluon` (≤ 300 s) times the Gluon INT8 kernels where they compete: per-head (per-K-tile) and DualScale rows, INT8 only.
 # `outproj` (≤ 300 s, OUTPROJ_LIMIT) times FLUX's out_proj, the shape furthest from its GEMM target, in both formats with
 # every config of the persistent TMA kernel (and the Gluon one) pinned in turn, and cuBLASLt FP8 with fast accumulation.
+# `ceiling` (≤ 240 s, CEILING_LIMIT; CEILING_LAYERS, default out_proj_plain,proj_out_plain) times the Gluon GEMM's schedule
+# with only its loads, only its MMAs, and so on, beside bf16 and our kernels (benchmarks/gemm_ceiling.py): what binds.
 # `quantize_elementwise` (~2 min) times the fused GELU / norm + quantize kernels alone (benchmarks/quantize_elementwise.py).
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
 # kernel, `sq_int8_fused` fuses q/k/v with one smoothing), SD35_VARIANTS / SD35_LIMIT / SD35_INDUCTOR / SD35_MAX_IMAGE (e2e_sd35; `sq_fp8_fused`; SD35_MAX_IMAGE=2048 crops the
@@ -42,7 +44,10 @@ mkdir -p "$OUT"
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD PYTHONUNBUFFERED=1
 # the Gluon INT8 kernels join each shape's first-call timing in the benchmarks (off by default: bitwise on the H200 but
 # slower than the persistent Triton kernel in run 15; SEGQUANT_GLUON_KERNELS=0 leaves them out); the tests step runs
-# them only in their own file, last, and the demo comparison not at all: it measures what users run
+# them only in their own file, last, and the demo comparison not at all: it measures what users run. The demo
+# comparison also runs each Triton kernel in its first legal config (SEGQUANT_TRITON_AUTOTUNE=0): it compares images,
+# not speed, and every INT8 config computes the twin's bits (the GPU tests), while autotuning compiles and times every
+# config of every kernel for each GEMM shape (the demo UNet has 12 at --per-class 1), time the comparison need not spend
 export SEGQUANT_GLUON_KERNELS=${SEGQUANT_GLUON_KERNELS:-1}
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && { echo "name the steps (see the header)" >&2; exit 2; }
@@ -64,6 +69,9 @@ for step in "${steps[@]}"; do
     outproj) (cd benchmarks && timeout -k 20 ${OUTPROJ_LIMIT:-300} python3 gemm_w8a8.py --out "$OUT/outproj" --compile-layers none \
              --layers out_proj_plain --each-config out_proj_plain) > "$OUT/outproj.log" 2>&1
          tail -n 6 "$OUT/outproj.log" ;;
+    ceiling) (cd benchmarks && timeout -k 20 ${CEILING_LIMIT:-240} python3 gemm_ceiling.py --out "$OUT/ceiling" \
+             ${CEILING_LAYERS:+--layers "$CEILING_LAYERS"}) > "$OUT/ceiling.log" 2>&1
+         tail -n 22 "$OUT/ceiling.log" | grep '^|' ;;
     ctx) (cd benchmarks && timeout -k 20 200 python3 gemm_w8a8.py --out "$OUT/ctx" --compile-layers none \
              --layers ctx_proj,ctx_ff_up,ctx_ff_down,sd35_ctx_proj,sd35_ctx_ff_down,out_proj_plain) \
              > "$OUT/ctx.log" 2>&1; tail -n 12 "$OUT/ctx.log" ;;
@@ -93,7 +101,7 @@ for step in "${steps[@]}"; do
     quantize_elementwise) (cd benchmarks && timeout -k 20 ${QE_LIMIT:-240} python3 quantize_elementwise.py --out "$OUT/quantize_elementwise") \
                 > "$OUT/quantize_elementwise.log" 2>&1; tail -n 45 "$OUT/quantize_elementwise.log" | grep '^|' ;;
     demo_backends) [ -f gpu_inputs/demo_prompts.safetensors ] || { echo "demo_backends: make gpu_inputs/demo_prompts.safetensors first (demo_backends.py embed) and carry gpu_inputs" >&2; continue; }
-             SEGQUANT_GLUON_KERNELS=0 timeout -k 20 ${DEMO_LIMIT:-400} python3 benchmarks/demo_backends.py run \
+             SEGQUANT_GLUON_KERNELS=0 SEGQUANT_TRITON_AUTOTUNE=0 timeout -k 20 ${DEMO_LIMIT:-400} python3 benchmarks/demo_backends.py run \
                --embeddings gpu_inputs/demo_prompts.safetensors \
                --out "$OUT/demo_backends" ${DEMO_ARGS:---presets w8a8,w4a8,w4a8_two_level,w4a16} > "$OUT/demo_backends.log" 2>&1
              grep -E "^(\||device)" "$OUT/demo_backends.log" ;;

@@ -116,23 +116,27 @@ def test_every_tma_config_fits_hoppers_shared_memory():
             assert stores_by_tma == bool(config.kwargs["STORE_TMA"]), config
 
 
-def gluon_build(kernel, config, **constants) -> "triton.compiler.CompiledKernel":
-    """A Gluon kernel of :mod:`segquant.kernels.gpu.gluon_wgmma` compiled for sm_90 with ``config`` (and the kernel's
-    own ``constants``), as launched: bias, no fused multiply-adds, pointers and strides specialized as multiples of
-    16."""
+def gluon_build(kernel, config, code: str = "i8", **constants) -> "triton.compiler.CompiledKernel":
+    """A Gluon kernel (of :mod:`segquant.kernels.gpu.gluon_wgmma`, or ``benchmarks/gemm_ceiling.py``'s) compiled for
+    sm_90 with ``config`` (and the kernel's own ``constants``), as launched: codes of type ``code`` (``"i8"`` or
+    ``"fp8e4nv"``), bias, no fused multiply-adds, pointers and strides specialized as multiples of 16."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.autotuner import Autotuner
 
-    fn = kernel.fn
+    fn = kernel.fn if isinstance(kernel, Autotuner) else kernel  # the GluonJITFunction
+    element = {"i8": gl.int8, "fp8e4nv": gl.float8e4nv}[code]
     signature = {name: "i32" for name in fn.arg_names}
     rows = {"a_desc": config.kwargs["BM"], "an_desc": config.kwargs["BM"], "b_desc": config.kwargs["BN"]}
     for name, rows in rows.items():
         block = [rows, config.kwargs["BK"]]
-        layout = gl.NVMMASharedLayout.get_default_for(block, gl.int8)
-        signature[name] = f"tensordesc<i8[{block[0]}, {block[1]}],{layout!r}>"
-    signature.update({k: v for k, v in POINTERS.items() if k in fn.arg_names}, asn_ptr="*fp32")
+        layout = gl.NVMMASharedLayout.get_default_for(block, element)
+        signature[name] = f"tensordesc<{code}[{block[0]}, {block[1]}],{layout!r}>"
+    signature.update(POINTERS, asn_ptr="*fp32")
     constants = dict(NUM_SMS=132, HAS_BIAS=True, **constants, **config.kwargs)
     signature.update({name: "constexpr" for name in constants})
+    signature = {name: signature[name] for name in fn.arg_names}
+    constants = {name: value for name, value in constants.items() if name in fn.arg_names}
     aligned = [i for i, name in enumerate(fn.arg_names) if name.endswith("_ptr") or name.startswith("stride")
                or name in ("N", "K")]
     source = GluonASTSource(fn=fn, signature=signature, attrs={(i,): [["tt.divisibility", 16]] for i in aligned},
@@ -220,3 +224,24 @@ def test_gluon_tile_scaled_kernel_overlaps_a_rescale_with_the_next_mma():
         assert kernel.metadata.shared <= HOPPER_SHARED_BYTES, (config, kernel.metadata.shared)
         assert pipelined(mma_sequence(kernel)), (config, mma_sequence(kernel))
         assert " 0 bytes spill stores" in ptxas_report(ptx), config
+
+
+def test_gpu_time_decomposition_keeps_exactly_the_parts_it_names():
+    """``benchmarks/gemm_ceiling.py`` times the Gluon schedule with parts switched off: ``loads`` must issue TMA loads
+    and no MMA, and every mode with MMAs must keep them (a dead accumulator would let the compiler drop them) with one
+    in flight, in both formats."""
+    gluon_module()
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from gemm_ceiling import CODES, MODES, _schedule_kernel
+
+    config = triton.Config({"BM": 128, "BN": 256, "BK": 128, "STAGES": 3, "GROUP_M": 8, "WARPS_N": 2}, num_warps=8,
+                           num_stages=1)
+    for fmt, (_, code) in CODES.items():
+        for mode, (loads, mmas, _) in MODES.items():
+            kernel = gluon_build(_schedule_kernel, config, code=code, IS_INT=fmt == "int8", LOADS=loads, MMAS=mmas)
+            sequence = mma_sequence(kernel)
+            assert "cp.async.bulk.tensor" in kernel.asm["ptx"], (fmt, mode)
+            assert (sequence.count("MMA") == 8 and pipelined(sequence)) if mmas else "MMA" not in sequence, (fmt, mode)

@@ -70,9 +70,9 @@ _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "STAGES": st, "GROUP_M"
 @gluon.jit
 def _ring(a_desc, b_desc, STAGES: gl.constexpr, DUAL: gl.constexpr = False):
     """The shared-memory ring: ``STAGES`` A tiles (``DUAL``: twice, the negative side's in slots ``STAGES + s``),
-    B tiles and their load barriers (initialized)."""
-    a_bufs = gl.allocate_shared_memory(gl.int8, [STAGES * (1 + DUAL)] + a_desc.block_type.shape, a_desc.layout)
-    b_bufs = gl.allocate_shared_memory(gl.int8, [STAGES] + b_desc.block_type.shape, b_desc.layout)
+    B tiles and their load barriers (initialized), in the descriptors' element type."""
+    a_bufs = gl.allocate_shared_memory(a_desc.dtype, [STAGES * (1 + DUAL)] + a_desc.block_type.shape, a_desc.layout)
+    b_bufs = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
     bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for s in gl.static_range(STAGES):
         mbarrier.init(bars.index(s), count=1)
