@@ -10,7 +10,8 @@ Modes of one config (BM x BN x BK, ring slots), each replayed from a CUDA graph:
   own time for the schedule, padding included.
 - ``mmas_stores``: the MMAs and each tile's bf16 store (no scales).
 - ``loads_mmas``: the loads and the MMAs, without the stores.
-- ``all``: loads, MMAs and stores (the Gluon GEMM without its scales and bias).
+- ``all``: loads, MMAs and stores (the Gluon GEMM without its scales and bias); ``all_whole_waves`` the same on the
+  first rows that fill whole waves of the grid: the difference is the last, partial wave's cost.
 
 Without ``stores`` the tile is still "stored" under a mask that is false at run time, so the compiler keeps the MMAs
 (``tests/kernels/test_hopper_lowering.py`` checks the MMAs in the SASS of each mode). FP8 accumulates in the tensor
@@ -47,6 +48,7 @@ from segquant.kernels.gpu import ops
 from segquant.kernels.gpu.gluon_wgmma import (_INSTR_K, _INSTR_N, _load_step, _offsets, _ring,
                                               _tile_position)
 from segquant.kernels.gpu.plan import quantize_input
+from segquant.kernels.gpu.triton_tma import persistent_programs
 
 #: name: (LOADS, MMAS, STORES)
 MODES = {"loads": (True, False, False), "mmas": (False, True, False), "mmas_stores": (False, True, True),
@@ -120,7 +122,7 @@ def schedule_call(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, fmt: str,
     bm, bn, bk, stages = config
     loads, mmas, stores = MODES[mode]
     m, k, n = a.shape[0], a.shape[1], b.shape[0]
-    sms = torch.cuda.get_device_properties(a.device).multi_processor_count
+    sms = persistent_programs(a)
     a_desc, b_desc = descriptor(a, bm, bk, fmt), descriptor(b, bn, bk, fmt)
     grid = (min(sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
 
@@ -161,20 +163,34 @@ def measure(layer: str, fmt: str) -> list[dict]:
     weights = [random_codes(n, k, fmt) for _ in range(copies)]
     out = torch.empty(m, n, device=DEVICE["name"], dtype=torch.bfloat16)
     for config in CONFIGS:
-        bm, bn, bk, _ = config
-        tiles, k_tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn), triton.cdiv(k, bk)
-        row = dict(layer=layer, fmt=fmt, config="x".join(map(str, config)), tiles=tiles,
-                   loaded_mb=tiles * k_tiles * (bm + bn) * bk / 1e6)
-        for mode in MODES:
-            row[f"{mode}_us"] = bench([schedule_call(a, b, out, fmt, config, mode) for a, b in zip(codes, weights)],
-                                      graph=True)
-        schedule_call(codes[0], weights[0], out, fmt, config, "all")()  # the instrument computes the product
-        exact = codes[0].double() @ weights[0].double().t()
-        row["all_rel_err"] = ((out.double() - exact).norm() / exact.norm()).item()
-        row["l2_read_tbps"] = row["loaded_mb"] / row["loads_us"]  # MB / µs
-        row["mma_frac_of_peak"] = 2.0 * tiles * bm * bn * k_tiles * bk / row["mmas_us"] / 1e6 / PEAK_8BIT
-        rows.append(row)
+        rows.append(measure_config(layer, fmt, config, codes, weights, out))
     return rows
+
+
+def measure_config(layer: str, fmt: str, config: tuple, codes: list, weights: list, out: torch.Tensor) -> dict:
+    """One config's modes (µs) on the rotated ``codes`` ``(M, K)`` / ``weights`` ``(N, K)``, the bytes it loads, the
+    L2 read rate of ``loads``, the MMAs' fraction of the peak, the check of ``all`` against the exact product, and
+    ``all`` again on the first rows that fill whole waves of the grid (``all_whole_waves_us``; the difference is what
+    the last, partial wave costs), where the whole waves end at a row of tiles."""
+    bm, bn, bk, _ = config
+    (m, k), n = codes[0].shape, weights[0].shape[0]
+    tiles, k_tiles, num_n = triton.cdiv(m, bm) * triton.cdiv(n, bn), triton.cdiv(k, bk), triton.cdiv(n, bn)
+    row = dict(layer=layer, fmt=fmt, config="x".join(map(str, config)), tiles=tiles,
+               loaded_mb=tiles * k_tiles * (bm + bn) * bk / 1e6)
+    for mode in MODES:
+        row[f"{mode}_us"] = bench([schedule_call(a, b, out, fmt, config, mode) for a, b in zip(codes, weights)],
+                                  graph=True)
+    schedule_call(codes[0], weights[0], out, fmt, config, "all")()  # the instrument computes the product
+    exact = codes[0].double() @ weights[0].double().t()
+    row["all_rel_err"] = ((out.double() - exact).norm() / exact.norm()).item()
+    row["l2_read_tbps"] = row["loaded_mb"] / row["loads_us"]  # MB / µs
+    row["mma_frac_of_peak"] = 2.0 * tiles * bm * bn * k_tiles * bk / row["mmas_us"] / 1e6 / PEAK_8BIT
+    whole = tiles - tiles % persistent_programs(codes[0])
+    if 0 < whole < tiles and whole % num_n == 0:
+        rows = whole // num_n * bm
+        row["all_whole_waves_us"] = bench([schedule_call(a[:rows], b, out[:rows], fmt, config, "all")
+                                           for a, b in zip(codes, weights)], graph=True)
+    return row
 
 
 def build_report() -> str:
@@ -199,7 +215,8 @@ def build_report() -> str:
 
 def table(rows: list[dict]) -> str:
     columns = ["layer", "fmt", "config", "bf16_mm_us", "gemm_routed_us", "gemm_tma_us", "loaded_mb",
-               *(f"{mode}_us" for mode in MODES), "l2_read_tbps", "mma_frac_of_peak", "all_rel_err"]
+               *(f"{mode}_us" for mode in MODES), "all_whole_waves_us", "l2_read_tbps", "mma_frac_of_peak",
+               "all_rel_err"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, ""))
