@@ -141,9 +141,30 @@ def random_codes(rows: int, k: int, fmt: str) -> torch.Tensor:
     return torch.randn(rows, k, device=DEVICE["name"]).to(torch.float8_e4m3fn)
 
 
+def whole_wave_rows(m: int, n: int, bm: int, bn: int, programs: int) -> int | None:
+    """The rows whose ``bm x bn`` tiles fill whole waves of ``programs`` (None where the whole waves do not end at
+    a row of tiles, or there is no partial wave)."""
+    num_n = triton.cdiv(n, bn)
+    tiles = triton.cdiv(m, bm) * num_n
+    whole = tiles - tiles % programs
+    return whole // num_n * bm if 0 < whole < tiles and whole % num_n == 0 else None
+
+
+def rows_of(quantized: tuple, start: int, stop: int) -> tuple:
+    """Rows ``start:stop`` of the op's input (codes ``(1, M, K)``, scales ``(1, M|1, J)``, negative scales)."""
+    codes, a_scale, a_scale_neg = quantized
+
+    def cut(t):
+        return t if t is None or t.shape[1] != codes.shape[1] else t[:, start:stop]
+
+    return cut(codes), cut(a_scale), cut(a_scale_neg)
+
+
 def measure(layer: str, fmt: str) -> list[dict]:
-    """Rows for one layer and format: bf16 ``torch.mm``, the library's GEMM (as routed, and the persistent TMA kernel
-    alone), then every config's modes (µs, with the bytes each config loads and the L2 read rate of ``loads``)."""
+    """Rows for one layer and format: bf16 ``torch.mm``, the library's GEMM (as routed, the persistent TMA kernel
+    alone, and as routed in two calls: the rows whose 128 x 256 tiles fill whole waves, then the rest, whose own
+    tiles may be smaller: ``gemm_rows_split_us``, outputs not joined), then every config's modes
+    (:func:`measure_config`)."""
     m, k, n = LAYERS[layer][:3]
     copies = rotation(m, k, n)
     mods = [random_module(spec_of(layer, FORMATS[fmt]), seed) for seed in range(copies)]
@@ -158,6 +179,11 @@ def measure(layer: str, fmt: str) -> list[dict]:
     with (ops.switched(USE_SCALED_MM=False, USE_TMA=True, USE_WGMMA=False),
           mock.patch.object(ops, "fastest_kernel", lambda *_, **__: "tma")):
         base["gemm_tma_us"] = bench(calls, graph=True)
+    split = whole_wave_rows(m, n, 128, 256, persistent_programs(xs[0]))
+    if split:
+        base["gemm_rows_split_us"] = bench([lambda mod=mod, q=q: (_gemm(mod, rows_of(q, 0, split)),
+                                                                  _gemm(mod, rows_of(q, split, m)))
+                                            for mod, q in zip(mods, quantized)], graph=True)
     rows = [base]
     codes = [random_codes(m, k, fmt) for _ in range(copies)]
     weights = [random_codes(n, k, fmt) for _ in range(copies)]
@@ -174,7 +200,7 @@ def measure_config(layer: str, fmt: str, config: tuple, codes: list, weights: li
     the last, partial wave costs), where the whole waves end at a row of tiles."""
     bm, bn, bk, _ = config
     (m, k), n = codes[0].shape, weights[0].shape[0]
-    tiles, k_tiles, num_n = triton.cdiv(m, bm) * triton.cdiv(n, bn), triton.cdiv(k, bk), triton.cdiv(n, bn)
+    tiles, k_tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn), triton.cdiv(k, bk)
     row = dict(layer=layer, fmt=fmt, config="x".join(map(str, config)), tiles=tiles,
                loaded_mb=tiles * k_tiles * (bm + bn) * bk / 1e6)
     for mode in MODES:
@@ -185,9 +211,8 @@ def measure_config(layer: str, fmt: str, config: tuple, codes: list, weights: li
     row["all_rel_err"] = ((out.double() - exact).norm() / exact.norm()).item()
     row["l2_read_tbps"] = row["loaded_mb"] / row["loads_us"]  # MB / µs
     row["mma_frac_of_peak"] = 2.0 * tiles * bm * bn * k_tiles * bk / row["mmas_us"] / 1e6 / PEAK_8BIT
-    whole = tiles - tiles % persistent_programs(codes[0])
-    if 0 < whole < tiles and whole % num_n == 0:
-        rows = whole // num_n * bm
+    rows = whole_wave_rows(m, n, bm, bn, persistent_programs(codes[0]))
+    if rows:
         row["all_whole_waves_us"] = bench([schedule_call(a[:rows], b, out[:rows], fmt, config, "all")
                                            for a, b in zip(codes, weights)], graph=True)
     return row
@@ -214,9 +239,9 @@ def build_report() -> str:
 
 
 def table(rows: list[dict]) -> str:
-    columns = ["layer", "fmt", "config", "bf16_mm_us", "gemm_routed_us", "gemm_tma_us", "loaded_mb",
-               *(f"{mode}_us" for mode in MODES), "all_whole_waves_us", "l2_read_tbps", "mma_frac_of_peak",
-               "all_rel_err"]
+    columns = ["layer", "fmt", "config", "bf16_mm_us", "gemm_routed_us", "gemm_tma_us", "gemm_rows_split_us",
+               "loaded_mb", *(f"{mode}_us" for mode in MODES), "all_whole_waves_us", "l2_read_tbps",
+               "mma_frac_of_peak", "all_rel_err"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, ""))

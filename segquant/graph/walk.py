@@ -34,7 +34,6 @@ PERMUTE_LIKE = frozenset({"permute", "transpose", "t", "swapaxes", "movedim"})
 SPLIT_LIKE = frozenset({"chunk", "split", "split_with_sizes", "unbind", "tensor_split", "unsafe_split",
                         "unsafe_split_with_sizes", "unsafe_chunk"})
 ELEMENTWISE_BINARY = frozenset({"add", "sub", "mul", "div"})
-LINEAR_OPS = frozenset({"linear", "addmm", "mm"})
 
 
 def opname(node: Node) -> str | None:
