@@ -4,7 +4,8 @@ For every layer and format (FP8 E4M3, INT8) it times, on random data, in one pro
 bf16 ``F.linear`` (torch.mm) and its ``torch.compile``; the gpu backend's forward (quantize + W8A8 GEMM) in
 eager and under ``torch.compile``; the GEMM alone on pre-quantized codes as routed (``gemm_only_us``), on the
 tiled Triton kernel alone (``gemm_triton_us``), on the persistent TMA kernel alone (``gemm_tma_us``) and on its
-variant with the last partial wave split along K (``gemm_tma_split_tail_us``), and, INT8 on sm_90, on the Gluon kernels
+variants with the last partial wave split along K (``gemm_tma_split_tail_us``) or in halves along N
+(``gemm_tma_halves_tail_us``), and, INT8 on sm_90, on the Gluon kernels
 (``gemm_wgmma_us``: one tensor-core step in flight; ``gemm_wgmma_tile_scaled_us``: per-K-tile scales rescaled while the
 next MMA runs), where the layer fits them; plain FP8 layers also with cuBLASLt's fast accumulation
 (``gemm_fast_accum_us``) and with one scale per tensor (``gemm_tensorwise_us``, a diagnostic); and checks
@@ -289,7 +290,8 @@ def tuned_configs() -> dict:
 
 COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
            "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us", "gemm_tma_split_tail_us",
-           "gemm_wgmma_us", "gemm_wgmma_tile_scaled_us", "gemm_fast_accum_us", "gemm_tensorwise_us", "quant_only_us",
+           "gemm_tma_halves_tail_us", "gemm_wgmma_us", "gemm_wgmma_tile_scaled_us", "gemm_fast_accum_us",
+           "gemm_tensorwise_us", "quant_only_us",
            "tflops_gemm", "peak_frac_gemm", "tbps_gemm", "speedup_eager",
            "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled",
            "rel_err_vs_twin", "best_config"]

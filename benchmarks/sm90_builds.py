@@ -6,6 +6,7 @@ machine (Triton's compiler and its bundled ``ptxas``; no GPU): what BENCHMARKS.m
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from tests.kernels.test_hopper_lowering import HOPPER_SHARED_BYTES, gluon_build, hopper_build, ptxas_report
@@ -23,14 +24,14 @@ def main() -> None:
     import triton
 
     from segquant.kernels.gpu import gluon_wgmma
-    from segquant.kernels.gpu.triton_tma import _CONFIGS
+    from segquant.kernels.gpu.triton_tma import _CONFIGS, HALVES_N, WHOLE_TILES
 
     print(f"Triton {triton.__version__}, sm_90, shared memory per block: {HOPPER_SHARED_BYTES} B")
     for config in _CONFIGS:
         kw = config.kwargs
-        for is_int in (True, False):
-            print(f"tma {kw['BM']}x{kw['BN']}x{kw['BK']} s{config.num_stages} tma-store={kw['STORE_TMA']} "
-                  f"{'int8' if is_int else 'fp8 '}: {described(hopper_build(is_int, False, False, config))}")
+        for is_int, (tail, split) in itertools.product((True, False), (("", WHOLE_TILES), (" halves-tail", HALVES_N))):
+            print(f"tma {kw['BM']}x{kw['BN']}x{kw['BK']} s{config.num_stages} tma-store={kw['STORE_TMA']}{tail} "
+                  f"{'int8' if is_int else 'fp8 '}: {described(hopper_build(is_int, split, False, config))}")
     for name, kernel, configs, extra in (
             ("gluon", gluon_wgmma._wgmma_gemm_kernel, gluon_wgmma._CONFIGS, {"DUAL": False}),
             ("gluon dual", gluon_wgmma._wgmma_gemm_kernel, gluon_wgmma._DUAL_CONFIGS, {"DUAL": True}),

@@ -108,11 +108,22 @@ TMA_SPLIT_CASES = {
     "tma_split_fp8_lowrank_no_whole_wave": dict(m=200, n=200, k=400, fmt="fp8", rank=8),
     "tma_split_int8_64_row_tiles": dict(m=150, n=130, k=512, fmt="int8", tile=(64, 128, 128)),
 }
+#: The same kernel with its last partial wave in halves along N (``split_tail`` ``HALVES_N``): 9 tiles of 128 x 256 =
+#: 2 whole waves + 1 tile (columns 512-767) in 2 halves, the second partly past N = 700 (with the whole waves stored by
+#: TMA: wholly past N = 520); 2 tiles (no whole wave) in 4 halves, FP8 with bias and the low-rank branch; 64 x 128
+#: tiles: 1 whole wave + 2 tiles (columns 128-255) in 4 halves of 64 x 64, the second ones partly past N = 250.
+TMA_HALVES_CASES = {
+    "tma_halves_int8_waves_and_tail": dict(m=300, n=700, k=640, fmt="int8"),
+    "tma_halves_store_int8_waves_and_tail": dict(m=300, n=520, k=640, fmt="int8", tile=(128, 256, 128, 2)),
+    "tma_halves_fp8_lowrank_no_whole_wave": dict(m=200, n=200, k=400, fmt="fp8", rank=8),
+    "tma_halves_int8_64_row_tiles": dict(m=150, n=250, k=512, fmt="int8", tile=(64, 128, 128)),
+}
 #: The one-pass dequantization of packed INT4 weights (float32 / fp16 output).
 DEQUANTIZE_CASES = {"dequantize_g64": dict(n=40, k=384, segments=(64,) * 6),
                     "dequantize_uneven_tail": dict(n=33, k=200, segments=(96, 104)),
                     "expand_two_level_int8": dict(n=40, k=384, segments=(64,) * 6, steps=True)}
-ALL_CASES = {**CASES, **GEMV_CASES, **TMA_CASES, **TMA_SPLIT_CASES, **DEQUANTIZE_CASES}
+PERSISTENT_CASES = {**TMA_CASES, **TMA_SPLIT_CASES, **TMA_HALVES_CASES}
+ALL_CASES = {**CASES, **GEMV_CASES, **PERSISTENT_CASES, **DEQUANTIZE_CASES}
 
 
 def exact_integer_case(name: str) -> bool:
@@ -167,6 +178,13 @@ def first_tma_config(tile: tuple | None):
         _tma_gemm_kernel.configs = configs
 
 
+def tail_split_of(name: str) -> int:
+    """The persistent kernel's ``split_tail`` for a case of :data:`PERSISTENT_CASES`."""
+    from segquant.kernels.gpu.triton_tma import HALVES_N, SPLIT_K, WHOLE_TILES
+
+    return SPLIT_K if name in TMA_SPLIT_CASES else HALVES_N if name in TMA_HALVES_CASES else WHOLE_TILES
+
+
 def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(kernel output, reference) of case ``name``."""
     from segquant.kernels.gpu.ops import dequantize_w4
@@ -187,11 +205,11 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         a, b, a_scale, a_scale_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
         return (gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype),
                 scaled_gemm_reference(*args))
-    if name in TMA_CASES or name in TMA_SPLIT_CASES:
+    if name in PERSISTENT_CASES:
         args = args if "block" in spec else one_input_scale(args)
         a, b, a_scale, _, w_scale, a_col, w_col, bias, t, u, *_, out_dtype = args
-        split = name in TMA_SPLIT_CASES
-        assert not split or tail_splits(a, b), f"{name}: no tile config splits its last wave"
+        split = tail_split_of(name)
+        assert not split or tail_splits(a, b, split), f"{name}: no tile config splits its last wave"
         with first_tma_config(tile):
             out = tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype, split_tail=split)
         return out, scaled_gemm_reference(*args)
@@ -218,7 +236,7 @@ def prepare_interpreter() -> None:
 def stored_by_tma(name: str) -> str:
     """For a persistent-kernel case: the ``STORE_TMA`` of the config that ran (``"0"``: pointer stores); ``"-"`` for the
     others."""
-    if name not in TMA_CASES and name not in TMA_SPLIT_CASES:
+    if name not in PERSISTENT_CASES:
         return "-"
     from segquant.kernels.gpu.triton_tma import _tma_gemm_kernel
 

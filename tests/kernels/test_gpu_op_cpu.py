@@ -252,6 +252,17 @@ def test_tail_parts_split_only_a_partial_last_wave():
     assert tail_parts(9, 4, 5) == 2  # the interpreter's case: 2 whole waves, 1 tile in 2 pieces
 
 
+def test_tail_halves_only_where_twice_the_last_wave_fits():
+    pytest.importorskip("triton")
+    from segquant.kernels.gpu.triton_tma import HALVES_N, tail_parts
+
+    assert tail_parts(432, 132, 24, HALVES_N) == 2  # FLUX 3072 -> 3072: 36 tail tiles in 72 halves
+    assert tail_parts(432, 132, 1, HALVES_N) == 2  # each half keeps the whole K: one K tile is enough
+    assert tail_parts(200, 132, 24, HALVES_N) == 1  # 68 tail tiles: 136 halves exceed the 132 programs
+    assert tail_parts(264, 132, 24, HALVES_N) == 1  # whole waves only
+    assert tail_parts(40, 132, 16, HALVES_N) == 2  # fewer tiles than SMs (the GPU test's odd case)
+
+
 def test_tiled_kernel_row_tiles_follow_the_number_of_rows(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.delenv("SEGQUANT_TRITON_AUTOTUNE", raising=False)  # all legal configs, not only the first

@@ -16,8 +16,8 @@ from segquant.kernels.reference import integer_exact
 from segquant.nn.spec import SegLinearSpec
 from segquant.numerics import PerToken
 from tests.kernels.interpret_triton_gemm import CASES as CASES_INTERPRETED
-from tests.kernels.interpret_triton_gemm import (GEMV_CASES, TMA_CASES, TMA_SPLIT_CASES, dequantize_case,
-                                                 first_tma_config, one_input_scale)
+from tests.kernels.interpret_triton_gemm import (GEMV_CASES, TMA_CASES, TMA_HALVES_CASES, TMA_SPLIT_CASES,
+                                                 dequantize_case, first_tma_config, one_input_scale)
 from tests.kernels.interpret_triton_gemm import case as interpreted_case
 from tests.kernels.test_gemm_reference import SPECS, filled, pack, rel_err
 
@@ -165,26 +165,36 @@ TMA_SPLIT_GPU_CASES = dict(TMA_SPLIT_CASES, tma_split_int8_flux_out_proj=dict(m=
                                                                    tile=(128, 256, 128, 2)))
 
 
-@pytest.mark.parametrize("name", list(TMA_GPU_CASES) + list(TMA_SPLIT_GPU_CASES))
+#: The last wave in halves along N: the interpreter's cases, FLUX's 3072 -> 3072 layer (36 tiles in 72 halves) in both
+#: formats, and odd sizes with bias and the low-rank branch.
+TMA_HALVES_GPU_CASES = dict(TMA_HALVES_CASES, tma_halves_int8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="int8"),
+                            tma_halves_fp8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="fp8"),
+                            tma_halves_int8_odd_lowrank=dict(m=999, n=1040, k=2000, fmt="int8", rank=32))
+#: ``ops`` kernel name and ``split_tail`` of each kind of case
+TAIL_KERNELS = {"whole": ("tma", 0), "split": ("tma_split_tail", 1), "halves": ("tma_halves_tail", 2)}
+
+
+@pytest.mark.parametrize("name", list(TMA_GPU_CASES) + list(TMA_SPLIT_GPU_CASES) + list(TMA_HALVES_GPU_CASES))
 def test_tma_kernel_matches_twin(name, monkeypatch):
     """``ops.gemm`` with the TMA kernel chosen (cuBLASLt off, so FP8 reaches the op too), its last wave split along K
-    for the split cases, takes the persistent TMA kernel and matches the twin, also when called again (the tail's
-    counters reset themselves)."""
+    or in halves along N for those cases, takes the persistent TMA kernel and matches the twin, also when called again
+    (the K split's counters reset themselves)."""
     from segquant.kernels.gpu import triton_tma
 
-    split = name in TMA_SPLIT_GPU_CASES
+    kind = "split" if name in TMA_SPLIT_GPU_CASES else "halves" if name in TMA_HALVES_GPU_CASES else "whole"
+    kernel, split = TAIL_KERNELS[kind]
     calls = []
     launch = triton_tma.tma_gemm_triton
     monkeypatch.setattr(triton_tma, "tma_gemm_triton", lambda *a, **kw: calls.append(kw) or launch(*a, **kw))
     monkeypatch.setitem(ops.USE_TMA, "enabled", True)
-    monkeypatch.setattr(ops, "fastest_kernel", lambda key, kernels, **_: "tma_split_tail" if split else "tma")
+    monkeypatch.setattr(ops, "fastest_kernel", lambda key, kernels, **_: kernel)
     monkeypatch.setitem(ops.USE_SCALED_MM, "enabled", False)
-    spec = dict({**TMA_GPU_CASES, **TMA_SPLIT_GPU_CASES}[name])
+    spec = dict({**TMA_GPU_CASES, **TMA_SPLIT_GPU_CASES, **TMA_HALVES_GPU_CASES}[name])
     tile = spec.pop("tile", None)
     op_args = interpreted_case(**spec)  # a split layer's block: its own scale column, not column 0
     op_args = op_args if "block" in spec else one_input_scale(op_args)
     args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in op_args]
-    assert not split or triton_tma.tail_splits(args[0], args[1])
+    assert not split or triton_tma.tail_splits(args[0], args[1], split)
     for _ in range(2):
         poison_allocator()
         with first_tma_config(tile):

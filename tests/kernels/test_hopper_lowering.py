@@ -3,6 +3,7 @@
 atomics, and which float32 instructions the INT8 epilogues use). Numerics are the interpreter's and the GPU tests'
 business."""
 
+import itertools
 import re
 
 import pytest
@@ -20,7 +21,7 @@ POINTERS = dict(c_ptr="*bf16", as_ptr="*fp32", ws_ptr="*fp32", acol_ptr="*i32", 
 HOPPER_SHARED_BYTES = 232448
 
 
-def hopper_build(is_int: bool, split_tail: bool, has_lr: bool, config=None, fp_fusion: bool = True):
+def hopper_build(is_int: bool, split_tail: int, has_lr: bool, config=None, fp_fusion: bool = True):
     """``_tma_gemm_kernel`` compiled for sm_90 with ``config`` (default: the first, FLUX's largest tiles, 128 x 256 x
     128, 8 warps, 3 stages)."""
     from segquant.kernels.gpu.triton_tma import _CONFIGS, _tma_gemm_kernel, store_block
@@ -33,6 +34,7 @@ def hopper_build(is_int: bool, split_tail: bool, has_lr: bool, config=None, fp_f
                      **config.kwargs)
     signature = {name: "i32" for name in kernel.arg_names}
     signature.update(POINTERS, a_desc=f"tensordesc<{code}[{bm}, {bk}]>", b_desc=f"tensordesc<{code}[{bn}, {bk}]>",
+                     bh_desc=f"tensordesc<{code}[{bn // 2}, {bk}]>",
                      c_desc="tensordesc<bf16[{}, {}]>".format(*store_block(bm, bn, config.kwargs["STORE_TMA"])),
                      partial_ptr="*i32" if is_int else "*fp32", **{name: "constexpr" for name in constants})
     source = ASTSource(fn=kernel, signature=signature,
@@ -81,7 +83,8 @@ def test_int8_epilogues_round_every_float32_step():
     """INT8 launches pass ``enable_fp_fusion=False``: each multiply and add of the epilogue rounds on its own
     (``mul.rn`` / ``add.rn``, which ptxas does not contract), as in the twin, so the GPU equals it bitwise; with
     fusion the same kernels multiply-add in one rounding (the check can fail)."""
-    for build in (int8_tiled_build, int8_gemv_build, lambda fusion: hopper_build(True, True, False, fp_fusion=fusion)):
+    for build in (int8_tiled_build, int8_gemv_build, lambda fusion: hopper_build(True, 1, False, fp_fusion=fusion),
+                  lambda fusion: hopper_build(True, 2, False, fp_fusion=fusion)):
         assert "fma.rn.f32" not in build(False).asm["ptx"]
     assert "fma.rn.f32" in int8_tiled_build(True).asm["ptx"]
 
@@ -95,25 +98,27 @@ def test_int8_per_k_tile_path_converts_its_sums_without_the_conversion_unit():
     assert "cvt.rn.f32.s32" in hopper_build(True, False, False, fp_fusion=False).asm["ptx"]
 
 
-@pytest.mark.parametrize("is_int,split_tail,has_lr", [(True, False, False), (True, True, False), (False, True, True)])
+@pytest.mark.parametrize("is_int,split_tail,has_lr", [(True, 0, False), (True, 1, False), (False, 1, True), (True, 2, False),
+                                                     (False, 2, True)])
 def test_tma_kernel_lowers_to_wgmma_with_an_ordered_tail_count(is_int, split_tail, has_lr):
+    """Tensor cores fed by TMA in every tail mode; the K split's pieces publish their partials before counting in,
+    the halves along N have nothing to publish."""
     ptx = hopper_build(is_int, split_tail, has_lr).asm["ptx"]
-    assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor" in ptx  # tensor cores fed by TMA
-    assert ("atom.global.gpu.acq_rel.add" in ptx) == split_tail  # a piece publishes its partial before counting in
+    assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor" in ptx
+    assert ("atom.global.gpu.acq_rel.add" in ptx) == (split_tail == 1)
 
 
 def test_every_tma_config_fits_hoppers_shared_memory():
-    """Each config, with its split tail, in the shared memory of one block (the epilogue's staging tile too); those
+    """Each config, with either split tail, in the shared memory of one block (the epilogue's staging tile too); those
     with ``STORE_TMA`` store by TMA, the others through pointers."""
-    from segquant.kernels.gpu.triton_tma import _CONFIGS
+    from segquant.kernels.gpu.triton_tma import _CONFIGS, HALVES_N, SPLIT_K
 
     assert any(config.kwargs["STORE_TMA"] for config in _CONFIGS)
-    for config in _CONFIGS:
-        for is_int in (True, False):
-            kernel = hopper_build(is_int, True, False, config)
-            assert kernel.metadata.shared <= HOPPER_SHARED_BYTES, (config, is_int, kernel.metadata.shared)
-            stores_by_tma = re.search(r"cp\.async\.bulk\.tensor\.2d\.global\.shared", kernel.asm["ptx"]) is not None
-            assert stores_by_tma == bool(config.kwargs["STORE_TMA"]), config
+    for config, is_int, split in itertools.product(_CONFIGS, (True, False), (SPLIT_K, HALVES_N)):
+        kernel = hopper_build(is_int, split, False, config)
+        assert kernel.metadata.shared <= HOPPER_SHARED_BYTES, (config, is_int, split, kernel.metadata.shared)
+        stores_by_tma = re.search(r"cp\.async\.bulk\.tensor\.2d\.global\.shared", kernel.asm["ptx"]) is not None
+        assert stores_by_tma == bool(config.kwargs["STORE_TMA"]), config
 
 
 def gluon_build(kernel, config, code: str = "i8", **constants) -> "triton.compiler.CompiledKernel":

@@ -13,7 +13,7 @@ CPU -> the pure-torch twin, plus fake implementations so ``torch.compile`` trace
   8-bit weights with one scale per row up to ``GEMV_MAX_M_8BIT``, an input scale constant along K; see
   :mod:`.triton_gemv`), else the fastest for the shape, measured at its first call, of the tiled Triton kernel
   (:mod:`.triton_gemm`) and, where it fits (``USE_TMA``), the persistent TMA kernel (:mod:`.triton_tma`) with
-  and without its last partial wave split along K, and for INT8 on sm_90 (``USE_WGMMA``) the Gluon kernels
+  its last partial wave as whole tiles, split along K or in halves along N, and for INT8 on sm_90 (``USE_WGMMA``) the Gluon kernels
   (:mod:`.gluon_wgmma`: one tensor-core step kept in flight; per-K-tile scales rescaled while the next MMA runs).
   Plain FP8 layers with that few rows take the GEMV too.
 
@@ -49,9 +49,10 @@ GEMV_MAX_M = 4
 GEMV_MAX_M_8BIT = 1
 USE_GEMV = {"enabled": True}
 #: Compute-bound 8-bit layers with one input and scales constant along K may run on the persistent TMA kernel
-#: (:mod:`.triton_tma`): when True, the first call of each shape times it, its variant with the last partial wave
-#: split along K (only where a tile config splits it) and the tiled kernel (the same numerics), each replayed from a
-#: CUDA graph (timed eagerly, it took the slower kernel for 2 of 9 FLUX shapes in run 11), and keeps the fastest.
+#: (:mod:`.triton_tma`): when True, the first call of each shape times it, its variants with the last partial wave
+#: split along K or in halves along N (only where a tile config splits it) and the tiled kernel (the same numerics;
+#: INT8 to the bit), each replayed from a CUDA graph (timed eagerly, it took the slower kernel for 2 of 9 FLUX shapes
+#: in run 11), and keeps the fastest.
 #: On an H200 the TMA kernel is faster on the FLUX / SD3.5 image-stream shapes and the tiled kernel's 64-row tiles
 #: on some text-stream ones (BENCHMARKS.md, runs 10-11), hence a measured choice. False: always the tiled kernel.
 USE_TMA = {"enabled": True}
@@ -125,16 +126,17 @@ def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, l
 def gemm_kernels(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_segment,
                  scale_mode, k_align, out_dtype) -> dict[str, Callable[[], Tensor]]:
     """The GEMM kernels that can compute the op's arguments (past the GEMV), by :func:`fastest_kernel`'s names:
-    ``tiled`` always; ``tma`` / ``tma_split_tail`` where the persistent kernel fits (``USE_TMA``) and its last wave
-    splits; ``wgmma`` / ``wgmma_tile_scaled`` where a Gluon kernel fits (``USE_WGMMA``)."""
+    ``tiled`` always; ``tma`` where the persistent kernel fits (``USE_TMA``), and ``tma_split_tail`` /
+    ``tma_halves_tail`` where its last wave splits along K / into halves along N; ``wgmma`` / ``wgmma_tile_scaled``
+    where a Gluon kernel fits (``USE_WGMMA``)."""
     from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
-    from segquant.kernels.gpu.triton_tma import tail_splits, tma_fits, tma_gemm_triton
+    from segquant.kernels.gpu.triton_tma import HALVES_N, SPLIT_K, WHOLE_TILES, tail_splits, tma_fits, tma_gemm_triton
 
     def tiled():
         return scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up,
                                   out_segment, scale_mode, k_align, out_dtype)
 
-    def tma(split_tail: bool = False):
+    def tma(split_tail: int = WHOLE_TILES):
         return tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_dtype,
                                split_tail=split_tail)
 
@@ -142,8 +144,9 @@ def gemm_kernels(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowran
     kernels = {"tiled": tiled}
     if USE_TMA["enabled"] and tma_fits(a, b, a_scale_neg, scale_mode, input_varies):
         kernels["tma"] = tma
-        if tail_splits(a, b):
-            kernels["tma_split_tail"] = lambda: tma(split_tail=True)
+        for name, split in (("tma_split_tail", SPLIT_K), ("tma_halves_tail", HALVES_N)):
+            if tail_splits(a, b, split):
+                kernels[name] = lambda split=split: tma(split)
     gluon = _gluon_kernels() if USE_WGMMA["enabled"] else None
     if gluon is not None and (gluon.wgmma_fits(a, b, a_scale_neg, lowrank_t, scale_mode, input_varies)
                               or gluon.dual_fits(a, b, a_scale_neg, lowrank_t, scale_mode, input_varies)):

@@ -11,14 +11,16 @@ w_scale[n]``, bias and low-rank branch (:func:`.triton_gemm.epilogue_terms`), th
 the tile through shared memory, or 2, one per half of the tile along N, whose half-size staging buffer leaves room
 for a fourth stage of the K loop at 128 x 256 and 256 x 128. The autotuner times them all.
 
-``SPLIT_TAIL``: the last, partial wave of tiles (``tiles % NUM_SMS`` of them; FLUX's 3072 -> 3072 layer at
-4608 rows: 432 tiles of 128 x 256 on 132 SMs, a last wave 27 % full) is split along K over the programs that
+``SPLIT_TAIL`` (:data:`SPLIT_K`): the last, partial wave of tiles (``tiles % NUM_SMS`` of them; FLUX's 3072 -> 3072
+layer at 4608 rows: 432 tiles of 128 x 256 on 132 SMs, a last wave 27 % full) is split along K over the programs that
 would idle (:func:`tail_parts` pieces per tile, each an equal share of the K tiles; 3 on that layer), a
 stream-K-like balance without its fractional tiles. Each piece stores its exact partial sum (int32, or float32
 for FP8) to a workspace and counts itself in on its tile's counter; the piece that arrives last adds the
 partials in piece order (so the FP8 sum does not depend on who arrives last) and runs the epilogue. No program
 waits for another. The counters are zeroed per call and reset to 0 by the last piece too, so that the
-autotuner's repeated launches on the same arguments stay correct.
+autotuner's repeated launches on the same arguments stay correct. :data:`HALVES_N` splits each tile of that wave
+into its two halves along N instead, each with the whole K (where twice the last wave's tiles fit the programs), so
+there are no partial sums: a half tile takes half the MMAs, and its epilogue stores through pointers.
 
 Same arguments and math as the op (:mod:`segquant.kernels.gemm_reference`), restricted by :func:`tma_fits`.
 ``SEGQUANT_TRITON_AUTOTUNE=0`` in the environment skips autotuning (first config; for tests).
@@ -45,10 +47,11 @@ INTERPRETER_SMS = 4
 
 
 def _block_shapes(nargs: dict) -> None:
-    """Config pre-hook: the descriptors' block shapes are the config's tiles (the output's: half of one with
-    ``STORE_TMA`` 2)."""
+    """Config pre-hook: the descriptors' block shapes are the config's tiles (the weight's also its half along N, for
+    :data:`HALVES_N`; the output's: half of one with ``STORE_TMA`` 2)."""
     nargs["a_desc"].block_shape = [nargs["BM"], nargs["BK"]]
     nargs["b_desc"].block_shape = [nargs["BN"], nargs["BK"]]
+    nargs["bh_desc"].block_shape = [nargs["BN"] // 2, nargs["BK"]]
     if nargs["c_desc"] is not None:
         nargs["c_desc"].block_shape = store_block(nargs["BM"], nargs["BN"], nargs["STORE_TMA"])
 
@@ -70,19 +73,23 @@ _CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "STORE_TM
                 (128, 128, 64, 4, 5, 0), (64, 128, 128, 4, 4, 0), (64, 256, 128, 8, 3, 0), (128, 256, 256, 8, 2, 0),
                 (128, 128, 256, 8, 3, 0), (128, 256, 128, 8, 4, 0), (128, 256, 128, 8, 3, 1), (128, 256, 128, 8, 4, 2),
                 (256, 128, 128, 8, 4, 2)]]
+#: ``SPLIT_TAIL`` values: the last partial wave as whole tiles, split along K, or in halves along N (module doc).
+WHOLE_TILES, SPLIT_K, HALVES_N = 0, 1, 2
 #: Rows of a split tile that its fix-up adds and finishes at a time.
 FIXUP_ROWS: tl.constexpr = tl.constexpr(32)
 #: Elements of the largest output tile: one workspace slot per tail piece.
 _MAX_TILE = max(c.kwargs["BM"] * c.kwargs["BN"] for c in _CONFIGS)
 
 
-def tail_parts(tiles: int, programs: int, k_tiles: int) -> int:
-    """Pieces each tile of the last, partial wave is split into along K (1: not split): as many as the idle
+def tail_parts(tiles: int, programs: int, k_tiles: int, split_tail: int = SPLIT_K) -> int:
+    """Pieces each tile of the last, partial wave is split into (1: not split). :data:`SPLIT_K`: as many as the idle
     programs allow, at most ``√k_tiles``, and only where that makes at least 2. The bound balances a piece's
     share of the K loop (``∝ k_tiles / parts``) against the last piece's reads of the others' partial tiles
-    (``∝ parts``; one partial tile takes about as long to read as one K tile to multiply). The kernel computes
-    the same."""
+    (``∝ parts``; one partial tile takes about as long to read as one K tile to multiply). :data:`HALVES_N`: 2 where
+    twice the wave's tiles fit the programs. The kernel computes the same."""
     tail = tiles % programs
+    if split_tail == HALVES_N:
+        return 2 if 0 < 2 * tail <= programs else 1
     parts = min(programs // tail, math.isqrt(k_tiles)) if tail else 1
     return parts if parts >= 2 else 1
 
@@ -95,14 +102,14 @@ def sized_configs(configs, named_args, **kwargs):
     kept = [c for c in configs if row_tile_fits(c.kwargs["BM"], args["M"])
             and (args.get("c_desc") is not None or not c.kwargs.get("STORE_TMA"))]
     if args.get("SPLIT_TAIL"):
-        kept = [c for c in kept if _splits(c, args["M"], args["N"], args["K"], args["NUM_SMS"])]
+        kept = [c for c in kept if _splits(c, args["M"], args["N"], args["K"], args["NUM_SMS"], args["SPLIT_TAIL"])]
     return tuned_or_first(kept)
 
 
-def _splits(config: triton.Config, m: int, n: int, k: int, programs: int) -> bool:
+def _splits(config: triton.Config, m: int, n: int, k: int, programs: int, split_tail: int) -> bool:
     """Whether ``config``'s tiles leave a last wave that :func:`tail_parts` splits."""
     bm, bn, bk = config.kwargs["BM"], config.kwargs["BN"], config.kwargs["BK"]
-    return tail_parts(triton.cdiv(m, bm) * triton.cdiv(n, bn), programs, triton.cdiv(k, bk)) > 1
+    return tail_parts(triton.cdiv(m, bm) * triton.cdiv(n, bn), programs, triton.cdiv(k, bk), split_tail) > 1
 
 
 @triton.jit
@@ -144,10 +151,30 @@ def _add_partials(first_ptr, parts, pid_m, pid_n, M, N, c_ptr, as_ptr, ws_ptr, a
                      t_ptr, u_ptr, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS, HAS_LR, R, 0)
 
 
+@triton.jit
+def _half_tile(a_desc, bh_desc, tail, whole_tiles, num_m, num_n, M, N, K, c_ptr, as_ptr, ws_ptr, a_col, w_col,
+               bias_ptr, t_ptr, u_ptr, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un,
+               IS_INT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_LR: tl.constexpr, R: tl.constexpr, BM: tl.constexpr,
+               BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """:data:`HALVES_N`: program ``p < 2 · tail`` computes half ``p % 2`` along N of the last wave's tile
+    ``whole_tiles + p // 2``, the whole K, and finishes it (pointer stores)."""
+    piece = tl.program_id(0)
+    if piece < 2 * tail:
+        pid_m, pid_n = tile_position(whole_tiles + piece // 2, num_m, num_n, GROUP_M)
+        n0 = pid_n * BN + (piece % 2) * (BN // 2)
+        acc = tl.zeros((BM, BN // 2), tl.int32 if IS_INT else tl.float32)
+        for k0 in range(0, K, BK):
+            a = a_desc.load([pid_m * BM, k0])
+            b = bh_desc.load([n0, k0])
+            acc = _dot(a, b.T, acc, IS_INT, BK)
+        _scaled_tile(acc, pid_m * BM, n0, M, N, c_ptr, None, as_ptr, ws_ptr, a_col, w_col, bias_ptr, t_ptr, u_ptr,
+                     RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS, HAS_LR, R, 0)
+
+
 @triton.autotune(configs=_CONFIGS, key=["M_BUCKET", "N", "K", "IS_INT", "HAS_LR", "SPLIT_TAIL"],
                  prune_configs_by={"early_config_prune": sized_configs}, do_bench=graph_timed)
 @triton.jit
-def _tma_gemm_kernel(a_desc, b_desc, c_ptr, c_desc, as_ptr, ws_ptr, acol_ptr, wcol_ptr, bias_ptr, t_ptr, u_ptr,
+def _tma_gemm_kernel(a_desc, b_desc, bh_desc, c_ptr, c_desc, as_ptr, ws_ptr, acol_ptr, wcol_ptr, bias_ptr, t_ptr, u_ptr,
                      partial_ptr, count_ptr, M, N, K, M_BUCKET, RANK, stride_cm, stride_sm, stride_wn, stride_tm,
                      stride_un, NUM_SMS: tl.constexpr, IS_INT: tl.constexpr, HAS_BIAS: tl.constexpr,
                      HAS_LR: tl.constexpr, R: tl.constexpr, SPLIT_TAIL: tl.constexpr, BM: tl.constexpr,
@@ -155,12 +182,13 @@ def _tma_gemm_kernel(a_desc, b_desc, c_ptr, c_desc, as_ptr, ws_ptr, acol_ptr, wc
     num_m, num_n, k_tiles = tl.cdiv(M, BM), tl.cdiv(N, BN), tl.cdiv(K, BK)
     tiles = num_m * num_n
     a_col, w_col = tl.load(acol_ptr), tl.load(wcol_ptr)
-    whole_tiles, parts = tiles, 1
-    if SPLIT_TAIL:  # as tail_parts()
-        tail = tiles % NUM_SMS
+    whole_tiles, parts, tail = tiles, 1, tiles % NUM_SMS
+    if SPLIT_TAIL == 1:  # SPLIT_K, as tail_parts()
         parts = tl.minimum(NUM_SMS // tl.maximum(tail, 1), tl.sqrt_rn(k_tiles.to(tl.float32)).to(tl.int32))
         parts = tl.where((tail > 0) & (parts >= 2), parts, 1)
-        whole_tiles = tiles - tl.where(parts > 1, tail, 0)
+    elif SPLIT_TAIL == 2:  # HALVES_N
+        parts = tl.where((tail > 0) & (2 * tail <= NUM_SMS), 2, 1)
+    whole_tiles = tiles - tl.where(parts > 1, tail, 0)
     # The epilogue counts its tiles itself: the flattened loop's pipeliner splits the loop into prologue and
     # epilogue, and a value used in both is what it handles badly (as in Triton's persistent-matmul tutorial).
     done = tl.program_id(0) - NUM_SMS
@@ -176,7 +204,11 @@ def _tma_gemm_kernel(a_desc, b_desc, c_ptr, c_desc, as_ptr, ws_ptr, acol_ptr, wc
         _scaled_tile(acc, pid_m * BM, pid_n * BN, M, N, c_ptr, c_desc, as_ptr, ws_ptr, a_col, w_col, bias_ptr,
                      t_ptr, u_ptr, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS, HAS_LR, R,
                      STORE_TMA)
-    if SPLIT_TAIL:
+    if SPLIT_TAIL == 2:
+        _half_tile(a_desc, bh_desc, tiles - whole_tiles, whole_tiles, num_m, num_n, M, N, K, c_ptr, as_ptr, ws_ptr,
+                   a_col, w_col, bias_ptr, t_ptr, u_ptr, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un,
+                   IS_INT, HAS_BIAS, HAS_LR, R, BM, BN, BK, GROUP_M)
+    elif SPLIT_TAIL:
         piece = tl.program_id(0)
         if piece < (tiles - whole_tiles) * parts:
             tile, part = whole_tiles + piece // parts, piece % parts
@@ -220,16 +252,16 @@ def tma_aligned(a: torch.Tensor, b: torch.Tensor) -> bool:
             and (not a.is_cuda or device_properties(a.device.index or 0).major >= 9))
 
 
-def tail_splits(a: torch.Tensor, b: torch.Tensor) -> bool:
+def tail_splits(a: torch.Tensor, b: torch.Tensor, split_tail: int = SPLIT_K) -> bool:
     """Whether some tile config of the persistent kernel splits the last wave of ``a`` ``(1, M, K)`` x ``b``
-    ``(N, K)`` (see :func:`tail_parts`), i.e. whether ``split_tail=True`` runs differently at all."""
-    return _some_config_splits(a.shape[1], b.shape[0], a.shape[2], persistent_programs(a))
+    ``(N, K)`` as ``split_tail`` says (see :func:`tail_parts`), i.e. whether it runs differently at all."""
+    return _some_config_splits(a.shape[1], b.shape[0], a.shape[2], persistent_programs(a), split_tail)
 
 
 @functools.cache
-def _some_config_splits(m: int, n: int, k: int, programs: int) -> bool:
+def _some_config_splits(m: int, n: int, k: int, programs: int, split_tail: int) -> bool:
     """:func:`tail_splits` for one shape, remembered (it is asked on every eager call of the op)."""
-    return bool(sized_configs(_CONFIGS, {"M": m, "N": n, "K": k, "NUM_SMS": programs, "SPLIT_TAIL": True}))
+    return bool(sized_configs(_CONFIGS, {"M": m, "N": n, "K": k, "NUM_SMS": programs, "SPLIT_TAIL": split_tail}))
 
 
 @functools.cache
@@ -244,11 +276,11 @@ def persistent_programs(a: torch.Tensor) -> int:
 
 
 def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_dtype: torch.dtype,
-                    split_tail: bool = False) -> torch.Tensor:
+                    split_tail: int = WHOLE_TILES) -> torch.Tensor:
     """``(1, M, K)`` 8-bit codes x ``(N, K)`` weights of the same format -> ``(M, N)`` (see :func:`tma_fits`);
     ``a_scale`` ``(1, M|1, J)``, ``w_scale`` ``(N, J')``, column ``a_col[0]`` / ``w_col[0]`` of each.
-    ``split_tail``: the last partial wave split along K (see the module doc; workspace: one float32 / int32
-    tile per SM, ≈ 17 MB on an H200, and one counter per SM)."""
+    ``split_tail``: the last partial wave split along K (:data:`SPLIT_K`; workspace: one float32 / int32 tile per SM,
+    ≈ 17 MB on an H200, and one counter per SM) or in halves along N (:data:`HALVES_N`); see the module doc."""
     m, k, n = a.shape[1], a.shape[2], b.shape[0]
     out = torch.empty(m, n, device=a.device, dtype=out_dtype)
     a2, b = k_contiguous(a[0]), k_contiguous(b)
@@ -256,7 +288,7 @@ def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowra
     t, u, rank = lowrank_args(lowrank_t, lowrank_up, ws)
     sms = persistent_programs(a)
     partials, counts = ws, ws  # placeholders: without the split the kernel never touches them (no memset per call)
-    if split_tail:
+    if split_tail == SPLIT_K:
         partials = torch.empty(sms * _MAX_TILE, device=a.device,
                                dtype=torch.int32 if a.dtype == torch.int8 else torch.float32)
         counts = torch.zeros(sms, device=a.device, dtype=torch.int32)
@@ -266,10 +298,11 @@ def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowra
         return (sms if split_tail else min(sms, triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"])),)
 
     _tma_gemm_kernel[grid](
-        TensorDescriptor.from_tensor(a2, [1, 1]), TensorDescriptor.from_tensor(b, [1, 1]), out, store_descriptor(out),
+        TensorDescriptor.from_tensor(a2, [1, 1]), TensorDescriptor.from_tensor(b, [1, 1]),
+        TensorDescriptor.from_tensor(b, [1, 1]), out, store_descriptor(out),
         a_scale, ws, a_col, w_col, bias if bias is not None else ws, t, u, partials, counts,
         m, n, k, triton.next_power_of_2(m), rank, out.stride(0), scale_strides(a_scale)[1], ws.stride(0),
         t.stride(0), u.stride(0),
         NUM_SMS=sms, IS_INT=a.dtype == torch.int8, HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None,
-        R=max(16, triton.next_power_of_2(rank)), SPLIT_TAIL=split_tail, enable_fp_fusion=not exact_integer(a, b))
+        R=max(16, triton.next_power_of_2(rank)), SPLIT_TAIL=int(split_tail), enable_fp_fusion=not exact_integer(a, b))
     return out
