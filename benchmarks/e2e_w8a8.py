@@ -279,8 +279,8 @@ def kernel_profile(model, example: dict, top: int = 25) -> dict:
 def segquant_ops_by_shape(prof) -> list:
     """GPU time of segquant's custom ops by the shapes of their first two inputs (codes ``(Sa, M, K)``, weight
     ``(N, K)``), with the kernel the GPU backend chose for each TMA-eligible shape: ``[[op, shapes, ms, calls,
-    kernel], ...]``, ``kernel`` (``tiled``, ``tma``, ``tma_split_tail``, ``tma_halves_tail``, ...) ``None`` where the shape was not eligible (or
-    the op is not the scaled GEMM)."""
+    kernel], ...]``, ``kernel`` (``tiled``, ``tma``, ``tma_split_tail``, ``tma_halves_tail``, ...) ``None`` where
+    the shape was not eligible (or the op is not the scaled GEMM)."""
     import triton
 
     from segquant.kernels.gpu import ops

@@ -22,7 +22,7 @@ and for FP8 the tensor cores' accumulation), which checks that the schedule comp
 deeper Gluon rings", counts 11.6 TB/s of L2 reads for a 128 x 256 x 128 tile at the tensor cores' peak).
 
     python benchmarks/gemm_ceiling.py --out OUT [--layers out_proj_plain,proj_out_plain] [--formats int8,fp8]
-    python benchmarks/gemm_ceiling.py --build   # compile every mode for sm_90 on any machine (no GPU): registers, spills
+    python benchmarks/gemm_ceiling.py --build   # every mode compiled for sm_90 on any machine: registers, spills
 
 Writes ``ceiling.jsonl`` (a row per layer, format and config) and ``ceiling.md`` to ``--out``.
 """
@@ -171,8 +171,8 @@ def measure(layer: str, fmt: str) -> list[dict]:
     xs = [torch.randn(m, k, device=DEVICE["name"], dtype=torch.bfloat16) for _ in range(copies)]
     ws = [mod.dequantized_weight().to(torch.bfloat16) for mod in mods]
     base = dict(layer=layer, fmt=fmt, M=m, K=k, N=n, copies=copies,
-                bf16_mm_us=bench([lambda x=x, w=w, mod=mod: F.linear(x, w, mod.bias) for x, w, mod in zip(xs, ws, mods)],
-                                 graph=True))
+                bf16_mm_us=bench([lambda x=x, w=w, mod=mod: F.linear(x, w, mod.bias)
+                                  for x, w, mod in zip(xs, ws, mods)], graph=True))
     quantized = [quantize_input(mod, x) for mod, x in zip(mods, xs)]
     calls = [lambda mod=mod, q=q: _gemm(mod, q) for mod, q in zip(mods, quantized)]
     base["gemm_routed_us"] = bench(calls, graph=True)

@@ -98,8 +98,8 @@ def test_int8_per_k_tile_path_converts_its_sums_without_the_conversion_unit():
     assert "cvt.rn.f32.s32" in hopper_build(True, False, False, fp_fusion=False).asm["ptx"]
 
 
-@pytest.mark.parametrize("is_int,split_tail,has_lr", [(True, 0, False), (True, 1, False), (False, 1, True), (True, 2, False),
-                                                     (False, 2, True)])
+@pytest.mark.parametrize("is_int,split_tail,has_lr",
+                         [(True, 0, False), (True, 1, False), (False, 1, True), (True, 2, False), (False, 2, True)])
 def test_tma_kernel_lowers_to_wgmma_with_an_ordered_tail_count(is_int, split_tail, has_lr):
     """Tensor cores fed by TMA in every tail mode; the K split's pieces publish their partials before counting in,
     the halves along N have nothing to publish."""

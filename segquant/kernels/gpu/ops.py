@@ -13,8 +13,9 @@ CPU -> the pure-torch twin, plus fake implementations so ``torch.compile`` trace
   8-bit weights with one scale per row up to ``GEMV_MAX_M_8BIT``, an input scale constant along K; see
   :mod:`.triton_gemv`), else the fastest for the shape, measured at its first call, of the tiled Triton kernel
   (:mod:`.triton_gemm`) and, where it fits (``USE_TMA``), the persistent TMA kernel (:mod:`.triton_tma`) with
-  its last partial wave as whole tiles, split along K or in halves along N, and for INT8 on sm_90 (``USE_WGMMA``) the Gluon kernels
-  (:mod:`.gluon_wgmma`: one tensor-core step kept in flight; per-K-tile scales rescaled while the next MMA runs).
+  its last partial wave as whole tiles, split along K or in halves along N, and for INT8 on sm_90 (``USE_WGMMA``)
+  the Gluon kernels (:mod:`.gluon_wgmma`: one tensor-core step kept in flight; per-K-tile scales rescaled while the
+  next MMA runs).
   Plain FP8 layers with that few rows take the GEMV too.
 
 Arguments and math: :func:`segquant.kernels.gemm_reference.scaled_gemm_reference`. Importing this module does
