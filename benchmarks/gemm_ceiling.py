@@ -3,7 +3,10 @@
 MMA in flight) run with parts of it switched off, beside bf16 ``torch.mm`` and the library's own kernels in the same
 process.
 
-Modes of one config (BM x BN x BK, ring slots), each replayed from a CUDA graph:
+The first row of each layer and format times, on the same shape: bf16 ``F.linear``, the library's GEMM as routed, the
+persistent TMA kernel alone, and the library's GEMM as two calls (the rows whose 128 x 256 tiles fill whole waves,
+then the rest, tiled for themselves: ``gemm_rows_split_us``). Then a row per config, with its modes (BM x BN x BK,
+ring slots), each replayed from a CUDA graph:
 - ``loads``: only the TMA loads of every A and B tile of every K step, in the GEMM's order, through the ring (each
   slot refilled as soon as its load has landed): how fast L2 (and HBM behind it) feed the SMs these tiles.
 - ``mmas``: only the MMAs: every slot loaded once, then every K step's MMA reads its slot again: the tensor cores'
