@@ -12,8 +12,7 @@ The architecture is the real one at full depth (FLUX: 19 + 38 blocks, SD3.5-medi
 (``--heads``) and a 32² latent, so it runs on a laptop CPU:
 
     PYTHONPATH=. python benchmarks/summation_order_floor.py --model flux --heads 2,4,8 --variants sq_int8,sq_w4a8_r32
-
-(``--model sd35`` takes longer than 25 minutes on a 2-core CPU.)
+    PYTHONPATH=. python benchmarks/summation_order_floor.py --model sd35 --heads 2 --variants sq_fp8,sq_int8
 """
 
 from __future__ import annotations
