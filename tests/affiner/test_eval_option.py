@@ -1,7 +1,6 @@
 """``segquant eval --correction``: parsing, early failure, and the corrected rows of the harness."""
 
 import pytest
-import torch
 
 from segquant.errors import ConfigError
 from segquant.eval.corrections import parse_corrections, split_correction

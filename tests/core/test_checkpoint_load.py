@@ -14,7 +14,7 @@ from segquant.errors import (CheckpointMismatchError, CheckpointVersionError, Co
 from segquant.models.tiny import build_tiny_denoiser, tiny_example_inputs
 from segquant.nn.seglinear import SegLinear
 from segquant.numerics import unpack_int4
-from segquant.serialization import FORMAT_VERSION, MANIFEST_NAME, MODEL_NAME, PLAN_NAME, WEIGHTS_NAME
+from segquant.serialization import FORMAT_VERSION, MANIFEST_NAME, MODEL_NAME, WEIGHTS_NAME
 from tests.core.test_serialization import copy_of
 
 W4A8 = {"default": {"weight_quant": {"type": "int4", "granularity": "group", "group_size": 16},

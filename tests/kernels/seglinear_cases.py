@@ -13,7 +13,7 @@ import torch
 
 from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
-from segquant.numerics import PerChannel, PerGroup, PerTensor, PerToken, stored_codes
+from segquant.numerics import PerGroup, PerToken, stored_codes
 
 
 @dataclass(frozen=True)
