@@ -23,6 +23,7 @@ import contextlib
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -114,20 +115,22 @@ def run(args: argparse.Namespace, settings: dict) -> None:
     print(f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}, "
           f"{float32_matmul_mode()}")
     print("| model | preset | PSNR emulated | PSNR gpu | Δ dB | Δ std. error dB | images with equal PSNR | SSIM emulated "
-          "| SSIM gpu | error |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
+          "| SSIM gpu | error | model s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     table = []
     with contextlib.ExitStack() as stack:
         for patch in patches:
             stack.enter_context(patch)
         for model in settings["models"]:  # one at a time: a run cut by its time limit keeps the models done
+            started = time.perf_counter()
             results = demo_cli.evaluate_demo_models({**settings, "models": [model]}, args.out, progress=False)
-            table += compare(results, args.presets)
+            seconds = round(time.perf_counter() - started)  # the model's whole harness call: what a time limit must fit
+            table += [{**row, "model_seconds": seconds} for row in compare(results, args.presets)]
             (Path(args.out) / "backends.json").write_text(json.dumps(table, indent=1))
             for r in table[-len(args.presets):]:
                 print(f"| {r['model']} | {r['preset']} | {r['psnr_emulated']} | {r['psnr_gpu']} | {r['delta_db']} | "
                       f"{r['delta_se_db']} | {r['equal_images']} | {r['ssim_emulated']} | {r['ssim_gpu']} | "
-                      f"{r['error']} |", flush=True)
+                      f"{r['error']} | {r['model_seconds']} |", flush=True)
 
 
 def float32_matmul_mode() -> str:
