@@ -53,6 +53,7 @@ steps=("$@")
 [ ${#steps[@]} -eq 0 ] && { echo "name the steps (see the header)" >&2; exit 2; }
 
 for step in "${steps[@]}"; do
+  started=$SECONDS
   case $step in
     tests) SEGQUANT_GLUON_KERNELS=0 SEGQUANT_TRITON_AUTOTUNE=0 timeout -k 20 400 python3 -m pytest -q -p no:cacheprovider \
              ${TESTS_NODES:-tests/kernels/test_gpu_w8a8.py tests/pipeline/test_cuda_graph.py tests/kernels/test_gpu_gluon.py} \
@@ -121,4 +122,5 @@ for step in "${steps[@]}"; do
                > "$OUT/scaling_gpu.log" 2>&1; tail -n 8 "$OUT/scaling_gpu.log" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac
+  echo "step $step: $((SECONDS - started)) s"  # what the next session's limits must fit
 done
