@@ -170,8 +170,9 @@ TMA_SPLIT_GPU_CASES = dict(TMA_SPLIT_CASES, tma_split_int8_flux_out_proj=dict(m=
 TMA_HALVES_GPU_CASES = dict(TMA_HALVES_CASES, tma_halves_int8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="int8"),
                             tma_halves_fp8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="fp8"),
                             tma_halves_int8_odd_lowrank=dict(m=999, n=1040, k=2000, fmt="int8", rank=32))
-#: ``ops`` kernel name and ``split_tail`` of each kind of case
-TAIL_KERNELS = {"whole": ("tma", 0), "split": ("tma_split_tail", 1), "halves": ("tma_halves_tail", 2)}
+#: ``ops`` kernel name and ``split_tail`` (the name of its value in ``triton_tma``) of each kind of case
+TAIL_KERNELS = {"whole": ("tma", "WHOLE_TILES"), "split": ("tma_split_tail", "SPLIT_K"),
+                "halves": ("tma_halves_tail", "HALVES_N")}
 
 
 @pytest.mark.parametrize("name", list(TMA_GPU_CASES) + list(TMA_SPLIT_GPU_CASES) + list(TMA_HALVES_GPU_CASES))
@@ -182,7 +183,8 @@ def test_tma_kernel_matches_twin(name, monkeypatch):
     from segquant.kernels.gpu import triton_tma
 
     kind = "split" if name in TMA_SPLIT_GPU_CASES else "halves" if name in TMA_HALVES_GPU_CASES else "whole"
-    kernel, split = TAIL_KERNELS[kind]
+    kernel, split_name = TAIL_KERNELS[kind]
+    split = getattr(triton_tma, split_name)
     calls = []
     launch = triton_tma.tma_gemm_triton
     monkeypatch.setattr(triton_tma, "tma_gemm_triton", lambda *a, **kw: calls.append(kw) or launch(*a, **kw))

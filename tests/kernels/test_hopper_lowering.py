@@ -13,6 +13,8 @@ triton = pytest.importorskip("triton")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from segquant.kernels.gpu.triton_tma import HALVES_N, SPLIT_K, WHOLE_TILES  # noqa: E402
+
 POINTERS = dict(c_ptr="*bf16", as_ptr="*fp32", ws_ptr="*fp32", acol_ptr="*i32", wcol_ptr="*i32", bias_ptr="*bf16",
                 t_ptr="*bf16", u_ptr="*bf16", count_ptr="*i32")
 
@@ -83,8 +85,9 @@ def test_int8_epilogues_round_every_float32_step():
     """INT8 launches pass ``enable_fp_fusion=False``: each multiply and add of the epilogue rounds on its own
     (``mul.rn`` / ``add.rn``, which ptxas does not contract), as in the twin, so the GPU equals it bitwise; with
     fusion the same kernels multiply-add in one rounding (the check can fail)."""
-    for build in (int8_tiled_build, int8_gemv_build, lambda fusion: hopper_build(True, 1, False, fp_fusion=fusion),
-                  lambda fusion: hopper_build(True, 2, False, fp_fusion=fusion)):
+    tails = [lambda fusion, split=split: hopper_build(True, split, False, fp_fusion=fusion)
+             for split in (SPLIT_K, HALVES_N)]
+    for build in (int8_tiled_build, int8_gemv_build, *tails):
         assert "fma.rn.f32" not in build(False).asm["ptx"]
     assert "fma.rn.f32" in int8_tiled_build(True).asm["ptx"]
 
@@ -95,23 +98,24 @@ def test_int8_per_k_tile_path_converts_its_sums_without_the_conversion_unit():
     the float add's rate; the constant-scale path converts its one full sum as before."""
     ptx = int8_tiled_build(False).asm["ptx"]
     assert "cvt.rn.f32.s32" not in ptx and "0fCB400000" in ptx  # the subtraction of 1.5 · 2^23
-    assert "cvt.rn.f32.s32" in hopper_build(True, False, False, fp_fusion=False).asm["ptx"]
+    assert "cvt.rn.f32.s32" in hopper_build(True, WHOLE_TILES, False, fp_fusion=False).asm["ptx"]
 
 
 @pytest.mark.parametrize("is_int,split_tail,has_lr",
-                         [(True, 0, False), (True, 1, False), (False, 1, True), (True, 2, False), (False, 2, True)])
+                         [(True, WHOLE_TILES, False), (True, SPLIT_K, False), (False, SPLIT_K, True),
+                          (True, HALVES_N, False), (False, HALVES_N, True)])
 def test_tma_kernel_lowers_to_wgmma_with_an_ordered_tail_count(is_int, split_tail, has_lr):
     """Tensor cores fed by TMA in every tail mode; the K split's pieces publish their partials before counting in,
     the halves along N have nothing to publish."""
     ptx = hopper_build(is_int, split_tail, has_lr).asm["ptx"]
     assert "wgmma.mma_async" in ptx and "cp.async.bulk.tensor" in ptx
-    assert ("atom.global.gpu.acq_rel.add" in ptx) == (split_tail == 1)
+    assert ("atom.global.gpu.acq_rel.add" in ptx) == (split_tail == SPLIT_K)
 
 
 def test_every_tma_config_fits_hoppers_shared_memory():
     """Each config, with either split tail, in the shared memory of one block (the epilogue's staging tile too); those
     with ``STORE_TMA`` store by TMA, the others through pointers."""
-    from segquant.kernels.gpu.triton_tma import _CONFIGS, HALVES_N, SPLIT_K
+    from segquant.kernels.gpu.triton_tma import _CONFIGS
 
     assert any(config.kwargs["STORE_TMA"] for config in _CONFIGS)
     for config, is_int, split in itertools.product(_CONFIGS, (True, False), (SPLIT_K, HALVES_N)):
@@ -213,7 +217,7 @@ def test_gluon_int8_kernel_keeps_a_wgmma_in_flight_in_every_config():
         assert kernel.metadata.shared <= HOPPER_SHARED_BYTES, (config, kernel.metadata.shared)
         assert pipelined(mma_sequence(kernel)), (config, mma_sequence(kernel))
         assert " 0 bytes spill stores" in ptxas_report(ptx), config
-    assert "WAIT1" not in mma_sequence(hopper_build(True, False, False, fp_fusion=False))
+    assert "WAIT1" not in mma_sequence(hopper_build(True, WHOLE_TILES, False, fp_fusion=False))
 
 
 def test_gluon_tile_scaled_kernel_overlaps_a_rescale_with_the_next_mma():
