@@ -8,6 +8,7 @@ inputs, masks for odd sizes). 16-bit tensors are fp16 here: the interpreter's bf
 """
 
 import contextlib
+import json
 import math
 import os
 import sys
@@ -243,8 +244,35 @@ def stored_by_tma(name: str) -> str:
     return str(_tma_gemm_kernel.best_config.kwargs["STORE_TMA"])
 
 
+def ops_candidates(name: str) -> dict[str, tuple[int, bool]]:
+    """For a case of :data:`PERSISTENT_CASES`: each GEMM kernel that ``ops.gemm_kernels`` offers, with the
+    ``split_tail`` it passed to the persistent kernel (-1: it did not call it) and whether its output equals the
+    twin's bits."""
+    from unittest import mock
+
+    from segquant.kernels.gpu import ops, triton_tma
+
+    spec = dict(PERSISTENT_CASES[name])
+    spec.pop("tile", None)
+    args = one_input_scale(case(**spec))
+    reference = scaled_gemm_reference(*args)
+    launch, splits = triton_tma.tma_gemm_triton, []
+    with mock.patch.object(triton_tma, "tma_gemm_triton",
+                           lambda *a, **kw: splits.append(kw["split_tail"]) or launch(*a, **kw)):
+        offered = {}
+        for kernel, call in ops.gemm_kernels(*args).items():
+            splits.clear()
+            out = call()
+            offered[kernel] = (splits[0] if splits else -1, torch.equal(out, reference))
+    return offered
+
+
 if __name__ == "__main__":
     prepare_interpreter()
+    if sys.argv[1:2] == ["--ops"]:  # the kernels ops offers for these cases: name, then a JSON object
+        for name in sys.argv[2:]:
+            print(name, json.dumps(ops_candidates(name)), flush=True)
+        sys.exit(0)
     for name in sys.argv[1:] or list(ALL_CASES):
         y, ref = run(name)
         print(name, f"{float((y - ref).norm() / ref.norm()):.3e}", torch.equal(y, ref), stored_by_tma(name),

@@ -30,3 +30,20 @@ def test_interpreted_kernel_matches_twin_on_every_variant():
     stored_by_tma = {name for name, *_, stored in lines if stored not in ("0", "-")}
     assert stored_by_tma == {name for name in ALL_CASES if "store" in name and "unaligned" not in name}, stored_by_tma
 
+
+
+def test_interpreted_ops_offers_every_tail_mode_each_equal_to_the_twin():
+    """``ops.gemm_kernels`` on a layer whose last wave splits both ways offers the tiled kernel and the persistent
+    kernel with whole tiles, the K split and the halves along N, each launched with its own ``split_tail`` (a
+    closure that bound the wrong mode would show here, not in the outputs: INT8 is the same bits in every mode)."""
+    import json
+
+    from segquant.kernels.gpu.triton_tma import HALVES_N, SPLIT_K, WHOLE_TILES
+
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, str(ROOT / "tests/kernels/interpret_triton_gemm.py"), "--ops",
+                          "tma_halves_int8_waves_and_tail"], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    name, offered = run.stdout.split(maxsplit=1)
+    assert json.loads(offered) == {"tiled": [-1, True], "tma": [WHOLE_TILES, True], "tma_split_tail": [SPLIT_K, True],
+                                   "tma_halves_tail": [HALVES_N, True]}
