@@ -36,7 +36,6 @@ import argparse
 import json
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +45,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from gemm_w8a8 import DEVICE, FORMATS, LAYERS, PEAK_8BIT, _gemm, bench, random_module, rotation, spec_of
-from segquant.kernels.gpu import ops
-from segquant.kernels.gpu.gluon_wgmma import (_INSTR_K, _INSTR_N, _load_step, _offsets, _ring,
+from gemm_w8a8 import DEVICE, LAYERS, PEAK_8BIT, _gemm, bench, layer_inputs, pinned, rotation
+from segquant.kernels.gpu.gluon_wgmma import (_INSTR_K, _INSTR_N, _finish, _load_step, _offsets, _ring,
                                               _tile_position)
 from segquant.kernels.gpu.plan import quantize_input
 from segquant.kernels.gpu.triton_tma import persistent_programs
@@ -106,9 +104,7 @@ def _schedule_kernel(a_desc, b_desc, c_ptr, M, N, K, store_rows, stride_cm, NUM_
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
         pid_m, pid_n = _tile_position(gl.program_id(0) + t * NUM_SMS, num_m, num_n, GROUP_M)
         offs_m, offs_n = _offsets(pid_m, BM, layout, 0), _offsets(pid_n, BN, layout, 1)
-        mask = gl.expand_dims(offs_m < gl.minimum(M, store_rows), 1) & gl.expand_dims(offs_n < N, 0)
-        c_ptrs = c_ptr + gl.expand_dims(offs_m, 1) * stride_cm + gl.expand_dims(offs_n, 0)
-        gl.store(c_ptrs, acc.to(gl.float32).to(gl.bfloat16), mask=mask)
+        _finish(acc.to(gl.float32), offs_m, offs_n, gl.minimum(M, store_rows), N, c_ptr, stride_cm, c_ptr, False)
     for s in gl.static_range(STAGES):
         mbarrier.invalidate(bars.index(s))
 
@@ -170,17 +166,14 @@ def measure(layer: str, fmt: str) -> list[dict]:
     (:func:`measure_config`)."""
     m, k, n = LAYERS[layer][:3]
     copies = rotation(m, k, n)
-    mods = [random_module(spec_of(layer, FORMATS[fmt]), seed) for seed in range(copies)]
-    xs = [torch.randn(m, k, device=DEVICE["name"], dtype=torch.bfloat16) for _ in range(copies)]
-    ws = [mod.dequantized_weight().to(torch.bfloat16) for mod in mods]
+    mods, xs, ws = layer_inputs(layer, fmt, copies)
     base = dict(layer=layer, fmt=fmt, M=m, K=k, N=n, copies=copies,
                 bf16_mm_us=bench([lambda x=x, w=w, mod=mod: F.linear(x, w, mod.bias)
                                   for x, w, mod in zip(xs, ws, mods)], graph=True))
     quantized = [quantize_input(mod, x) for mod, x in zip(mods, xs)]
     calls = [lambda mod=mod, q=q: _gemm(mod, q) for mod, q in zip(mods, quantized)]
     base["gemm_routed_us"] = bench(calls, graph=True)
-    with (ops.switched(USE_SCALED_MM=False, USE_TMA=True, USE_WGMMA=False),
-          mock.patch.object(ops, "fastest_kernel", lambda *_, **__: "tma")):
+    with pinned("tma"):
         base["gemm_tma_us"] = bench(calls, graph=True)
     split = whole_wave_rows(m, n, 128, 256, persistent_programs(xs[0]))
     if split:
@@ -214,9 +207,9 @@ def measure_config(layer: str, fmt: str, config: tuple, codes: list, weights: li
     row["all_rel_err"] = ((out.double() - exact).norm() / exact.norm()).item()
     row["l2_read_tbps"] = row["loaded_mb"] / row["loads_us"]  # MB / µs
     row["mma_frac_of_peak"] = 2.0 * tiles * bm * bn * k_tiles * bk / row["mmas_us"] / 1e6 / PEAK_8BIT
-    rows = whole_wave_rows(m, n, bm, bn, persistent_programs(codes[0]))
-    if rows:
-        row["all_whole_waves_us"] = bench([schedule_call(a[:rows], b, out[:rows], fmt, config, "all")
+    whole_rows = whole_wave_rows(m, n, bm, bn, persistent_programs(codes[0]))
+    if whole_rows:
+        row["all_whole_waves_us"] = bench([schedule_call(a[:whole_rows], b, out[:whole_rows], fmt, config, "all")
                                            for a, b in zip(codes, weights)], graph=True)
     return row
 

@@ -19,6 +19,7 @@ the output against the pure-torch twin. Prints a table last and writes ``scaled_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -127,6 +128,24 @@ def rotation(m: int, k: int, n: int) -> int:
     return max(1, min(4, -(-3 * 60_000_000 // (m * k * 2 + n * k))))
 
 
+def layer_inputs(layer: str, fmt_name: str, copies: int) -> tuple[list, list, list]:
+    """``copies`` random modules of ``layer`` packed for the gpu backend, as many bf16 inputs ``(M, K)``, and the
+    modules' weights in bf16 (what the bf16 baseline multiplies)."""
+    m, k = LAYERS[layer][:2]
+    modules = [random_module(spec_of(layer, FORMATS[fmt_name]), seed) for seed in range(copies)]
+    xs = [torch.randn(m, k, device=DEVICE["name"], dtype=torch.bfloat16) for _ in range(copies)]
+    return modules, xs, [mod.dequantized_weight().to(torch.bfloat16) for mod in modules]
+
+
+@contextlib.contextmanager
+def pinned(kernel: str):
+    """``ops.gemm`` on ``kernel`` alone (one of :func:`ops.gemm_kernels`' names): cuBLASLt off, the persistent and
+    Gluon kernels on where ``kernel`` is one of them, no first-call timing."""
+    with (ops.switched(USE_SCALED_MM=False, USE_TMA=kernel != "tiled", USE_WGMMA=kernel.startswith("wgmma")),
+          mock.patch.object(ops, "fastest_kernel", lambda *_, **__: kernel)):
+        yield
+
+
 def measure(layer: str, fmt_name: str, compile_: bool, each_config_: bool = False) -> dict:
     """One row of the table: timings (µs), TFLOP/s, speed-ups, error against the twin, tuned configs; with
     ``each_config_`` also every config of the persistent kernels timed alone (:func:`each_config`)."""
@@ -137,9 +156,7 @@ def measure(layer: str, fmt_name: str, compile_: bool, each_config_: bool = Fals
     # CPU (run of 2026-12-05: FLUX's out_proj, a ~90 µs GEMM, timed at 400 µs eagerly), which would be timed instead
     # of the GPU; a compiled model replays the same kernels from CUDA graphs
     graph = dev == "cuda"
-    modules = [random_module(spec_of(layer, FORMATS[fmt_name]), seed) for seed in range(copies)]
-    xs = [torch.randn(m, k, device=dev, dtype=torch.bfloat16) for _ in range(copies)]
-    weights = [mod.dequantized_weight().to(torch.bfloat16) for mod in modules]
+    modules, xs, weights = layer_inputs(layer, fmt_name, copies)
     backend = GpuBackend()
     row = dict(layer=layer, fmt=fmt_name, M=m, K=k, N=n, segments=len(in_segs), out_segments=len(out_segs),
                dual=dual, copies=copies, cuda_graph=graph)
@@ -152,8 +169,7 @@ def measure(layer: str, fmt_name: str, compile_: bool, each_config_: bool = Fals
     gemm_calls = [lambda mod=mod, q=q: _gemm(mod, q) for (mod, _), q in zip(pairs, quantized)]
     row["gemm_only_us"] = bench(gemm_calls, graph)
     for kernel in candidates(modules[0], quantized[0], fmt_name):  # each kernel alone
-        switches = dict(USE_SCALED_MM=False, USE_TMA=kernel != "tiled", USE_WGMMA=kernel != "tiled")
-        with ops.switched(**switches), mock.patch.object(ops, "fastest_kernel", lambda *_, k=kernel, **__: k):
+        with pinned(kernel):
             name = "triton" if kernel == "tiled" else kernel
             row[f"gemm_{name}_us"] = bench(gemm_calls, graph)
             row[f"rel_err_{name}"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
@@ -220,8 +236,7 @@ def each_config(mod, quantized, gemm_calls, graph: bool, fmt_name: str) -> dict[
             for config in sized_configs(configs, launch):
                 kernel.configs = [config]
                 kernel.cache.clear()
-                with (ops.switched(USE_SCALED_MM=False, USE_TMA=True, USE_WGMMA=name == "wgmma"),
-                      mock.patch.object(ops, "fastest_kernel", lambda *_, pinned=name, **__: pinned)):
+                with pinned(name):
                     times[config_name(name, config)] = bench(gemm_calls, graph)
         finally:
             kernel.configs = configs

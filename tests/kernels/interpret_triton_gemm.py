@@ -152,6 +152,13 @@ def one_input_scale(args: tuple) -> tuple:
     return (a, b, a_scale[..., :1].contiguous(), neg, w_scale, torch.zeros_like(a_col), *rest)
 
 
+def persistent_args(spec: dict) -> tuple:
+    """The op arguments of a persistent-kernel case ``spec`` (without its ``tile``): one input scale along K, or a
+    split layer's block with its own scale column."""
+    args = case(**spec)
+    return args if "block" in spec else one_input_scale(args)
+
+
 def dequantize_case(n, k, segments, steps=False, seed=0):
     """Packed codes, group scales (``steps``: two-level uint8 steps 1..16) and scale columns (CPU tensors)."""
     g = torch.Generator().manual_seed(seed)
@@ -200,20 +207,20 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return (dequantize_w4_triton(b, scale, cols, dtype).float(), dequantize_w4(b, scale, cols, dtype).float())
     spec = dict(ALL_CASES[name])
     tile = spec.pop("tile", None)
-    args = case(**spec)
-    if name in GEMV_CASES:
-        args = one_input_scale(args)
-        a, b, a_scale, a_scale_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
-        return (gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype),
-                scaled_gemm_reference(*args))
     if name in PERSISTENT_CASES:
-        args = args if "block" in spec else one_input_scale(args)
+        args = persistent_args(spec)
         a, b, a_scale, _, w_scale, a_col, w_col, bias, t, u, *_, out_dtype = args
         split = tail_split_of(name)
         assert not split or tail_splits(a, b, split), f"{name}: no tile config splits its last wave"
         with first_tma_config(tile):
             out = tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype, split_tail=split)
         return out, scaled_gemm_reference(*args)
+    args = case(**spec)
+    if name in GEMV_CASES:
+        args = one_input_scale(args)
+        a, b, a_scale, a_scale_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
+        return (gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype),
+                scaled_gemm_reference(*args))
     return scaled_gemm_triton(*args), scaled_gemm_reference(*args)
 
 def prepare_interpreter() -> None:
@@ -254,7 +261,7 @@ def ops_candidates(name: str) -> dict[str, tuple[int, bool]]:
 
     spec = dict(PERSISTENT_CASES[name])
     spec.pop("tile", None)
-    args = one_input_scale(case(**spec))
+    args = persistent_args(spec)
     reference = scaled_gemm_reference(*args)
     launch, splits = triton_tma.tma_gemm_triton, []
     with mock.patch.object(triton_tma, "tma_gemm_triton",

@@ -17,7 +17,8 @@ from segquant.nn.spec import SegLinearSpec
 from segquant.numerics import PerToken
 from tests.kernels.interpret_triton_gemm import CASES as CASES_INTERPRETED
 from tests.kernels.interpret_triton_gemm import (GEMV_CASES, TMA_CASES, TMA_HALVES_CASES, TMA_SPLIT_CASES,
-                                                 dequantize_case, first_tma_config, one_input_scale)
+                                                 dequantize_case, first_tma_config, one_input_scale,
+                                                 persistent_args)
 from tests.kernels.interpret_triton_gemm import case as interpreted_case
 from tests.kernels.test_gemm_reference import SPECS, filled, pack, rel_err
 
@@ -193,9 +194,7 @@ def test_tma_kernel_matches_twin(name, monkeypatch):
     monkeypatch.setitem(ops.USE_SCALED_MM, "enabled", False)
     spec = dict({**TMA_GPU_CASES, **TMA_SPLIT_GPU_CASES, **TMA_HALVES_GPU_CASES}[name])
     tile = spec.pop("tile", None)
-    op_args = interpreted_case(**spec)  # a split layer's block: its own scale column, not column 0
-    op_args = op_args if "block" in spec else one_input_scale(op_args)
-    args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in op_args]
+    args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in persistent_args(spec)]
     assert not split or triton_tma.tail_splits(args[0], args[1], split)
     for _ in range(2):
         poison_allocator()

@@ -204,11 +204,11 @@ def _tma_gemm_kernel(a_desc, b_desc, bh_desc, c_ptr, c_desc, as_ptr, ws_ptr, aco
         _scaled_tile(acc, pid_m * BM, pid_n * BN, M, N, c_ptr, c_desc, as_ptr, ws_ptr, a_col, w_col, bias_ptr,
                      t_ptr, u_ptr, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un, HAS_BIAS, HAS_LR, R,
                      STORE_TMA)
-    if SPLIT_TAIL == 2:
+    if SPLIT_TAIL == 2:  # HALVES_N
         _half_tile(a_desc, bh_desc, tiles - whole_tiles, whole_tiles, num_m, num_n, M, N, K, c_ptr, as_ptr, ws_ptr,
                    a_col, w_col, bias_ptr, t_ptr, u_ptr, RANK, stride_cm, stride_sm, stride_wn, stride_tm, stride_un,
                    IS_INT, HAS_BIAS, HAS_LR, R, BM, BN, BK, GROUP_M)
-    elif SPLIT_TAIL:
+    elif SPLIT_TAIL:  # SPLIT_K
         piece = tl.program_id(0)
         if piece < (tiles - whole_tiles) * parts:
             tile, part = whole_tiles + piece // parts, piece % parts
