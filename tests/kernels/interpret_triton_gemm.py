@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import sys
 
 import torch
@@ -131,7 +132,11 @@ def exact_integer_case(name: str) -> bool:
     """INT8 codes times INT8 weights: the kernel must equal the twin bitwise (exact sums, the same float32
     epilogue; ``gemm_reference.integer_scaled_gemm``); not with a low-rank branch, whose float32 product is summed
     in another order."""
-    spec = ALL_CASES[name]
+    return exact_integer_spec(ALL_CASES[name])
+
+
+def exact_integer_spec(spec: dict) -> bool:
+    """:func:`exact_integer_case` for the arguments ``spec`` of :func:`case`."""
     return spec.get("fmt") == "int8" and not spec.get("w4") and not spec.get("a16") and not spec.get("rank")
 
 
@@ -197,8 +202,7 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(kernel output, reference) of case ``name``."""
     from segquant.kernels.gpu.ops import dequantize_w4
     from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
-    from segquant.kernels.gpu.triton_gemv import gemv_triton
-    from segquant.kernels.gpu.triton_tma import tail_splits, tma_gemm_triton
+    from segquant.kernels.gpu.triton_tma import tail_splits
     from segquant.kernels.gpu.triton_w4 import dequantize_w4_triton
 
     if name in DEQUANTIZE_CASES:
@@ -209,19 +213,32 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     tile = spec.pop("tile", None)
     if name in PERSISTENT_CASES:
         args = persistent_args(spec)
-        a, b, a_scale, _, w_scale, a_col, w_col, bias, t, u, *_, out_dtype = args
         split = tail_split_of(name)
-        assert not split or tail_splits(a, b, split), f"{name}: no tile config splits its last wave"
-        with first_tma_config(tile):
-            out = tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype, split_tail=split)
-        return out, scaled_gemm_reference(*args)
+        assert not split or tail_splits(args[0], args[1], split), f"{name}: no tile config splits its last wave"
+        return run_persistent(args, tile, split), scaled_gemm_reference(*args)
     args = case(**spec)
     if name in GEMV_CASES:
         args = one_input_scale(args)
-        a, b, a_scale, a_scale_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
-        return (gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype),
-                scaled_gemm_reference(*args))
+        return run_gemv(args), scaled_gemm_reference(*args)
     return scaled_gemm_triton(*args), scaled_gemm_reference(*args)
+
+
+def run_persistent(args: tuple, tile: tuple | None, split_tail: int) -> torch.Tensor:
+    """The persistent kernel on the op arguments ``args`` (one input scale along K), in the config of tiles ``tile``
+    if it fits (see :func:`first_tma_config`)."""
+    from segquant.kernels.gpu.triton_tma import tma_gemm_triton
+
+    a, b, a_scale, _, w_scale, a_col, w_col, bias, t, u, *_, out_dtype = args
+    with first_tma_config(tile):
+        return tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype, split_tail=split_tail)
+
+
+def run_gemv(args: tuple) -> torch.Tensor:
+    """The GEMV on the op arguments ``args`` (one input scale along K)."""
+    from segquant.kernels.gpu.triton_gemv import gemv_triton
+
+    a, b, a_scale, a_scale_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
+    return gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype)
 
 def prepare_interpreter() -> None:
     """One config per launch (nothing to time) and a fix for NumPy >= 2.4, which refuses the interpreter's
@@ -274,11 +291,114 @@ def ops_candidates(name: str) -> dict[str, tuple[int, bool]]:
     return offered
 
 
+#: Programs a swept persistent launch takes in place of one per SM (``triton_tma.INTERPRETER_SMS``): each count
+#: leaves other last waves to split.
+SWEEP_PROGRAMS = (3, 4, 5, 7, 9, 13)
+#: Keys of a swept spec that say how to launch, not what :func:`case` builds.
+LAUNCH_KEYS = ("kernel", "programs", "tile", "split_tail", "config")
+
+
+def sweep_spec(rng: random.Random) -> dict:
+    """Random arguments of :func:`case` inside what the GPU backend sends the kernels, plus ``kernel``:
+
+    - ``persistent``: 8-bit, one input scale along K, at least ``TMA_MIN_M`` rows, K a multiple of 16; with
+      ``programs`` (:data:`SWEEP_PROGRAMS`), the config of ``tile`` tried first and a ``split_tail`` mode;
+    - ``gemv`` (up to 4 rows; 8-bit weights with one scale per row) or ``tiled`` (any M): input segments on
+      multiples of ``MIN_TILE_K`` channels (:func:`sweep_segments`), output segments of multiples of ``MIN_TILE_N``
+      rows (what ``backend._layout_problem`` allows), DualScale, packed INT4 weights, 16-bit inputs.
+
+    Any of them with a low-rank branch."""
+    from segquant.kernels.gpu.backend import MIN_TILE_K, MIN_TILE_N
+    from segquant.kernels.gpu.triton_tma import _CONFIGS, HALVES_N, SPLIT_K, TMA_MIN_M, WHOLE_TILES
+
+    rank = rng.choice([0, 0, 5, 8, 16])
+    kernel = rng.choice(["persistent", "tiled", "gemv"])
+    if kernel == "persistent":
+        config = rng.choice(_CONFIGS).kwargs
+        return dict(kernel=kernel, m=rng.randint(TMA_MIN_M, 520), n=rng.randint(1, 600), k=16 * rng.randint(1, 48),
+                    fmt=rng.choice(["int8", "fp8"]), rank=rank, programs=rng.choice(SWEEP_PROGRAMS),
+                    tile=tuple(config[key] for key in ("BM", "BN", "BK", "STORE_TMA")),
+                    split_tail=rng.choice([WHOLE_TILES, SPLIT_K, HALVES_N]))
+    w4 = rng.random() < 0.35
+    a16 = w4 and rng.random() < 0.4
+    k = MIN_TILE_K * rng.randint(1, 24)
+    sa = 1 if a16 else rng.choice([1, 1, 2, 3])
+    return dict(kernel=kernel, m=rng.randint(1, 4) if kernel == "gemv" else rng.randint(1, 200),
+                n=sa * MIN_TILE_N * rng.randint(1, 6) if sa > 1 else rng.randint(1, 300), k=k,
+                fmt="int8" if w4 else rng.choice(["int8", "fp8"]),
+                segments=() if kernel == "gemv" and not w4 else sweep_segments(rng, k, groups_only=w4),
+                dual=not a16 and rng.random() < 0.3, sa=sa, w4=w4, a16=a16, rank=rank)
+
+
+def sweep_segments(rng: random.Random, k: int, groups_only: bool) -> tuple:
+    """Input segments of ``k`` channels (a multiple of ``MIN_TILE_K``): none (one scale along K), equal groups
+    (attention heads, INT4 weight groups) or, unless ``groups_only``, a ``cat`` of two unequal parts."""
+    from segquant.kernels.gpu.backend import MIN_TILE_K
+
+    draw = rng.random()
+    if draw < 0.4:
+        return ()
+    if draw < 0.7 or groups_only or k == MIN_TILE_K:
+        size = rng.choice([g for g in (MIN_TILE_K, 2 * MIN_TILE_K, 4 * MIN_TILE_K) if k % g == 0])
+        return (size,) * (k // size)
+    cut = MIN_TILE_K * rng.randint(1, k // MIN_TILE_K - 1)
+    return (cut, k - cut)
+
+
+@contextlib.contextmanager
+def interpreter_programs(count: int):
+    """The persistent kernel's grid in the interpreter set to ``count`` programs for a block."""
+    from segquant.kernels.gpu import triton_tma
+
+    saved, triton_tma.INTERPRETER_SMS = triton_tma.INTERPRETER_SMS, count
+    try:
+        yield
+    finally:
+        triton_tma.INTERPRETER_SMS = saved
+
+
+def run_swept(spec: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kernel output, reference) of a :func:`sweep_spec`; a ``split_tail`` that no config applies to the shape
+    becomes ``WHOLE_TILES`` in ``spec``, and ``config`` records the persistent kernel's tiles that ran."""
+    from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
+    from segquant.kernels.gpu.triton_tma import WHOLE_TILES, _tma_gemm_kernel, tail_splits
+
+    arguments = {key: value for key, value in spec.items() if key not in LAUNCH_KEYS}
+    if spec["kernel"] == "persistent":
+        args = persistent_args(dict(arguments, seed=seed))
+        with interpreter_programs(spec["programs"]):
+            if spec["split_tail"] and not tail_splits(args[0], args[1], spec["split_tail"]):
+                spec["split_tail"] = WHOLE_TILES
+            out = run_persistent(args, spec["tile"], spec["split_tail"])
+        ran = _tma_gemm_kernel.best_config.kwargs
+        spec["config"] = [ran[key] for key in ("BM", "BN", "BK", "STORE_TMA")]
+        return out, scaled_gemm_reference(*args)
+    args = case(**arguments, seed=seed)
+    if spec["kernel"] == "gemv":
+        args = one_input_scale(args)
+        return run_gemv(args), scaled_gemm_reference(*args)
+    return scaled_gemm_triton(*args), scaled_gemm_reference(*args)
+
+
+def sweep(count: int, seed: int) -> None:
+    """Prints ``sweep_<i> rel_err equal exact spec`` (``exact``: INT8 x INT8, bitwise by contract, see
+    :func:`exact_integer_spec`; ``spec``: JSON) for ``count`` random specs drawn from ``seed``."""
+    rng = random.Random(seed)
+    for i in range(count):
+        spec = sweep_spec(rng)
+        y, ref = run_swept(spec, seed=i)
+        print(f"sweep_{i}", f"{float((y - ref).norm() / ref.norm()):.3e}", torch.equal(y, ref),
+              exact_integer_spec(spec), json.dumps(spec, separators=(",", ":")), flush=True)
+
+
 if __name__ == "__main__":
     prepare_interpreter()
     if sys.argv[1:2] == ["--ops"]:  # the kernels ops offers for these cases: name, then a JSON object
         for name in sys.argv[2:]:
             print(name, json.dumps(ops_candidates(name)), flush=True)
+        sys.exit(0)
+    if sys.argv[1:2] == ["--sweep"]:  # --sweep COUNT SEED: random shapes within the backend's contract
+        sweep(int(sys.argv[2]), int(sys.argv[3]))
         sys.exit(0)
     for name in sys.argv[1:] or list(ALL_CASES):
         y, ref = run(name)

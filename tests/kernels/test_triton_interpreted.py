@@ -47,3 +47,27 @@ def test_interpreted_ops_offers_every_tail_mode_each_equal_to_the_twin():
     name, offered = run.stdout.split(maxsplit=1)
     assert json.loads(offered) == {"tiled": [-1, True], "tma": [WHOLE_TILES, True], "tma_split_tail": [SPLIT_K, True],
                                    "tma_halves_tail": [HALVES_N, True]}
+
+
+def test_interpreted_kernels_match_twin_on_random_shapes():
+    """90 random shapes (seed 0) within what the GPU backend sends the kernels: the persistent kernel in every tail
+    mode over 3-13 programs and random tile configs, the tiled kernel and the GEMV with segments, DualScale, INT4
+    weights, 16-bit inputs and low-rank branches. Every output within float32 summation order of the twin, INT8 x
+    INT8 bitwise; both tail splits run on some shape. ``interpret_triton_gemm.py --sweep COUNT SEED`` draws more."""
+    import json
+
+    from segquant.kernels.gpu.triton_tma import HALVES_N, SPLIT_K
+
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, str(ROOT / "tests/kernels/interpret_triton_gemm.py"), "--sweep", "90", "0"],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [line.split(maxsplit=4) for line in run.stdout.splitlines()]
+    assert len(rows) == 90
+    failed = [(name, err, spec) for name, err, equal, exact, spec in rows
+              if float(err) > 1e-5 or (exact == "True" and equal != "True")]
+    assert not failed, failed
+    specs = [json.loads(spec) for *_, spec in rows]
+    assert {spec["kernel"] for spec in specs} == {"persistent", "tiled", "gemv"}
+    assert {SPLIT_K, HALVES_N} <= {spec.get("split_tail") for spec in specs}
+    assert sum(exact == "True" for *_, exact, _ in rows) >= 10
