@@ -87,7 +87,7 @@ GEMV_CASES = {
 #: The persistent TMA kernel (8-bit, one input scale along K): tails in M, N and K (zeros from the descriptors); its
 #: configs with TMA stores (``tile``: the config used, ``(BM, BN, BK, STORE_TMA)``; 1: the whole tile, 2: its halves
 #: along N, the right one here partly and wholly past N), which the TMA unit clips at M and N, and which an output
-#: with rows of no 16-byte multiple (N = 62) leaves out.
+#: with rows of no 16-byte multiple (N = 62) and a low-rank branch leave out.
 TMA_CASES = {
     "tma_int8_tails": dict(m=130, n=72, k=80, fmt="int8"),
     "tma_fp8_lowrank": dict(m=136, n=48, k=160, fmt="fp8", rank=8),
@@ -95,7 +95,8 @@ TMA_CASES = {
     "tma_int8_four_columns": dict(m=140, n=4, k=128, fmt="int8"),  # the demo MMDiT's output layer
     "tma_store_int8_tails": dict(m=130, n=72, k=80, fmt="int8", tile=(128, 256, 128, 1)),
     "tma_store_halves_int8_tails": dict(m=130, n=200, k=80, fmt="int8", tile=(128, 256, 128, 2)),
-    "tma_store_halves_fp8_lowrank_beyond_n": dict(m=136, n=48, k=160, fmt="fp8", rank=8, tile=(256, 128, 128, 2)),
+    "tma_store_halves_fp8_beyond_n": dict(m=136, n=48, k=160, fmt="fp8", tile=(256, 128, 128, 2)),
+    "tma_fp8_lowrank_pointer_epilogue": dict(m=136, n=48, k=160, fmt="fp8", rank=8, tile=(256, 128, 128, 2)),
     "tma_store_int8_unaligned_rows": dict(m=130, n=62, k=80, fmt="int8", tile=(128, 256, 128, 1)),
     "tma_int8_cat_block_in_place": dict(m=130, n=72, k=640, fmt="int8", segments=(128, 512), block=(128, 640)),
 }

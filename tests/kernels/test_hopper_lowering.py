@@ -112,10 +112,11 @@ def test_tma_kernel_lowers_to_wgmma_with_an_ordered_tail_count(is_int, split_tai
     assert ("atom.global.gpu.acq_rel.add" in ptx) == (split_tail == SPLIT_K)
 
 
-def test_every_tma_config_fits_hoppers_shared_memory():
+def test_every_tma_config_fits_hoppers_shared_memory(monkeypatch):
     """Each config, with either split tail, in the shared memory of one block (the epilogue's staging tile too); those
-    with ``STORE_TMA`` store by TMA, the others through pointers."""
-    from segquant.kernels.gpu.triton_tma import _CONFIGS
+    with ``STORE_TMA`` store by TMA, the others through pointers. With a rank-32 low-rank branch, each config that
+    ``sized_configs`` keeps fits too, and those it leaves out (the TMA stores) do not."""
+    from segquant.kernels.gpu.triton_tma import _CONFIGS, sized_configs
 
     assert any(config.kwargs["STORE_TMA"] for config in _CONFIGS)
     for config, is_int, split in itertools.product(_CONFIGS, (True, False), (SPLIT_K, HALVES_N)):
@@ -123,6 +124,12 @@ def test_every_tma_config_fits_hoppers_shared_memory():
         assert kernel.metadata.shared <= HOPPER_SHARED_BYTES, (config, is_int, split, kernel.metadata.shared)
         stores_by_tma = re.search(r"cp\.async\.bulk\.tensor\.2d\.global\.shared", kernel.asm["ptx"]) is not None
         assert stores_by_tma == bool(config.kwargs["STORE_TMA"]), config
+    monkeypatch.delenv("SEGQUANT_TRITON_AUTOTUNE", raising=False)  # every config kept, not the first
+    launch = {"M": 4608, "c_desc": object()}
+    with_lowrank = sized_configs(_CONFIGS, dict(launch, HAS_LR=True))
+    for config in sized_configs(_CONFIGS, dict(launch, HAS_LR=False)):
+        fits = hopper_build(True, WHOLE_TILES, True, config).metadata.shared <= HOPPER_SHARED_BYTES
+        assert fits == (config in with_lowrank), config
 
 
 def gluon_build(kernel, config, code: str = "i8", **constants) -> "triton.compiler.CompiledKernel":

@@ -96,11 +96,14 @@ def tail_parts(tiles: int, programs: int, k_tiles: int, split_tail: int = SPLIT_
 
 def sized_configs(configs, named_args, **kwargs):
     """The configs whose row tiles suit M (64-row tiles only up to :data:`.triton_gemm.MID_M`), those with TMA
-    stores (``STORE_TMA`` 1, 2) only where the launch made an output descriptor; with ``SPLIT_TAIL`` only those
-    whose last wave is split (the others run as without it)."""
+    stores (``STORE_TMA`` 1, 2) only where the launch made an output descriptor and there is no low-rank branch (its
+    factors' tiles beside the staging tile and the K ring overflow Hopper's shared memory: 241,696 of 232,448 bytes
+    on the H100 at rank 16, every such config at rank 32 in the sm_90 builds); with ``SPLIT_TAIL`` only those whose
+    last wave is split (the others run as without it)."""
     args = {**named_args, **kwargs}
+    stores_by_tma = args.get("c_desc") is not None and not args.get("HAS_LR")
     kept = [c for c in configs if row_tile_fits(c.kwargs["BM"], args["M"])
-            and (args.get("c_desc") is not None or not c.kwargs.get("STORE_TMA"))]
+            and (stores_by_tma or not c.kwargs.get("STORE_TMA"))]
     if args.get("SPLIT_TAIL"):
         kept = [c for c in kept if _splits(c, args["M"], args["N"], args["K"], args["NUM_SMS"], args["SPLIT_TAIL"])]
     return tuned_or_first(kept)
