@@ -84,7 +84,8 @@ from segquant.models.position import crop_position_tables
 from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graphs
 
 VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_nocfg", "torchao_fp8_whole", "torchao_int4",
-            "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_int8", "sq_fp8_fused", "sq_int8_fused", "sq_int8_tiled",
+            "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_fp8_tensor", "sq_fp8_tensor_fused", "sq_int8", "sq_fp8_fused",
+            "sq_int8_fused", "sq_int8_tiled",
             "sq_int8_dyn", "sq_int8_dyn_cat", "sq_int8_full", "sq_int8_dyn_full", "sq_int8_segs", "sq_fp8_segs",
             "sq_int8_segfold", "sq_fp8_segfold", "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a8_2l_preset", "sq_w4a16")
 #: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.
@@ -114,8 +115,8 @@ def switches_of(variant: str) -> dict:
 
 
 def segquant_config(variant: str) -> dict:
-    """The segquant config of a ``sq_*`` variant (8-bit: per-channel weights, static per-tensor inputs unless
-    ``_dyn``: dynamic per-token, q/k/v fused with one smoothing if ``_fused``, input segments with ``_segs`` /
+    """The segquant config of a ``sq_*`` variant (8-bit: per-channel weights unless ``_tensor``: per-tensor, static
+    per-tensor inputs unless ``_dyn``: dynamic per-token, q/k/v fused with one smoothing if ``_fused``, input segments with ``_segs`` /
     ``_segfold``, the ``cat`` segments alone with ``_cat``; 4-bit: see the module doc)."""
     int4 = {"type": "int4", "granularity": "group", "group_size": 64}
     if variant == "sq_w4a8_2l_preset":  # GPTQ's work does not change the kernels
@@ -140,7 +141,7 @@ def segquant_config(variant: str) -> dict:
                         "calib": {"type": "amax"},
                         "input_quant": {"type": fmt, "granularity": "token" if dynamic else "tensor",
                                         "dynamic": dynamic, "fold_segments": fold},
-                        "weight_quant": {"type": fmt, "granularity": "channel"}}}
+                        "weight_quant": {"type": fmt, "granularity": "tensor" if "_tensor" in variant else "channel"}}}
 
 
 def stage(message: str, _start=[time.perf_counter()]) -> None:  # noqa: B006 (the start time)

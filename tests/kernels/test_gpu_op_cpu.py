@@ -121,6 +121,24 @@ def test_plain_static_fp8_layers_pack_folded_column_scales_and_share_unit_rows()
         assert not hasattr(pack(filled(SPECS[name])), "gpu_fp8_columns"), name
 
 
+def test_static_fp8_layers_with_one_weight_scale_pack_one_scale_for_the_tensor_wise_gemm():
+    """Per-tensor FP8 weights: the product has one scale, ``input_scale · w_scale``, packed 0-dim with a 0-dim one as
+    the row scale, which is what makes ``torch._scaled_mm`` take its tensor-wise GEMM; a call of any number of rows
+    passes them as they are. One differing weight scale keeps the row-wise layout."""
+    from segquant.kernels.gpu.plan import _fp8_row_scales
+
+    spec = SegLinearSpec(64, 32, (32,), (64,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3, smooth=True)
+    module = filled(spec)
+    module.weight_scale.fill_(0.0123)
+    packed = pack(module)
+    assert packed.gpu_fp8_columns.shape == () and packed.gpu_fp8_rows.shape == ()
+    assert packed.gpu_fp8_columns.item() == (module.input_scale[0, 0] * module.weight_scale[0, 0]).float().item()
+    assert packed.gpu_fp8_rows.item() == 1.0 and _fp8_row_scales(packed, 70_000) is packed.gpu_fp8_rows
+    module.weight_scale[5, 0] = 0.02
+    row_wise = pack(module)
+    assert row_wise.gpu_fp8_columns.shape == (1, 32) and _fp8_row_scales(row_wise, 7).shape == (7, 1)
+
+
 @pytest.mark.parametrize("rows,weights,scale_mode,expected", [
     (1, torch.int8, 0, True), (2, torch.int8, 0, False), (1, torch.float8_e4m3fn, 0, True),
     (1, torch.int8, 2, False), (4, torch.uint8, 2, True), (5, torch.uint8, 0, False)])

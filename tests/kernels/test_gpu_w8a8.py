@@ -276,6 +276,30 @@ def test_backend_matches_emulated(name, dtype):
         assert rel_err(y, ref) <= within_rounding(ref, dtype)
 
 
+def test_static_fp8_with_one_weight_scale_takes_the_tensor_wise_gemm(monkeypatch):
+    """Per-tensor FP8 weights: ``torch._scaled_mm`` gets 0-dim scales (its tensor-wise GEMM, cuBLASLt) and the layer
+    matches the emulated one within bf16 rounding, eager and compiled without graph breaks."""
+    from segquant.kernels.gpu import plan
+    from segquant.kernels.gpu.backend import GpuBackend
+
+    module = filled(GPU_SPECS["plain_fp8_cublas"]).cuda()
+    module.weight_scale.fill_(0.01)
+    backend = GpuBackend()
+    backend.pack(module)
+    scale_shapes = []
+    launch = plan.plain_fp8
+    monkeypatch.setattr(plan, "plain_fp8", lambda a, b, rows, columns, *rest: scale_shapes.append(
+        (rows.shape, columns.shape)) or launch(a, b, rows, columns, *rest))
+    x = (torch.randn(2, 333, 256, device="cuda") * 2).to(torch.bfloat16)
+    y = backend.forward(module, x)
+    assert scale_shapes == [((), ())]
+    ref = module(x.float())
+    assert rel_err(y, ref) <= within_rounding(ref, torch.bfloat16)
+    monkeypatch.undo()
+    compiled = torch.compile(lambda t: backend.forward(module, t), fullgraph=True)
+    assert rel_err(compiled(x), y) <= within_rounding(y, torch.bfloat16)
+
+
 @pytest.mark.parametrize("name", ["big_heads", "big_dual_fp8", "adaln6", "dyn_fp8", "plain_fp8_cublas", "cat_split"])
 def test_compiled_backend_has_no_graph_breaks(name):
     from segquant.kernels.gpu.backend import GpuBackend

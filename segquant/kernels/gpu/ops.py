@@ -3,8 +3,9 @@ CPU -> the pure-torch twin, plus fake implementations so ``torch.compile`` trace
 
 :func:`gemm` is the one entry point (the backend, tests and benchmarks call it). It picks, on CUDA:
 
-- plain FP8 layers: cuBLASLt's ``torch._scaled_mm`` (an aten op that ``torch.compile`` lowers itself, with
-  no Python dispatch per call) unless ``USE_SCALED_MM`` is off;
+- plain FP8 layers: ``torch._scaled_mm`` (an aten op that ``torch.compile`` lowers itself, with no Python dispatch
+  per call; row-wise scales run a CUTLASS kernel of PyTorch's on sm_90, one scale for the product cuBLASLt) unless
+  ``USE_SCALED_MM`` is off;
 - packed INT4 weights with at least ``DEQUANTIZE_MIN_M`` rows (compute-bound), one input, no DualScale and
   an input scale constant along K: the weight dequantized to 16 bits in one pass (the same rounding as the
   tiled kernel: fp16 for INT8 codes, the input's dtype for W4A16), then a cuBLAS product with float32
@@ -37,7 +38,7 @@ from segquant.numerics import unpack_int4
 
 #: Plain FP8 layers (no per-tile scales, no DualScale, one input) run on ``torch._scaled_mm`` when True.
 USE_SCALED_MM = {"enabled": True}
-#: Opt-in: cuBLASLt FP8 products accumulate without the periodic float32 promotion (``use_fast_accum``, what
+#: Opt-in: ``torch._scaled_mm``'s FP8 products accumulate without the periodic float32 promotion (``use_fast_accum``, what
 #: torchao's FP8 linear passes): ≈ 7 % faster FP8 GEMMs on an H200, at an accumulation error the emulated
 #: backend does not model (measured per layer by ``benchmarks/e2e_w8a8.py``'s ``sq_fp8_fast`` variant).
 FP8_FAST_ACCUM = {"enabled": False}
@@ -221,7 +222,7 @@ def agreeing(key: tuple, kernels: dict[str, Callable[[], Tensor]]) -> dict[str, 
 def gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Tensor], w_scale: Tensor, a_col: Tensor,
          w_col: Tensor, bias: Optional[Tensor], lowrank_t: Optional[Tensor], lowrank_up: Optional[Tensor],
          out_segment: int, scale_mode: int, k_align: int, out_dtype: torch.dtype) -> Tensor:
-    """The op's math; plain FP8 on CUDA without the custom op (same cuBLASLt call, visible to the compiler)."""
+    """The op's math; plain FP8 on CUDA without the custom op (``torch._scaled_mm``, visible to the compiler)."""
     if a.is_cuda and _scaled_mm_fits(a, b, a_scale_neg, lowrank_t, scale_mode, out_dtype) and not _gemv_fits(
             a, b, a_scale, scale_mode):
         return plain_fp8(a[0], b, a_scale[0].expand(a.shape[1], 1).contiguous(), w_scale[:, :1].reshape(1, -1), bias,
@@ -256,9 +257,10 @@ def _scaled_mm_fits(a: Tensor, b: Tensor, a_scale_neg, lowrank_t, scale_mode: in
 
 def plain_fp8(a: Tensor, b: Tensor, row_scales: Tensor, column_scales: Tensor, bias: Tensor | None,
               out_dtype: torch.dtype) -> Tensor:
-    """cuBLASLt FP8 with row-wise scales: ``a`` ``(M, K)`` and ``b`` ``(N, K)`` E4M3 codes, ``row_scales``
+    """``torch._scaled_mm``'s FP8 GEMM: ``a`` ``(M, K)`` and ``b`` ``(N, K)`` E4M3 codes, ``row_scales``
     ``(M, 1)`` and ``column_scales`` ``(1, N)`` float32 -> ``(M, N)`` (``scale_mode`` 0: every input channel
-    uses weight-scale column 0, see ``plan.weight_columns``)."""
+    uses weight-scale column 0, see ``plan.weight_columns``). Row-wise scales run a CUTLASS kernel of PyTorch's on
+    sm_90; 0-dim ``row_scales`` and ``column_scales`` (one scale for the product) run cuBLASLt's tensor-wise GEMM."""
     return torch._scaled_mm(a, b.t(), scale_a=row_scales, scale_b=column_scales,
                             bias=bias.to(out_dtype) if bias is not None else None, out_dtype=out_dtype,
                             use_fast_accum=FP8_FAST_ACCUM["enabled"])

@@ -17,10 +17,13 @@ name                  shape / dtype     meaning
 ``gpu_zero_col``      (K,) int32        two-level INT4 with INT8 inputs: all 0, the row base is
                                         the one scale column of the expanded INT8 weight
 ``gpu_fp8_columns``   (1, N) float32    plain static FP8 layers: ``input_scale · w_scale[n]``, the
-                                        column scales of cuBLASLt's row-wise FP8 GEMM
+                                        column scales of ``torch._scaled_mm``'s row-wise FP8 GEMM;
+                      () float32        where every ``w_scale[n]`` is the same (per-tensor weights):
+                                        the one scale of its tensor-wise GEMM (cuBLASLt)
 ``gpu_fp8_rows``      (R, 1) float32    the same layers: ones, one tensor shared by all of them
                                         (``ops.unit_row_scales``), sliced to the call's rows (a
-                                        module moved after packing gets its own 256 KB copy)
+                                        module moved after packing gets its own 256 KB copy);
+                      () float32        tensor-wise layers: a one
 ====================  ================  =====================================================
 
 ``Sa`` is the number of differently quantized inputs: ``S`` with per-output-segment smoothing, else 1
@@ -74,16 +77,20 @@ def pack_tensors(module, layout: GemmLayout | None = None) -> dict[str, Tensor]:
 def _static_fp8_tensors(module, layout: GemmLayout, w_col: Tensor) -> dict[str, Tensor]:
     """Plain static FP8 layers (one input and weight scale column, no DualScale, no per-segment input, no
     low-rank branch): the column scales with the input scale folded in and the shared unit row scales, so a
-    call passes cuBLASLt its scales without building them; else nothing."""
+    call passes ``torch._scaled_mm`` its scales without building them; else nothing. Where all the column scales
+    are equal (per-tensor weights), the one scale and a one, both 0-dim: the call then takes the tensor-wise FP8
+    GEMM (cuBLASLt), which on an H100 ran FLUX's 3072 -> 3072 layer at 76.6 µs where the row-wise one (a CUTLASS
+    kernel of PyTorch's on sm_90) took 88.3 (BENCHMARKS.md, run 16)."""
     spec = module.spec
     plain = (spec.weight_dtype is DType.FP8E4M3 and spec.input_dtype is DType.FP8E4M3 and not spec.dual_scale
              and layout.scale_mode == 0 and not layout.per_segment_input and module.lowrank_up is None
              and spec.in_features % 16 == 0 and spec.out_features % 16 == 0)  # cuBLASLt's FP8 alignment
     if not plain:
         return {}
-    columns = module.input_scale[0, 0] * module.weight_scale[:, int(w_col[0])]
-    return {"gpu_fp8_columns": columns.reshape(1, -1).float().contiguous(),
-            "gpu_fp8_rows": unit_row_scales(columns.device)}
+    columns = (module.input_scale[0, 0] * module.weight_scale[:, int(w_col[0])]).float()
+    if bool((columns == columns[0]).all()):
+        return {"gpu_fp8_columns": columns[0].clone(), "gpu_fp8_rows": torch.ones((), device=columns.device)}
+    return {"gpu_fp8_columns": columns.reshape(1, -1).contiguous(), "gpu_fp8_rows": unit_row_scales(columns.device)}
 
 
 def _two_level_tensors(module) -> dict[str, Tensor]:
@@ -133,8 +140,8 @@ def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Te
             y = y + lowrank_branch(module, rows)
         return y.to(x.dtype).reshape(*x.shape[:-1], module.out_features)
     if _static_fp8_fits(module, codes, x.dtype):
-        y = plain_fp8(codes[0], module.weight_codes, module.gpu_fp8_rows[:codes.shape[1]], module.gpu_fp8_columns,
-                      module.bias, x.dtype)
+        y = plain_fp8(codes[0], module.weight_codes, _fp8_row_scales(module, codes.shape[1]),
+                      module.gpu_fp8_columns, module.bias, x.dtype)
         return y.reshape(*x.shape[:-1], module.out_features)
     weight, w_scale, w_col, mode, row_scale = _weight_operands(module, layout, rows.shape[0])
     fused = fused_lowrank(module) and row_scale is None
@@ -152,11 +159,18 @@ def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Te
 
 
 def _static_fp8_fits(module, codes: Tensor, dtype: torch.dtype) -> bool:
-    """A plain static FP8 layer on CUDA with a bf16 output (cuBLASLt's row-wise FP8 writes bf16), more rows
-    than the GEMV takes and at most ``UNIT_ROWS`` (and cuBLASLt enabled, ``ops.USE_SCALED_MM``)."""
-    return (hasattr(module, "gpu_fp8_columns") and codes.is_cuda and dtype == torch.bfloat16
-            and USE_SCALED_MM["enabled"]
-            and GEMV_MAX_M_8BIT < codes.shape[1] <= module.gpu_fp8_rows.shape[0])
+    """A plain static FP8 layer on CUDA with a bf16 output (``torch._scaled_mm``'s row-wise FP8 writes bf16), more
+    rows than the GEMV takes and, row-wise, at most ``UNIT_ROWS`` (and ``ops.USE_SCALED_MM`` on)."""
+    rows = module.gpu_fp8_rows if hasattr(module, "gpu_fp8_columns") else None
+    return (rows is not None and codes.is_cuda and dtype == torch.bfloat16 and USE_SCALED_MM["enabled"]
+            and GEMV_MAX_M_8BIT < codes.shape[1] and (rows.dim() == 0 or codes.shape[1] <= rows.shape[0]))
+
+
+def _fp8_row_scales(module, m: int) -> Tensor:
+    """The row scales of a plain static FP8 layer's call of ``m`` rows: the shared ones sliced to ``(m, 1)``, or the
+    0-dim one of a tensor-wise layer."""
+    rows = module.gpu_fp8_rows
+    return rows if rows.dim() == 0 else rows[:m]
 
 
 def _weight_operands(module, layout: GemmLayout, m: int) -> tuple[Tensor, Tensor, Tensor, int, Tensor | None]:
