@@ -116,8 +116,8 @@ def switches_of(variant: str) -> dict:
 
 def segquant_config(variant: str) -> dict:
     """The segquant config of a ``sq_*`` variant (8-bit: per-channel weights unless ``_tensor``: per-tensor, static
-    per-tensor inputs unless ``_dyn``: dynamic per-token, q/k/v fused with one smoothing if ``_fused``, input segments with ``_segs`` /
-    ``_segfold``, the ``cat`` segments alone with ``_cat``; 4-bit: see the module doc)."""
+    per-tensor inputs unless ``_dyn``: dynamic per-token, q/k/v fused with one smoothing if ``_fused``, input
+    segments with ``_segs`` / ``_segfold``, the ``cat`` segments alone with ``_cat``; 4-bit: see the module doc)."""
     int4 = {"type": "int4", "granularity": "group", "group_size": 64}
     if variant == "sq_w4a8_2l_preset":  # GPTQ's work does not change the kernels
         config = preset_dict("w4a8_two_level")

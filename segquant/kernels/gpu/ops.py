@@ -38,9 +38,10 @@ from segquant.numerics import unpack_int4
 
 #: Plain FP8 layers (no per-tile scales, no DualScale, one input) run on ``torch._scaled_mm`` when True.
 USE_SCALED_MM = {"enabled": True}
-#: Opt-in: ``torch._scaled_mm``'s FP8 products accumulate without the periodic float32 promotion (``use_fast_accum``, what
-#: torchao's FP8 linear passes): ≈ 7 % faster FP8 GEMMs on an H200, at an accumulation error the emulated
-#: backend does not model (measured per layer by ``benchmarks/e2e_w8a8.py``'s ``sq_fp8_fast`` variant).
+#: Opt-in: ``torch._scaled_mm``'s FP8 products accumulate without the periodic float32 promotion
+#: (``use_fast_accum``, what torchao's FP8 linear passes): ≈ 7 % faster FP8 GEMMs on an H200, at an accumulation
+#: error the emulated backend does not model (measured per layer by ``benchmarks/e2e_w8a8.py``'s ``sq_fp8_fast``
+#: variant).
 FP8_FAST_ACCUM = {"enabled": False}
 #: Rows from which packed INT4 layers dequantize the weight and use cuBLAS (see the module doc).
 DEQUANTIZE_MIN_M = 128
