@@ -139,6 +139,34 @@ def test_static_fp8_layers_with_one_weight_scale_pack_one_scale_for_the_tensor_w
     assert row_wise.gpu_fp8_columns.shape == (1, 32) and _fp8_row_scales(row_wise, 7).shape == (7, 1)
 
 
+@pytest.mark.parametrize("per_tensor", [True, False], ids=["tensor_wise", "row_wise"])
+def test_static_fp8_branch_runs_scaled_mm_with_its_packed_scales(per_tensor, monkeypatch):
+    """The plain static FP8 branch of ``seglinear_forward`` on the CPU's ``torch._scaled_mm`` (its CUDA condition
+    checked apart below): 0-dim scales for per-tensor weights, ``(M, 1)`` and ``(1, N)`` otherwise, and the emulated
+    layer's output within bf16 rounding. A tensor-wise layer takes any number of rows; a row-wise one at most the
+    shared ones-vector's ``UNIT_ROWS``."""
+    from types import SimpleNamespace
+
+    from segquant.kernels.gpu import ops, plan
+
+    spec = SegLinearSpec(64, 32, (32,), (64,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3, smooth=True)
+    module = filled(spec)
+    if per_tensor:
+        module.weight_scale.fill_(0.0123)
+    pack(module)
+    too_many = SimpleNamespace(is_cuda=True, shape=(1, ops.UNIT_ROWS + 1, 64))
+    assert plan._static_fp8_fits(module, too_many, torch.bfloat16) == per_tensor
+    shapes, launch = [], plan.plain_fp8
+    monkeypatch.setattr(plan, "_static_fp8_fits", lambda module, codes, dtype: True)
+    monkeypatch.setattr(plan, "plain_fp8", lambda a, b, rows, columns, *rest: shapes.append(
+        (tuple(rows.shape), tuple(columns.shape))) or launch(a, b, rows, columns, *rest))
+    x = (torch.randn(5, 64) * 3).to(torch.bfloat16)
+    y = seglinear_forward(module, layout_of(module), x, ops.gemm)
+    assert shapes == [((), ()) if per_tensor else ((5, 1), (1, 32))]
+    reference = module(x.float())
+    assert y.dtype == torch.bfloat16 and rel_err(y, reference) <= 2 ** -8
+
+
 @pytest.mark.parametrize("rows,weights,scale_mode,expected", [
     (1, torch.int8, 0, True), (2, torch.int8, 0, False), (1, torch.float8_e4m3fn, 0, True),
     (1, torch.int8, 2, False), (4, torch.uint8, 2, True), (5, torch.uint8, 0, False)])
