@@ -202,7 +202,6 @@ def tail_split_of(name: str) -> int:
 def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(kernel output, reference) of case ``name``."""
     from segquant.kernels.gpu.ops import dequantize_w4
-    from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
     from segquant.kernels.gpu.triton_tma import tail_splits
     from segquant.kernels.gpu.triton_w4 import dequantize_w4_triton
 
@@ -212,34 +211,44 @@ def run(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return (dequantize_w4_triton(b, scale, cols, dtype).float(), dequantize_w4(b, scale, cols, dtype).float())
     spec = dict(ALL_CASES[name])
     tile = spec.pop("tile", None)
-    if name in PERSISTENT_CASES:
-        args = persistent_args(spec)
-        split = tail_split_of(name)
-        assert not split or tail_splits(args[0], args[1], split), f"{name}: no tile config splits its last wave"
-        return run_persistent(args, tile, split), scaled_gemm_reference(*args)
+    kernel = "persistent" if name in PERSISTENT_CASES else "gemv" if name in GEMV_CASES else "tiled"
+    args = kernel_args(kernel, spec)
+    split = tail_split_of(name)
+    assert not split or tail_splits(args[0], args[1], split), f"{name}: no tile config splits its last wave"
+    return launch(kernel, args, tile, split), scaled_gemm_reference(*args)
+
+
+def kernel_args(kernel: str, spec: dict) -> tuple:
+    """The op arguments of :func:`case` ``spec`` for ``kernel`` (``persistent``, ``gemv``: one input scale along K;
+    ``tiled``)."""
+    if kernel == "persistent":
+        return persistent_args(spec)
     args = case(**spec)
-    if name in GEMV_CASES:
-        args = one_input_scale(args)
-        return run_gemv(args), scaled_gemm_reference(*args)
-    return scaled_gemm_triton(*args), scaled_gemm_reference(*args)
+    return one_input_scale(args) if kernel == "gemv" else args
 
 
-def run_persistent(args: tuple, tile: tuple | None, split_tail: int) -> torch.Tensor:
-    """The persistent kernel on the op arguments ``args`` (one input scale along K), in the config of tiles ``tile``
-    if it fits (see :func:`first_tma_config`)."""
+def launch(kernel: str, args: tuple, tile: tuple | None = None, split_tail: int = 0) -> torch.Tensor:
+    """``kernel`` on the op arguments ``args``: the persistent kernel (in the config of tiles ``tile`` if it fits, see
+    :func:`first_tma_config`, with ``split_tail``, 0: whole tiles), the GEMV or the tiled kernel."""
+    from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
+    from segquant.kernels.gpu.triton_gemv import gemv_triton
     from segquant.kernels.gpu.triton_tma import tma_gemm_triton
 
-    a, b, a_scale, _, w_scale, a_col, w_col, bias, t, u, *_, out_dtype = args
-    with first_tma_config(tile):
-        return tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype, split_tail=split_tail)
+    if kernel == "persistent":
+        a, b, a_scale, _, w_scale, a_col, w_col, bias, t, u, *_, out_dtype = args
+        with first_tma_config(tile):
+            return tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, t, u, out_dtype, split_tail=split_tail)
+    if kernel == "gemv":
+        a, b, a_scale, a_scale_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
+        return gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype)
+    return scaled_gemm_triton(*args)
 
 
-def run_gemv(args: tuple) -> torch.Tensor:
-    """The GEMV on the op arguments ``args`` (one input scale along K)."""
-    from segquant.kernels.gpu.triton_gemv import gemv_triton
+def config_that_ran() -> dict:
+    """The persistent kernel's config of its last launch (``BM``, ``BN``, ``BK``, ``STORE_TMA``, ...)."""
+    from segquant.kernels.gpu.triton_tma import _tma_gemm_kernel
 
-    a, b, a_scale, a_scale_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = args
-    return gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, t, u, out_segment, k_align, out_dtype)
+    return _tma_gemm_kernel.best_config.kwargs
 
 def prepare_interpreter() -> None:
     """One config per launch (nothing to time) and a fix for NumPy >= 2.4, which refuses the interpreter's
@@ -262,11 +271,7 @@ def prepare_interpreter() -> None:
 def stored_by_tma(name: str) -> str:
     """For a persistent-kernel case: the ``STORE_TMA`` of the config that ran (``"0"``: pointer stores); ``"-"`` for the
     others."""
-    if name not in PERSISTENT_CASES:
-        return "-"
-    from segquant.kernels.gpu.triton_tma import _tma_gemm_kernel
-
-    return str(_tma_gemm_kernel.best_config.kwargs["STORE_TMA"])
+    return str(config_that_ran()["STORE_TMA"]) if name in PERSISTENT_CASES else "-"
 
 
 def ops_candidates(name: str) -> dict[str, tuple[int, bool]]:
@@ -361,24 +366,18 @@ def interpreter_programs(count: int):
 def run_swept(spec: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(kernel output, reference) of a :func:`sweep_spec`; a ``split_tail`` that no config applies to the shape
     becomes ``WHOLE_TILES`` in ``spec``, and ``config`` records the persistent kernel's tiles that ran."""
-    from segquant.kernels.gpu.triton_gemm import scaled_gemm_triton
-    from segquant.kernels.gpu.triton_tma import WHOLE_TILES, _tma_gemm_kernel, tail_splits
+    from segquant.kernels.gpu.triton_tma import WHOLE_TILES, tail_splits
 
-    arguments = {key: value for key, value in spec.items() if key not in LAUNCH_KEYS}
-    if spec["kernel"] == "persistent":
-        args = persistent_args(dict(arguments, seed=seed))
-        with interpreter_programs(spec["programs"]):
-            if spec["split_tail"] and not tail_splits(args[0], args[1], spec["split_tail"]):
-                spec["split_tail"] = WHOLE_TILES
-            out = run_persistent(args, spec["tile"], spec["split_tail"])
-        ran = _tma_gemm_kernel.best_config.kwargs
-        spec["config"] = [ran[key] for key in ("BM", "BN", "BK", "STORE_TMA")]
-        return out, scaled_gemm_reference(*args)
-    args = case(**arguments, seed=seed)
-    if spec["kernel"] == "gemv":
-        args = one_input_scale(args)
-        return run_gemv(args), scaled_gemm_reference(*args)
-    return scaled_gemm_triton(*args), scaled_gemm_reference(*args)
+    kernel = spec["kernel"]
+    args = kernel_args(kernel, {key: value for key, value in spec.items() if key not in LAUNCH_KEYS} | {"seed": seed})
+    if kernel != "persistent":
+        return launch(kernel, args), scaled_gemm_reference(*args)
+    with interpreter_programs(spec["programs"]):
+        if spec["split_tail"] and not tail_splits(args[0], args[1], spec["split_tail"]):
+            spec["split_tail"] = WHOLE_TILES
+        out = launch(kernel, args, spec["tile"], spec["split_tail"])
+    spec["config"] = [config_that_ran()[key] for key in ("BM", "BN", "BK", "STORE_TMA")]
+    return out, scaled_gemm_reference(*args)
 
 
 def sweep(count: int, seed: int) -> None:

@@ -108,12 +108,15 @@ def test_int4_weights_with_odd_input_width_are_refused_by_name():
     assert _layout_problem(layout_of(filled(SPECS["int4_lowrank"]))) is None
 
 
+#: A plain static FP8 layer in cuBLASLt's alignment (64 -> 32, smoothed).
+PLAIN_STATIC_FP8 = SegLinearSpec(64, 32, (32,), (64,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3, smooth=True)
+
+
 def test_plain_static_fp8_layers_pack_folded_column_scales_and_share_unit_rows():
-    """cuBLASLt's row-wise FP8 GEMM gets ``input_scale · w_scale[n]`` as its column scales and a slice of one
-    shared ones-vector as its row scales: no scale tensor is built per call. Only plain static FP8 layers
+    """``torch._scaled_mm``'s row-wise FP8 GEMM gets ``input_scale · w_scale[n]`` as its column scales and a slice of
+    one shared ones-vector as its row scales: no scale tensor is built per call. Only plain static FP8 layers
     (16-aligned, no DualScale, no segmented input) get them."""
-    spec = SegLinearSpec(64, 32, (32,), (64,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3, smooth=True)
-    first, second = pack(filled(spec, seed=0)), pack(filled(spec, seed=1))
+    first, second = pack(filled(PLAIN_STATIC_FP8, seed=0)), pack(filled(PLAIN_STATIC_FP8, seed=1))
     expected = first.input_scale[0, 0] * first.weight_scale[:, 0]
     torch.testing.assert_close(first.gpu_fp8_columns, expected.reshape(1, -1), rtol=0, atol=0)
     assert first.gpu_fp8_rows is second.gpu_fp8_rows and bool((first.gpu_fp8_rows == 1).all())
@@ -127,8 +130,7 @@ def test_static_fp8_layers_with_one_weight_scale_pack_one_scale_for_the_tensor_w
     passes them as they are. One differing weight scale keeps the row-wise layout."""
     from segquant.kernels.gpu.plan import _fp8_row_scales
 
-    spec = SegLinearSpec(64, 32, (32,), (64,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3, smooth=True)
-    module = filled(spec)
+    module = filled(PLAIN_STATIC_FP8)
     module.weight_scale.fill_(0.0123)
     packed = pack(module)
     assert packed.gpu_fp8_columns.shape == () and packed.gpu_fp8_rows.shape == ()
@@ -149,8 +151,7 @@ def test_static_fp8_branch_runs_scaled_mm_with_its_packed_scales(per_tensor, mon
 
     from segquant.kernels.gpu import ops, plan
 
-    spec = SegLinearSpec(64, 32, (32,), (64,), DType.FP8E4M3, weight_dtype=DType.FP8E4M3, smooth=True)
-    module = filled(spec)
+    module = filled(PLAIN_STATIC_FP8)
     if per_tensor:
         module.weight_scale.fill_(0.0123)
     pack(module)

@@ -161,7 +161,7 @@ def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Te
 def _static_fp8_fits(module, codes: Tensor, dtype: torch.dtype) -> bool:
     """A plain static FP8 layer on CUDA with a bf16 output (``torch._scaled_mm``'s row-wise FP8 writes bf16), more
     rows than the GEMV takes and, row-wise, at most ``UNIT_ROWS`` (and ``ops.USE_SCALED_MM`` on)."""
-    rows = module.gpu_fp8_rows if hasattr(module, "gpu_fp8_columns") else None
+    rows = getattr(module, "gpu_fp8_rows", None)
     return (rows is not None and codes.is_cuda and dtype == torch.bfloat16 and USE_SCALED_MM["enabled"]
             and GEMV_MAX_M_8BIT < codes.shape[1] and (rows.dim() == 0 or codes.shape[1] <= rows.shape[0]))
 

@@ -307,5 +307,5 @@ def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowra
         m, n, k, triton.next_power_of_2(m), rank, out.stride(0), scale_strides(a_scale)[1], ws.stride(0),
         t.stride(0), u.stride(0),
         NUM_SMS=sms, IS_INT=a.dtype == torch.int8, HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None,
-        R=max(16, triton.next_power_of_2(rank)), SPLIT_TAIL=int(split_tail), enable_fp_fusion=not exact_integer(a, b))
+        R=max(16, triton.next_power_of_2(rank)), SPLIT_TAIL=split_tail, enable_fp_fusion=not exact_integer(a, b))
     return out
