@@ -1,6 +1,7 @@
 """GEMM-level benchmark of the "gpu" SegLinear backend at FLUX.1-dev shapes (activation quantization included).
 
-For every layer and format (FP8 E4M3, INT8) it times, on random data, in one process:
+For every layer and format (FP8 E4M3 with per-channel weight scales, ``fp8_tensor``: FP8 E4M3 with one weight scale
+per tensor as the ``w8a8_fp8`` preset writes it, INT8) it times, on random data, in one process:
 bf16 ``F.linear`` (torch.mm) and its ``torch.compile``; the gpu backend's forward (quantize + W8A8 GEMM) in
 eager and under ``torch.compile``; the GEMM alone on pre-quantized codes as routed (``gemm_only_us``), on the
 tiled Triton kernel alone (``gemm_triton_us``), on the persistent TMA kernel alone (``gemm_tma_us``) and on its
@@ -8,8 +9,8 @@ variants with the last partial wave split along K (``gemm_tma_split_tail_us``) o
 (``gemm_tma_halves_tail_us``), and, INT8 on sm_90, on the Gluon kernels
 (``gemm_wgmma_us``: one tensor-core step in flight; ``gemm_wgmma_tile_scaled_us``: per-K-tile scales rescaled while the
 next MMA runs), where the layer fits them; plain FP8 layers also with cuBLASLt's fast accumulation
-(``gemm_fast_accum_us``) and with one scale per tensor (``gemm_tensorwise_us``, a diagnostic); and checks
-the output against the pure-torch twin. Prints a table last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
+(``gemm_fast_accum_us``) and with one scale per tensor (``gemm_tensorwise_us``, a diagnostic); ``fp8_tensor`` layers
+also on the row-wise call (``gemm_rowwise_us``); and checks the output against the pure-torch twin. Prints a table last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
 
     python benchmarks/gemm_w8a8.py --out /tmp/bench [--layers ff_up,ff_down_dual] [--compile-layers ff_up]
 
@@ -33,7 +34,8 @@ from segquant.enums import DType
 from segquant.kernels.gemm_reference import scaled_gemm_reference
 from segquant.kernels.gpu import ops
 from segquant.kernels.gpu.backend import GpuBackend
-from segquant.kernels.gpu.plan import quantize_input
+from segquant.kernels.gpu.ops import plain_fp8
+from segquant.kernels.gpu.plan import _fp8_row_scales, _static_fp8_fits, quantize_input
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import SegLinearSpec
 
@@ -72,12 +74,15 @@ SMOKE_LAYERS = {  # tiny versions of the same kinds of layer, for --smoke on the
     "dual": (33, 256, 64, (256,), (64,), True, False),
     "adaln": (1, 64, 192, (64,), (32,) * 6, True, True),
 }
-FORMATS = {"fp8": DType.FP8E4M3, "int8": DType.INT8}
+# "fp8_tensor": FP8 with one weight scale per tensor, as the w8a8_fp8 preset quantizes weights (plain static layers
+# then take cuBLASLt's tensor-wise GEMM)
+FORMATS = {"fp8": DType.FP8E4M3, "int8": DType.INT8, "fp8_tensor": DType.FP8E4M3}
 DEVICE = {"name": "cuda"}
 
 
-def random_module(spec: SegLinearSpec, seed: int) -> SegLinear:
-    """A SegLinear on the GPU with random codes and scales (never zeros), packed for the gpu backend."""
+def random_module(spec: SegLinearSpec, seed: int, per_tensor_weight: bool = False) -> SegLinear:
+    """A SegLinear on the GPU with random codes and scales (never zeros), packed for the gpu backend;
+    ``per_tensor_weight``: one weight scale for the whole tensor (the ``w8a8_fp8`` preset's weights)."""
     dev = DEVICE["name"]
     g = torch.Generator(device=dev).manual_seed(seed)
     module = SegLinear(spec, device=dev, dtype=torch.bfloat16)
@@ -87,7 +92,8 @@ def random_module(spec: SegLinearSpec, seed: int) -> SegLinear:
     else:
         module.weight_codes.copy_(torch.randn(n, k, device=dev, generator=g).mul(64).clamp(-448, 448))
     # one per-channel scale in every column, as the quantizers write per-channel weights (segmented inputs: scale_mode 1)
-    module.weight_scale.copy_(torch.empty(n, 1, device=dev).uniform_(1e-3, 2e-3, generator=g).expand(n, -1))
+    rows = 1 if per_tensor_weight else n
+    module.weight_scale.copy_(torch.empty(rows, 1, device=dev).uniform_(1e-3, 2e-3, generator=g).expand(n, -1))
     segments = torch.tensor(spec.input_segments, device=dev)
     module.weight_col_group.copy_(torch.arange(len(segments), device=dev).repeat_interleave(segments))
     module.bias.normal_(generator=g)
@@ -132,7 +138,8 @@ def layer_inputs(layer: str, fmt_name: str, copies: int) -> tuple[list, list, li
     """``copies`` random modules of ``layer`` packed for the gpu backend, as many bf16 inputs ``(M, K)``, and the
     modules' weights in bf16 (what the bf16 baseline multiplies)."""
     m, k = LAYERS[layer][:2]
-    modules = [random_module(spec_of(layer, FORMATS[fmt_name]), seed) for seed in range(copies)]
+    modules = [random_module(spec_of(layer, FORMATS[fmt_name]), seed, fmt_name == "fp8_tensor")
+               for seed in range(copies)]
     xs = [torch.randn(m, k, device=DEVICE["name"], dtype=torch.bfloat16) for _ in range(copies)]
     return modules, xs, [mod.dequantized_weight().to(torch.bfloat16) for mod in modules]
 
@@ -173,6 +180,9 @@ def measure(layer: str, fmt_name: str, compile_: bool, each_config_: bool = Fals
             name = "triton" if kernel == "tiled" else kernel
             row[f"gemm_{name}_us"] = bench(gemm_calls, graph)
             row[f"rel_err_{name}"] = _rel(_gemm(modules[0], quantized[0]), ref_of(modules[0], quantized[0]))
+    if fmt_name == "fp8_tensor":  # the same codes and scales on the row-wise call that per-channel weights take
+        row["gemm_rowwise_us"] = bench([lambda mod=mod, q=q: ops.gemm(*_gemm_args(mod, q), torch.bfloat16)
+                                        for (mod, _), q in zip(pairs, quantized)], graph)
     if fmt_name == "fp8" and len(in_segs) == 1 and not dual and m > ops.GEMV_MAX_M_8BIT:
         row.update(cublaslt_variants(modules[0], quantized[0], gemm_calls, graph))
     if m <= ops.GEMV_MAX_M:  # the routing before the GEMV: cuBLASLt (plain FP8) or the tiled kernel
@@ -257,6 +267,8 @@ def candidates(mod, quantized, fmt_name: str) -> list[str]:
     """The GEMM kernels that ``ops`` chooses among for this layer (:func:`ops.gemm_kernels`' names: "tiled", the tiled
     Triton kernel, also where cuBLASLt takes plain FP8 layers; the Gluon ones where ``ops.USE_WGMMA`` is on); none
     where the op has no choice to make."""
+    if fmt_name == "fp8_tensor":  # its Triton kernels are the "fp8" row's; what differs is the cuBLASLt call
+        return []
     names = list(ops.gemm_kernels(*_gemm_args(mod, quantized), torch.bfloat16))
     return names if len(names) > 1 or (fmt_name == "fp8" and ops.USE_SCALED_MM["enabled"]) else []
 
@@ -269,6 +281,12 @@ def _gemm_args(mod, quantized):
 
 
 def _gemm(mod, quantized):
+    """The GEMM as the backend routes it: plain static FP8 layers on ``torch._scaled_mm`` with their packed scales
+    (tensor-wise where the weight has one scale), everything else through ``ops.gemm``."""
+    codes = quantized[0]
+    if _static_fp8_fits(mod, codes, torch.bfloat16):
+        return plain_fp8(codes[0], mod.weight_codes, _fp8_row_scales(mod, codes.shape[1]), mod.gpu_fp8_columns,
+                         mod.bias, torch.bfloat16)
     return ops.gemm(*_gemm_args(mod, quantized), torch.bfloat16)
 
 
@@ -306,7 +324,7 @@ def tuned_configs() -> dict:
 COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
            "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us", "gemm_tma_split_tail_us",
            "gemm_tma_halves_tail_us", "gemm_wgmma_us", "gemm_wgmma_tile_scaled_us", "gemm_fast_accum_us",
-           "gemm_tensorwise_us", "quant_only_us",
+           "gemm_tensorwise_us", "gemm_rowwise_us", "quant_only_us",
            "tflops_gemm", "peak_frac_gemm", "tbps_gemm", "speedup_eager",
            "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled",
            "rel_err_vs_twin", "best_config"]

@@ -2,7 +2,7 @@
 # One device-machine call that checks and measures the GPU backend (what BENCHMARKS.md reports), each step
 # under its own time limit so that a slow step cannot hide the others. Outputs go to $OUT (or ./gpu_out).
 #
-#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|tma|outproj|ceiling|ctx|segments|gluon|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|
+#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|tma|fp8t|outproj|ceiling|ctx|segments|gluon|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|
 #                                   demo_backends|quantize_sd35|load_flux|scaling ...]
 #
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
@@ -17,6 +17,8 @@
 # `segments` (~3–4 min since every row is graph-timed) times the layers with input segments of their own scales (per-K-tile scaled): FLUX's `cat`
 # layer and its per-head layer, beside their plain versions (what a folded or unsegmented layer runs).
 # `gluon` (≤ 300 s) times the Gluon INT8 kernels where they compete: per-head (per-K-tile) and DualScale rows, INT8 only.
+# `fp8t` (≤ 150 s, FP8T_LIMIT) times the compute-bound FLUX and SD3.5 layers with FP8 weights of one scale per tensor
+# (the `w8a8_fp8` preset's): cuBLASLt's tensor-wise GEMM as routed, and the same codes on the row-wise call.
 # `outproj` (≤ 300 s, OUTPROJ_LIMIT) times FLUX's out_proj, the shape furthest from its GEMM target, in both formats with
 # every config of the persistent TMA kernel (and the Gluon one) pinned in turn, and cuBLASLt FP8 with fast accumulation.
 # `ceiling` (≤ 240 s, CEILING_LIMIT; CEILING_LAYERS, default out_proj_plain,proj_out_plain) times the Gluon GEMM's schedule
@@ -67,6 +69,10 @@ for step in "${steps[@]}"; do
              out_proj_plain,qkv_fused,ff_up,ff_down_plain,proj_out_plain,sd35_qkv,sd35_ff_up,sd35_ff_down) \
              > "$OUT/tma.log" 2>&1
          tail -n 12 "$OUT/tma.log" ;;
+    fp8t) (cd benchmarks && timeout -k 20 ${FP8T_LIMIT:-150} python3 gemm_w8a8.py --out "$OUT/fp8t" --compile-layers none \
+             --formats fp8_tensor --layers out_proj_plain,qkv_fused,ff_up,ff_down_plain,proj_out_plain,sd35_qkv,sd35_ff_up,sd35_ff_down) \
+             > "$OUT/fp8t.log" 2>&1
+          tail -n 12 "$OUT/fp8t.log" ;;
     outproj) (cd benchmarks && timeout -k 20 ${OUTPROJ_LIMIT:-300} python3 gemm_w8a8.py --out "$OUT/outproj" --compile-layers none \
              --layers out_proj_plain --each-config out_proj_plain) > "$OUT/outproj.log" 2>&1
          tail -n 6 "$OUT/outproj.log" ;;
