@@ -34,8 +34,7 @@ from segquant.enums import DType
 from segquant.kernels.gemm_reference import scaled_gemm_reference
 from segquant.kernels.gpu import ops
 from segquant.kernels.gpu.backend import GpuBackend
-from segquant.kernels.gpu.ops import plain_fp8
-from segquant.kernels.gpu.plan import _fp8_row_scales, _static_fp8_fits, quantize_input
+from segquant.kernels.gpu.plan import quantize_input, static_fp8_fits, static_fp8_gemm
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import SegLinearSpec
 
@@ -283,10 +282,8 @@ def _gemm_args(mod, quantized):
 def _gemm(mod, quantized):
     """The GEMM as the backend routes it: plain static FP8 layers on ``torch._scaled_mm`` with their packed scales
     (tensor-wise where the weight has one scale), everything else through ``ops.gemm``."""
-    codes = quantized[0]
-    if _static_fp8_fits(mod, codes, torch.bfloat16):
-        return plain_fp8(codes[0], mod.weight_codes, _fp8_row_scales(mod, codes.shape[1]), mod.gpu_fp8_columns,
-                         mod.bias, torch.bfloat16)
+    if static_fp8_fits(mod, quantized[0], torch.bfloat16):
+        return static_fp8_gemm(mod, quantized[0], torch.bfloat16)
     return ops.gemm(*_gemm_args(mod, quantized), torch.bfloat16)
 
 

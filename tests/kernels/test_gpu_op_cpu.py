@@ -156,9 +156,9 @@ def test_static_fp8_branch_runs_scaled_mm_with_its_packed_scales(per_tensor, mon
         module.weight_scale.fill_(0.0123)
     pack(module)
     too_many = SimpleNamespace(is_cuda=True, shape=(1, ops.UNIT_ROWS + 1, 64))
-    assert plan._static_fp8_fits(module, too_many, torch.bfloat16) == per_tensor
+    assert plan.static_fp8_fits(module, too_many, torch.bfloat16) == per_tensor
     shapes, launch = [], plan.plain_fp8
-    monkeypatch.setattr(plan, "_static_fp8_fits", lambda module, codes, dtype: True)
+    monkeypatch.setattr(plan, "static_fp8_fits", lambda module, codes, dtype: True)
     monkeypatch.setattr(plan, "plain_fp8", lambda a, b, rows, columns, *rest: shapes.append(
         (tuple(rows.shape), tuple(columns.shape))) or launch(a, b, rows, columns, *rest))
     x = (torch.randn(5, 64) * 3).to(torch.bfloat16)

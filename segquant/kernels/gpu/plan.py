@@ -127,7 +127,7 @@ def quantize_input(module, rows: Tensor) -> tuple[Tensor, Tensor, Tensor | None]
 def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Tensor:
     """``x`` ``(..., K)`` -> ``(..., N)`` in ``x.dtype``: quantize, one scaled GEMM (low-rank branch in its
     epilogue where :func:`fused_lowrank`, else added afterwards; plain static FP8 layers call cuBLASLt with
-    their packed scales, :func:`_static_fp8_fits`; a few long constant-scale K blocks, ``layout.split_blocks``: one
+    their packed scales, :func:`static_fp8_gemm`; a few long constant-scale K blocks, ``layout.split_blocks``: one
     plain GEMM per block, :func:`segquant.kernels.gemm_reference.blockwise_gemm`). Packed INT4 with two-level scales
     and at least ``DEQUANTIZE_MIN_M`` rows: the weight expanded to INT8 (``code · step``) for the 8-bit tensor cores,
     the per-row base as its scale."""
@@ -139,10 +139,8 @@ def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Te
         if module.lowrank_up is not None:
             y = y + lowrank_branch(module, rows)
         return y.to(x.dtype).reshape(*x.shape[:-1], module.out_features)
-    if _static_fp8_fits(module, codes, x.dtype):
-        y = plain_fp8(codes[0], module.weight_codes, _fp8_row_scales(module, codes.shape[1]),
-                      module.gpu_fp8_columns, module.bias, x.dtype)
-        return y.reshape(*x.shape[:-1], module.out_features)
+    if static_fp8_fits(module, codes, x.dtype):
+        return static_fp8_gemm(module, codes, x.dtype).reshape(*x.shape[:-1], module.out_features)
     weight, w_scale, w_col, mode, row_scale = _weight_operands(module, layout, rows.shape[0])
     fused = fused_lowrank(module) and row_scale is None
     separate = module.lowrank_up is not None and not fused
@@ -158,12 +156,19 @@ def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Te
     return y.to(x.dtype).reshape(*x.shape[:-1], module.out_features)
 
 
-def _static_fp8_fits(module, codes: Tensor, dtype: torch.dtype) -> bool:
+def static_fp8_fits(module, codes: Tensor, dtype: torch.dtype) -> bool:
     """A plain static FP8 layer on CUDA with a bf16 output (``torch._scaled_mm``'s row-wise FP8 writes bf16), more
     rows than the GEMV takes and, row-wise, at most ``UNIT_ROWS`` (and ``ops.USE_SCALED_MM`` on)."""
     rows = getattr(module, "gpu_fp8_rows", None)
     return (rows is not None and codes.is_cuda and dtype == torch.bfloat16 and USE_SCALED_MM["enabled"]
             and GEMV_MAX_M_8BIT < codes.shape[1] and (rows.dim() == 0 or codes.shape[1] <= rows.shape[0]))
+
+
+def static_fp8_gemm(module, codes: Tensor, dtype: torch.dtype) -> Tensor:
+    """A plain static FP8 layer's product where :func:`static_fp8_fits`: ``codes`` ``(1, M, K)`` E4M3 ->
+    ``(M, N)`` in ``dtype``, on ``torch._scaled_mm`` with the packed scales (tensor-wise where they are 0-dim)."""
+    return plain_fp8(codes[0], module.weight_codes, _fp8_row_scales(module, codes.shape[1]), module.gpu_fp8_columns,
+                     module.bias, dtype)
 
 
 def _fp8_row_scales(module, m: int) -> Tensor:
