@@ -1,0 +1,36 @@
+"""The GPU benchmark scripts' ``--smoke`` modes on the CPU: a device call is too scarce to find a broken script."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(args: list[str]) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, *args], cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def test_gemm_benchmark_times_every_format_and_matches_the_twin(tmp_path):
+    run_script(["gemm_w8a8.py", "--smoke", "--out", str(tmp_path), "--formats", "fp8,fp8_tensor,int8"])
+    rows = json.loads((tmp_path / "scaled_gemm.json").read_text())
+    assert {(row["layer"], row["fmt"]) for row in rows} == {
+        (layer, fmt) for layer in ("plain", "heads", "dual", "adaln") for fmt in ("fp8", "fp8_tensor", "int8")}
+    assert all(row["rel_err_vs_twin"] == 0.0 for row in rows)
+    assert all(row["gemm_rowwise_us"] > 0 for row in rows if row["fmt"] == "fp8_tensor")
+
+
+def test_end_to_end_benchmark_smoke_matches_the_emulated_model():
+    out = run_script(["e2e_w8a8.py", "--model", "flux", "--smoke",
+                      "--variants", "bf16_compiled,sq_fp8_tensor_fused,sq_int8_fused"])
+    errors = re.findall(r"smoke flux (\S+): gpu layout \(CPU twin\) vs emulated rel.err (\S+); "
+                        r"compiled vs eager max diff (\S+)", out)
+    assert [variant for variant, *_ in errors] == ["sq_fp8_tensor_fused", "sq_int8_fused"], out
+    assert all(float(rel) <= 1e-6 and float(diff) == 0.0 for _, rel, diff in errors), out
