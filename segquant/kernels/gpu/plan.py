@@ -126,7 +126,7 @@ def quantize_input(module, rows: Tensor) -> tuple[Tensor, Tensor, Tensor | None]
 
 def seglinear_forward(module, layout: GemmLayout, x: Tensor, gemm: GemmFn) -> Tensor:
     """``x`` ``(..., K)`` -> ``(..., N)`` in ``x.dtype``: quantize, one scaled GEMM (low-rank branch in its
-    epilogue where :func:`fused_lowrank`, else added afterwards; plain static FP8 layers call cuBLASLt with
+    epilogue where :func:`fused_lowrank`, else added afterwards; plain static FP8 layers call ``torch._scaled_mm`` with
     their packed scales, :func:`static_fp8_gemm`; a few long constant-scale K blocks, ``layout.split_blocks``: one
     plain GEMM per block, :func:`segquant.kernels.gemm_reference.blockwise_gemm`). Packed INT4 with two-level scales
     and at least ``DEQUANTIZE_MIN_M`` rows: the weight expanded to INT8 (``code · step``) for the 8-bit tensor cores,
