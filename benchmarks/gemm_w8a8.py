@@ -10,7 +10,8 @@ variants with the last partial wave split along K (``gemm_tma_split_tail_us``) o
 (``gemm_wgmma_us``: one tensor-core step in flight; ``gemm_wgmma_tile_scaled_us``: per-K-tile scales rescaled while the
 next MMA runs), where the layer fits them; plain FP8 layers also with cuBLASLt's fast accumulation
 (``gemm_fast_accum_us``) and with one scale per tensor (``gemm_tensorwise_us``, a diagnostic); ``fp8_tensor`` layers
-also on the row-wise call (``gemm_rowwise_us``); and checks the output against the pure-torch twin. Prints a table last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
+also on the row-wise call (``gemm_rowwise_us``); and checks the output against the pure-torch twin. Prints a table
+last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
 
     python benchmarks/gemm_w8a8.py --out /tmp/bench [--layers ff_up,ff_down_dual] [--compile-layers ff_up]
 
@@ -90,7 +91,8 @@ def random_module(spec: SegLinearSpec, seed: int, per_tensor_weight: bool = Fals
         module.weight_codes.copy_(torch.randint(-127, 128, (n, k), device=dev, generator=g))
     else:
         module.weight_codes.copy_(torch.randn(n, k, device=dev, generator=g).mul(64).clamp(-448, 448))
-    # one per-channel scale in every column, as the quantizers write per-channel weights (segmented inputs: scale_mode 1)
+    # one scale per output channel (or one for all) in every column, as the quantizers write per-channel (per-tensor)
+    # weights (segmented inputs: scale_mode 1)
     rows = 1 if per_tensor_weight else n
     module.weight_scale.copy_(torch.empty(rows, 1, device=dev).uniform_(1e-3, 2e-3, generator=g).expand(n, -1))
     segments = torch.tensor(spec.input_segments, device=dev)
