@@ -107,10 +107,6 @@ class CalibrationSet(Dataset):
         """Where record ``index`` was taken (prompt, step, timestep, guidance branches)."""
         return self._infos[index]
 
-    @property
-    def records_info(self) -> list[StepInfo]:
-        return list(self._infos)
-
     def get_dataloader(self, batch_size: int = 1, shuffle: bool = False, seed: int = 0, **kwargs: Any) -> DataLoader:
         """A ``DataLoader`` yielding dicts of keyword arguments (records batched by ``collate_records``).
 

@@ -159,14 +159,6 @@ def to_model_range(images: np.ndarray):
     return x.unsqueeze(1)
 
 
-def sample_caption_ids(labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """For each label, a random index into ``all_captions()`` of that class; int64 ``(N,)``."""
-    _, cap_labels = all_captions()
-    per_class = [np.flatnonzero(cap_labels == c) for c in range(len(CLASS_NAMES))]
-    rng = np.random.default_rng(seed)
-    return np.asarray([per_class[int(y)][rng.integers(len(per_class[int(y)]))] for y in labels], np.int64)
-
-
 def eval_prompts(per_class: int = 2, seed: int = 0) -> tuple[list[str], list[int]]:
     """Prompts for evaluation: ``per_class`` captions per class (the canonical one first, then random
     templates), interleaved class by class. Returns ``(prompts, labels)``."""

@@ -84,13 +84,6 @@ def test_captions_cover_classes_with_varied_templates():
     assert all(cap_label[p] == y for p, y in zip(prompts, plabels))
 
 
-def test_sample_caption_ids_match_labels():
-    _, cap_labels = data.all_captions()
-    labels = np.array([0, 3, 9, 9, 5])
-    ids = data.sample_caption_ids(labels, seed=3)
-    assert (cap_labels[ids] == labels).all()
-
-
 @pytest.mark.skipif(not (data.DEBIAN_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
                     reason="Debian package dataset-fashion-mnist not installed")
 def test_debian_package_test_split():
