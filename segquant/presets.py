@@ -33,7 +33,8 @@ _W8A8 = {"opt": _SMOOTH, "calib": {"type": "amax"}, "input_quant": _INT8_TOKEN, 
 # rtn_w8a8 37.2 / 40.0 / 51.5, w8a8_fp8 27.7 / 28.6 / 37.8 with per-channel weights. w8a8_fp8 has per-tensor weights
 # since 2026-12-05: 26.87 / 29.91 / 38.75 dB, paired against per-channel -0.87 ± 0.54 / +1.11 ± 0.61 / +0.94 ± 0.48
 # (30 images; BENCHMARKS.md "Run 16"), and one scale for the whole product runs cuBLASLt's tensor-wise FP8 GEMM, 13 %
-# faster than the row-wise one on FLUX's 3072 -> 3072 layer (H100).
+# faster than the row-wise one on FLUX's 3072 -> 3072 layer (H100). No smoothing, a searched alpha or dynamic
+# per-token FP8 inputs measured no better (BENCHMARKS.md "w8a8_fp8 against other FP8 configurations").
 # w4a8_two_level folds its static input-segment scales (2026-12-04, BENCHMARKS.md "Folding static segment scales"):
 # 30.93 / 30.62 / 39.12 dB against 30.65 / 30.49 / 39.92 unfolded (30 images; +0.28, +0.13, -0.80 dB paired), so that
 # every large layer runs as a plain INT8 GEMM on the GPU instead of a per-K-tile scaled one; and it has no DualScale on
