@@ -32,6 +32,9 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
                     input static scales, per-K-tile scaled GEMMs), no DualScale
 - ``sq_int8_segfold`` / ``sq_fp8_segfold``  the same with the segment scales folded into the smoothing
                     (``input_quant.fold_segments``): the same input codes, plain GEMMs
+- ``sq_fp8_preset`` / ``sq_fp8_preset_fused``  the ``w8a8_fp8`` preset as users get it (per-tensor FP8 weights:
+                    cuBLASLt's tensor-wise GEMM; the conditioning linears in INT8 dynamic per-token), q/k/v fused
+                    with ``_fused``
 - ``sq_w4a8_r32``   packed INT4 per-group(64) weights with SVDQuant's rank-32 branch (smoothing alpha 0.5,
                     round-to-nearest: the kernel's work does not depend on GPTQ), INT8 static per-tensor inputs,
                     output segments
@@ -84,7 +87,8 @@ from segquant.models.position import crop_position_tables
 from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graphs
 
 VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_nocfg", "torchao_fp8_whole", "torchao_int4",
-            "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_fp8_tensor", "sq_fp8_tensor_fused", "sq_int8", "sq_fp8_fused",
+            "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_fp8_tensor", "sq_fp8_tensor_fused", "sq_fp8_preset",
+            "sq_fp8_preset_fused", "sq_int8", "sq_fp8_fused",
             "sq_int8_fused", "sq_int8_tiled",
             "sq_int8_dyn", "sq_int8_dyn_cat", "sq_int8_full", "sq_int8_dyn_full", "sq_int8_segs", "sq_fp8_segs",
             "sq_int8_segfold", "sq_fp8_segfold", "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a8_2l_preset", "sq_w4a16")
@@ -123,6 +127,8 @@ def segquant_config(variant: str) -> dict:
         config = preset_dict("w4a8_two_level")
         config["default"]["calib"] = {"type": "amax"}
         return config
+    if variant.startswith("sq_fp8_preset"):
+        return {**preset_dict("w8a8_fp8"), "fuse_projections": variant.endswith("_fused")}
     if variant.startswith("sq_w4a8_r32"):
         return {"default": {"search_patterns": _ALL_PATTERNS[:2], "opt": {"type": "svd", "alpha": 0.5, "low_rank": 32},
                             "calib": {"type": "amax"}, "weight_quant": {**int4, "two_level": variant.endswith("_2l")},

@@ -23,6 +23,9 @@ _OUTPUT_SEGMENTS = ["linear_to_chunk", "linear_to_split"]  # segments the GPU ke
 _SEGMENTS = _OUTPUT_SEGMENTS + ["concat_to_linear", "stack_to_linear", "reshape_to_linear"]  # all but DualScale
 #: diffusers ``FeedForward`` down-projections: compute-bound, where DualScale doubles the tensor-core work.
 _FFN_DOWN = "*ff*.net.2"
+#: The linears fed by the conditioning alone (time and pooled-text embeddings, AdaLN modulation): one row per image,
+#: so on the GPU they read their weights once per call whatever the input format (weight-bound GEMVs).
+_CONDITIONING = r"re:.*time.*|.*add_embedding.*|(.*\.)?norm\w*\.linear"
 _PLAIN = {"seglinear": False, "search_patterns": [], "opt": {"type": "default"}, "calib": {"type": "amax"}}
 _W8A8 = {"opt": _SMOOTH, "calib": {"type": "amax"}, "input_quant": _INT8_TOKEN, "weight_quant": _INT8_CHANNEL}
 
@@ -34,7 +37,9 @@ _W8A8 = {"opt": _SMOOTH, "calib": {"type": "amax"}, "input_quant": _INT8_TOKEN, 
 # since 2026-12-05: 26.87 / 29.91 / 38.75 dB, paired against per-channel -0.87 ± 0.54 / +1.11 ± 0.61 / +0.94 ± 0.48
 # (30 images; BENCHMARKS.md "Run 16"), and one scale for the whole product runs cuBLASLt's tensor-wise FP8 GEMM, 13 %
 # faster than the row-wise one on FLUX's 3072 -> 3072 layer (H100). No smoothing, a searched alpha or dynamic
-# per-token FP8 inputs measured no better (BENCHMARKS.md "w8a8_fp8 against other FP8 configurations").
+# per-token FP8 inputs measured no better; the conditioning linears in INT8 dynamic per-token did (+1.16 ± 0.28 /
+# -0.11 ± 0.25 / +0.24 ± 0.23 dB over two runs, per-step error 3-13 % lower on all three models; BENCHMARKS.md
+# "w8a8_fp8 against other FP8 configurations"), so w8a8_fp8 has them since: 28.41 / 29.84 / 39.61 dB.
 # w4a8_two_level folds its static input-segment scales (2026-12-04, BENCHMARKS.md "Folding static segment scales"):
 # 30.93 / 30.62 / 39.12 dB against 30.65 / 30.49 / 39.92 unfolded (30 images; +0.28, +0.13, -0.80 dB paired), so that
 # every large layer runs as a plain INT8 GEMM on the GPU instead of a per-K-tile scaled one; and it has no DualScale on
@@ -60,11 +65,13 @@ PRESET_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
                     {"default": {**_W8A8, "opt": {**_SMOOTH, "search_alpha_config": {
                         "enable": True, "min": 0.0, "max": 1.0, "step": 0.1}}}}),
     "w8a8_fp8": ("FP8 E4M3 per-tensor weights and static per-tensor inputs, output segments (the GPU's FP8 "
-                 "tensor cores, one scale per product: cuBLASLt's tensor-wise GEMM); E4M3's 3 mantissa bits cost "
-                 "8-14 dB against w8a8 on the demo models.",
+                 "tensor cores, one scale per product: cuBLASLt's tensor-wise GEMM); the conditioning linears "
+                 "(time / pooled-text embeddings, AdaLN; one row per image) in INT8 dynamic per-token. E4M3's 3 "
+                 "mantissa bits cost 11-13 dB against w8a8 on the demo models.",
                  {"default": {**_W8A8, "search_patterns": _OUTPUT_SEGMENTS,
                               "input_quant": {"type": "fpe4m3", "granularity": "tensor", "dynamic": False},
-                              "weight_quant": {"type": "fpe4m3", "granularity": "tensor"}}}),
+                              "weight_quant": {"type": "fpe4m3", "granularity": "tensor"}},
+                  _CONDITIONING: {"input_quant": _INT8_TOKEN, "weight_quant": _INT8_CHANNEL}}),
     "w4a8": ("SegQuant W4A8: INT4 per-group(64) weights by GPTQ with a rank-32 SVD branch, INT8 static "
              "per-tensor inputs.",
              {"default": {"opt": _SVD, "calib": {"type": "gptq"}, "input_quant": _INT8_STATIC,
