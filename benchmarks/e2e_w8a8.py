@@ -88,8 +88,7 @@ from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graph
 
 VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_nocfg", "torchao_fp8_whole", "torchao_int4",
             "sq_fp8", "sq_fp8_fast", "sq_fp8_tma", "sq_fp8_tensor", "sq_fp8_tensor_fused", "sq_fp8_preset",
-            "sq_fp8_preset_fused", "sq_int8", "sq_fp8_fused",
-            "sq_int8_fused", "sq_int8_tiled",
+            "sq_fp8_preset_fused", "sq_int8", "sq_fp8_fused", "sq_int8_fused", "sq_int8_tiled",
             "sq_int8_dyn", "sq_int8_dyn_cat", "sq_int8_full", "sq_int8_dyn_full", "sq_int8_segs", "sq_fp8_segs",
             "sq_int8_segfold", "sq_fp8_segfold", "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a8_2l_preset", "sq_w4a16")
 #: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.

@@ -74,9 +74,9 @@ SMOKE_LAYERS = {  # tiny versions of the same kinds of layer, for --smoke on the
     "dual": (33, 256, 64, (256,), (64,), True, False),
     "adaln": (1, 64, 192, (64,), (32,) * 6, True, True),
 }
-# "fp8_tensor": FP8 with one weight scale per tensor, as the w8a8_fp8 preset quantizes weights (plain static layers
-# then take cuBLASLt's tensor-wise GEMM)
-FORMATS = {"fp8": DType.FP8E4M3, "int8": DType.INT8, "fp8_tensor": DType.FP8E4M3}
+#: name -> (8-bit format, one weight scale per tensor); "fp8_tensor" quantizes weights as the w8a8_fp8 preset does
+#: (plain static layers then take cuBLASLt's tensor-wise GEMM)
+FORMATS = {"fp8": (DType.FP8E4M3, False), "int8": (DType.INT8, False), "fp8_tensor": (DType.FP8E4M3, True)}
 DEVICE = {"name": "cuda"}
 
 
@@ -139,8 +139,8 @@ def layer_inputs(layer: str, fmt_name: str, copies: int) -> tuple[list, list, li
     """``copies`` random modules of ``layer`` packed for the gpu backend, as many bf16 inputs ``(M, K)``, and the
     modules' weights in bf16 (what the bf16 baseline multiplies)."""
     m, k = LAYERS[layer][:2]
-    modules = [random_module(spec_of(layer, FORMATS[fmt_name]), seed, fmt_name == "fp8_tensor")
-               for seed in range(copies)]
+    fmt, per_tensor_weight = FORMATS[fmt_name]
+    modules = [random_module(spec_of(layer, fmt), seed, per_tensor_weight) for seed in range(copies)]
     xs = [torch.randn(m, k, device=DEVICE["name"], dtype=torch.bfloat16) for _ in range(copies)]
     return modules, xs, [mod.dequantized_weight().to(torch.bfloat16) for mod in modules]
 
