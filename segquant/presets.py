@@ -30,16 +30,16 @@ _PLAIN = {"seglinear": False, "search_patterns": [], "opt": {"type": "default"},
 _W8A8 = {"opt": _SMOOTH, "calib": {"type": "amax"}, "input_quant": _INT8_TOKEN, "weight_quant": _INT8_CHANNEL}
 
 # The W8A8 presets were chosen by measurement on the three demo models (image PSNR vs full precision,
-# MMDiT / FLUX / UNet, BENCHMARKS.md "Choosing the W8A8 presets"): w8a8 39.6 / 43.0 / 52.1 dB,
-# w8a8_fast 38.9 / 42.1 / 51.0 (with DualScale on the weight-bound layers since: 39.0 / 42.2 / 52.0, BENCHMARKS.md
-# "DualScale where it is cheap"), w8a8_static 35.8 / 37.7 / 46.7, w8a8_original 34.7 / 36.8 / 47.4,
-# rtn_w8a8 37.2 / 40.0 / 51.5, w8a8_fp8 27.7 / 28.6 / 37.8 with per-channel weights. w8a8_fp8 has per-tensor weights
-# since 2026-12-05: 26.87 / 29.91 / 38.75 dB, paired against per-channel -0.87 ± 0.54 / +1.11 ± 0.61 / +0.94 ± 0.48
-# (30 images; BENCHMARKS.md "Run 16"), and one scale for the whole product runs cuBLASLt's tensor-wise FP8 GEMM, 13 %
-# faster than the row-wise one on FLUX's 3072 -> 3072 layer (H100). No smoothing, a searched alpha or dynamic
-# per-token FP8 inputs measured no better; the conditioning linears in INT8 dynamic per-token did (+1.16 ± 0.28 /
-# -0.11 ± 0.25 / +0.24 ± 0.23 dB over two runs, per-step error 3-13 % lower on all three models; BENCHMARKS.md
-# "w8a8_fp8 against other FP8 configurations"), so w8a8_fp8 has them since: 28.41 / 29.84 / 39.61 dB.
+# MMDiT / FLUX / UNet, BENCHMARKS.md "Choosing the W8A8 presets"; one run of the current code, 2026-12-05):
+# w8a8 39.83 / 42.68 / 51.54 dB, w8a8_fast 38.33 / 42.80 / 51.74, rtn_w8a8 36.57 / 39.98 / 50.70, w8a8_static
+# 35.96 / 38.08 / 46.95, w8a8_original 34.44 / 36.67 / 47.14, w8a8_fp8 28.41 / 29.84 / 39.61. w8a8_fp8's per-tensor
+# weights (-0.87 ± 0.54 / +1.11 ± 0.61 / +0.94 ± 0.48 dB paired against per-channel; BENCHMARKS.md "Run 16") give
+# one scale for the whole product, which runs cuBLASLt's tensor-wise FP8 GEMM, 13 % faster than the row-wise one on
+# FLUX's 3072 -> 3072 layer (H100). No smoothing, a searched alpha or dynamic per-token FP8 inputs measured no
+# better; the conditioning linears in INT8 dynamic per-token did (+1.16 ± 0.28 / -0.11 ± 0.25 / +0.24 ± 0.23 dB over
+# two runs, per-step error 3-13 % lower on all three models; BENCHMARKS.md "w8a8_fp8 against other FP8
+# configurations"). The same rule buys nothing on w8a8_static or w4a8 (same section, "W4A8: static per-tensor or
+# dynamic per-token inputs?").
 # w4a8_two_level folds its static input-segment scales (2026-12-04, BENCHMARKS.md "Folding static segment scales"):
 # 30.93 / 30.62 / 39.12 dB against 30.65 / 30.49 / 39.92 unfolded (30 images; +0.28, +0.13, -0.80 dB paired), so that
 # every large layer runs as a plain INT8 GEMM on the GPU instead of a per-K-tile scaled one; and it has no DualScale on
