@@ -34,8 +34,8 @@ _W8A8 = {"opt": _SMOOTH, "calib": {"type": "amax"}, "input_quant": _INT8_TOKEN, 
 # w8a8 39.83 / 42.68 / 51.54 dB, w8a8_fast 38.33 / 42.80 / 51.74, rtn_w8a8 36.57 / 39.98 / 50.70, w8a8_static
 # 35.96 / 38.08 / 46.95, w8a8_original 34.44 / 36.67 / 47.14, w8a8_fp8 28.41 / 29.84 / 39.61. w8a8_fp8's per-tensor
 # weights (-0.87 ± 0.54 / +1.11 ± 0.61 / +0.94 ± 0.48 dB paired against per-channel; BENCHMARKS.md "Run 16") give
-# one scale for the whole product, which runs cuBLASLt's tensor-wise FP8 GEMM, 13 % faster than the row-wise one on
-# FLUX's 3072 -> 3072 layer (H100). No smoothing, a searched alpha or dynamic per-token FP8 inputs measured no
+# one scale for the whole product, which runs cuBLASLt's tensor-wise FP8 GEMM, 6-11 % faster than the row-wise one on
+# the eight compute-bound FLUX.1-dev and SD3.5-medium shapes (H100, BENCHMARKS.md "Run 17"). No smoothing, a searched alpha or dynamic per-token FP8 inputs measured no
 # better; the conditioning linears in INT8 dynamic per-token did (+1.16 ± 0.28 / -0.11 ± 0.25 / +0.24 ± 0.23 dB over
 # two runs, per-step error 3-13 % lower on all three models; BENCHMARKS.md "w8a8_fp8 against other FP8
 # configurations"). The same rule buys nothing on w8a8_static or w4a8 (same section, "W4A8: static per-tensor or

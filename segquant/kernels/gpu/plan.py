@@ -79,8 +79,8 @@ def _static_fp8_tensors(module, layout: GemmLayout, w_col: Tensor) -> dict[str, 
     low-rank branch): the column scales with the input scale folded in and the shared unit row scales, so a
     call passes ``torch._scaled_mm`` its scales without building them; else nothing. Where all the column scales
     are equal (per-tensor weights), the one scale and a one, both 0-dim: the call then takes the tensor-wise FP8
-    GEMM (cuBLASLt), which on an H100 ran FLUX's 3072 -> 3072 layer at 76.6 µs where the row-wise one (a CUTLASS
-    kernel of PyTorch's on sm_90) took 88.3 (BENCHMARKS.md, run 16)."""
+    GEMM (cuBLASLt), 6-11 % faster on an H100 than the row-wise one (a CUTLASS kernel of PyTorch's on sm_90) with the
+    same codes on every compute-bound FLUX.1-dev and SD3.5-medium shape (BENCHMARKS.md, run 17)."""
     spec = module.spec
     plain = (spec.weight_dtype is DType.FP8E4M3 and spec.input_dtype is DType.FP8E4M3 and not spec.dual_scale
              and layout.scale_mode == 0 and not layout.per_segment_input and module.lowrank_up is None
