@@ -9,8 +9,9 @@ variants with the last partial wave split along K (``gemm_tma_split_tail_us``) o
 (``gemm_tma_halves_tail_us``), and, INT8 on sm_90, on the Gluon kernels
 (``gemm_wgmma_us``: one tensor-core step in flight; ``gemm_wgmma_tile_scaled_us``: per-K-tile scales rescaled while the
 next MMA runs), where the layer fits them; plain FP8 layers also with cuBLASLt's fast accumulation
-(``gemm_fast_accum_us``) and with one scale per tensor (``gemm_tensorwise_us``, a diagnostic); ``fp8_tensor`` layers
-also on the row-wise call (``gemm_rowwise_us``); and checks the output against the pure-torch twin. Prints a table
+(``gemm_fast_accum_us``) and with one scale per tensor (``gemm_tensorwise_us``, a diagnostic: one input, no bias);
+``fp8_tensor`` layers also on the row-wise call (``gemm_rowwise_us``) and, plain ones, on the routed call without its
+bias (``gemm_no_bias_us``); and checks the output against the pure-torch twin. Prints a table
 last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
 
     python benchmarks/gemm_w8a8.py --out /tmp/bench [--layers ff_up,ff_down_dual] [--compile-layers ff_up]
@@ -184,7 +185,12 @@ def measure(layer: str, fmt_name: str, compile_: bool, each_config_: bool = Fals
     if fmt_name == "fp8_tensor":  # the same codes and scales on the row-wise call that per-channel weights take
         row["gemm_rowwise_us"] = bench([lambda mod=mod, q=q: ops.gemm(*_gemm_args(mod, q), torch.bfloat16)
                                         for (mod, _), q in zip(pairs, quantized)], graph)
-    if fmt_name == "fp8" and len(in_segs) == 1 and not dual and m > ops.GEMV_MAX_M_8BIT:
+    plain_tensor_wise = fmt_name == "fp8_tensor" and getattr(modules[0], "gpu_fp8_rows", torch.ones(1)).dim() == 0
+    if plain_tensor_wise and m > ops.GEMV_MAX_M_8BIT:  # the routed call without its bias epilogue
+        row["gemm_no_bias_us"] = bench([lambda mod=mod, q=q: ops.plain_fp8(
+            q[0][0], mod.weight_codes, mod.gpu_fp8_rows, mod.gpu_fp8_columns, None, torch.bfloat16)
+            for (mod, _), q in zip(pairs, quantized)], graph)
+    if fmt_name in ("fp8", "fp8_tensor") and len(in_segs) == 1 and not dual and m > ops.GEMV_MAX_M_8BIT:
         row.update(cublaslt_variants(modules[0], quantized[0], gemm_calls, graph))
     if m <= ops.GEMV_MAX_M:  # the routing before the GEMV: cuBLASLt (plain FP8) or the tiled kernel
         with ops.switched(USE_GEMV=False):
@@ -213,9 +219,10 @@ def measure(layer: str, fmt_name: str, compile_: bool, each_config_: bool = Fals
 
 
 def cublaslt_variants(mod, quantized, gemm_calls, graph: bool) -> dict:
-    """Plain FP8 layers (cuBLASLt's ``_scaled_mm``): the GEMM with ``ops.FP8_FAST_ACCUM`` (no periodic float32
+    """Plain FP8 layers (``torch._scaled_mm``): the GEMM with ``ops.FP8_FAST_ACCUM`` (no periodic float32
     promotion; its error against the twin), and, as a diagnostic of cuBLASLt's kernel choice, the same codes with one
-    scale per tensor (what the call would cost if the per-channel weight scales were applied elsewhere)."""
+    scale per tensor, one input and no bias (for per-channel weights: what the call would cost if their scales were
+    applied elsewhere; run 16 timed FLUX's out_proj so at 76.6 µs)."""
     with ops.switched(FP8_FAST_ACCUM=True):
         row = {"gemm_fast_accum_us": bench(gemm_calls, graph),
                "rel_err_fast_accum": _rel(_gemm(mod, quantized), ref_of(mod, quantized))}
@@ -323,7 +330,7 @@ def tuned_configs() -> dict:
 COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
            "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us", "gemm_tma_split_tail_us",
            "gemm_tma_halves_tail_us", "gemm_wgmma_us", "gemm_wgmma_tile_scaled_us", "gemm_fast_accum_us",
-           "gemm_tensorwise_us", "gemm_rowwise_us", "quant_only_us",
+           "gemm_tensorwise_us", "gemm_rowwise_us", "gemm_no_bias_us", "quant_only_us",
            "tflops_gemm", "peak_frac_gemm", "tbps_gemm", "speedup_eager",
            "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled",
            "rel_err_vs_twin", "best_config"]
