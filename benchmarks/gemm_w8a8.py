@@ -185,8 +185,7 @@ def measure(layer: str, fmt_name: str, compile_: bool, each_config_: bool = Fals
     if fmt_name == "fp8_tensor":  # the same codes and scales on the row-wise call that per-channel weights take
         row["gemm_rowwise_us"] = bench([lambda mod=mod, q=q: ops.gemm(*_gemm_args(mod, q), torch.bfloat16)
                                         for (mod, _), q in zip(pairs, quantized)], graph)
-    plain_tensor_wise = fmt_name == "fp8_tensor" and getattr(modules[0], "gpu_fp8_rows", torch.ones(1)).dim() == 0
-    if plain_tensor_wise and m > ops.GEMV_MAX_M_8BIT:  # the routed call without its bias epilogue
+    if _tensor_wise(modules[0]) and m > ops.GEMV_MAX_M_8BIT:  # the routed call without its bias epilogue
         row["gemm_no_bias_us"] = bench([lambda mod=mod, q=q: ops.plain_fp8(
             q[0][0], mod.weight_codes, mod.gpu_fp8_rows, mod.gpu_fp8_columns, None, torch.bfloat16)
             for (mod, _), q in zip(pairs, quantized)], graph)
@@ -294,6 +293,13 @@ def _gemm(mod, quantized):
     if static_fp8_fits(mod, quantized[0], torch.bfloat16):
         return static_fp8_gemm(mod, quantized[0], torch.bfloat16)
     return ops.gemm(*_gemm_args(mod, quantized), torch.bfloat16)
+
+
+def _tensor_wise(mod) -> bool:
+    """A plain static FP8 layer with one scale for its whole product (its packed ``torch._scaled_mm`` scales are
+    0-dim: cuBLASLt's tensor-wise GEMM)."""
+    rows = getattr(mod, "gpu_fp8_rows", None)
+    return rows is not None and rows.dim() == 0
 
 
 def _rel(a, b) -> float:
