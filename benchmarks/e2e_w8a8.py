@@ -33,8 +33,8 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``sq_int8_segfold`` / ``sq_fp8_segfold``  the same with the segment scales folded into the smoothing
                     (``input_quant.fold_segments``): the same input codes, plain GEMMs
 - ``sq_fp8_preset`` / ``sq_fp8_preset_fused``  the ``w8a8_fp8`` preset as users get it (per-tensor FP8 weights:
-                    cuBLASLt's tensor-wise GEMM; the conditioning linears in INT8 dynamic per-token), q/k/v fused
-                    with ``_fused``
+                    cuBLASLt's tensor-wise GEMM; the attention q/k/v in INT8 static, the conditioning linears in
+                    INT8 dynamic per-token), q/k/v fused with ``_fused``
 - ``sq_w4a8_r32``   packed INT4 per-group(64) weights with SVDQuant's rank-32 branch (smoothing alpha 0.5,
                     round-to-nearest: the kernel's work does not depend on GPTQ), INT8 static per-tensor inputs,
                     output segments

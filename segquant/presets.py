@@ -26,6 +26,8 @@ _FFN_DOWN = "*ff*.net.2"
 #: The linears fed by the conditioning alone (time and pooled-text embeddings, AdaLN modulation): one row per image,
 #: so on the GPU they read their weights once per call whatever the input format (weight-bound GEMVs).
 _CONDITIONING = r"re:.*time.*|.*add_embedding.*|(.*\.)?norm\w*\.linear"
+#: The attention q / k / v projections, one by one or fused (``fuse_projections``: diffusers' fused names).
+_ATTENTION_QKV = r"re:.*attn\d?\.(to_[qkv]|add_[qkv]_proj|to_qkv|to_added_qkv|to_kv)"
 _PLAIN = {"seglinear": False, "search_patterns": [], "opt": {"type": "default"}, "calib": {"type": "amax"}}
 _W8A8 = {"opt": _SMOOTH, "calib": {"type": "amax"}, "input_quant": _INT8_TOKEN, "weight_quant": _INT8_CHANNEL}
 
@@ -39,7 +41,10 @@ _W8A8 = {"opt": _SMOOTH, "calib": {"type": "amax"}, "input_quant": _INT8_TOKEN, 
 # better; the conditioning linears in INT8 dynamic per-token did (+1.16 ± 0.28 / -0.11 ± 0.25 / +0.24 ± 0.23 dB over
 # two runs, per-step error 3-13 % lower on all three models; BENCHMARKS.md "w8a8_fp8 against other FP8
 # configurations"). The same rule buys nothing on w8a8_static or w4a8 (same section, "W4A8: static per-tensor or
-# dynamic per-token inputs?").
+# dynamic per-token inputs?"). Of FP8's 11-13 dB gap to w8a8 no layer kind holds much alone but the attention
+# q / k / v projections, whose errors reach every attention logit: in INT8 static (per-channel weights) +2.50 ± 0.31 /
+# +2.94 ± 0.26 / +0.53 ± 0.25 dB over two runs, per-step error lower on all three models (BENCHMARKS.md "Where FP8's
+# gap comes from"), so w8a8_fp8 has them since 2026-12-05: 30.03 / 32.77 / 40.52 dB.
 # w4a8_two_level folds its static input-segment scales (2026-12-04, BENCHMARKS.md "Folding static segment scales"):
 # 30.93 / 30.62 / 39.12 dB against 30.65 / 30.49 / 39.92 unfolded (30 images; +0.28, +0.13, -0.80 dB paired), so that
 # every large layer runs as a plain INT8 GEMM on the GPU instead of a per-K-tile scaled one; and it has no DualScale on
@@ -65,12 +70,14 @@ PRESET_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
                     {"default": {**_W8A8, "opt": {**_SMOOTH, "search_alpha_config": {
                         "enable": True, "min": 0.0, "max": 1.0, "step": 0.1}}}}),
     "w8a8_fp8": ("FP8 E4M3 per-tensor weights and static per-tensor inputs, output segments (the GPU's FP8 "
-                 "tensor cores, one scale per product: cuBLASLt's tensor-wise GEMM); the conditioning linears "
+                 "tensor cores, one scale per product: cuBLASLt's tensor-wise GEMM); the attention q / k / v "
+                 "projections in INT8 (static per-tensor inputs, per-channel weights) and the conditioning linears "
                  "(time / pooled-text embeddings, AdaLN; one row per image) in INT8 dynamic per-token. E4M3's 3 "
-                 "mantissa bits cost 11-13 dB against w8a8 on the demo models.",
+                 "mantissa bits cost 10-11 dB against w8a8 on the demo models.",
                  {"default": {**_W8A8, "search_patterns": _OUTPUT_SEGMENTS,
                               "input_quant": {"type": "fpe4m3", "granularity": "tensor", "dynamic": False},
                               "weight_quant": {"type": "fpe4m3", "granularity": "tensor"}},
+                  _ATTENTION_QKV: {"input_quant": _INT8_STATIC, "weight_quant": _INT8_CHANNEL},
                   _CONDITIONING: {"input_quant": _INT8_TOKEN, "weight_quant": _INT8_CHANNEL}}),
     "w4a8": ("SegQuant W4A8: INT4 per-group(64) weights by GPTQ with a rank-32 SVD branch, INT8 static "
              "per-tensor inputs.",

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from segquant import PRESETS, preset_dict, quantize
+from segquant import PRESETS, build_plan, preset_dict, quantize
 from segquant.models.tiny import build_tiny_denoiser, tiny_example_inputs
 from segquant.sequential import block_of
 
@@ -83,3 +83,42 @@ def test_block_of_groups_layers_under_numbered_children():
     assert block_of("transformer_blocks.3.attn.to_q") == "transformer_blocks.3"
     assert block_of("down_blocks.1.attentions.0.proj_in") == "down_blocks.1"
     assert block_of("proj_out") == "proj_out"
+
+
+FP8_PRESET_LAYERS = {  # layer -> (weights, inputs, dynamic inputs) in the w8a8_fp8 preset
+    "sd3": {"transformer_blocks.0.attn.to_q": ("int8", "int8", False),
+            "transformer_blocks.0.attn.add_v_proj": ("int8", "int8", False),
+            "transformer_blocks.0.attn.to_out.0": ("fpe4m3", "fpe4m3", False),
+            "transformer_blocks.0.ff.net.2": ("fpe4m3", "fpe4m3", False),
+            "transformer_blocks.0.norm1.linear": ("int8", "int8", True),
+            "time_text_embed.text_embedder.linear_1": ("int8", "int8", True)},
+    "flux": {"single_transformer_blocks.0.attn.to_k": ("int8", "int8", False),
+             "single_transformer_blocks.0.proj_mlp": ("fpe4m3", "fpe4m3", False),
+             "transformer_blocks.0.attn.to_add_out": ("fpe4m3", "fpe4m3", False),
+             "time_text_embed.guidance_embedder.linear_2": ("int8", "int8", True)},
+    "unet": {"down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v": ("int8", "int8", False),
+             "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.0": ("fpe4m3", "fpe4m3", False),
+             "down_blocks.1.resnets.0.time_emb_proj": ("int8", "int8", True)},
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fp8_preset_runs_attention_projections_and_conditioning_in_int8(name):
+    """``w8a8_fp8``: q / k / v in INT8 with static inputs, the conditioning linears in INT8 dynamic per-token, the
+    other linears in FP8 (BENCHMARKS.md "Where FP8's gap comes from")."""
+    model = build_tiny_denoiser(name)
+    plan = build_plan(model, "w8a8_fp8", example=tiny_example_inputs(name, batch=2, seed=0))
+    for layer, expected in FP8_PRESET_LAYERS[name].items():
+        spec = plan.layers[layer].spec()
+        assert (spec.weight_dtype.value, spec.input_dtype.value, spec.input_dynamic) == expected, layer
+
+
+def test_fp8_preset_keeps_fused_qkv_in_int8():
+    """With ``fuse_projections`` the rule also names diffusers' fused ``to_qkv`` / ``to_added_qkv``."""
+    model = build_tiny_denoiser("flux")
+    data = [tiny_example_inputs("flux", batch=2, seed=s) for s in range(2)]
+    quantized = quantize(model, data, {**preset_dict("w8a8_fp8"), "fuse_projections": True})
+    fused = {name: layer.spec() for name, layer in quantized.segquant_plan.layers.items()
+             if name.endswith(("to_qkv", "to_added_qkv"))}
+    assert fused and all((spec.weight_dtype.value, spec.input_dtype.value) == ("int8", "int8")
+                         for spec in fused.values())

@@ -32,8 +32,8 @@ def test_gemm_benchmark_times_every_format_and_matches_the_twin(tmp_path):
 
 def test_end_to_end_benchmark_smoke_matches_the_emulated_model():
     out = run_script(["e2e_w8a8.py", "--model", "flux", "--smoke",
-                      "--variants", "bf16_compiled,sq_fp8_tensor_fused,sq_int8_fused"])
+                      "--variants", "bf16_compiled,sq_fp8_tensor_fused,sq_fp8_preset_fused,sq_int8_fused"])
     errors = re.findall(r"smoke flux (\S+): gpu layout \(CPU twin\) vs emulated rel.err (\S+); "
                         r"compiled vs eager max diff (\S+)", out)
-    assert [variant for variant, *_ in errors] == ["sq_fp8_tensor_fused", "sq_int8_fused"], out
+    assert [variant for variant, *_ in errors] == ["sq_fp8_tensor_fused", "sq_fp8_preset_fused", "sq_int8_fused"], out
     assert all(float(rel) <= 1e-6 and float(diff) == 0.0 for _, rel, diff in errors), out
