@@ -19,6 +19,10 @@ from segquant.errors import ConfigError
 
 #: The top-level key that is a model setting, not a layer rule (:attr:`QuantConfig.fuse_projections`).
 FUSE_KEY = "fuse_projections"
+#: The layers that diffusers' q / k / v fusion makes -> the projections each concatenates (diffusers' names; used by
+#: :mod:`segquant.models.fusion` and by the presets' rules for the attention projections).
+FUSED_FROM = {"to_qkv": ("to_q", "to_k", "to_v"), "to_kv": ("to_k", "to_v"),
+              "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
 
 
 def rule_matches(rule: str, name: str) -> bool:

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import copy
+from itertools import chain
 from typing import Any
 
-from segquant.config_rules import QuantConfig
+from segquant.config_rules import FUSED_FROM, QuantConfig
 from segquant.errors import ConfigError
 
 _SMOOTH = {"type": "smooth", "alpha": 0.5}
@@ -26,25 +27,21 @@ _FFN_DOWN = "*ff*.net.2"
 #: The linears fed by the conditioning alone (time and pooled-text embeddings, AdaLN modulation): one row per image,
 #: so on the GPU they read their weights once per call whatever the input format (weight-bound GEMVs).
 _CONDITIONING = r"re:.*time.*|.*add_embedding.*|(.*\.)?norm\w*\.linear"
-#: The attention q / k / v projections, one by one or fused (``fuse_projections``: diffusers' fused names).
-_ATTENTION_QKV = r"re:.*attn\d?\.(to_[qkv]|add_[qkv]_proj|to_qkv|to_added_qkv|to_kv)"
+#: The attention q / k / v projections, one by one or fused (``fuse_projections``): diffusers' names, from
+#: :data:`segquant.config_rules.FUSED_FROM`.
+_ATTENTION_QKV = r"re:.*attn\d?\.(" + "|".join(sorted({*FUSED_FROM, *chain(*FUSED_FROM.values())})) + ")"
 _PLAIN = {"seglinear": False, "search_patterns": [], "opt": {"type": "default"}, "calib": {"type": "amax"}}
 _W8A8 = {"opt": _SMOOTH, "calib": {"type": "amax"}, "input_quant": _INT8_TOKEN, "weight_quant": _INT8_CHANNEL}
 
 # The W8A8 presets were chosen by measurement on the three demo models (image PSNR vs full precision, MMDiT / FLUX /
-# UNet, BENCHMARKS.md "Choosing the W8A8 presets"; one run of the current code, 2026-12-05): w8a8 39.83 / 42.68 / 51.54
+# UNet; BENCHMARKS.md "Choosing the W8A8 presets", one run of the current code, 2026-12-05): w8a8 39.83 / 42.68 / 51.54
 # dB, w8a8_fast 38.33 / 42.80 / 51.74, rtn_w8a8 36.57 / 39.98 / 50.70, w8a8_static 35.96 / 38.08 / 46.95, w8a8_original
-# 34.44 / 36.67 / 47.14, w8a8_fp8 28.41 / 29.84 / 39.61 (before its q / k / v moved to INT8). w8a8_fp8's per-tensor
-# weights (-0.87 ± 0.54 / +1.11 ± 0.61 / +0.94 ± 0.48 dB paired against per-channel; BENCHMARKS.md "Run 16") give one
-# scale for the whole product, which runs cuBLASLt's tensor-wise FP8 GEMM, 6-11 % faster than the row-wise one on the
-# eight compute-bound FLUX.1-dev and SD3.5-medium shapes (H100, BENCHMARKS.md "Run 17"). No smoothing, a searched alpha
-# or dynamic per-token FP8 inputs measured no better; the conditioning linears in INT8 dynamic per-token did (+1.16 ±
-# 0.28 / -0.11 ± 0.25 / +0.24 ± 0.23 dB over two runs, per-step error 3-13 % lower on all three models; BENCHMARKS.md
-# "w8a8_fp8 against other FP8 configurations"; the same rule buys nothing on w8a8_static, same section, or on w4a8,
-# "W4A8: static per-tensor or dynamic per-token inputs?"). Of FP8's remaining 11-13 dB gap to w8a8 no layer kind holds
-# much alone but the attention q / k / v projections, whose errors reach every attention logit: in INT8 static
-# (per-channel weights) +2.50 ± 0.31 / +2.94 ± 0.26 / +0.53 ± 0.25 dB over two runs, per-step error lower on all three
-# models (BENCHMARKS.md "Where FP8's gap comes from"), so w8a8_fp8 has them since: 30.03 / 32.77 / 40.52 dB.
+# 34.44 / 36.67 / 47.14; w8a8_fp8 30.03 / 32.77 / 40.52 (the run of its last change). Each of w8a8_fp8's choices was
+# paired against the alternative: per-tensor weights (no measurable PSNR cost; one scale per product runs cuBLASLt's
+# tensor-wise GEMM, 6-11 % faster than the row-wise one, BENCHMARKS.md "Run 17"), the conditioning linears in INT8
+# dynamic per-token (+1.16 ± 0.28 dB on the MMDiT) and the attention q / k / v in INT8 static (+2.50 ± 0.31 / +2.94 ±
+# 0.26 / +0.53 ± 0.25 dB); no smoothing, a searched alpha and per-token FP8 inputs were no better (BENCHMARKS.md
+# "w8a8_fp8 against other FP8 configurations", "Where FP8's gap comes from").
 # w4a8_two_level folds its static input-segment scales (2026-12-04, BENCHMARKS.md "Folding static segment scales"):
 # 30.93 / 30.62 / 39.12 dB against 30.65 / 30.49 / 39.92 unfolded (30 images; +0.28, +0.13, -0.80 dB paired), so that
 # every large layer runs as a plain INT8 GEMM on the GPU instead of a per-K-tile scaled one; and it has no DualScale on

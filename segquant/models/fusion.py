@@ -29,15 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from segquant.config_rules import QuantConfig, rule_matches
+from segquant.config_rules import FUSED_FROM, QuantConfig, rule_matches
 
 logger = logging.getLogger("segquant.models.fusion")
 
 #: The layers diffusers' fusion creates: a rule per name that the model has, ``{"search_patterns": []}``.
 FUSED_LAYER_RULES = ("*to_qkv", "*to_added_qkv", "*to_kv")
-#: fused layer -> the projections it concatenates (diffusers' names).
-_FUSED_FROM = {"to_qkv": ("to_q", "to_k", "to_v"), "to_kv": ("to_k", "to_v"),
-               "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
 #: Attribute of a fused model: the names of the dropped projections (saved with a quantized checkpoint).
 DROPPED_ATTRIBUTE = "segquant_dropped_layers"
 
@@ -165,8 +162,8 @@ def _replaced_projections(denoiser: nn.Module) -> dict[str, nn.Linear]:
     """The separate projections of every attention that has a fused layer (name -> layer): the candidates to drop."""
     found = {}
     for name, module in denoiser.named_modules():
-        fused = {child for child in _FUSED_FROM if isinstance(getattr(module, child, None), nn.Linear)}
-        for child in set().union(*(_FUSED_FROM[child] for child in fused)):
+        fused = {child for child in FUSED_FROM if isinstance(getattr(module, child, None), nn.Linear)}
+        for child in set().union(*(FUSED_FROM[child] for child in fused)):
             if isinstance(getattr(module, child, None), nn.Linear):
                 found[f"{name}.{child}" if name else child] = getattr(module, child)
     return found
