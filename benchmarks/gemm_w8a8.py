@@ -11,7 +11,9 @@ variants with the last partial wave split along K (``gemm_tma_split_tail_us``) o
 next MMA runs), where the layer fits them; plain FP8 layers also with cuBLASLt's fast accumulation
 (``gemm_fast_accum_us``) and with one scale per tensor (``gemm_tensorwise_us``, a diagnostic: one input, no bias);
 ``fp8_tensor`` layers also on the row-wise call (``gemm_rowwise_us``) and, plain ones, on the routed call without its
-bias (``gemm_no_bias_us``); and checks the output against the pure-torch twin. Prints a table
+bias (``gemm_no_bias_us``); the host's time per routed call and per bf16 call, issued without a CUDA graph
+(``host_us``, ``bf16_host_us``: what a forward without a graph pays where the host is the slower side); and checks the
+output against the pure-torch twin. Prints a table
 last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
 
     python benchmarks/gemm_w8a8.py --out /tmp/bench [--layers ff_up,ff_down_dual] [--compile-layers ff_up]
@@ -131,6 +133,28 @@ def bench(fns, graph: bool = False) -> float:
     return triton.testing.do_bench(step, warmup=25, rep=150, return_mode="median") * 1e3
 
 
+def host_us(fns, calls: int = 40, repeats: int = 5) -> float:
+    """Host (CPU) µs per call: ``calls`` calls issued back to back without a synchronization, the fastest of
+    ``repeats`` (the GPU runs behind; its queue does not fill at this count). What a forward replayed without a CUDA
+    graph pays per layer when the host, not the GPU, is the slower side."""
+    state = {"i": 0}
+
+    def step():
+        state["i"] += 1
+        return fns[state["i"] % len(fns)]()
+
+    step()
+    best = float("inf")
+    for _ in range(repeats):
+        if DEVICE["name"] == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(calls):
+            step()
+        best = min(best, (time.perf_counter() - started) / calls * 1e6)
+    return best
+
+
 def rotation(m: int, k: int, n: int) -> int:
     """How many input/weight copies to rotate so that one pass does not fit in the 60 MB L2."""
     return max(1, min(4, -(-3 * 60_000_000 // (m * k * 2 + n * k))))
@@ -177,6 +201,9 @@ def measure(layer: str, fmt_name: str, compile_: bool, each_config_: bool = Fals
     quantized = [quantize_input(mod, x) for mod, x in pairs]
     gemm_calls = [lambda mod=mod, q=q: _gemm(mod, q) for (mod, _), q in zip(pairs, quantized)]
     row["gemm_only_us"] = bench(gemm_calls, graph)
+    row["host_us"] = host_us(gemm_calls)
+    row["bf16_host_us"] = host_us([lambda w=w, x=x, mod=mod: F.linear(x, w, mod.bias)
+                                   for (mod, x), w in zip(pairs, weights)])
     for kernel in candidates(modules[0], quantized[0], fmt_name):  # each kernel alone
         with pinned(kernel):
             name = "triton" if kernel == "tiled" else kernel
@@ -336,7 +363,7 @@ def tuned_configs() -> dict:
 COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
            "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us", "gemm_tma_split_tail_us",
            "gemm_tma_halves_tail_us", "gemm_wgmma_us", "gemm_wgmma_tile_scaled_us", "gemm_fast_accum_us",
-           "gemm_tensorwise_us", "gemm_rowwise_us", "gemm_no_bias_us", "quant_only_us",
+           "gemm_tensorwise_us", "gemm_rowwise_us", "gemm_no_bias_us", "quant_only_us", "host_us", "bf16_host_us",
            "tflops_gemm", "peak_frac_gemm", "tbps_gemm", "speedup_eager",
            "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled",
            "rel_err_vs_twin", "best_config"]

@@ -1,9 +1,12 @@
 """CPU time of the GPU backend's call path without the GPU: where the eager (non-graph) launch cost goes.
 
 Times, on the CPU with tiny tensors, (1) the custom op ``segquant::scaled_gemm`` on meta tensors against
-calling its (fake) implementation directly (the dispatcher's share), and (2) the Python wrappers of the tiled
-kernel and the GEMV with the Triton launch replaced by a no-op (our share). What is left of a measured
-per-layer eager cost on the GPU is Triton's own launch path (autotuner, specialization, driver call).
+calling its (fake) implementation directly (the dispatcher's share), (2) the Python wrappers of the tiled
+kernel, the GEMV and the persistent TMA kernel with the Triton launch replaced by a no-op (our share), and (3) the
+op's whole CUDA implementation as a compute-bound INT8 layer takes it, from the routing (``gemm_kernels``, the
+remembered choice of ``fastest_kernel``) to the TMA kernel's launch, again without the launch. What is left of a
+measured per-layer eager cost on the GPU (``gemm_w8a8.py``'s ``host_us``) is Triton's own launch path (autotuner,
+specialization, descriptors, driver call).
 
     PYTHONPATH=. python benchmarks/launch_overhead.py
 """
@@ -14,7 +17,9 @@ import time
 
 import torch
 
-from segquant.kernels.gpu import ops, triton_gemm, triton_gemv  # noqa: F401 (ops registers the custom op)
+from unittest import mock
+
+from segquant.kernels.gpu import ops, triton_gemm, triton_gemv, triton_tma  # noqa: F401 (ops registers the op)
 from tests.kernels.interpret_triton_gemm import case, one_input_scale
 
 
@@ -46,15 +51,31 @@ def main() -> None:
     print(f"custom op dispatch: {op - bare:.1f} us per call (op {op:.1f} - its kernel called directly {bare:.1f})")
     tiled, gemv = case(m=256, n=64, k=128, fmt="int8", rank=8), one_input_scale(case(m=1, n=64, k=128, fmt="int8"))
     a, b, a_scale, a_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = gemv
-    saved = triton_gemm._scaled_gemm_kernel, triton_gemv._gemv_kernel
-    triton_gemm._scaled_gemm_kernel, triton_gemv._gemv_kernel = _NoLaunch(), _NoLaunch()
-    try:
+    persistent = one_input_scale(case(m=256, n=64, k=128, fmt="int8"))
+    pa, pb, pa_scale, _, pw_scale, pa_col, pw_col, pbias, *_ = persistent
+    with (mock.patch.object(triton_gemm, "_scaled_gemm_kernel", _NoLaunch()),
+          mock.patch.object(triton_gemv, "_gemv_kernel", _NoLaunch()),
+          mock.patch.object(triton_tma, "_tma_gemm_kernel", _NoLaunch())):
         tiled_us = per_call_us(lambda: triton_gemm.scaled_gemm_triton(*tiled))
         gemv_us = per_call_us(lambda: triton_gemv.gemv_triton(a, b, a_scale, a_neg, w_scale, w_col, bias, t, u,
                                                               out_segment, k_align, out_dtype))
-    finally:
-        triton_gemm._scaled_gemm_kernel, triton_gemv._gemv_kernel = saved
-    print(f"tiled-kernel wrapper without the launch: {tiled_us:.1f} us; GEMV wrapper: {gemv_us:.1f} us")
+        tma_us = per_call_us(lambda: triton_tma.tma_gemm_triton(pa, pb, pa_scale, pw_scale, pa_col, pw_col, pbias,
+                                                                None, None, torch.bfloat16))
+        routed_us = per_call_us(routed_to_tma(persistent))
+    print(f"tiled-kernel wrapper without the launch: {tiled_us:.1f} us; GEMV wrapper: {gemv_us:.1f} us; "
+          f"persistent TMA wrapper: {tma_us:.1f} us")
+    print(f"the op's CUDA implementation, routed to the TMA kernel, without the launch: {routed_us:.1f} us")
+
+
+def routed_to_tma(args: tuple):
+    """A call of the op's CUDA implementation on ``args`` (a compute-bound INT8 layer) after a first call that
+    remembered the TMA kernel as the fastest, as every later call of a compiled model finds it."""
+    first_timing = {"tma": 1.0}
+    with (mock.patch.object(triton_gemm, "graph_timed", lambda kernel, _: first_timing.get(kernel.__name__, 2.0)),
+          mock.patch.object(ops, "agreeing", lambda key, kernels: kernels),
+          mock.patch.object(torch.cuda, "is_current_stream_capturing", lambda: False)):
+        ops._scaled_gemm_cuda(*args)
+    return lambda: ops._scaled_gemm_cuda(*args)
 
 
 if __name__ == "__main__":
