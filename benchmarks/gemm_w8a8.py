@@ -114,15 +114,21 @@ def spec_of(layer: str, fmt: DType) -> SegLinearSpec:
                          weight_scale_columns=len(in_segs))
 
 
-def bench(fns, graph: bool = False) -> float:
-    """Median µs of calling the functions in turn (rotating inputs/weights bigger than L2); ``graph``: the calls
-    replayed from a CUDA graph, so that a kernel of a few µs is not hidden behind its CPU launch."""
+def rotating(fns):
+    """A call that runs the next of ``fns`` each time (the inputs and weights rotate past the L2)."""
     state = {"i": 0}
 
     def step():
         state["i"] += 1
         return fns[state["i"] % len(fns)]()
 
+    return step
+
+
+def bench(fns, graph: bool = False) -> float:
+    """Median µs of calling the functions in turn (rotating inputs/weights bigger than L2); ``graph``: the calls
+    replayed from a CUDA graph, so that a kernel of a few µs is not hidden behind its CPU launch."""
+    step = rotating(fns)
     if DEVICE["name"] == "cpu":
         started = time.perf_counter()
         step()
@@ -137,12 +143,7 @@ def host_us(fns, calls: int = 40, repeats: int = 5) -> float:
     """Host (CPU) µs per call: ``calls`` calls issued back to back without a synchronization, the fastest of
     ``repeats`` (the GPU runs behind; its queue does not fill at this count). What a forward replayed without a CUDA
     graph pays per layer when the host, not the GPU, is the slower side."""
-    state = {"i": 0}
-
-    def step():
-        state["i"] += 1
-        return fns[state["i"] % len(fns)]()
-
+    step = rotating(fns)
     step()
     best = float("inf")
     for _ in range(repeats):

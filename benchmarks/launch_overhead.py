@@ -14,10 +14,9 @@ specialization, descriptors, driver call).
 from __future__ import annotations
 
 import time
+from unittest import mock
 
 import torch
-
-from unittest import mock
 
 from segquant.kernels.gpu import ops, triton_gemm, triton_gemv, triton_tma  # noqa: F401 (ops registers the op)
 from tests.kernels.interpret_triton_gemm import case, one_input_scale

@@ -54,7 +54,8 @@ PRESET_TABLE: dict[str, tuple[str, dict[str, Any]]] = {
              {"default": _W8A8}),
     "w8a8_fast": ("w8a8 with output segments (linear_to_chunk / linear_to_split) and DualScale only where it is "
                   "cheap (activation-fed layers except the FFN down-projections: AdaLN and time embeddings, "
-                  "weight-bound on the GPU): each large layer is one plain 8-bit GEMM; 1.5 dB below w8a8 on the MMDiT demo, level on FLUX and the UNet.",
+                  "weight-bound on the GPU): each large layer is one plain 8-bit GEMM; 1.5 dB below w8a8 on the "
+                  "MMDiT demo, level on FLUX and the UNet.",
                   {"default": {**_W8A8, "search_patterns": _OUTPUT_SEGMENTS + ["activation_to_linear"]},
                    _FFN_DOWN: {"search_patterns": _OUTPUT_SEGMENTS}}),
     "w8a8_static": ("w8a8 with output segments only and static per-tensor inputs (no per-call scale): the "
