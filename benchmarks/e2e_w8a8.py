@@ -284,9 +284,11 @@ def kernel_profile(model, example: dict, top: int = 25) -> dict:
 
 def segquant_ops_by_shape(prof) -> list:
     """GPU time of segquant's custom ops by the shapes of their first two inputs (codes ``(Sa, M, K)``, weight
-    ``(N, K)``), with the kernel the GPU backend chose for each TMA-eligible shape: ``[[op, shapes, ms, calls,
-    kernel], ...]``, ``kernel`` (``tiled``, ``tma``, ``tma_split_tail``, ``tma_halves_tail``, ...) ``None`` where
-    the shape was not eligible (or the op is not the scaled GEMM)."""
+    ``(N, K)``), with the kernel the GPU backend chose for each TMA-eligible shape and the host time of the calls:
+    ``[[op, shapes, ms, calls, kernel, host_ms], ...]``, ``kernel`` (``tiled``, ``tma``, ``tma_split_tail``,
+    ``tma_halves_tail``, ...) ``None`` where the shape was not eligible (or the op is not the scaled GEMM);
+    ``host_ms`` the CPU time inside the op's calls (dispatch, routing, Triton's launch; the profiler adds a little),
+    what a forward without a CUDA graph waits for where the host is the slower side."""
     import triton
 
     from segquant.kernels.gpu import ops
@@ -299,7 +301,8 @@ def segquant_ops_by_shape(prof) -> list:
         shapes = [list(s) for s in event.input_shapes[:2]]
         m_bucket = triton.next_power_of_2(shapes[0][1]) if len(shapes[0]) == 3 else None  # as ops' key
         kernel = kernel_by_shape.get((m_bucket, tuple(shapes[1]))) if len(shapes) > 1 else None
-        rows.append([event.key, shapes, round(event.device_time_total / 1e3, 3), event.count, kernel])
+        rows.append([event.key, shapes, round(event.device_time_total / 1e3, 3), event.count, kernel,
+                     round(event.cpu_time_total / 1e3, 3)])
     return sorted(rows, key=lambda r: -r[2])
 
 
