@@ -12,8 +12,9 @@ next MMA runs), where the layer fits them; plain FP8 layers also with cuBLASLt's
 (``gemm_fast_accum_us``) and with one scale per tensor (``gemm_tensorwise_us``, a diagnostic: one input, no bias);
 ``fp8_tensor`` layers also on the row-wise call (``gemm_rowwise_us``) and, plain ones, on the routed call without its
 bias (``gemm_no_bias_us``); the host's time per routed call and per bf16 call, issued without a CUDA graph
-(``host_us``, ``bf16_host_us``: what a forward without a graph pays where the host is the slower side); and checks the
-output against the pure-torch twin. Prints a table
+(``host_us``, ``bf16_host_us``: what a forward without a graph pays where the host is the slower side; with
+``--host-profile`` also where it goes, ``host_profile_<layer>_<fmt>.txt``); and checks the output against the
+pure-torch twin. Prints a table
 last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
 
     python benchmarks/gemm_w8a8.py --out /tmp/bench [--layers ff_up,ff_down_dual] [--compile-layers ff_up]
@@ -25,7 +26,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
+import io
 import json
+import pstats
 import time
 from pathlib import Path
 from unittest import mock
@@ -81,6 +85,8 @@ SMOKE_LAYERS = {  # tiny versions of the same kinds of layer, for --smoke on the
 #: (plain static layers then take cuBLASLt's tensor-wise GEMM)
 FORMATS = {"fp8": (DType.FP8E4M3, False), "int8": (DType.INT8, False), "fp8_tensor": (DType.FP8E4M3, True)}
 DEVICE = {"name": "cuda"}
+#: ``--host-profile``: the folder that gets, per row, where the host time of the routed calls goes (cProfile).
+HOST_PROFILE = {"dir": None}
 
 
 def random_module(spec: SegLinearSpec, seed: int, per_tensor_weight: bool = False) -> SegLinear:
@@ -156,6 +162,22 @@ def host_us(fns, calls: int = 40, repeats: int = 5) -> float:
     return best
 
 
+def host_profile(fns, calls: int = 40, top: int = 30) -> str:
+    """cProfile's ``top`` functions by cumulative time over ``calls`` calls of ``fns`` in turn, without a
+    synchronization: which Python (ours, the custom op's dispatch, Triton's autotuner and launcher) takes the host time
+    that :func:`host_us` counts."""
+    step = rotating(fns)
+    step()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        step()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(top)
+    return text.getvalue()
+
+
 def rotation(m: int, k: int, n: int) -> int:
     """How many input/weight copies to rotate so that one pass does not fit in the 60 MB L2."""
     return max(1, min(4, -(-3 * 60_000_000 // (m * k * 2 + n * k))))
@@ -203,6 +225,8 @@ def measure(layer: str, fmt_name: str, compile_: bool, each_config_: bool = Fals
     gemm_calls = [lambda mod=mod, q=q: _gemm(mod, q) for (mod, _), q in zip(pairs, quantized)]
     row["gemm_only_us"] = bench(gemm_calls, graph)
     row["host_us"] = host_us(gemm_calls)
+    if HOST_PROFILE["dir"] is not None:
+        (HOST_PROFILE["dir"] / f"host_profile_{layer}_{fmt_name}.txt").write_text(host_profile(gemm_calls))
     row["bf16_host_us"] = host_us([lambda w=w, x=x, mod=mod: F.linear(x, w, mod.bias)
                                    for (mod, x), w in zip(pairs, weights)])
     for kernel in candidates(modules[0], quantized[0], fmt_name):  # each kernel alone
@@ -390,6 +414,8 @@ def main() -> None:
                         help="layers whose persistent-kernel configs are also timed one by one (each costs a compile)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, to test this script")
     parser.add_argument("--triton-fp8", action="store_true", help="plain FP8 layers on Triton, not _scaled_mm")
+    parser.add_argument("--host-profile", action="store_true",
+                        help="write where each row's host time goes (cProfile of the routed calls) to --out")
     args = parser.parse_args()
     ops.USE_SCALED_MM["enabled"] = not args.triton_fp8
     if args.smoke:
@@ -398,6 +424,7 @@ def main() -> None:
         LAYERS.update(SMOKE_LAYERS)
         args.layers, args.compile_layers, args.each_config = ",".join(SMOKE_LAYERS), "dual", "plain"
     args.out.mkdir(parents=True, exist_ok=True)
+    HOST_PROFILE["dir"] = args.out if args.host_profile else None
     rows, started = [], time.time()
     for layer in args.layers.split(","):
         for fmt_name in args.formats.split(","):

@@ -25,7 +25,8 @@
 # with only its loads, only its MMAs, and so on, beside bf16 and our kernels (benchmarks/gemm_ceiling.py): what binds.
 # `host` (≤ 180 s, HOST_LIMIT) reads the host time per call without a CUDA graph (`host_us`, `bf16_host_us`) on every
 # route: INT8 on the persistent TMA kernel (FLUX's fused q/k/v), the tiled kernel (the text stream, M = 512) and the
-# GEMV (AdaLN), and FP8 on cuBLASLt (run 18: the `w8a8_fp8` preset's INT8 q/k/v calls cost ~0.6 ms of host time each).
+# GEMV (AdaLN), and FP8 on cuBLASLt (run 18: the `w8a8_fp8` preset's INT8 q/k/v calls cost ~0.6 ms of host time each),
+# with a cProfile of each row's calls (host/host_profile_*.txt: where that time goes).
 # `quantize_elementwise` (~2 min) times the fused GELU / norm + quantize kernels alone (benchmarks/quantize_elementwise.py).
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
 # kernel, `sq_int8_fused` fuses q/k/v with one smoothing), SD35_VARIANTS / SD35_LIMIT / SD35_INDUCTOR / SD35_MAX_IMAGE (e2e_sd35; `sq_fp8_fused`; SD35_MAX_IMAGE=2048 crops the
@@ -92,7 +93,7 @@ for step in "${steps[@]}"; do
              --layers out_proj_heads,ff_down_dual,ff_down_plain,out_proj_plain) > "$OUT/gluon.log" 2>&1
            tail -n 6 "$OUT/gluon.log" ;;
     host) (cd benchmarks && timeout -k 20 ${HOST_LIMIT:-180} python3 gemm_w8a8.py --out "$OUT/host" --compile-layers none \
-             --formats int8,fp8_tensor --layers qkv_fused,ctx_proj,adaln_plain) > "$OUT/host.log" 2>&1
+             --formats int8,fp8_tensor --layers qkv_fused,ctx_proj,adaln_plain --host-profile) > "$OUT/host.log" 2>&1
           tail -n 8 "$OUT/host.log" ;;
     gemv) (cd benchmarks && timeout -k 20 150 python3 gemm_w8a8.py --out "$OUT/gemv" --compile-layers none \
              --layers adaln_plain,adaln_seg6,adaln_seg6_dual,time_linear_2,sd35_adaln_m2,sd35_adaln_dual_m2) \

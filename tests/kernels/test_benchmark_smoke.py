@@ -19,13 +19,15 @@ def run_script(args: list[str]) -> str:
 
 
 def test_gemm_benchmark_times_every_format_and_matches_the_twin(tmp_path):
-    run_script(["gemm_w8a8.py", "--smoke", "--out", str(tmp_path), "--formats", "fp8,fp8_tensor,int8"])
+    run_script(["gemm_w8a8.py", "--smoke", "--out", str(tmp_path), "--formats", "fp8,fp8_tensor,int8",
+                "--host-profile"])
     rows = json.loads((tmp_path / "scaled_gemm.json").read_text())
     assert {(row["layer"], row["fmt"]) for row in rows} == {
         (layer, fmt) for layer in ("plain", "heads", "dual", "adaln") for fmt in ("fp8", "fp8_tensor", "int8")}
     assert all(row["rel_err_vs_twin"] == 0.0 for row in rows)
     assert all(row["gemm_rowwise_us"] > 0 for row in rows if row["fmt"] == "fp8_tensor")
     assert all(row["host_us"] > 0 and row["bf16_host_us"] > 0 for row in rows)
+    assert "cumulative" in (tmp_path / "host_profile_plain_int8.txt").read_text()
     plain_tensor_wise = [row for row in rows if row["fmt"] == "fp8_tensor" and row["layer"] == "plain"]
     assert plain_tensor_wise and all(row["gemm_no_bias_us"] > 0 and row["gemm_tensorwise_us"] > 0
                                      for row in plain_tensor_wise)
