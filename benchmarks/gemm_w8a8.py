@@ -42,7 +42,7 @@ from segquant.enums import DType
 from segquant.kernels.gemm_reference import scaled_gemm_reference
 from segquant.kernels.gpu import ops
 from segquant.kernels.gpu.backend import GpuBackend
-from segquant.kernels.gpu.plan import quantize_input, static_fp8_fits, static_fp8_gemm
+from segquant.kernels.gpu.plan import quantize_input, static_fp8_fits, static_fp8_gemm, tensor_wise_fp8
 from segquant.nn.seglinear import SegLinear
 from segquant.nn.spec import SegLinearSpec
 
@@ -156,10 +156,15 @@ def host_us(fns, calls: int = 40, repeats: int = 5) -> float:
         if DEVICE["name"] == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        for _ in range(calls):
-            step()
+        _issue(step, calls)
         best = min(best, (time.perf_counter() - started) / calls * 1e6)
     return best
+
+
+def _issue(step, calls: int) -> None:
+    """``calls`` calls of ``step``, back to back, without a synchronization."""
+    for _ in range(calls):
+        step()
 
 
 def host_profile(fns, calls: int = 40, top: int = 30) -> str:
@@ -169,10 +174,7 @@ def host_profile(fns, calls: int = 40, top: int = 30) -> str:
     step = rotating(fns)
     step()
     profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(calls):
-        step()
-    profiler.disable()
+    profiler.runcall(_issue, step, calls)
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(top)
     return text.getvalue()
@@ -237,7 +239,7 @@ def measure(layer: str, fmt_name: str, compile_: bool, each_config_: bool = Fals
     if fmt_name == "fp8_tensor":  # the same codes and scales on the row-wise call that per-channel weights take
         row["gemm_rowwise_us"] = bench([lambda mod=mod, q=q: ops.gemm(*_gemm_args(mod, q), torch.bfloat16)
                                         for (mod, _), q in zip(pairs, quantized)], graph)
-    if _tensor_wise(modules[0]) and m > ops.GEMV_MAX_M_8BIT:  # the routed call without its bias epilogue
+    if tensor_wise_fp8(modules[0]) and m > ops.GEMV_MAX_M_8BIT:  # the routed call without its bias epilogue
         row["gemm_no_bias_us"] = bench([lambda mod=mod, q=q: ops.plain_fp8(
             q[0][0], mod.weight_codes, mod.gpu_fp8_rows, mod.gpu_fp8_columns, None, torch.bfloat16)
             for (mod, _), q in zip(pairs, quantized)], graph)
@@ -345,13 +347,6 @@ def _gemm(mod, quantized):
     if static_fp8_fits(mod, quantized[0], torch.bfloat16):
         return static_fp8_gemm(mod, quantized[0], torch.bfloat16)
     return ops.gemm(*_gemm_args(mod, quantized), torch.bfloat16)
-
-
-def _tensor_wise(mod) -> bool:
-    """A plain static FP8 layer with one scale for its whole product (its packed ``torch._scaled_mm`` scales are
-    0-dim: cuBLASLt's tensor-wise GEMM)."""
-    rows = getattr(mod, "gpu_fp8_rows", None)
-    return rows is not None and rows.dim() == 0
 
 
 def _rel(a, b) -> float:

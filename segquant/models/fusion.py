@@ -34,7 +34,7 @@ from segquant.config_rules import FUSED_FROM, QuantConfig, rule_matches
 logger = logging.getLogger("segquant.models.fusion")
 
 #: The layers diffusers' fusion creates: a rule per name that the model has, ``{"search_patterns": []}``.
-FUSED_LAYER_RULES = ("*to_qkv", "*to_added_qkv", "*to_kv")
+FUSED_LAYER_RULES = tuple(f"*{fused}" for fused in FUSED_FROM)
 #: Attribute of a fused model: the names of the dropped projections (saved with a quantized checkpoint).
 DROPPED_ATTRIBUTE = "segquant_dropped_layers"
 

@@ -161,7 +161,14 @@ def static_fp8_fits(module, codes: Tensor, dtype: torch.dtype) -> bool:
     rows than the GEMV takes and, row-wise, at most ``UNIT_ROWS`` (and ``ops.USE_SCALED_MM`` on)."""
     rows = getattr(module, "gpu_fp8_rows", None)
     return (rows is not None and codes.is_cuda and dtype == torch.bfloat16 and USE_SCALED_MM["enabled"]
-            and GEMV_MAX_M_8BIT < codes.shape[1] and (rows.dim() == 0 or codes.shape[1] <= rows.shape[0]))
+            and GEMV_MAX_M_8BIT < codes.shape[1] and (tensor_wise_fp8(module) or codes.shape[1] <= rows.shape[0]))
+
+
+def tensor_wise_fp8(module) -> bool:
+    """A plain static FP8 layer with one scale for its whole product: its packed ``torch._scaled_mm`` scales are 0-dim
+    (cuBLASLt's tensor-wise GEMM)."""
+    rows = getattr(module, "gpu_fp8_rows", None)
+    return rows is not None and rows.dim() == 0
 
 
 def static_fp8_gemm(module, codes: Tensor, dtype: torch.dtype) -> Tensor:
@@ -175,7 +182,7 @@ def _fp8_row_scales(module, m: int) -> Tensor:
     """The row scales of a plain static FP8 layer's call of ``m`` rows: the shared ones sliced to ``(m, 1)``, or the
     0-dim one of a tensor-wise layer."""
     rows = module.gpu_fp8_rows
-    return rows if rows.dim() == 0 else rows[:m]
+    return rows if tensor_wise_fp8(module) else rows[:m]
 
 
 def _weight_operands(module, layout: GemmLayout, m: int) -> tuple[Tensor, Tensor, Tensor, int, Tensor | None]:
