@@ -34,12 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 PRESETS = ("w8a8", "w8a8_fast", "w4a8", "w4a8_two_level", "w4a16")
 
 
-def demo_settings(per_class: int, steps: int, models: list[str], presets: list) -> dict:
-    """``segquant demo``'s settings with these sizes (defaults of its parser otherwise)."""
+def demo_settings(per_class: int, steps: int, models: list[str], presets: list, seed: int = 0) -> dict:
+    """``segquant demo``'s settings with these sizes and seed (defaults of its parser otherwise)."""
     from segquant.cli import build_parser
     from segquant.demo.cli import demo_settings as settings_of
 
-    args = build_parser().parse_args(["demo", "--per-class", str(per_class), "--steps", str(steps), "--no-fid"])
+    args = build_parser().parse_args(["demo", "--per-class", str(per_class), "--steps", str(steps), "--no-fid",
+                                      "--seed", str(seed)])
     return {**settings_of(args), "models": models, "presets": presets}
 
 
@@ -195,10 +196,12 @@ def main() -> None:
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--per-class", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0, help="the demo's seed (prompts, noise); embed and run alike")
     parser.add_argument("--mock-gpu", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.presets = args.presets.split(",")
-    settings = demo_settings(args.per_class, args.steps, args.models.split(","), preset_pairs(args.presets))
+    settings = demo_settings(args.per_class, args.steps, args.models.split(","), preset_pairs(args.presets),
+                             args.seed)
     if args.step == "embed":
         embed(Path(args.out), settings)
     else:

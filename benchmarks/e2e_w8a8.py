@@ -46,6 +46,9 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``sq_w4a16``      packed INT4 per-group(64) weights, 16-bit inputs (weight-only), output segments
 - ``*_nogluon``     any variant without the Gluon INT8 kernels (``ops.USE_WGMMA`` off; ``gpu_session.sh`` turns
                     them on for the others), after ``_sgelu`` where both are given
+- ``*_mk``          any variant compiled with Inductor's ``triton.multi_kernel`` (row reductions up to 16384 wide
+                    may run persistent, the row kept in registers: one read of a dynamic quantizer's input instead
+                    of two); the last suffix, after ``_sgelu`` / ``_nogluon``
 - ``*_sgelu``       any variant with every tanh-GELU computed in its sigmoid form
                     (:func:`segquant.sigmoid_form_gelus`, after quantize: the same function to float32
                     rounding; the tanh form's GELU + quantize kernel is ALU-bound, runs 13-14)
@@ -108,11 +111,15 @@ _ALL_PATTERNS = ["linear_to_chunk", "linear_to_split", "concat_to_linear", "stac
 SIGMOID_GELU = "_sgelu"
 #: Variant suffix: without the Gluon INT8 kernels (``ops.USE_WGMMA`` off), for a same-run comparison.
 NO_GLUON = "_nogluon"
+#: Variant suffix: compiled with Inductor's ``triton.multi_kernel`` on, so that row reductions up to 16384 wide (the
+#: norms, the per-token quantizers' ``amax`` over 3072 or 12288 channels) may run as one persistent kernel that keeps
+#: the row in registers, timed against the looped two-kernel form at the first call.
+MULTI_KERNEL = "_mk"
 
 
 def base_of(variant: str) -> str:
-    """``variant`` without its run-time suffixes (:data:`SIGMOID_GELU`, :data:`NO_GLUON`)."""
-    for suffix in (NO_GLUON, SIGMOID_GELU):
+    """``variant`` without its run-time suffixes (:data:`SIGMOID_GELU`, :data:`NO_GLUON`, :data:`MULTI_KERNEL`)."""
+    for suffix in (MULTI_KERNEL, NO_GLUON, SIGMOID_GELU):
         variant = variant.replace(suffix, "")
     return variant
 
@@ -339,6 +346,8 @@ def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = 
     # variants that follow one must not inherit them
     saved_inductor, precision = torch._inductor.config.save_config(), torch.get_float32_matmul_precision()
     try:
+        if MULTI_KERNEL in variant:
+            torch._inductor.config.triton.multi_kernel = 1
         with ops.switched(**switches_of(variant)):
             return _run_prepared(name, variant, iters, compile_mode, profile, max_image_size)
     finally:

@@ -11,9 +11,11 @@ variants with the last partial wave split along K (``gemm_tma_split_tail_us``) o
 next MMA runs), where the layer fits them; plain FP8 layers also with cuBLASLt's fast accumulation
 (``gemm_fast_accum_us``) and with one scale per tensor (``gemm_tensorwise_us``, a diagnostic: one input, no bias);
 ``fp8_tensor`` layers also on the row-wise call (``gemm_rowwise_us``) and, plain ones, on the routed call without its
-bias (``gemm_no_bias_us``); the host's time per routed call and per bf16 call, issued without a CUDA graph
+bias (``gemm_no_bias_us``); bf16 ``torch.mm`` without the bias too (``bf16_mm_no_bias_us``, the issue's baseline
+taken literally); the host's time per routed call and per bf16 call, issued without a CUDA graph
 (``host_us``, ``bf16_host_us``: what a forward without a graph pays where the host is the slower side; with
-``--host-profile`` also where it goes, ``host_profile_<layer>_<fmt>.txt``); and checks the output against the
+``--host-profile`` also where it goes, ``host_profile_<layer>_<fmt>.txt``), and for the custom op's routes the same
+with one layer of the call path taken away at a time (:func:`host_breakdown`); and checks the output against the
 pure-torch twin. Prints a table
 last and writes ``scaled_gemm.md`` / ``.json`` to ``--out``.
 
@@ -180,6 +182,54 @@ def host_profile(fns, calls: int = 40, top: int = 30) -> str:
     return text.getvalue()
 
 
+def host_breakdown(op_args: list[tuple]) -> dict[str, float]:
+    """The host µs per call of the op on ``op_args`` (one argument tuple per rotating copy) with one layer of the call
+    path taken away at a time (:func:`host_us`, all under ``torch.inference_mode`` as the models run):
+    ``host_op_us`` the op through the dispatcher, ``host_no_dispatch_us`` its CUDA implementation called directly,
+    ``host_no_routing_us`` the kernel it routes to (:func:`ops.routed_kernel`, chosen once), ``host_no_autotuner_us``
+    that kernel with the Triton autotuners skipped (:class:`TunedLaunch`: the config each one chose, its pre-hook
+    applied). The differences are what each layer costs."""
+    implementation = ops.scaled_gemm if DEVICE["name"] == "cpu" else ops._scaled_gemm_cuda
+    with torch.inference_mode():
+        routed = [ops.routed_kernel(*args) for args in op_args] if DEVICE["name"] == "cuda" else None
+        times = {"host_op_us": host_us([lambda args=args: ops.scaled_gemm(*args) for args in op_args]),
+                 "host_no_dispatch_us": host_us([lambda args=args: implementation(*args) for args in op_args])}
+        if routed is not None:
+            times["host_no_routing_us"] = host_us(routed)
+            with tuned_launches():
+                times["host_no_autotuner_us"] = host_us(routed)
+    return times
+
+
+class TunedLaunch:
+    """Stands in for an autotuned Triton kernel: ``kernel[grid](...)`` launches the kernel the autotuner wraps with the
+    config it chose last, running the config's pre-hook as the autotuner does, without the autotuner's lookup."""
+
+    def __init__(self, autotuner):
+        self.autotuner, self.config = autotuner, autotuner.best_config
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            options = self.config.all_kwargs()
+            if self.config.pre_hook is not None:
+                self.config.pre_hook({**dict(zip(self.autotuner.arg_names, args)), **kwargs, **options})
+            return self.autotuner.fn[grid](*args, **kwargs, **options)
+        return launch
+
+
+@contextlib.contextmanager
+def tuned_launches():
+    """The op's autotuned kernels that have run replaced by :class:`TunedLaunch` for a block."""
+    from segquant.kernels.gpu import triton_gemm, triton_gemv, triton_tma
+
+    kernels = [(triton_tma, "_tma_gemm_kernel"), (triton_gemm, "_scaled_gemm_kernel"), (triton_gemv, "_gemv_kernel")]
+    with contextlib.ExitStack() as stack:
+        for module, name in kernels:
+            if getattr(getattr(module, name), "best_config", None) is not None:
+                stack.enter_context(mock.patch.object(module, name, TunedLaunch(getattr(module, name))))
+        yield
+
+
 def rotation(m: int, k: int, n: int) -> int:
     """How many input/weight copies to rotate so that one pass does not fit in the 60 MB L2."""
     return max(1, min(4, -(-3 * 60_000_000 // (m * k * 2 + n * k))))
@@ -222,6 +272,8 @@ def measure(layer: str, fmt_name: str, compile_: bool, each_config_: bool = Fals
     tuned_before = set(tuned_configs())
     row["bf16_mm_us"] = bench([lambda w=w, x=x, mod=mod: F.linear(x, w, mod.bias)
                                for (mod, x), w in zip(pairs, weights)], graph)
+    row["bf16_mm_no_bias_us"] = bench([lambda w=w, x=x: torch.mm(x, w.t()) for (_, x), w in zip(pairs, weights)],
+                                      graph)
     row["ours_eager_us"] = bench([lambda mod=mod, x=x: backend.forward(mod, x) for mod, x in pairs], graph)
     quantized = [quantize_input(mod, x) for mod, x in pairs]
     gemm_calls = [lambda mod=mod, q=q: _gemm(mod, q) for (mod, _), q in zip(pairs, quantized)]
@@ -231,6 +283,8 @@ def measure(layer: str, fmt_name: str, compile_: bool, each_config_: bool = Fals
         (HOST_PROFILE["dir"] / f"host_profile_{layer}_{fmt_name}.txt").write_text(host_profile(gemm_calls))
     row["bf16_host_us"] = host_us([lambda w=w, x=x, mod=mod: F.linear(x, w, mod.bias)
                                    for (mod, x), w in zip(pairs, weights)])
+    if not static_fp8_fits(modules[0], quantized[0][0], torch.bfloat16):
+        row.update(host_breakdown([_gemm_args(mod, q) + (torch.bfloat16,) for (mod, _), q in zip(pairs, quantized)]))
     for kernel in candidates(modules[0], quantized[0], fmt_name):  # each kernel alone
         with pinned(kernel):
             name = "triton" if kernel == "tiled" else kernel
@@ -380,10 +434,11 @@ def tuned_configs() -> dict:
     return tuned
 
 
-COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_compiled_us", "ours_eager_us", "ours_compiled_us",
-           "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us", "gemm_tma_split_tail_us",
+COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_mm_no_bias_us", "bf16_compiled_us", "ours_eager_us",
+           "ours_compiled_us", "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us", "gemm_tma_split_tail_us",
            "gemm_tma_halves_tail_us", "gemm_wgmma_us", "gemm_wgmma_tile_scaled_us", "gemm_fast_accum_us",
            "gemm_tensorwise_us", "gemm_rowwise_us", "gemm_no_bias_us", "quant_only_us", "host_us", "bf16_host_us",
+           "host_op_us", "host_no_dispatch_us", "host_no_routing_us", "host_no_autotuner_us",
            "tflops_gemm", "peak_frac_gemm", "tbps_gemm", "speedup_eager",
            "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled",
            "rel_err_vs_twin", "best_config"]

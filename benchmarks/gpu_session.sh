@@ -34,8 +34,9 @@
 # e.g. coordinate_descent_tuning=True applies to every variant; SD35_TAG suffixes the output names; e2e_w8a8.py's
 # `torchao_fp8_whole` and `*_sgelu` variants serve both e2e steps), TESTS_NODES (pytest node ids for tests; on the lent machine
 # `TESTS_K=tma` selected 224 of 225 tests, so name the tests by node id) / TESTS_K (a -k selection), QUANTIZE_LIMIT
-# (quantize_sd35), DEMO_ARGS / DEMO_LIMIT (demo_backends, e.g. `--per-class 6 --presets w8a8,w4a8`; embed with the same
-# --per-class).
+# (quantize_sd35), DEMO_ARGS / DEMO_LIMIT / DEMO_EMBEDDINGS (demo_backends, e.g. `--per-class 6 --presets w8a8,w4a8`;
+# embed with the same --per-class and --seed; DEMO_EMBEDDINGS, default gpu_inputs/demo_prompts.safetensors, names the
+# file).
 # torchao's default config switches on Inductor's coordinate-descent tuning (SD3.5's first call 450 s, run 14):
 # `torchao_fp8_nocfg` runs its kernels with Inductor's defaults (20 s, the same speed). A warm machine keeps Inductor's
 # default cache in /tmp between calls (a second call's first compile takes seconds); a cache folder inside the
@@ -114,9 +115,9 @@ for step in "${steps[@]}"; do
               tail -n 7 "$OUT/e2e_sd35${SD35_TAG:-}.log" ;;
     quantize_elementwise) (cd benchmarks && timeout -k 20 ${QE_LIMIT:-240} python3 quantize_elementwise.py --out "$OUT/quantize_elementwise") \
                 > "$OUT/quantize_elementwise.log" 2>&1; tail -n 45 "$OUT/quantize_elementwise.log" | grep '^|' ;;
-    demo_backends) [ -f gpu_inputs/demo_prompts.safetensors ] || { echo "demo_backends: make gpu_inputs/demo_prompts.safetensors first (demo_backends.py embed) and carry gpu_inputs" >&2; continue; }
+    demo_backends) [ -f "${DEMO_EMBEDDINGS:=gpu_inputs/demo_prompts.safetensors}" ] || { echo "demo_backends: make $DEMO_EMBEDDINGS first (demo_backends.py embed, with DEMO_ARGS' --seed) and carry gpu_inputs" >&2; continue; }
              SEGQUANT_GLUON_KERNELS=0 SEGQUANT_TRITON_AUTOTUNE=0 timeout -k 20 ${DEMO_LIMIT:-400} python3 benchmarks/demo_backends.py run \
-               --embeddings gpu_inputs/demo_prompts.safetensors \
+               --embeddings "$DEMO_EMBEDDINGS" \
                --out "$OUT/demo_backends" ${DEMO_ARGS:---presets w8a8,w4a8,w4a8_two_level,w4a16} > "$OUT/demo_backends.log" 2>&1
              grep -E "^(\||device)" "$OUT/demo_backends.log" ;;
     backend_gap) [ -f gpu_inputs/demo_prompts.safetensors ] || { echo "backend_gap: carry gpu_inputs (see demo_backends)" >&2; continue; }

@@ -26,7 +26,8 @@ def test_gemm_benchmark_times_every_format_and_matches_the_twin(tmp_path):
         (layer, fmt) for layer in ("plain", "heads", "dual", "adaln") for fmt in ("fp8", "fp8_tensor", "int8")}
     assert all(row["rel_err_vs_twin"] == 0.0 for row in rows)
     assert all(row["gemm_rowwise_us"] > 0 for row in rows if row["fmt"] == "fp8_tensor")
-    assert all(row["host_us"] > 0 and row["bf16_host_us"] > 0 for row in rows)
+    assert all(row["host_us"] > 0 and row["bf16_host_us"] > 0 and row["bf16_mm_no_bias_us"] > 0 for row in rows)
+    assert all(row["host_op_us"] > 0 and row["host_no_dispatch_us"] > 0 for row in rows if row["fmt"] == "int8")
     assert "cumulative" in (tmp_path / "host_profile_plain_int8.txt").read_text()
     plain_tensor_wise = [row for row in rows if row["fmt"] == "fp8_tensor" and row["layer"] == "plain"]
     assert plain_tensor_wise and all(row["gemm_no_bias_us"] > 0 and row["gemm_tensorwise_us"] > 0

@@ -110,20 +110,28 @@ def scaled_gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Ten
 @scaled_gemm.register_kernel("cuda")
 def _scaled_gemm_cuda(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_segment,
                       scale_mode, k_align, out_dtype):
+    return routed_kernel(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_segment,
+                         scale_mode, k_align, out_dtype)()
+
+
+def routed_kernel(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_segment,
+                  scale_mode, k_align, out_dtype) -> Callable[[], Tensor]:
+    """The CUDA kernel the op runs on these arguments, as a call without arguments: the GEMV where it fits, else the
+    fastest of :func:`gemm_kernels` (:func:`fastest_kernel`)."""
     import triton
 
     from segquant.kernels.gpu.triton_gemv import gemv_triton
 
     if _gemv_fits(a, b, a_scale, scale_mode):
-        return gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, lowrank_t, lowrank_up, out_segment,
-                           k_align, out_dtype)
+        return lambda: gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, lowrank_t, lowrank_up,
+                                   out_segment, k_align, out_dtype)
     kernels = gemm_kernels(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up,
                            out_segment, scale_mode, k_align, out_dtype)
     if len(kernels) == 1:
-        return kernels["tiled"]()
+        return kernels["tiled"]
     key = (a.device, a.dtype, triton.next_power_of_2(a.shape[1]), b.shape, bias is None, lowrank_t is None, out_dtype,
            scale_mode, k_align, a_scale.shape[2])
-    return kernels[fastest_kernel(key, kernels, exact=a.dtype == b.dtype == torch.int8)]()
+    return kernels[fastest_kernel(key, kernels, exact=a.dtype == b.dtype == torch.int8)]
 
 
 def gemm_kernels(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, lowrank_t, lowrank_up, out_segment,
