@@ -1,8 +1,9 @@
 """Replay a denoiser's forward from CUDA graphs inside a stock diffusers pipeline.
 
-An INT8 / INT4 denoiser launches a few Triton kernels per layer; called eagerly, the CPU cost of those
-launches (≈ 0.1–0.2 ms per layer) exceeds the GPU time of a batch-1 forward, so the quantized model is
-slower than bf16 although its kernels are faster (BENCHMARKS.md, issue 12). Captured in a CUDA graph the
+An INT8 / INT4 denoiser launches a few Triton kernels per layer; called without a graph, the CPU cost of those
+launches (0.16–0.27 ms per call on an H100 host, BENCHMARKS.md run 19) exceeds the GPU time of a batch-1 forward,
+so the quantized model is slower than bf16 although its kernels are faster (FLUX.1-dev INT8 static, compiled:
+194 ms without a graph, 99.6 ms replayed; bf16 136 ms). Captured in a CUDA graph the
 whole forward is one launch. ``torch.compile(mode="reduce-overhead")`` on regionally compiled blocks would
 do it per block, but PyTorch 2.11's CUDA-graph trees reject a block replayed with its own previous output
 as input (pytorch#152887), so this module captures the whole forward instead:
