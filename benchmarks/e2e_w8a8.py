@@ -49,6 +49,9 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``*_mk``          any variant compiled with Inductor's ``triton.multi_kernel`` (row reductions up to 16384 wide
                     may run persistent, the row kept in registers: one read of a dynamic quantizer's input instead
                     of two); the last suffix, after ``_sgelu`` / ``_nogluon``
+- ``*_biasafter``   any variant with the plain static FP8 layers' bias added to their bf16 product after
+                    cuBLASLt's GEMM, where the compiler fuses it into the next kernel (one more rounding than the
+                    emulated layer: a speed experiment)
 - ``*_sgelu``       any variant with every tanh-GELU computed in its sigmoid form
                     (:func:`segquant.sigmoid_form_gelus`, after quantize: the same function to float32
                     rounding; the tanh form's GELU + quantize kernel is ALU-bound, runs 13-14)
@@ -74,11 +77,13 @@ Stage times go to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
 import sys
 import time
+from unittest import mock
 
 import torch
 
@@ -115,13 +120,28 @@ NO_GLUON = "_nogluon"
 #: norms, the per-token quantizers' ``amax`` over 3072 or 12288 channels) may run as one persistent kernel that keeps
 #: the row in registers, timed against the looped two-kernel form at the first call.
 MULTI_KERNEL = "_mk"
+#: Variant suffix: the plain static FP8 layers' bias added to their bf16 product afterwards instead of in cuBLASLt's
+#: epilogue (:func:`fp8_bias_after_product`), so that the compiler fuses the add into the kernel that reads the product.
+BIAS_AFTER = "_biasafter"
 
 
 def base_of(variant: str) -> str:
-    """``variant`` without its run-time suffixes (:data:`SIGMOID_GELU`, :data:`NO_GLUON`, :data:`MULTI_KERNEL`)."""
-    for suffix in (MULTI_KERNEL, NO_GLUON, SIGMOID_GELU):
+    """``variant`` without its run-time suffixes (:data:`SIGMOID_GELU`, :data:`NO_GLUON`, :data:`MULTI_KERNEL`,
+    :data:`BIAS_AFTER`)."""
+    for suffix in (BIAS_AFTER, MULTI_KERNEL, NO_GLUON, SIGMOID_GELU):
         variant = variant.replace(suffix, "")
     return variant
+
+
+def fp8_bias_after_product(module, codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`segquant.kernels.gpu.plan.static_fp8_gemm` with the bias added to the rounded product, not in the GEMM's
+    epilogue (cuBLASLt picks a slower kernel for some shapes when it adds a bias: runs 18-19). One more bf16 rounding
+    than the emulated layer makes; a speed experiment, not the library's numerics."""
+    from segquant.kernels.gpu import plan
+
+    product = plan.plain_fp8(codes[0], module.weight_codes, plan._fp8_row_scales(module, codes.shape[1]),
+                             module.gpu_fp8_columns, None, dtype)
+    return product if module.bias is None else product + module.bias.to(dtype)
 
 
 def switches_of(variant: str) -> dict:
@@ -340,7 +360,7 @@ def model_bytes(model) -> int:
 
 def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = None, profile: bool = False,
                 max_image_size: int | None = None) -> dict:
-    from segquant.kernels.gpu import ops
+    from segquant.kernels.gpu import ops, plan
 
     # torchao's configs change Inductor's settings and the float32 matmul precision for the whole process: the
     # variants that follow one must not inherit them
@@ -348,7 +368,9 @@ def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = 
     try:
         if MULTI_KERNEL in variant:
             torch._inductor.config.triton.multi_kernel = 1
-        with ops.switched(**switches_of(variant)):
+        bias_after = (mock.patch.object(plan, "static_fp8_gemm", fp8_bias_after_product) if BIAS_AFTER in variant
+                      else contextlib.nullcontext())
+        with ops.switched(**switches_of(variant)), bias_after:
             return _run_prepared(name, variant, iters, compile_mode, profile, max_image_size)
     finally:
         torch._inductor.config.load_config(saved_inductor)
@@ -411,8 +433,6 @@ def smoke(name: str, variants: list[str]) -> None:
     """CPU check of the segquant variants on the small config: quantize, the "gpu" backend's layout and op
     (its CPU kernel is the pure-torch twin; the CUDA check is bypassed) against the emulated backend, and
     a fullgraph regional compile (dynamo only)."""
-    from unittest import mock
-
     from segquant import quantize
     from segquant.kernels.backend import set_backend
     from segquant.pipeline.regional_compile import compile_repeated_blocks
