@@ -27,7 +27,9 @@
 # route: INT8 on the persistent TMA kernel (FLUX's fused q/k/v), the tiled kernel (the text stream, M = 512) and the
 # GEMV (AdaLN), and FP8 on cuBLASLt (run 18: the `w8a8_fp8` preset's INT8 q/k/v calls cost ~0.6 ms of host time each),
 # with a cProfile of each row's calls (host/host_profile_*.txt: where that time goes).
-# `quantize_elementwise` (~2 min) times the fused GELU / norm + quantize kernels alone (benchmarks/quantize_elementwise.py).
+# `quantize_elementwise` (≤ 240 s, QE_LIMIT; QE_MODELS, default sd35,flux) times the fused GELU / norm + quantize kernels
+# alone, static and dynamic per-token, under four Inductor settings, and hand-written Triton quantizers
+# (benchmarks/quantize_elementwise.py).
 # Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
 # kernel, `sq_int8_fused` fuses q/k/v with one smoothing), SD35_VARIANTS / SD35_LIMIT / SD35_INDUCTOR / SD35_MAX_IMAGE (e2e_sd35; `sq_fp8_fused`; SD35_MAX_IMAGE=2048 crops the
 # position table in every variant; SD35_INDUCTOR
@@ -113,8 +115,8 @@ for step in "${steps[@]}"; do
                 ${SD35_MAX_IMAGE:+--max-image-size "$SD35_MAX_IMAGE"} \
                 --json "$OUT/e2e_sd35${SD35_TAG:-}.json") > "$OUT/e2e_sd35${SD35_TAG:-}.log" 2>&1
               tail -n 7 "$OUT/e2e_sd35${SD35_TAG:-}.log" ;;
-    quantize_elementwise) (cd benchmarks && timeout -k 20 ${QE_LIMIT:-240} python3 quantize_elementwise.py --out "$OUT/quantize_elementwise") \
-                > "$OUT/quantize_elementwise.log" 2>&1; tail -n 45 "$OUT/quantize_elementwise.log" | grep '^|' ;;
+    quantize_elementwise) (cd benchmarks && timeout -k 20 ${QE_LIMIT:-240} python3 quantize_elementwise.py --models ${QE_MODELS:-sd35,flux} --out "$OUT/quantize_elementwise") \
+                > "$OUT/quantize_elementwise.log" 2>&1; tail -n 120 "$OUT/quantize_elementwise.log" | grep '^|' ;;
     demo_backends) [ -f "${DEMO_EMBEDDINGS:=gpu_inputs/demo_prompts.safetensors}" ] || { echo "demo_backends: make $DEMO_EMBEDDINGS first (demo_backends.py embed, with DEMO_ARGS' --seed) and carry gpu_inputs" >&2; continue; }
              SEGQUANT_GLUON_KERNELS=0 SEGQUANT_TRITON_AUTOTUNE=0 timeout -k 20 ${DEMO_LIMIT:-400} python3 benchmarks/demo_backends.py run \
                --embeddings "$DEMO_EMBEDDINGS" \

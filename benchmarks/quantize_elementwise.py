@@ -6,7 +6,11 @@ takes 1.42 ms, although they write one byte per element instead of two (≈ 1.9 
 quantize kernels 1.38 ms against 0.93. This times each fused kernel alone (compiled as in the model, CUDA-graph
 replay, inputs rotated past L2), under Inductor's default heuristics and with its pointwise autotuning or
 coordinate-descent tuning, next to a hand-written Triton quantizer (the bandwidth a plain cast reaches), and saves
-Inductor's code of the default kernels:
+Inductor's code of the default kernels. The dynamic per-token INT8 quantizers of the ``w8a8_fast`` / ``w8a8``
+presets too (``amax`` over each row of the smoothed input, then the codes: Inductor splits a row wider than 1024
+into a looped reduction and a second kernel that reads the row again; run 19 put 12 ms of a FLUX.1 forward there),
+also under ``triton.multi_kernel`` (rows up to 16384 may stay in registers) and against a hand-written one-pass row
+kernel:
 
     PYTHONPATH=. python benchmarks/quantize_elementwise.py --out OUT            # H200
     PYTHONPATH=. python benchmarks/quantize_elementwise.py --smoke              # CPU: the cases run and agree
@@ -25,18 +29,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
+from torch.utils._pytree import tree_leaves
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
 
 from segquant.enums import DType  # noqa: E402
+from segquant.kernels.quant import quantize_dynamic  # noqa: E402
 from segquant.models.activations import gelu_tanh_sigmoid_form  # noqa: E402
-from segquant.numerics import quantize_static  # noqa: E402
+from segquant.numerics import PerToken, quantize_static  # noqa: E402
 
 FP8 = DType.FP8E4M3
 #: Inductor settings compared, each applied to every case (``torch._inductor.config`` names).
 MODES = {"default": {}, "autotune_pointwise": {"max_autotune_pointwise": True},
-         "coordinate_descent": {"coordinate_descent_tuning": True}}
+         "coordinate_descent": {"coordinate_descent_tuning": True}, "multi_kernel": {"triton.multi_kernel": 1}}
 #: (batch, tokens, width, ff width) of the image stream: SD3.5-medium 1024² batch 2, FLUX.1 1024² batch 1.
 SHAPES = {"sd35": (2, 4096, 1536, 6144), "flux": (1, 4096, 3072, 12288)}
 ROTATE = 4  # input copies the timed calls cycle through (each case's inputs together exceed L2)
@@ -68,6 +74,22 @@ def norm_mod_quant(x, shift, scale, *muls):
     return tuple(quantize_static(rows, mul, FP8) for mul in muls)
 
 
+def dynamic_quant(rows, *smooths):
+    """The dynamic per-token INT8 quantizer of each consumer (one smoothing vector ``(1, K)`` each):
+    codes ``(1, M, K)`` int8 and scales ``(1, M, 1)`` per consumer, as the GPU backend computes them."""
+    return tuple(quantize_dynamic(rows, lam, (rows.shape[-1],), DType.INT8, PerToken(), False)[:2] for lam in smooths)
+
+
+def norm_mod_dynamic_quant(x, shift, scale, *smooths):
+    """The modulated norm quantized per token once per consumer (``w8a8_fast``'s q / k / v: three)."""
+    return dynamic_quant(norm_mod(x, shift, scale).reshape(-1, x.shape[-1]), *smooths)
+
+
+def gelu_sigmoid_dynamic_quant(h, smooth):
+    """The FF down-projection's input quantized per token (``w8a8_fast``'s FF down)."""
+    return dynamic_quant(gelu_tanh_sigmoid_form(h).reshape(-1, h.shape[-1]), smooth)
+
+
 def quant(h, mul):
     """The quantizer alone (bf16 in, E4M3 out): the bandwidth reference of the cast."""
     return quantize_static(h.reshape(-1, h.shape[-1]), mul, FP8)
@@ -87,6 +109,7 @@ def cases(shape: tuple[int, int, int, int], device: str) -> dict:
     hidden, residual = bf16(batch, tokens, ff), bf16(batch, tokens, width)
     shift, scale = bf16(batch, width)[0], bf16(batch, width)[0]
     ff_mul, w_mul3 = muls(ff), muls(width, 3)
+    per_token = 4 * rows  # one float32 scale per row
     return {
         "gelu (bf16)": (gelu, [(h,) for h in hidden], rows * ff * 4),
         "gelu + quantize": (gelu_quant, [(h, ff_mul[0]) for h in hidden], rows * ff * 3),
@@ -95,6 +118,12 @@ def cases(shape: tuple[int, int, int, int], device: str) -> dict:
         "norm (bf16)": (norm_mod, [(x, shift, scale) for x in residual], rows * width * 4),
         "norm + quantize x1": (norm_mod_quant, [(x, shift, scale, w_mul3[0]) for x in residual], rows * width * 3),
         "norm + quantize x3": (norm_mod_quant, [(x, shift, scale, *w_mul3) for x in residual], rows * width * 5),
+        "norm + dynamic INT8 x1": (norm_mod_dynamic_quant, [(x, shift, scale, w_mul3[0]) for x in residual],
+                                   rows * width * 3 + per_token),
+        "norm + dynamic INT8 x3": (norm_mod_dynamic_quant, [(x, shift, scale, *w_mul3) for x in residual],
+                                   rows * width * 5 + 3 * per_token),
+        "gelu (sigmoid form) + dynamic INT8": (gelu_sigmoid_dynamic_quant, [(h, ff_mul[0]) for h in hidden],
+                                               rows * ff * 3 + per_token),
     }
 
 
@@ -131,6 +160,38 @@ def triton_quantize(h: torch.Tensor, mul: torch.Tensor, apply_gelu: bool, block:
     _quantize_kernel[(triton.cdiv(flat.numel(), block),)](flat, mul.reshape(-1), out, flat.numel(), h.shape[-1],
                                                           BLOCK=block, GELU=apply_gelu, num_warps=warps)
     return out.reshape(-1, h.shape[-1])
+
+
+@triton.jit
+def _dynamic_row_kernel(x_ptr, smooth_ptr, out_ptr, scale_ptr, K, BLOCK_K: tl.constexpr, GELU: tl.constexpr):
+    """One row per program, held in registers: ``v = f(x) / λ``, ``s = amax|v| / 127`` (1 where 0), codes
+    ``round(v / s)`` (half to even) and ``s``; ``f`` as in :func:`_quantize_kernel`. One read of the row."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_K)
+    inside = offs < K
+    x = tl.load(x_ptr + row * K + offs, mask=inside, other=0.0).to(tl.float32)
+    if GELU:
+        x = (x * tl.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))).to(tl.bfloat16).to(tl.float32)
+    v = tl.math.div_rn(x, tl.load(smooth_ptr + offs, mask=inside, other=1.0))
+    amax = tl.max(tl.abs(v), axis=0)
+    scale = tl.where(amax > 0, tl.math.div_rn(amax, 127.0), 1.0)
+    q = tl.math.div_rn(v, scale)
+    q = (q + 12582912.0) - 12582912.0  # round half to even (|q| <= 127: 1.5 · 2^23 leaves no fraction bits)
+    tl.store(out_ptr + row * K + offs, tl.clamp(q, -128.0, 127.0).to(tl.int8), mask=inside)
+    tl.store(scale_ptr + row, scale)
+
+
+def triton_dynamic_quantize(h: torch.Tensor, smooth: torch.Tensor, apply_gelu: bool,
+                            warps: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hand-written one-pass per-token INT8 quantizer: ``h`` ``(..., K)`` bf16, ``smooth`` ``(1, K)`` float32 ->
+    codes ``(M, K)`` int8 and scales ``(M, 1)`` float32 (GELU first with ``apply_gelu``)."""
+    rows = h.reshape(-1, h.shape[-1])
+    out = torch.empty(rows.shape, device=h.device, dtype=torch.int8)
+    scales = torch.empty(rows.shape[0], 1, device=h.device, dtype=torch.float32)
+    _dynamic_row_kernel[(rows.shape[0],)](rows, smooth.reshape(-1), out, scales, rows.shape[1],
+                                          BLOCK_K=triton.next_power_of_2(rows.shape[1]), GELU=apply_gelu,
+                                          num_warps=warps)
+    return out, scales
 
 
 def compiled(fn, mode: str):
@@ -184,6 +245,14 @@ def hand_written(model: str, device: str) -> list[dict]:
                                 mode=f"triton {block}/{warps}w", us=round(us, 2),
                                 tb_s=round(batch * tokens * ff * 3 / us / 1e6, 2), codes_differing_vs_eager=differing))
             print(json.dumps(results[-1]), flush=True)
+    reference = gelu_sigmoid_dynamic_quant(hidden[0], mul)[0][0][0]
+    for warps in (8, 16, 32):
+        us = timed_us(lambda h: triton_dynamic_quantize(h, mul, True, warps), [(h,) for h in hidden])
+        differing = differing_codes(triton_dynamic_quantize(hidden[0], mul, True, warps)[0], reference)
+        results.append(dict(model=model, case="gelu (sigmoid form) + dynamic INT8", mode=f"triton one pass {warps}w",
+                            us=round(us, 2), tb_s=round(batch * tokens * (ff * 3 + 4) / us / 1e6, 2),
+                            codes_differing_vs_eager=differing))
+        print(json.dumps(results[-1]), flush=True)
     return results
 
 
@@ -197,7 +266,7 @@ def smoke() -> None:
           f"{float((gelu(h.float()) - gelu_tanh_sigmoid_form(h.float())).abs().max()):.3g}")
     for name, (fn, arg_sets, _) in cases((1, 8, 64, 256), "cpu").items():
         eager, fast = fn(*arg_sets[0]), compiled(fn, "default")(*arg_sets[0])
-        pairs = zip(eager, fast) if isinstance(eager, tuple) else [(eager, fast)]
+        pairs = zip(tree_leaves(eager), tree_leaves(fast))
         worst = max(float((a.float() - b.float()).abs().max()) for a, b in pairs)
         print(f"smoke {name}: compiled vs eager max diff {worst:.3g}")
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -206,6 +275,14 @@ def smoke() -> None:
             diff = (triton_quantize(h, mul, apply_gelu, block=512, warps=4).float() - ref.float()).abs()
             print(f"smoke triton gelu={apply_gelu}: codes differing {int((diff > 0).sum())} of {diff.numel()}, "
                   f"max diff {float(diff.max()):.3g}")
+        h = h * 3  # some rows past the INT8 range of a unit scale
+        for apply_gelu in (False, True):
+            codes, scales = triton_dynamic_quantize(h, mul, apply_gelu, warps=4)
+            (ref_codes, ref_scales), = (gelu_sigmoid_dynamic_quant if apply_gelu else dynamic_quant)(
+                *((h, mul) if apply_gelu else (h.reshape(-1, 256), mul)))
+            print(f"smoke triton one-pass dynamic gelu={apply_gelu}: codes differing "
+                  f"{differing_codes(codes, ref_codes[0])} of {codes.numel()}, scales max rel diff "
+                  f"{float(((scales - ref_scales[0]) / ref_scales[0]).abs().max()):.3g}")
 
 
 def table(results: list[dict]) -> str:

@@ -10,8 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_script(args: list[str]) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run_script(args: list[str], **env_vars: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_vars}
     run = subprocess.run([sys.executable, *args], cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -41,3 +41,10 @@ def test_end_to_end_benchmark_smoke_matches_the_emulated_model():
                         r"compiled vs eager max diff (\S+)", out)
     assert [variant for variant, *_ in errors] == ["sq_fp8_tensor_fused", "sq_fp8_preset_fused", "sq_int8_fused"], out
     assert all(float(rel) <= 1e-6 and float(diff) == 0.0 for _, rel, diff in errors), out
+
+
+def test_quantizer_benchmark_smoke_one_pass_kernel_matches_the_dynamic_quantizer():
+    out = run_script(["quantize_elementwise.py", "--smoke"], TRITON_INTERPRET="1")
+    assert out.count("compiled vs eager max diff") == 10, out
+    one_pass = re.search(r"one-pass dynamic gelu=False: codes differing (\d+) of (\d+), scales max rel diff (\S+)", out)
+    assert one_pass and one_pass.group(1) == "0" and float(one_pass.group(3)) == 0.0, out
