@@ -43,6 +43,8 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``sq_w4a8_2l_preset`` the ``w4a8_two_level`` preset's layout (all segments, the input segments folded, DualScale
                     on the weight-bound layers only), round-to-nearest weights
 - ``sq_w8a8_preset`` / ``sq_w8a8_fast_preset``  the ``w8a8`` / ``w8a8_fast`` presets as users get them
+- ``sq_w8a8_fast_preset_fused`` ``w8a8_fast`` with ``fuse_projections`` (q / k / v quantized once per token, not
+                    three times)
 - ``sq_w4a16``      packed INT4 per-group(64) weights, 16-bit inputs (weight-only), output segments
 - ``*_nogluon``     any variant without the Gluon INT8 kernels (``ops.USE_WGMMA`` off; ``gpu_session.sh`` turns
                     them on for the others), after ``_sgelu`` where both are given
@@ -100,10 +102,10 @@ VARIANTS = ("bf16", "bf16_compiled", "torchao_fp8", "torchao_fp8_nocfg", "torcha
             "sq_fp8_preset_fused", "sq_int8", "sq_fp8_fused", "sq_int8_fused", "sq_int8_tiled",
             "sq_int8_dyn", "sq_int8_dyn_cat", "sq_int8_full", "sq_int8_dyn_full", "sq_int8_segs", "sq_fp8_segs",
             "sq_int8_segfold", "sq_fp8_segfold", "sq_w4a8_r32", "sq_w4a8_r32_2l", "sq_w4a8_2l_preset", "sq_w8a8_preset",
-            "sq_w8a8_fast_preset", "sq_w4a16")
+            "sq_w8a8_fast_preset", "sq_w8a8_fast_preset_fused", "sq_w4a16")
 #: Variants that are a preset's config (round-to-nearest weights: GPTQ's work does not change the kernels).
 PRESET_VARIANTS = {"sq_w4a8_2l_preset": "w4a8_two_level", "sq_w8a8_preset": "w8a8",
-                   "sq_w8a8_fast_preset": "w8a8_fast"}
+                   "sq_w8a8_fast_preset": "w8a8_fast", "sq_w8a8_fast_preset_fused": "w8a8_fast"}
 #: Variants that set routing switches of ``segquant.kernels.gpu.ops`` for their run.
 SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tiled": {"USE_TMA": False, "USE_WGMMA": False},
             "sq_fp8_tma": {"USE_SCALED_MM": False}}
@@ -157,7 +159,7 @@ def segquant_config(variant: str) -> dict:
     if variant in PRESET_VARIANTS:
         config = preset_dict(PRESET_VARIANTS[variant])
         config["default"]["calib"] = {"type": "amax"}
-        return config
+        return {**config, "fuse_projections": variant.endswith("_fused")}
     if variant.startswith("sq_fp8_preset"):
         return {**preset_dict("w8a8_fp8"), "fuse_projections": variant.endswith("_fused")}
     if variant.startswith("sq_w4a8_r32"):
