@@ -90,6 +90,16 @@ def gelu_sigmoid_dynamic_quant(h, smooth):
     return dynamic_quant(gelu_tanh_sigmoid_form(h).reshape(-1, h.shape[-1]), smooth)
 
 
+def gelu_sigmoid_dynamic_quant_reciprocals(h, inverse_smooth):
+    """:func:`gelu_sigmoid_dynamic_quant` with multiplications where the library divides (``x · (1/λ)``, then the
+    codes ``v · (1/s)`` with one reciprocal per row): whether the two IEEE divisions per element bound the kernel
+    (codes may differ by one step where a product rounds differently from the quotient)."""
+    v = gelu_tanh_sigmoid_form(h).reshape(-1, h.shape[-1]).float() * inverse_smooth
+    amax = v.abs().amax(dim=-1, keepdim=True)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    return (v * (1.0 / scale)).round().clamp(-128, 127).to(torch.int8), scale
+
+
 def quant(h, mul):
     """The quantizer alone (bf16 in, E4M3 out): the bandwidth reference of the cast."""
     return quantize_static(h.reshape(-1, h.shape[-1]), mul, FP8)
@@ -124,6 +134,8 @@ def cases(shape: tuple[int, int, int, int], device: str) -> dict:
                                    rows * width * 5 + 3 * per_token),
         "gelu (sigmoid form) + dynamic INT8": (gelu_sigmoid_dynamic_quant, [(h, ff_mul[0]) for h in hidden],
                                                rows * ff * 3 + per_token),
+        "gelu (sigmoid form) + dynamic INT8, multiplications": (
+            gelu_sigmoid_dynamic_quant_reciprocals, [(h, 1.0 / ff_mul[0]) for h in hidden], rows * ff * 3 + per_token),
     }
 
 
@@ -206,6 +218,7 @@ def run(model: str, device: str, out: Path | None) -> list[dict]:
     from torch._inductor.utils import run_and_get_code
 
     results, tanh_form_codes = [], {}  # mode -> the compiled tanh-form GELU + quantize's codes (the case before)
+    division_codes = {}  # mode -> the compiled dynamic GELU quantizer's codes (the case before the multiplications)
     for name, (fn, arg_sets, nbytes) in cases(SHAPES[model], device).items():
         for mode in MODES:
             compiled_fn = compiled(fn, mode)
@@ -221,6 +234,11 @@ def run(model: str, device: str, out: Path | None) -> list[dict]:
             if fn is gelu_sigmoid_quant:
                 results[-1]["codes_differing_vs_tanh_form"] = differing_codes(compiled_fn(*arg_sets[0]),
                                                                               tanh_form_codes[mode])
+            if fn is gelu_sigmoid_dynamic_quant:
+                division_codes[mode] = compiled_fn(*arg_sets[0])[0][0][0]
+            if fn is gelu_sigmoid_dynamic_quant_reciprocals:
+                results[-1]["codes_differing_vs_division"] = differing_codes(compiled_fn(*arg_sets[0])[0],
+                                                                             division_codes[mode])
             print(json.dumps(results[-1]), flush=True)
     return results + hand_written(model, device)
 
