@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
-from torch.utils._pytree import tree_leaves
 import triton.language as tl
+from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
 
