@@ -120,14 +120,7 @@ def cases(shape: tuple[int, int, int, int], device: str) -> dict:
     shift, scale = bf16(batch, width)[0], bf16(batch, width)[0]
     ff_mul, w_mul3 = muls(ff), muls(width, 3)
     per_token = 4 * rows  # one float32 scale per row
-    return {
-        "gelu (bf16)": (gelu, [(h,) for h in hidden], rows * ff * 4),
-        "gelu + quantize": (gelu_quant, [(h, ff_mul[0]) for h in hidden], rows * ff * 3),
-        "gelu (sigmoid form) + quantize": (gelu_sigmoid_quant, [(h, ff_mul[0]) for h in hidden], rows * ff * 3),
-        "quantize (ff width)": (quant, [(h, ff_mul[0]) for h in hidden], rows * ff * 3),
-        "norm (bf16)": (norm_mod, [(x, shift, scale) for x in residual], rows * width * 4),
-        "norm + quantize x1": (norm_mod_quant, [(x, shift, scale, w_mul3[0]) for x in residual], rows * width * 3),
-        "norm + quantize x3": (norm_mod_quant, [(x, shift, scale, *w_mul3) for x in residual], rows * width * 5),
+    return {  # the dynamic quantizers first: a run cut by its time limit keeps them
         "norm + dynamic INT8 x1": (norm_mod_dynamic_quant, [(x, shift, scale, w_mul3[0]) for x in residual],
                                    rows * width * 3 + per_token),
         "norm + dynamic INT8 x3": (norm_mod_dynamic_quant, [(x, shift, scale, *w_mul3) for x in residual],
@@ -136,6 +129,13 @@ def cases(shape: tuple[int, int, int, int], device: str) -> dict:
                                                rows * ff * 3 + per_token),
         "gelu (sigmoid form) + dynamic INT8, multiplications": (
             gelu_sigmoid_dynamic_quant_reciprocals, [(h, 1.0 / ff_mul[0]) for h in hidden], rows * ff * 3 + per_token),
+        "gelu (bf16)": (gelu, [(h,) for h in hidden], rows * ff * 4),
+        "gelu + quantize": (gelu_quant, [(h, ff_mul[0]) for h in hidden], rows * ff * 3),
+        "gelu (sigmoid form) + quantize": (gelu_sigmoid_quant, [(h, ff_mul[0]) for h in hidden], rows * ff * 3),
+        "quantize (ff width)": (quant, [(h, ff_mul[0]) for h in hidden], rows * ff * 3),
+        "norm (bf16)": (norm_mod, [(x, shift, scale) for x in residual], rows * width * 4),
+        "norm + quantize x1": (norm_mod_quant, [(x, shift, scale, w_mul3[0]) for x in residual], rows * width * 3),
+        "norm + quantize x3": (norm_mod_quant, [(x, shift, scale, *w_mul3) for x in residual], rows * width * 5),
     }
 
 
@@ -214,10 +214,11 @@ def compiled(fn, mode: str):
 
 
 def run(model: str, device: str, out: Path | None) -> list[dict]:
-    """Every case under every mode, plus the hand-written kernels; Inductor's default code saved under ``out``."""
+    """The one-pass dynamic kernel, every case under every mode, then the hand-written static kernels (the newest
+    questions first: a run cut by its time limit keeps them); Inductor's default code saved under ``out``."""
     from torch._inductor.utils import run_and_get_code
 
-    results, tanh_form_codes = [], {}  # mode -> the compiled tanh-form GELU + quantize's codes (the case before)
+    results, tanh_form_codes = one_pass_dynamic(model, device), {}  # mode -> the tanh-form GELU quantizer's codes
     division_codes = {}  # mode -> the compiled dynamic GELU quantizer's codes (the case before the multiplications)
     for name, (fn, arg_sets, nbytes) in cases(SHAPES[model], device).items():
         for mode in MODES:
@@ -248,11 +249,32 @@ def differing_codes(a: torch.Tensor, b: torch.Tensor) -> int:
     return int(a.view(torch.uint8).ne(b.view(torch.uint8)).sum())
 
 
-def hand_written(model: str, device: str) -> list[dict]:
-    """The hand-written quantizer on the FF width, with and without GELU, for a few block sizes."""
+def ff_inputs(model: str, device: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``ROTATE`` bf16 inputs of the FF down-projection's width and a per-channel multiplier ``(1, ff)``."""
     batch, tokens, _, ff = SHAPES[model]
     hidden = [torch.randn(batch, tokens, ff, device=device, dtype=torch.bfloat16) for _ in range(ROTATE)]
-    mul = torch.rand(1, ff, device=device) + 0.5
+    return hidden, torch.rand(1, ff, device=device) + 0.5
+
+
+def one_pass_dynamic(model: str, device: str) -> list[dict]:
+    """The hand-written one-pass per-token quantizer (GELU first) on the FF width, for a few warp counts."""
+    hidden, mul = ff_inputs(model, device)
+    rows, ff = hidden[0].numel() // hidden[0].shape[-1], hidden[0].shape[-1]
+    reference, results = gelu_sigmoid_dynamic_quant(hidden[0], mul)[0][0][0], []
+    for warps in (8, 16, 32):
+        us = timed_us(lambda h: triton_dynamic_quantize(h, mul, True, warps), [(h,) for h in hidden])
+        differing = differing_codes(triton_dynamic_quantize(hidden[0], mul, True, warps)[0], reference)
+        results.append(dict(model=model, case="gelu (sigmoid form) + dynamic INT8", mode=f"triton one pass {warps}w",
+                            us=round(us, 2), tb_s=round(rows * (ff * 3 + 4) / us / 1e6, 2),
+                            codes_differing_vs_eager=differing))
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def hand_written(model: str, device: str) -> list[dict]:
+    """The hand-written static quantizer on the FF width, with and without GELU, for a few block sizes."""
+    batch, tokens, _, ff = SHAPES[model]
+    hidden, mul = ff_inputs(model, device)
     results = []
     for apply_gelu in (False, True):
         for block, warps in ((1024, 4), (4096, 8), (8192, 8)):
@@ -263,14 +285,6 @@ def hand_written(model: str, device: str) -> list[dict]:
                                 mode=f"triton {block}/{warps}w", us=round(us, 2),
                                 tb_s=round(batch * tokens * ff * 3 / us / 1e6, 2), codes_differing_vs_eager=differing))
             print(json.dumps(results[-1]), flush=True)
-    reference = gelu_sigmoid_dynamic_quant(hidden[0], mul)[0][0][0]
-    for warps in (8, 16, 32):
-        us = timed_us(lambda h: triton_dynamic_quantize(h, mul, True, warps), [(h,) for h in hidden])
-        differing = differing_codes(triton_dynamic_quantize(hidden[0], mul, True, warps)[0], reference)
-        results.append(dict(model=model, case="gelu (sigmoid form) + dynamic INT8", mode=f"triton one pass {warps}w",
-                            us=round(us, 2), tb_s=round(batch * tokens * (ff * 3 + 4) / us / 1e6, 2),
-                            codes_differing_vs_eager=differing))
-        print(json.dumps(results[-1]), flush=True)
     return results
 
 
