@@ -189,7 +189,7 @@ def host_breakdown(op_args: list[tuple]) -> dict[str, float]:
     ``host_no_routing_us`` the kernel it routes to (:func:`ops.routed_kernel`, chosen once), ``host_no_autotuner_us``
     that kernel with the Triton autotuners skipped (:class:`TunedLaunch`: the config each one chose, its pre-hook
     applied). The differences are what each layer costs."""
-    implementation = ops.scaled_gemm if DEVICE["name"] == "cpu" else ops._scaled_gemm_cuda
+    implementation = scaled_gemm_reference if DEVICE["name"] == "cpu" else ops._scaled_gemm_cuda  # the op's kernel
     with torch.inference_mode():
         routed = [ops.routed_kernel(*args) for args in op_args] if DEVICE["name"] == "cuda" else None
         times = {"host_op_us": host_us([lambda args=args: ops.scaled_gemm(*args) for args in op_args]),
