@@ -436,8 +436,8 @@ def tuned_configs() -> dict:
 
 COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_mm_no_bias_us", "bf16_compiled_us", "ours_eager_us",
            "ours_compiled_us", "gemm_only_us", "gemm_no_gemv_us", "gemm_triton_us", "gemm_tma_us",
-           "gemm_tma_split_tail_us", "gemm_tma_halves_tail_us", "gemm_wgmma_us", "gemm_wgmma_tile_scaled_us", "gemm_fast_accum_us",
-           "gemm_tensorwise_us", "gemm_rowwise_us", "gemm_no_bias_us", "quant_only_us", "host_us", "bf16_host_us",
+           "gemm_tma_split_tail_us", "gemm_tma_halves_tail_us", "gemm_wgmma_us", "gemm_wgmma_tile_scaled_us",
+           "gemm_fast_accum_us", "gemm_tensorwise_us", "gemm_rowwise_us", "gemm_no_bias_us", "quant_only_us", "host_us", "bf16_host_us",
            "host_op_us", "host_no_dispatch_us", "host_no_routing_us", "host_no_autotuner_us",
            "tflops_gemm", "peak_frac_gemm", "tbps_gemm", "speedup_eager",
            "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled",

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from segquant.enums import DType  # noqa: E402
 from segquant.kernels.quant import quantize_dynamic  # noqa: E402
 from segquant.models.activations import gelu_tanh_sigmoid_form  # noqa: E402
-from segquant.numerics import PerToken, quantize_static  # noqa: E402
+from segquant.numerics import PerToken, quantize_static, scale_from_amax, to_codes  # noqa: E402
 
 FP8 = DType.FP8E4M3
 #: Inductor settings compared, each applied to every case (``torch._inductor.config`` names).
@@ -95,9 +95,8 @@ def gelu_sigmoid_dynamic_quant_reciprocals(h, inverse_smooth):
     codes ``v · (1/s)`` with one reciprocal per row): whether the two IEEE divisions per element bound the kernel
     (codes may differ by one step where a product rounds differently from the quotient)."""
     v = gelu_tanh_sigmoid_form(h).reshape(-1, h.shape[-1]).float() * inverse_smooth
-    amax = v.abs().amax(dim=-1, keepdim=True)
-    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    return (v * (1.0 / scale)).round().clamp(-128, 127).to(torch.int8), scale
+    scale = scale_from_amax(v.abs().amax(dim=-1, keepdim=True), DType.INT8)
+    return to_codes(v * (1.0 / scale), DType.INT8), scale
 
 
 def quant(h, mul):
