@@ -110,6 +110,9 @@ PRESET_VARIANTS = {"sq_w4a8_2l_preset": "w4a8_two_level", "sq_w8a8_preset": "w8a
 SWITCHES = {"sq_fp8_fast": {"FP8_FAST_ACCUM": True}, "sq_int8_tiled": {"USE_TMA": False, "USE_WGMMA": False},
             "sq_fp8_tma": {"USE_SCALED_MM": False}}
 LAYERS_CHECKED = 48
+#: ``--fp8-model-check``: the error checks also compare with the emulated backend summing FP8 as the model of the
+#: tensor cores does (an extra emulated forward, its FP8 products on a Triton kernel of CUDA-core arithmetic)
+FP8_MODEL_CHECK = {"enabled": False}
 _ALL_PATTERNS = ["linear_to_chunk", "linear_to_split", "concat_to_linear", "stack_to_linear",
                  "reshape_to_linear", "activation_to_linear"]
 
@@ -205,26 +208,45 @@ def output(model, example: dict) -> torch.Tensor:
 
 
 def layer_errors(model, example: dict) -> dict:
-    """GPU vs emulated backend per layer, each on its own input captured from an emulated forward."""
+    """GPU vs emulated backend per layer, each on its own input captured from an emulated forward; where the model
+    has plain static FP8 layers and ``FP8_MODEL_CHECK`` is on, also against the emulated backend with the tensor cores'
+    FP8 sum modelled (without promotion where the variant runs cuBLASLt's fast accumulation)
+    (``segquant.kernels.fp8_accumulation``; keys ``..._tc``, and how many checked layers are equal to the bit)."""
     from segquant.kernels.backend import seglinear_modules, set_backend
+    from segquant.kernels.fp8_accumulation import HOPPER, Accumulation, tensor_core_numerics
+    from segquant.kernels.gpu import ops
+    from segquant.kernels.layout import layout_of
 
-    layers = [m for _, m in seglinear_modules(model)][:LAYERS_CHECKED]
+    modules = [m for _, m in seglinear_modules(model)]
+    layers = modules[:LAYERS_CHECKED]
     inputs = {}
 
     def keep_first(module, args, out) -> None:  # returns None: the output is left as it is
         inputs.setdefault(module, (args[0], out))
 
     hooks = [m.register_forward_hook(keep_first) for m in layers]
+    modelled = FP8_MODEL_CHECK["enabled"] and any(layout_of(m).plain_static_fp8 for m in modules)
     with torch.inference_mode():
         y_emul = output(model, example)
         for hook in hooks:
             hook.remove()
+        if modelled:
+            with tensor_core_numerics(Accumulation(promote_every=None) if ops.FP8_FAST_ACCUM["enabled"] else HOPPER):
+                y_emul_tc = output(model, example)
+                layer_tc = {m: m(x) for m, (x, _) in inputs.items()}
         set_backend(model, "gpu")
         y_gpu = output(model, example)
-        errors = sorted(float((m(x).float() - y.float()).norm() / y.float().norm()) for m, (x, y) in inputs.items())
-    return {"rel_err_gpu_vs_emulated": float((y_gpu - y_emul).norm() / y_emul.norm()),
-            "layer_rel_err_median": errors[len(errors) // 2], "layer_rel_err_max": errors[-1],
-            "layers_checked": len(errors)}
+        layer_gpu = {m: m(x).float() for m, (x, _) in inputs.items()}
+    errors = sorted(float((layer_gpu[m] - y.float()).norm() / y.float().norm()) for m, (_, y) in inputs.items())
+    row = {"rel_err_gpu_vs_emulated": float((y_gpu - y_emul).norm() / y_emul.norm()),
+           "layer_rel_err_median": errors[len(errors) // 2], "layer_rel_err_max": errors[-1],
+           "layers_checked": len(errors)}
+    if modelled:
+        errors_tc = sorted(float((layer_gpu[m] - y.float()).norm() / y.float().norm()) for m, y in layer_tc.items())
+        row.update({"rel_err_gpu_vs_emulated_tc": float((y_gpu - y_emul_tc).norm() / y_emul_tc.norm()),
+                    "layer_rel_err_tc_max": errors_tc[-1],
+                    "layers_equal_tc": sum(torch.equal(layer_gpu[m], y.float()) for m, y in layer_tc.items())})
+    return row
 
 
 def timed_calls(model, example: dict, iters: int) -> tuple[float, list[float]]:
@@ -434,9 +456,9 @@ def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None,
 def smoke(name: str, variants: list[str]) -> None:
     """CPU check of the segquant variants on the small config: quantize, the "gpu" backend's layout and op
     (its CPU kernel is the pure-torch twin; the CUDA check is bypassed) against the emulated backend, and
-    a fullgraph regional compile (dynamo only)."""
+    a fullgraph regional compile (dynamo only); and that the per-layer checks of the GPU run (:func:`layer_errors`)
+    run."""
     from segquant import quantize
-    from segquant.kernels.backend import set_backend
     from segquant.pipeline.regional_compile import compile_repeated_blocks
 
     for variant in [v for v in variants if v.startswith("sq_")]:
@@ -446,7 +468,7 @@ def smoke(name: str, variants: list[str]) -> None:
             quantize(model, [example], segquant_config(base), example=example)
             emulated = model(**example)[0]
             with mock.patch("segquant.kernels.gpu.backend._device_problem", return_value=None):
-                set_backend(model, "gpu")
+                checks = layer_errors(model, example)  # leaves the gpu backend set
             gpu_twin = model(**example)[0]
             if SIGMOID_GELU in variant:
                 print(f"smoke {name} {variant}: {sigmoid_form_gelus(model)} GELUs in the sigmoid form, output moved by "
@@ -457,6 +479,7 @@ def smoke(name: str, variants: list[str]) -> None:
         rel = float((gpu_twin - emulated).norm() / emulated.norm())
         print(f"smoke {name} {variant}: gpu layout (CPU twin) vs emulated rel.err {rel:.2e}; "
               f"compiled vs eager max diff {float((compiled - gpu_twin).abs().max()):.2e}")
+        print(f"smoke {name} {variant}: layer checks {','.join(sorted(checks))}")
 
 
 def inductor_settings(spec: str) -> dict:
@@ -490,7 +513,10 @@ def main() -> None:
                              "for 6144² images)")
     parser.add_argument("--inductor", default="", help="torch._inductor.config settings for every variant, e.g. "
                         "coordinate_descent_tuning=True (comma-separated NAME=PYTHON_LITERAL)")
+    parser.add_argument("--fp8-model-check", action="store_true",
+                        help="also compare the GPU with the emulated backend summing FP8 as the tensor cores' model does")
     opts = parser.parse_args()
+    FP8_MODEL_CHECK["enabled"] = opts.fp8_model_check or opts.smoke
     logging.basicConfig(level=logging.WARNING)
     for name, value in inductor_settings(opts.inductor).items():
         setattr(torch._inductor.config, name, value)

@@ -2,7 +2,7 @@
 # One device-machine call that checks and measures the GPU backend (what BENCHMARKS.md reports), each step
 # under its own time limit so that a slow step cannot hide the others. Outputs go to $OUT (or ./gpu_out).
 #
-#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|tma|fp8t|host|outproj|ceiling|ctx|segments|gluon|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|
+#   bash benchmarks/gpu_session.sh [tests|gemm_w4|gemm_w8a8|gemv|tma|fp8t|fp8acc|host|outproj|ceiling|ctx|segments|gluon|e2e_flux|e2e_flux_w8|e2e_flux_w4|e2e_sd35|
 #                                   demo_backends|quantize_sd35|load_flux|scaling ...]
 #
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
@@ -27,10 +27,14 @@
 # route: INT8 on the persistent TMA kernel (FLUX's fused q/k/v), the tiled kernel (the text stream, M = 512) and the
 # GEMV (AdaLN), and FP8 on cuBLASLt (run 18: the `w8a8_fp8` preset's INT8 q/k/v calls cost ~0.6 ms of host time each),
 # with a cProfile of each row's calls (host/host_profile_*.txt: where that time goes).
+# `fp8acc` (≤ 150 s, FP8ACC_LIMIT) compares cuBLASLt's FP8 GEMM (float32 out, with and without fast accumulation),
+# PyTorch's row-wise CUTLASS kernel and the Triton kernels bit for bit with models of the tensor cores' accumulation
+# (benchmarks/fp8_accumulation.py probe): which model, if any, the emulated backend could run to match FP8 exactly.
 # `quantize_elementwise` (≤ 240 s, QE_LIMIT; QE_MODELS, default sd35,flux) times the fused GELU / norm + quantize kernels
 # alone, static and dynamic per-token, under four Inductor settings, and hand-written Triton quantizers
 # (benchmarks/quantize_elementwise.py).
-# Environment overrides: E2E_VARIANTS / E2E_LIMIT (e2e_flux_w8; `sq_int8_tiled` keeps the model off the TMA
+# Environment overrides: E2E_VARIANTS / E2E_LIMIT / E2E_ARGS (e2e_flux_w8; E2E_ARGS=--fp8-model-check also compares the
+# GPU with the emulated backend summing FP8 as the tensor cores' model does; `sq_int8_tiled` keeps the model off the TMA
 # kernel, `sq_int8_fused` fuses q/k/v with one smoothing), SD35_VARIANTS / SD35_LIMIT / SD35_INDUCTOR / SD35_MAX_IMAGE (e2e_sd35; `sq_fp8_fused`; SD35_MAX_IMAGE=2048 crops the
 # position table in every variant; SD35_INDUCTOR
 # e.g. coordinate_descent_tuning=True applies to every variant; SD35_TAG suffixes the output names; e2e_w8a8.py's
@@ -98,11 +102,13 @@ for step in "${steps[@]}"; do
     host) (cd benchmarks && timeout -k 20 ${HOST_LIMIT:-180} python3 gemm_w8a8.py --out "$OUT/host" --compile-layers none \
              --formats int8,fp8_tensor --layers qkv_fused,ctx_proj,adaln_plain --host-profile) > "$OUT/host.log" 2>&1
           tail -n 8 "$OUT/host.log" ;;
+    fp8acc) (cd benchmarks && SEGQUANT_TRITON_AUTOTUNE=0 timeout -k 20 ${FP8ACC_LIMIT:-150} python3 fp8_accumulation.py probe --out "$OUT/fp8acc") \
+              > "$OUT/fp8acc.log" 2>&1; tail -n 22 "$OUT/fp8acc.log" ;;
     gemv) (cd benchmarks && timeout -k 20 150 python3 gemm_w8a8.py --out "$OUT/gemv" --compile-layers none \
              --layers adaln_plain,adaln_seg6,adaln_seg6_dual,time_linear_2,sd35_adaln_m2,sd35_adaln_dual_m2) \
              > "$OUT/gemv.log" 2>&1; tail -n 16 "$OUT/gemv.log" ;;
     e2e_flux_w8) (cd benchmarks && timeout -k 20 ${E2E_LIMIT:-270} python3 e2e_w8a8.py --model flux --iters 6 \
-                --variants ${E2E_VARIANTS:-bf16_compiled,sq_fp8,sq_int8} --profile --json "$OUT/e2e_flux_w8.json") \
+                --variants ${E2E_VARIANTS:-bf16_compiled,sq_fp8,sq_int8} --profile ${E2E_ARGS:-} --json "$OUT/e2e_flux_w8.json") \
                 > "$OUT/e2e_flux_w8.log" 2>&1; tail -n 8 "$OUT/e2e_flux_w8.log" ;;
     e2e_flux) (cd benchmarks && timeout -k 20 330 python3 e2e_w8a8.py --model flux --iters 6 \
                 --variants bf16_compiled,sq_fp8,sq_int8_dyn,torchao_fp8 --json "$OUT/e2e_flux.json") \

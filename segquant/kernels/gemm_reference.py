@@ -21,7 +21,9 @@ bit: the products summed exactly (the kernels' int32 accumulator), rounded once 
 float32 epilogue in their order (input scale, DualScale's second side, weight scale, bias; where a scale changes
 along K, per K tile of :func:`scale_tile_k` channels, each tile scaled and added in order). The kernels are built
 without fused multiply-adds for these operands, so every float32 step rounds as here. Other operands (FP8,
-packed INT4, 16-bit inputs) are summed in float32; the GPU kernels compute the same sum in another order.
+packed INT4, 16-bit inputs) are summed in float32; the GPU kernels compute the same sum in another order, and Hopper's
+tensor cores sum FP8 products with their addends truncated 13 bits below the largest (about 6.9e-4 of a layer's
+output; ``benchmarks/fp8_accumulation.py`` models it).
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ from segquant.numerics import PerGroup
 #: whole layer at about half the plain speed.
 MIN_SPLIT_K = 1024
 MAX_SPLIT_BLOCKS = 4
+#: Rows up to which the gpu backend runs an 8-bit layer on its CUDA-core GEMV instead of the tensor cores (at 2 rows the
+#: GEMV, which reads the weight once per row, measured 0.6-1.1x the tiled kernel on an H200; at 1 row 1.0-1.9x, see
+#: BENCHMARKS.md).
+GEMV_MAX_M_8BIT = 1
 _INTEGER_WEIGHTS = (DType.INT8, DType.INT6)
 
 
@@ -64,6 +68,18 @@ class GemmLayout:
                 and not spec.dual_scale and not self.per_segment_input
                 and 2 <= len(self.blocks) <= MAX_SPLIT_BLOCKS and min(widths) >= MIN_SPLIT_K
                 and all(start % 16 == 0 for start in self.blocks))
+
+    @property
+    def plain_static_fp8(self) -> bool:
+        """Static E4M3 inputs times E4M3 weights with one input and one weight scale column, no DualScale, no
+        per-output-segment input, no low-rank branch, K and N multiples of 16 (cuBLASLt's FP8 alignment): the layers
+        the gpu backend runs on ``torch._scaled_mm`` with the input scale folded into the column scales
+        (:func:`segquant.kernels.quant.folded_fp8_columns`), and the emulated layer can sum as its tensor cores do
+        (:mod:`segquant.kernels.fp8_accumulation`)."""
+        spec = self.spec
+        return (spec.weight_dtype is DType.FP8E4M3 and spec.input_dtype is DType.FP8E4M3 and not spec.input_dynamic
+                and not spec.dual_scale and self.scale_mode == 0 and not self.per_segment_input and not spec.low_rank
+                and spec.in_features % 16 == 0 and spec.out_features % 16 == 0)
 
     @property
     def input_rows(self) -> int:

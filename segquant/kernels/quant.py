@@ -50,6 +50,12 @@ def folded_multiplier(input_scale: Tensor, smooth: Tensor | None, segments: tupl
     return 1.0 / (scale if smooth is None else smooth * scale)
 
 
+def folded_fp8_columns(input_scale: Tensor, weight_scale: Tensor, w_col: Tensor) -> Tensor:
+    """``(N,)`` float32 ``input_scale[0, 0] · weight_scale[n, w_col[0]]``: a plain static FP8 layer's one scale per
+    output channel (``GemmLayout.plain_static_fp8``), which its GEMM applies to the sum of the codes' products."""
+    return (input_scale[0, 0] * weight_scale[:, int(w_col[0])]).float()
+
+
 def static_input(input_scale: Tensor, input_scale_neg: Tensor | None, smooth: Tensor | None,
                  segments: tuple[int, ...], sa: int) -> StaticInput:
     """The :class:`StaticInput` of the first ``sa`` output segments from the static scales ``(S, J)`` (and

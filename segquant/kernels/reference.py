@@ -6,11 +6,13 @@
 
 ``j`` runs over input segments; ``Q`` is the input fake-quantizer (static scale per ``(s, j)`` or dynamic;
 DualScale: one scale per sign, see :mod:`segquant.algorithms.dualscale`); ``Ŵ`` is the dequantized weight.
-Everything is computed in float32 and the result is cast to ``x.dtype``, with two departures that follow the
+Everything is computed in float32 and the result is cast to ``x.dtype``, with departures that follow the
 deployed kernels: INT4 weights are dequantized to a 16-bit compute dtype on the GPU (there are no INT4 tensor
 cores), so ``Ŵ = code · scale`` is rounded once to it here too (:func:`int4_compute_dtype`); and INT8 inputs times
 INT8 / INT6 weight codes (:func:`integer_exact`) are summed exactly over their codes and then scaled in the kernels'
-float32 epilogue (:func:`integer_forward`), so the GPU equals this to the bit. The buffers are those of
+float32 epilogue (:func:`integer_forward`), so the GPU equals this to the bit; and, opt-in, plain static FP8 layers
+sum their codes' products as a model of the tensor cores does (:func:`tensor_core_forward`,
+:mod:`segquant.kernels.fp8_accumulation`). The buffers are those of
 :class:`segquant.nn.seglinear.SegLinear` (its docstring lists shapes and dtypes), gathered in
 :class:`SegLinearBuffers`. Nothing here modifies its inputs. The emulated backend runs exactly these
 functions; a kernel is correct when it matches them (bitwise where it computes the same float32 ops).
@@ -26,9 +28,10 @@ from torch import Tensor
 from segquant.algorithms.dualscale import dynamic_fake_quant_dualscale, fake_quant_dualscale
 from segquant.enums import DType
 from segquant.nn.spec import SegLinearSpec
+from segquant.kernels.fp8_accumulation import EMULATED_FP8, tensor_core_sum
 from segquant.kernels.gemm_reference import INT4_COMPUTE, blockwise_gemm, scaled_gemm_reference
-from segquant.kernels.layout import GemmLayout, gemm_layout, input_columns, weight_columns
-from segquant.kernels.quant import folded_multiplier, gemm_input, per_channel, static_input
+from segquant.kernels.layout import GEMV_MAX_M_8BIT, GemmLayout, gemm_layout, input_columns, weight_columns
+from segquant.kernels.quant import folded_fp8_columns, folded_multiplier, gemm_input, per_channel, static_input
 from segquant.numerics import (codes_of_storage, dequantize_codes, dynamic_fake_quant, fake_quant, quantize_static,
                                quantize_static_dual)
 
@@ -171,6 +174,27 @@ def _integer_segment(codes: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None,
         torch.float32)
 
 
+def tensor_core_fp8(b: SegLinearBuffers, spec: SegLinearSpec, m: int, dtype: torch.dtype) -> bool:
+    """With a model of the tensor cores' FP8 sum switched on (``fp8_accumulation.EMULATED_FP8``), a call the gpu
+    backend runs on ``torch._scaled_mm`` with its folded scales (``plan.static_fp8_fits``): a plain static FP8 layer
+    (``GemmLayout.plain_static_fp8``), a bf16 input, more rows than the GEMV takes. Float32 inputs take the Triton
+    kernels there, whose epilogue applies the two scales apart: not modelled."""
+    return (EMULATED_FP8["accumulation"] is not None and dtype == torch.bfloat16 and m > GEMV_MAX_M_8BIT
+            and spec.weight_dtype is DType.FP8E4M3 and gemm_layout(spec, b).plain_static_fp8)
+
+
+def tensor_core_forward(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
+    """A :func:`tensor_core_fp8` call: ``rows`` ``(M, K)`` float32 -> ``(M, N)`` float32, the gpu backend's data flow
+    (:func:`segquant.kernels.gpu.plan.static_fp8_gemm`): the same codes, their products summed by the model, times the
+    folded column scales, plus the bias (float32, rounded after each step)."""
+    static = static_input(b.input_scale, None, b.smooth, spec.input_segments, 1)
+    codes, _, _ = gemm_input(rows, spec.input_dtype, static, b.smooth, spec.input_segments, spec.input_granularity,
+                             False)
+    y = tensor_core_sum(codes[0], b.weight_codes, EMULATED_FP8["accumulation"]) * folded_fp8_columns(
+        b.input_scale, b.weight_scale, weight_columns(b))
+    return y if b.bias is None else y + b.bias.float()
+
+
 def seglinear_forward(x: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
     """``x`` ``(..., K)`` any float dtype -> ``(..., N)`` in ``x.dtype`` (see the module docstring).
 
@@ -179,6 +203,8 @@ def seglinear_forward(x: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Te
     rows = x.reshape(-1, spec.in_features).float()
     if integer_exact(b, spec):
         return integer_forward(rows, b, spec).to(x.dtype).reshape(*x.shape[:-1], spec.out_features)
+    if tensor_core_fp8(b, spec, rows.shape[0], x.dtype):
+        return tensor_core_forward(rows, b, spec).to(x.dtype).reshape(*x.shape[:-1], spec.out_features)
     weight = dequantized_weight(b, spec)
     compute = int4_compute_dtype(spec, x.dtype)
     if compute is not None:

@@ -41,6 +41,9 @@ def test_end_to_end_benchmark_smoke_matches_the_emulated_model():
                         r"compiled vs eager max diff (\S+)", out)
     assert [variant for variant, *_ in errors] == ["sq_fp8_tensor_fused", "sq_fp8_preset_fused", "sq_int8_fused"], out
     assert all(float(rel) <= 1e-6 and float(diff) == 0.0 for _, rel, diff in errors), out
+    checks = dict(re.findall(r"smoke flux (\S+): layer checks (\S+)", out))
+    assert {variant: "layers_equal_tc" in keys for variant, keys in checks.items()} == {
+        "sq_fp8_tensor_fused": True, "sq_fp8_preset_fused": True, "sq_int8_fused": False}, out  # FP8 layers only
 
 
 def test_quantizer_benchmark_smoke_one_pass_kernel_matches_the_dynamic_quantizer():
@@ -48,3 +51,22 @@ def test_quantizer_benchmark_smoke_one_pass_kernel_matches_the_dynamic_quantizer
     assert out.count("compiled vs eager max diff") == 11, out
     one_pass = re.search(r"one-pass dynamic gelu=False: codes differing (\d+) of (\d+), scales max rel diff (\S+)", out)
     assert one_pass and one_pass.group(1) == "0" and float(one_pass.group(3)) == 0.0, out
+
+
+def test_fp8_accumulation_probe_names_the_model_standing_in_for_the_gpu(tmp_path):
+    run_script(["fp8_accumulation.py", "simulate", "--smoke", "--out", str(tmp_path)])
+    assert "| plain (128) |" in (tmp_path / "simulate.md").read_text()
+    run_script(["fp8_accumulation.py", "probe", "--smoke", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "probe.json").read_text())
+    longest = max(row["k"] for row in rows)
+    best = {(row["kernel"], row["codes"]): row["best"][0] for row in rows
+            if row["k"] == longest and not row["kernel"].startswith("deployed")}
+    kinds = ("benchmark", "wide")
+    assert best == ({("model_g16_f13_promote_64", codes): [1.0, "g16_f13_promote_64"] for codes in kinds}
+                    | {("model_g8_f14_fast_bf16", codes): [1.0, "g8_f14_fast"] for codes in kinds}
+                    | {("epilogue, cuBLASLt tensor-wise", codes): [1.0, "acc·(sa·sb) + bias"] for codes in kinds})
+    deployed = [row for row in rows if row["kernel"].startswith("deployed static layer")]
+    assert len(deployed) == 2 and all(row["best"][0][0] == 1.0 > row["twin_equal"] for row in deployed)
+    epilogues = [row["best"] for row in rows if row["kernel"].startswith("epilogue")]
+    assert all(scores[1][0] < 1.0 for scores in epilogues)  # the float32 output tells the epilogues apart
+

@@ -332,3 +332,14 @@ def test_two_level_int4_backend_matches_emulated(rows, dtype):
     ref = module(x.float())
     assert y.dtype == dtype and torch.isfinite(y).all()
     assert rel_err(y, ref) <= within_rounding(ref, dtype)
+
+
+@pytest.mark.parametrize("promote_every", [128, None], ids=["promoted", "fast"])
+def test_fp8_emulation_kernel_equals_the_torch_model_on_the_gpu(promote_every):
+    """The tensor-core FP8 model on CUDA (its Triton kernel) against the pure-torch loop on the CPU, bitwise, at a
+    FLUX-like depth."""
+    from segquant.kernels.fp8_accumulation import Accumulation, tensor_core_sum
+
+    model = Accumulation(promote_every=promote_every)
+    a, b = random_codes((70, 3072), DType.FP8E4M3), random_codes((48, 3072), DType.FP8E4M3)
+    assert torch.equal(tensor_core_sum(a, b, model).cpu(), tensor_core_sum(a.cpu(), b.cpu(), model))

@@ -261,3 +261,19 @@ def test_gpu_time_decomposition_keeps_exactly_the_parts_it_names():
             sequence = mma_sequence(kernel)
             assert "cp.async.bulk.tensor" in kernel.asm["ptx"], (fmt, mode)
             assert (sequence.count("MMA") == 8 and pipelined(sequence)) if mmas else "MMA" not in sequence, (fmt, mode)
+
+
+@pytest.mark.parametrize("promote", [8, 0], ids=["promoted", "fast"])
+def test_fp8_emulation_kernel_truncates_its_addends_without_spills(promote):
+    """The tensor-core FP8 model's kernel (``triton_fp8_emulation``): its float32 -> int32 conversions truncate
+    (``cvt.rzi``: the model's rounding toward zero), and its 16 × 16 × 16 block of products fits the registers."""
+    from segquant.kernels.gpu.triton_fp8_emulation import BLOCK, _tensor_core_sum_kernel as kernel
+
+    constants = dict(GROUP=16, FRACTION_BITS=13, PROMOTE_GROUPS=promote, BLOCK_M=BLOCK, BLOCK_N=BLOCK)
+    signature = {name: "i32" for name in kernel.arg_names}
+    signature.update(a_ptr="*fp16", b_ptr="*fp16", out_ptr="*fp32", **{name: "constexpr" for name in constants})
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()})
+    ptx = compiled(source, num_warps=4, num_stages=2, fp_fusion=True).asm["ptx"]
+    assert "cvt.rzi.s32.f32" in ptx and "cvt.rni.s32.f32" not in ptx
+    assert " 0 bytes spill stores" in ptxas_report(ptx)

@@ -32,6 +32,18 @@ def test_interpreted_kernel_matches_twin_on_every_variant():
 
 
 
+def test_interpreted_fp8_emulation_kernel_equals_the_torch_model():
+    """The tensor-core FP8 model's Triton kernel against its pure-torch loop, bitwise, on odd sizes, fast and
+    promoted accumulation, other groups and fraction bits, and codes over the whole E4M3 range."""
+    from tests.kernels.interpret_fp8_emulation import CASES
+
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, str(ROOT / "tests/kernels/interpret_fp8_emulation.py")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert dict(line.split() for line in run.stdout.splitlines()) == {name: "True" for name in CASES}
+
+
 def test_interpreted_ops_offers_every_tail_mode_each_equal_to_the_twin():
     """``ops.gemm_kernels`` on a layer whose last wave splits both ways offers the tiled kernel and the persistent
     kernel with whole tiles, the K split and the halves along N, each launched with its own ``split_tail`` (a

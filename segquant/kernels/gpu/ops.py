@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from segquant.kernels.gemm_reference import INT4_COMPUTE, input_scale_varies, scaled_gemm_reference
+from segquant.kernels.layout import GEMV_MAX_M_8BIT
 from segquant.numerics import unpack_int4
 
 #: Plain FP8 layers (no per-tile scales, no DualScale, one input) run on ``torch._scaled_mm`` when True.
@@ -46,10 +47,8 @@ FP8_FAST_ACCUM = {"enabled": False}
 #: Rows from which packed INT4 layers dequantize the weight and use cuBLAS (see the module doc).
 DEQUANTIZE_MIN_M = 128
 #: Rows up to which the CUDA-core GEMV beats a tensor-core tile (weight-bound layers), when enabled: packed
-#: INT4 up to 4 rows; 8-bit weights one row (at 2 rows the GEMV, which reads the weight once per row, measured
-#: 0.6-1.1x the tiled kernel on an H200; at 1 row 1.0-1.9x, see BENCHMARKS.md).
+#: INT4 up to 4 rows; 8-bit weights ``layout.GEMV_MAX_M_8BIT`` (one row).
 GEMV_MAX_M = 4
-GEMV_MAX_M_8BIT = 1
 USE_GEMV = {"enabled": True}
 #: Compute-bound 8-bit layers with one input and scales constant along K may run on the persistent TMA kernel
 #: (:mod:`.triton_tma`): when True, the first call of each shape times it, its variants with the last partial wave

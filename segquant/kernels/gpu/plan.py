@@ -49,7 +49,7 @@ from segquant.kernels.gemm_reference import blockwise_gemm
 from segquant.kernels.gpu.ops import (DEQUANTIZE_MIN_M, GEMV_MAX_M_8BIT, USE_SCALED_MM, dequantize_w4, plain_fp8,
                                      unit_row_scales)
 from segquant.kernels.layout import GemmLayout, input_columns, layout_of, weight_columns
-from segquant.kernels.quant import StaticInput, gemm_input, static_input
+from segquant.kernels.quant import StaticInput, folded_fp8_columns, gemm_input, static_input
 
 
 def pack_tensors(module, layout: GemmLayout | None = None) -> dict[str, Tensor]:
@@ -75,19 +75,15 @@ def pack_tensors(module, layout: GemmLayout | None = None) -> dict[str, Tensor]:
 
 
 def _static_fp8_tensors(module, layout: GemmLayout, w_col: Tensor) -> dict[str, Tensor]:
-    """Plain static FP8 layers (one input and weight scale column, no DualScale, no per-segment input, no
-    low-rank branch): the column scales with the input scale folded in and the shared unit row scales, so a
-    call passes ``torch._scaled_mm`` its scales without building them; else nothing. Where all the column scales
-    are equal (per-tensor weights), the one scale and a one, both 0-dim: the call then takes the tensor-wise FP8
-    GEMM (cuBLASLt), 6-11 % faster on an H100 than the row-wise one (a CUTLASS kernel of PyTorch's on sm_90) with the
-    same codes on every compute-bound FLUX.1-dev and SD3.5-medium shape (BENCHMARKS.md, run 17)."""
-    spec = module.spec
-    plain = (spec.weight_dtype is DType.FP8E4M3 and spec.input_dtype is DType.FP8E4M3 and not spec.dual_scale
-             and layout.scale_mode == 0 and not layout.per_segment_input and module.lowrank_up is None
-             and spec.in_features % 16 == 0 and spec.out_features % 16 == 0)  # cuBLASLt's FP8 alignment
-    if not plain:
+    """Plain static FP8 layers (``layout.plain_static_fp8``): the column scales with the input scale folded in and the
+    shared unit row scales, so a call passes ``torch._scaled_mm`` its scales without building them; else nothing.
+    Where all the column scales are equal (per-tensor weights), the one scale and a one, both 0-dim: the call then
+    takes the tensor-wise FP8 GEMM (cuBLASLt), 6-11 % faster on an H100 than the row-wise one (a CUTLASS kernel of
+    PyTorch's on sm_90) with the same codes on every compute-bound FLUX.1-dev and SD3.5-medium shape (BENCHMARKS.md,
+    run 17)."""
+    if not layout.plain_static_fp8:
         return {}
-    columns = (module.input_scale[0, 0] * module.weight_scale[:, int(w_col[0])]).float()
+    columns = folded_fp8_columns(module.input_scale, module.weight_scale, w_col)
     if bool((columns == columns[0]).all()):
         return {"gpu_fp8_columns": columns[0].clone(), "gpu_fp8_rows": torch.ones((), device=columns.device)}
     return {"gpu_fp8_columns": columns.reshape(1, -1).contiguous(), "gpu_fp8_rows": unit_row_scales(columns.device)}

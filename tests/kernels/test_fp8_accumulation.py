@@ -1,0 +1,77 @@
+"""The model of the tensor cores' FP8 sum (``segquant.kernels.fp8_accumulation``) and the emulated layer that, with
+it switched on, computes what the gpu backend's plain static FP8 layers compute."""
+
+import pytest
+import torch
+
+from segquant.kernels import fp8_accumulation
+from segquant.kernels.fp8_accumulation import EMULATED_FP8, HOPPER, Accumulation, tensor_core_numerics, tensor_core_sum
+from segquant.kernels.gpu import plan
+from segquant.kernels.gpu.ops import gemm
+from segquant.kernels.layout import layout_of
+from tests.kernels.test_gemm_reference import filled, pack
+from tests.kernels.test_gpu_op_cpu import PLAIN_STATIC_FP8
+
+
+def _codes(rows: int, k: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, k, generator=g) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
+
+
+def test_addends_are_truncated_below_the_largest_and_promotion_restarts_the_sum():
+    # 16 products of 32 (sum 2⁹), then 16 of 0.15625 = 2⁻³ + 2⁻⁵: 13 places below 2⁹ keep multiples of 2⁻⁴
+    a = torch.tensor([[32.0] * 16 + [0.15625] * 16]).to(torch.float8_e4m3fn)
+    b = torch.ones(1, 32).to(torch.float8_e4m3fn)
+    assert tensor_core_sum(a, b, Accumulation(16, 13, None)).item() == 512 + 16 * 0.125
+    assert tensor_core_sum(a, b, Accumulation(16, 13, 16)).item() == 512 + 16 * 0.15625  # promoted: a fresh sum
+    assert tensor_core_sum(a, b, Accumulation(16, 14, None)).item() == 512 + 16 * 0.15625  # 2⁻⁵ kept
+    # one group of 32: aligned to its largest product, 2⁵, so 2⁻⁵ is kept
+    assert tensor_core_sum(a, b, Accumulation(32, 13, None)).item() == 512 + 16 * 0.15625
+    # the exact sum truncated instead: 514.5 is a multiple of 2⁻⁴
+    assert tensor_core_sum(a, b, Accumulation(16, 13, None, truncate_sum=True)).item() == 512 + 16 * 0.15625
+
+
+def test_enough_fraction_bits_give_the_exact_sum_and_chunks_change_nothing(monkeypatch):
+    a, b = _codes(37, 160, 0), _codes(21, 160, 1)
+    exact = (a.double() @ b.double().T).float()
+    assert torch.equal(tensor_core_sum(a, b, Accumulation(16, 40, None)), exact)
+    hopper = tensor_core_sum(a, b, HOPPER)
+    assert not torch.equal(hopper, exact) and (hopper - exact).abs().max() <= 1e-3 * exact.abs().max()
+    monkeypatch.setattr(fp8_accumulation, "CHUNK_ELEMENTS", 100)
+    assert torch.equal(tensor_core_sum(a, b, HOPPER), hopper)
+    assert tensor_core_sum(a[:0], b, HOPPER).shape == (0, 21)
+
+
+def test_numerics_switch_is_restored():
+    assert EMULATED_FP8["accumulation"] is None
+    with tensor_core_numerics():
+        assert EMULATED_FP8["accumulation"] is HOPPER
+        with tensor_core_numerics(None):
+            assert EMULATED_FP8["accumulation"] is None
+        assert EMULATED_FP8["accumulation"] is HOPPER
+    assert EMULATED_FP8["accumulation"] is None
+
+
+def _model_scaled_mm(a, b, row_scales, column_scales, bias, out_dtype):
+    """A GPU whose FP8 GEMM sums as the model does, with the epilogue ``(acc · rows) · columns + bias``."""
+    return (tensor_core_sum(a, b, HOPPER) * row_scales * column_scales + bias.float()).to(out_dtype)
+
+
+@pytest.mark.parametrize("per_tensor", [True, False], ids=["tensor_wise", "row_wise"])
+def test_emulated_layer_with_the_model_computes_what_the_gpu_plan_does(per_tensor, monkeypatch):
+    """The same codes and folded column scales as the gpu backend's plain static FP8 branch: with the model on, the
+    emulated layer equals that branch on a stand-in GPU summing by the model, to the bit; without it, it does not.
+    One row runs on the GPU's CUDA-core GEMV, and float32 inputs on the Triton kernels: the model is not applied."""
+    module = filled(PLAIN_STATIC_FP8)
+    if per_tensor:
+        module.weight_scale.fill_(0.0123)
+    pack(module)
+    monkeypatch.setattr(plan, "static_fp8_fits", lambda module, codes, dtype: True)
+    monkeypatch.setattr(plan, "plain_fp8", _model_scaled_mm)
+    x = (torch.randn(40, 64) * 3).to(torch.bfloat16)
+    gpu = plan.seglinear_forward(module, layout_of(module), x, gemm)
+    assert not torch.equal(module(x), gpu)
+    with tensor_core_numerics():
+        assert torch.equal(module(x), gpu)
+        one_row, float_input = module(x[:1]), module(x.float())
+    assert torch.equal(one_row, module(x[:1])) and torch.equal(float_input, module(x.float()))
