@@ -14,6 +14,9 @@ with ``backend: gpu``, so both quantize from the same calibration set and start 
 writes each model's usual report into ``DIR/<model>`` (``DIR/README.md`` is the last model's) and prints, as each
 model finishes, per preset PSNR / SSIM of both backends and their difference. ``--mock-gpu`` (for a CPU check of
 this script) runs the GPU backend's layout with the op's pure-torch twin instead of the Triton kernels.
+``--fp8-numerics tensor-cores`` runs the emulated rows with the model of the tensor cores' FP8 sum
+(``segquant.kernels.fp8_accumulation.tensor_core_numerics``): where the model is the GPU's to the bit, FP8 presets
+then give identical images on both backends, as INT8 ones do.
 """
 
 from __future__ import annotations
@@ -113,6 +116,9 @@ def run(args: argparse.Namespace, settings: dict) -> None:
                mock.patch.object(demo_cli, "_load", lambda *a: load(*a).to(args.device))]
     if args.mock_gpu:
         patches.append(mock.patch("segquant.kernels.gpu.backend._device_problem", return_value=None))
+    if args.fp8_numerics == "tensor-cores":
+        from segquant.kernels.fp8_accumulation import tensor_core_numerics
+        patches.append(tensor_core_numerics())
     print(f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}, "
           f"{float32_matmul_mode()}")
     print("| model | preset | PSNR emulated | PSNR gpu | Δ dB | Δ std. error dB | images with equal PSNR | SSIM emulated "
@@ -198,6 +204,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="the demo's seed (prompts, noise); embed and run alike")
     parser.add_argument("--mock-gpu", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fp8-numerics", choices=["float32", "tensor-cores"], default="float32",
+                        help="how the emulated rows sum FP8 products (module doc)")
     args = parser.parse_args()
     args.presets = args.presets.split(",")
     settings = demo_settings(args.per_class, args.steps, args.models.split(","), preset_pairs(args.presets),

@@ -514,7 +514,8 @@ def main() -> None:
     parser.add_argument("--inductor", default="", help="torch._inductor.config settings for every variant, e.g. "
                         "coordinate_descent_tuning=True (comma-separated NAME=PYTHON_LITERAL)")
     parser.add_argument("--fp8-model-check", action="store_true",
-                        help="also compare the GPU with the emulated backend summing FP8 as the tensor cores' model does")
+                        help="also compare the GPU with the emulated backend summing FP8 as the tensor cores' "
+                             "model does")
     opts = parser.parse_args()
     FP8_MODEL_CHECK["enabled"] = opts.fp8_model_check or opts.smoke
     logging.basicConfig(level=logging.WARNING)

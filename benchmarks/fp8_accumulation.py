@@ -10,8 +10,8 @@ accumulation, growing with K (runs 16–19); float32 sums in another order diffe
 the relative error does not depend on them), computes candidate models and reports their relative error against the
 twin beside what the GPU measured (read from ``gemm_w8a8.py``'s ``scaled_gemm.jsonl`` files):
 
-    python benchmarks/fp8_accumulation.py simulate --out OUT --measured \\
-        benchmarks/results/gpu_h100_2026-12-05_run18/tma/scaled_gemm.jsonl,benchmarks/results/gpu_h100_2026-12-05_run19/fp8t/scaled_gemm.jsonl
+    python benchmarks/fp8_accumulation.py simulate --out OUT \\
+        --measured benchmarks/results/gpu_h100_2026-12-05_run19/fp8t/scaled_gemm.jsonl
 
 ``probe`` (a GPU; ``--smoke`` stands known models in for the GPU on the CPU) compares with a grid of models, bit for
 bit, on random E4M3 codes (the benchmark's, and codes over the whole E4M3 range): ``torch._scaled_mm`` with unit
@@ -121,7 +121,8 @@ def simulate(args) -> str:
 def candidate_models(smoke: bool) -> list[Accumulation]:
     """The grid the probe compares every GPU kernel with."""
     if smoke:
-        return [Accumulation(g, f, p, t) for g, f, p, t in itertools.product((8, 16), (13, 14), (None, 64, 128), (True,))]
+        grid = itertools.product((8, 16), (13, 14), (None, 64, 128), (True,))
+        return [Accumulation(g, f, p, t) for g, f, p, t in grid]
     return [Accumulation(g, f, p, t) for g, f, p, t in itertools.product(
         (8, 16, 32), (12, 13, 14), (None, 32, 64, 128, 256), (True, False))]
 

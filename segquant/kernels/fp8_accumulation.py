@@ -2,8 +2,8 @@
 
 Every FP8 GEMM on an H100 differs from the float32 sum of the same products by a relative 6.8–6.9e-4 (cuBLASLt,
 CUTLASS, Triton; 1.7–3.8e-3 with fast accumulation), far more than summation order gives (≈ 3e-5). This model
-reproduces those numbers on all eight benchmarked FLUX.1-dev and SD3.5-medium shapes (``benchmarks/fp8_accumulation.py``,
-BENCHMARKS.md "What the FP8 GEMMs' 6.9e-4 is"):
+reproduces those numbers on all eight benchmarked FLUX.1-dev and SD3.5-medium shapes
+(``benchmarks/fp8_accumulation.py``, BENCHMARKS.md "What the FP8 GEMMs' 6.9e-4 is"):
 
 - the tensor cores add ``group`` products at a time to their accumulator; every addend (each product and the
   accumulator) is aligned to the largest exponent among them and truncated toward zero ``fraction_bits`` binary
@@ -47,8 +47,11 @@ class Accumulation:
         return f"g{self.group}_f{self.fraction_bits}_{promote}{kept}"
 
 
+#: Channels of K after which cuBLASLt and CUTLASS (without fast accumulation) promote an FP8 sum to float32, and the
+#: gpu backend's Triton kernels too (``max_num_imprecise_acc``, whatever their K tile).
+KERNEL_PROMOTE_EVERY = 128
 #: The model fitted to the H100's FP8 GEMMs without fast accumulation (not yet checked bit for bit).
-HOPPER = Accumulation()
+HOPPER = Accumulation(promote_every=KERNEL_PROMOTE_EVERY)
 #: The emulated backend's plain static FP8 layers sum with this model when set (``None``: float32, the default).
 EMULATED_FP8: dict[str, Accumulation | None] = {"accumulation": None}
 #: Fraction bits up to which a group's truncated sum (below ``2^(fraction_bits + 6)`` units) fits float32's 24 bits.
@@ -107,7 +110,7 @@ def tensor_core_sum(a: Tensor, b: Tensor, model: Accumulation = HOPPER) -> Tenso
     exact_in_float32 = model.truncate_accumulator and not model.truncate_sum and model.fraction_bits <= FLOAT32_BITS
     if exact_in_float32 and a.is_cuda:
         from segquant.kernels.gpu.triton_fp8_emulation import tensor_core_sum_triton
-        return tensor_core_sum_triton(a, b, model)
+        return tensor_core_sum_triton(a, b, model.group, model.fraction_bits, model.promote_every)
     a, b = (a.float(), b.float()) if exact_in_float32 else (a.double(), b.double())
     if a.shape[0] == 0:
         return a.new_zeros(0, b.shape[0])

@@ -16,21 +16,27 @@ segment when ``Sa > 1``. Packed INT4 weights are dequantized to a 16-bit compute
 INT4 tensor cores: ``code · w_scale`` is rounded once to fp16 for INT8 input codes, to the input's dtype
 for bf16 / fp16 inputs (``INT4_COMPUTE``; the emulated SegLinear rounds the same way).
 
-INT8 codes times INT8 weight codes (:func:`integer_scaled_gemm`) are computed as the kernels compute them, to the
+INT8 codes times INT8 weight codes (:func:`code_scaled_gemm`) are computed as the kernels compute them, to the
 bit: the products summed exactly (the kernels' int32 accumulator), rounded once to float32, then the kernels'
 float32 epilogue in their order (input scale, DualScale's second side, weight scale, bias; where a scale changes
 along K, per K tile of :func:`scale_tile_k` channels, each tile scaled and added in order). The kernels are built
 without fused multiply-adds for these operands, so every float32 step rounds as here. Other operands (FP8,
 packed INT4, 16-bit inputs) are summed in float32; the GPU kernels compute the same sum in another order, and Hopper's
 tensor cores sum FP8 products with their addends truncated 13 bits below the largest (about 6.9e-4 of a layer's
-output; ``benchmarks/fp8_accumulation.py`` models it).
+output). With a model of that sum switched on (:mod:`segquant.kernels.fp8_accumulation`), FP8 x FP8 takes the INT8
+path's structure and order with the model's sums (:func:`code_scaled_gemm`): what the Triton kernels compute, built
+without fused multiply-adds for these operands too and promoting every ``KERNEL_PROMOTE_EVERY`` channels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
+from segquant.kernels.fp8_accumulation import EMULATED_FP8, KERNEL_PROMOTE_EVERY, tensor_core_sum
 from segquant.numerics import unpack_int4
 
 
@@ -81,10 +87,13 @@ def integer_products(a: Tensor, b: Tensor) -> Tensor:
     return total.float()
 
 
-def integer_scaled_gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, w_scale: Tensor,
-                        a_col: Tensor, w_col: Tensor, out_segment: int, scale_mode: int, k_align: int) -> Tensor:
-    """INT8 codes ``a`` ``(Sa, M, K·(1+dual))`` x INT8 weight codes ``b`` ``(N, K)`` -> ``(M, N)`` float32 before the
-    bias, bitwise as the kernels compute it (module doc; arguments as :func:`scaled_gemm_reference`)."""
+def code_scaled_gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, w_scale: Tensor,
+                     a_col: Tensor, w_col: Tensor, out_segment: int, scale_mode: int, k_align: int,
+                     products: Callable[[Tensor, Tensor], Tensor] = integer_products) -> Tensor:
+    """8-bit codes ``a`` ``(Sa, M, K·(1+dual))`` x 8-bit weight codes ``b`` ``(N, K)`` -> ``(M, N)`` float32 before the
+    bias, in the kernels' order (module doc; arguments as :func:`scaled_gemm_reference`): ``products`` sums the codes'
+    products of each constant-scale K stretch (:func:`integer_products` for INT8 x INT8: bitwise the kernels';
+    FP8 x FP8: the tensor cores' model, :func:`fp8_products`)."""
     k = a_col.shape[0]
     width = scale_tile_k(k_align, k) if rescaled_per_tile(a_scale, scale_mode) else k
     a_cols, w_cols = a_col.tolist(), w_col.tolist()
@@ -95,15 +104,21 @@ def integer_scaled_gemm(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Tens
         out = torch.zeros(a.shape[1], weight.shape[0], device=a.device)
         for k0 in range(0, k, width):
             cols, j = slice(k0, min(k0 + width, k)), a_cols[k0]
-            part = integer_products(a[s, :, cols], weight[:, cols]) * a_scale[s, :, j:j + 1]
+            part = products(a[s, :, cols], weight[:, cols]) * a_scale[s, :, j:j + 1]
             if a_scale_neg is not None:
-                negative = integer_products(a[s, :, k + k0:k + cols.stop], weight[:, cols])
+                negative = products(a[s, :, k + k0:k + cols.stop], weight[:, cols])
                 part = part + negative * a_scale_neg[s, :, j:j + 1]
             if scale_mode == 2:
                 part = part * scale[:, w_cols[k0]]
             out = out + part
         outputs.append(out if scale_mode == 2 else out * scale[:, w_cols[0]])
     return torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]
+
+
+def fp8_products(a: Tensor, b: Tensor) -> Tensor:
+    """``Σ_k a[m, k] · b[n, k]`` for E4M3 codes as the tensor-core model switched on sums them
+    (``fp8_accumulation.EMULATED_FP8``), promoted every ``KERNEL_PROMOTE_EVERY`` channels -> ``(M, N)`` float32."""
+    return tensor_core_sum(a, b, replace(EMULATED_FP8["accumulation"], promote_every=KERNEL_PROMOTE_EVERY))
 
 
 def blockwise_gemm(gemm, a: Tensor, b: Tensor, a_scale: Tensor, w_scale: Tensor, a_col: Tensor, w_col: Tensor,
@@ -139,7 +154,10 @@ def scaled_gemm_reference(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Te
     1: input scales vary along K, 2: weight scales too) and ``k_align`` (gcd of the positions where a scale
     changes) steer the kernel and, for INT8 x INT8, the order of the float32 epilogue."""
     if a.dtype == b.dtype == torch.int8:
-        y = integer_scaled_gemm(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, out_segment, scale_mode, k_align)
+        y = code_scaled_gemm(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, out_segment, scale_mode, k_align)
+    elif a.dtype == b.dtype == torch.float8_e4m3fn and EMULATED_FP8["accumulation"] is not None:
+        y = code_scaled_gemm(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, out_segment, scale_mode, k_align,
+                             fp8_products)
     else:
         y = _per_segment(dequantized_input(a, a_scale, a_scale_neg, a_col, a_col.shape[0]),
                          _dequantized_weight(b, w_scale, w_col, a.dtype, a_col.shape[0]), out_segment)

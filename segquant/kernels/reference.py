@@ -10,8 +10,9 @@ Everything is computed in float32 and the result is cast to ``x.dtype``, with de
 deployed kernels: INT4 weights are dequantized to a 16-bit compute dtype on the GPU (there are no INT4 tensor
 cores), so ``Ŵ = code · scale`` is rounded once to it here too (:func:`int4_compute_dtype`); and INT8 inputs times
 INT8 / INT6 weight codes (:func:`integer_exact`) are summed exactly over their codes and then scaled in the kernels'
-float32 epilogue (:func:`integer_forward`), so the GPU equals this to the bit; and, opt-in, plain static FP8 layers
-sum their codes' products as a model of the tensor cores does (:func:`tensor_core_forward`,
+float32 epilogue (:func:`code_forward`), so the GPU equals this to the bit; and, opt-in, FP8 x FP8 layers sum
+their codes' products as a model of the tensor cores does, in the data flow of the GPU route they take
+(:func:`tensor_core_forward`: cuBLASLt with folded scales; :func:`code_forward`: the Triton kernels;
 :mod:`segquant.kernels.fp8_accumulation`). The buffers are those of
 :class:`segquant.nn.seglinear.SegLinear` (its docstring lists shapes and dtypes), gathered in
 :class:`SegLinearBuffers`. Nothing here modifies its inputs. The emulated backend runs exactly these
@@ -130,17 +131,25 @@ def lowrank_output(rows: Tensor, b: SegLinearBuffers, s: int, out_rows: slice) -
 
 def integer_exact(b: SegLinearBuffers, spec: SegLinearSpec) -> bool:
     """INT8 symmetric inputs and 8-bit integer weight codes (INT8 / INT6, one byte each): the layers whose
-    products the GPU sums exactly in int32, so that :func:`integer_forward` reproduces its kernels bitwise."""
+    products the GPU sums exactly in int32, so that :func:`code_forward` reproduces its kernels bitwise."""
     return (spec.input_dtype is DType.INT8 and spec.input_symmetric and b.input_zero_point is None
             and b.weight_codes.dtype == torch.int8)
 
 
-def integer_forward(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
-    """An :func:`integer_exact` layer: ``rows`` ``(M, K)`` float32 -> ``(M, N)`` float32, the GPU backend's data
-    flow (:mod:`segquant.kernels.gpu.plan`): the same codes and scales (:func:`segquant.kernels.quant.gemm_input`),
-    the op's exact integer sums and float32 epilogue with the bias
-    (:func:`segquant.kernels.gemm_reference.integer_scaled_gemm`; a few long constant-scale K blocks one GEMM each,
-    ``blockwise_gemm``), then the low-rank branch."""
+def fp8_modelled(b: SegLinearBuffers, spec: SegLinearSpec, m: int) -> bool:
+    """With a model of the tensor cores' FP8 sum switched on (``fp8_accumulation.EMULATED_FP8``), a call of more rows
+    than the GEMV takes of E4M3 symmetric inputs times E4M3 weights: its codes' products summed by the model in the
+    op's structure (:func:`code_forward`; the Triton kernels' data flow, also cuBLASLt's row-wise one)."""
+    return (EMULATED_FP8["accumulation"] is not None and m > GEMV_MAX_M_8BIT and spec.input_dtype is DType.FP8E4M3
+            and spec.input_symmetric and b.input_zero_point is None and b.weight_codes.dtype == torch.float8_e4m3fn)
+
+
+def code_forward(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
+    """An :func:`integer_exact` or :func:`fp8_modelled` layer: ``rows`` ``(M, K)`` float32 -> ``(M, N)`` float32, the
+    GPU backend's data flow (:mod:`segquant.kernels.gpu.plan`): the same codes and scales
+    (:func:`segquant.kernels.quant.gemm_input`), the op's sums (INT8 exact, FP8 by the model) and float32 epilogue
+    with the bias (:func:`segquant.kernels.gemm_reference.code_scaled_gemm`; a few long constant-scale K blocks one
+    GEMM each, ``blockwise_gemm``), then the low-rank branch."""
     layout = gemm_layout(spec, b)
     static = None if spec.input_dynamic else static_input(
         b.input_scale, b.input_scale_neg if spec.dual_scale else None, b.smooth, spec.input_segments,
@@ -154,7 +163,7 @@ def integer_forward(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> T
                            b.bias, layout.blocks)
     else:
         segments = range(len(spec.output_segments)) if layout.per_segment_input else [None]
-        outputs = [_integer_segment(codes, a_scale, a_scale_neg, b, a_col, w_col, layout, bounds, s) for s in segments]
+        outputs = [_code_segment(codes, a_scale, a_scale_neg, b, a_col, w_col, layout, bounds, s) for s in segments]
         y = torch.cat(outputs, dim=-1) if len(outputs) > 1 else outputs[0]
     if b.lowrank_up is None:
         return y
@@ -162,7 +171,7 @@ def integer_forward(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> T
                           for s in range(len(spec.output_segments))], dim=-1)
 
 
-def _integer_segment(codes: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, b: SegLinearBuffers, a_col: Tensor,
+def _code_segment(codes: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, b: SegLinearBuffers, a_col: Tensor,
                      w_col: Tensor, layout: GemmLayout, bounds: list[int], s: int | None) -> Tensor:
     """Output segment ``s`` with its own input (``None``: all outputs from one input) through the op's twin, unequal
     segments too (the kernel's N tiles): ``(M, n_s)`` float32 with the bias."""
@@ -178,7 +187,7 @@ def tensor_core_fp8(b: SegLinearBuffers, spec: SegLinearSpec, m: int, dtype: tor
     """With a model of the tensor cores' FP8 sum switched on (``fp8_accumulation.EMULATED_FP8``), a call the gpu
     backend runs on ``torch._scaled_mm`` with its folded scales (``plan.static_fp8_fits``): a plain static FP8 layer
     (``GemmLayout.plain_static_fp8``), a bf16 input, more rows than the GEMV takes. Float32 inputs take the Triton
-    kernels there, whose epilogue applies the two scales apart: not modelled."""
+    kernels there, whose epilogue applies the two scales apart (:func:`fp8_modelled`)."""
     return (EMULATED_FP8["accumulation"] is not None and dtype == torch.bfloat16 and m > GEMV_MAX_M_8BIT
             and spec.weight_dtype is DType.FP8E4M3 and gemm_layout(spec, b).plain_static_fp8)
 
@@ -202,9 +211,11 @@ def seglinear_forward(x: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Te
     """
     rows = x.reshape(-1, spec.in_features).float()
     if integer_exact(b, spec):
-        return integer_forward(rows, b, spec).to(x.dtype).reshape(*x.shape[:-1], spec.out_features)
+        return code_forward(rows, b, spec).to(x.dtype).reshape(*x.shape[:-1], spec.out_features)
     if tensor_core_fp8(b, spec, rows.shape[0], x.dtype):
         return tensor_core_forward(rows, b, spec).to(x.dtype).reshape(*x.shape[:-1], spec.out_features)
+    if fp8_modelled(b, spec, rows.shape[0]):
+        return code_forward(rows, b, spec).to(x.dtype).reshape(*x.shape[:-1], spec.out_features)
     weight = dequantized_weight(b, spec)
     compute = int4_compute_dtype(spec, x.dtype)
     if compute is not None:

@@ -28,4 +28,5 @@ def codes(rows: int, k: int, wide: bool, seed: int) -> torch.Tensor:
 if __name__ == "__main__":
     for name, (m, n, k, model, wide) in CASES.items():
         a, b = codes(m, k, wide, 0), codes(n, k, wide, 1)
-        print(name, torch.equal(tensor_core_sum_triton(a, b, model), tensor_core_sum(a, b, model)), flush=True)
+        triton_sum = tensor_core_sum_triton(a, b, model.group, model.fraction_bits, model.promote_every)
+        print(name, torch.equal(triton_sum, tensor_core_sum(a, b, model)), flush=True)

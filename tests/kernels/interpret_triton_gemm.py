@@ -131,7 +131,7 @@ ALL_CASES = {**CASES, **GEMV_CASES, **PERSISTENT_CASES, **DEQUANTIZE_CASES}
 
 def exact_integer_case(name: str) -> bool:
     """INT8 codes times INT8 weights: the kernel must equal the twin bitwise (exact sums, the same float32
-    epilogue; ``gemm_reference.integer_scaled_gemm``); not with a low-rank branch, whose float32 product is summed
+    epilogue; ``gemm_reference.code_scaled_gemm``); not with a low-rank branch, whose float32 product is summed
     in another order."""
     return exact_integer_spec(ALL_CASES[name])
 

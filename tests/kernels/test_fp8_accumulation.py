@@ -9,7 +9,7 @@ from segquant.kernels.fp8_accumulation import EMULATED_FP8, HOPPER, Accumulation
 from segquant.kernels.gpu import plan
 from segquant.kernels.gpu.ops import gemm
 from segquant.kernels.layout import layout_of
-from tests.kernels.test_gemm_reference import filled, pack
+from tests.kernels.test_gemm_reference import SPECS, filled, pack
 from tests.kernels.test_gpu_op_cpu import PLAIN_STATIC_FP8
 
 
@@ -19,7 +19,8 @@ def _codes(rows: int, k: int, seed: int) -> torch.Tensor:
 
 
 def test_addends_are_truncated_below_the_largest_and_promotion_restarts_the_sum():
-    # 16 products of 32 (sum 2⁹), then 16 of 0.15625 = 2⁻³ + 2⁻⁵: 13 places below 2⁹ keep multiples of 2⁻⁴
+    # 16 products of 32 (sum 2⁹), then 16 of 0.15625 = 2⁻³ + 2⁻⁵: 13 places below 2⁹ keep
+    # multiples of 2⁻⁴
     a = torch.tensor([[32.0] * 16 + [0.15625] * 16]).to(torch.float8_e4m3fn)
     b = torch.ones(1, 32).to(torch.float8_e4m3fn)
     assert tensor_core_sum(a, b, Accumulation(16, 13, None)).item() == 512 + 16 * 0.125
@@ -59,9 +60,9 @@ def _model_scaled_mm(a, b, row_scales, column_scales, bias, out_dtype):
 
 @pytest.mark.parametrize("per_tensor", [True, False], ids=["tensor_wise", "row_wise"])
 def test_emulated_layer_with_the_model_computes_what_the_gpu_plan_does(per_tensor, monkeypatch):
-    """The same codes and folded column scales as the gpu backend's plain static FP8 branch: with the model on, the
-    emulated layer equals that branch on a stand-in GPU summing by the model, to the bit; without it, it does not.
-    One row runs on the GPU's CUDA-core GEMV, and float32 inputs on the Triton kernels: the model is not applied."""
+    """bf16 inputs: the same codes and folded column scales as the gpu backend's plain static FP8 branch; with the
+    model on, the emulated layer equals that branch on a stand-in GPU summing by the model, to the bit; without it,
+    it does not. One row runs on the GPU's CUDA-core GEMV, which the model does not describe."""
     module = filled(PLAIN_STATIC_FP8)
     if per_tensor:
         module.weight_scale.fill_(0.0123)
@@ -73,5 +74,18 @@ def test_emulated_layer_with_the_model_computes_what_the_gpu_plan_does(per_tenso
     assert not torch.equal(module(x), gpu)
     with tensor_core_numerics():
         assert torch.equal(module(x), gpu)
-        one_row, float_input = module(x[:1]), module(x.float())
-    assert torch.equal(one_row, module(x[:1])) and torch.equal(float_input, module(x.float()))
+        one_row = module(x[:1])
+    assert torch.equal(one_row, module(x[:1]))  # float32 either way
+
+
+@pytest.mark.parametrize("name", ["plain_fp8", "cat_unequal", "dual_fp8_segments"])
+def test_emulated_fp8_layers_with_the_model_follow_the_ops_structure(name):
+    """Float32 inputs (and layers with input segments or DualScale) take the op, whose twin sums FP8 by the model in
+    the INT8 path's structure and order when it is on (``code_scaled_gemm``): the emulated layer gives the same bits,
+    and the model changes them."""
+    module = pack(filled(SPECS[name]))
+    x = torch.randn(33, SPECS[name].in_features) * 2
+    with tensor_core_numerics():
+        modelled = module(x)
+        assert torch.equal(modelled, plan.seglinear_forward(module, layout_of(module), x, gemm))
+    assert not torch.equal(modelled, module(x))

@@ -15,7 +15,7 @@ once and both sides' products are issued, each into its own accumulator, and bot
 step's loads (Triton's tiled kernel waits for each of the two dots). Epilogue
 ``acc · a_scale[m] (+ acc⁻ · a_scale⁻[m]) · w_scale[n] + bias`` in float32, one rounding per step (launched without
 fused multiply-adds), the same operations in the same order as the other INT8 kernels, so the result equals the twin
-(:func:`segquant.kernels.gemm_reference.integer_scaled_gemm`) to the bit.
+(:func:`segquant.kernels.gemm_reference.code_scaled_gemm`) to the bit.
 
 A second kernel takes the INT8 layers whose input scale changes every K tile (per-head input segments,
 :func:`tile_scaled_fits`): each K tile's exact int32 sum is converted, scaled by its column's input scale and added to a

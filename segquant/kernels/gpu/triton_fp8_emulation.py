@@ -1,7 +1,7 @@
 """The tensor cores' FP8 sum as :mod:`segquant.kernels.fp8_accumulation` models it, computed on the CUDA cores.
 
 For the emulated backend on CUDA with the model switched on: the pure-torch loop writes a ``(rows, N, group)``
-tensor per step of K, about ten minutes of memory traffic for one FLUX.1-dev forward; this kernel keeps a
+tensor per step of K, minutes of memory traffic for one FLUX.1-dev forward; this kernel keeps a
 ``BLOCK_M × BLOCK_N × group`` block of products in registers. The same arithmetic, so the same bits: every product
 of two E4M3 values is exact in float32; scaling by ``2^(fraction_bits − E)`` (a power of two) and converting to int32
 truncates each addend toward zero; the truncated addends of a group are integers below ``2^(fraction_bits + 6)``,
@@ -14,8 +14,6 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-
-from segquant.kernels.fp8_accumulation import Accumulation
 
 BLOCK = 16  # outputs per program along M and along N: a 16 × 16 × 16 block of products, 64 per thread at 4 warps
 #: Exponents below this are those of an all-zero group and accumulator (any unit works there); it keeps the
@@ -62,18 +60,17 @@ def _tensor_core_sum_kernel(a_ptr, b_ptr, out_ptr, M, N, K, stride_am, stride_bn
     tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :], out, mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-def tensor_core_sum_triton(a: Tensor, b: Tensor, model: Accumulation) -> Tensor:
+def tensor_core_sum_triton(a: Tensor, b: Tensor, group: int, fraction_bits: int, promote_every: int | None) -> Tensor:
     """``segquant.kernels.fp8_accumulation.tensor_core_sum`` for a model that truncates every addend and the
-    accumulator (the float32-exact family): ``a`` ``(M, K)`` and ``b`` ``(N, K)`` E4M3 codes -> ``(M, N)`` float32.
-    The codes travel as fp16, which holds every E4M3 value."""
-    assert model.truncate_accumulator and not model.truncate_sum, model
+    accumulator (the float32-exact family; its ``group``, ``fraction_bits``, ``promote_every``): ``a`` ``(M, K)`` and
+    ``b`` ``(N, K)`` E4M3 codes -> ``(M, N)`` float32. The codes travel as fp16, which holds every E4M3 value."""
     a16, b16 = a.to(torch.float16).contiguous(), b.to(torch.float16).contiguous()
     m, k = a16.shape
     n = b16.shape[0]
     out = torch.empty(m, n, device=a.device, dtype=torch.float32)
-    promote = 0 if model.promote_every is None else model.promote_every // model.group
+    promote = 0 if promote_every is None else promote_every // group
     grid = (triton.cdiv(m, BLOCK), triton.cdiv(n, BLOCK))
     _tensor_core_sum_kernel[grid](a16, b16, out, m, n, k, a16.stride(0), b16.stride(0), out.stride(0),
-                                  GROUP=model.group, FRACTION_BITS=model.fraction_bits, PROMOTE_GROUPS=promote,
+                                  GROUP=group, FRACTION_BITS=fraction_bits, PROMOTE_GROUPS=promote,
                                   BLOCK_M=BLOCK, BLOCK_N=BLOCK)
     return out

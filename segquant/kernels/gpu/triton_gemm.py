@@ -42,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
+from segquant.kernels.fp8_accumulation import KERNEL_PROMOTE_EVERY
 from segquant.kernels.gemm_reference import input_scale_varies, rescaled_per_tile, scale_tile_k
 
 # (BM, BN, BK, num_warps, num_stages); for each launch only the configs with the largest legal BK compete
@@ -171,17 +172,22 @@ def _load_w4(a_ptrs, b_ptrs, w_rows, wcol_ptr, k0, K, BK: tl.constexpr, DUAL: tl
     return a_even, a_odd, b_even.to(ct), b_odd.to(ct), a_neg_even, a_neg_odd
 
 
+#: FP8 sums are promoted to float32 every this many channels of K, whatever the K tile (as cuBLASLt does)
+FP8_PROMOTE: tl.constexpr = tl.constexpr(KERNEL_PROMOTE_EVERY)
+
+
 @triton.jit
 def _dot(a, b, acc, INT_DOT: tl.constexpr, BK: tl.constexpr):
-    """``acc += a @ b``: int32 for INT8 x INT8; FP8 promotes to float32 after every BK (Hopper's fast FP8
-    accumulation alone loses ~1e-3 relative over long K); float32 inputs (W4A16 on a float32 model) in
-    full precision, not TF32."""
+    """``acc += a @ b``: int32 for INT8 x INT8; FP8 promotes to float32 every ``FP8_PROMOTE`` channels or once per
+    narrower K tile (Hopper's fast FP8 accumulation alone loses 2-4e-3 relative over long K; see
+    :mod:`segquant.kernels.fp8_accumulation`); float32 inputs (W4A16 on a float32 model) in full precision, not TF32."""
     if INT_DOT:
         out = tl.dot(a, b, acc, out_dtype=tl.int32)
     elif a.dtype == tl.float32:
         out = tl.dot(a, b, acc, input_precision="ieee")
     else:
-        out = tl.dot(a, b, acc, max_num_imprecise_acc=BK)
+        PROMOTE: tl.constexpr = BK if BK < FP8_PROMOTE else FP8_PROMOTE
+        out = tl.dot(a, b, acc, max_num_imprecise_acc=PROMOTE)
     return out
 
 
@@ -383,7 +389,7 @@ def scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, 
         MODE=scale_mode, DUAL=a_scale_neg is not None, HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None,
         R=max(16, triton.next_power_of_2(rank)), IS_INT=is_int, W4=w4, A_KIND=a_kind,
         TILE_SCALE=input_scale_varies(a_scale, scale_mode) if w4 else rescaled_per_tile(a_scale, scale_mode),
-        enable_fp_fusion=not exact_integer(a, b))
+        enable_fp_fusion=not rounds_as_twin(a, b))
     return out
 
 
@@ -393,9 +399,17 @@ def k_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def rounds_as_twin(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """8-bit codes times 8-bit codes of one kind (INT8, FP8): the tiled and persistent kernels are built without fused
+    multiply-adds, so that their float32 epilogue rounds step by step as the twin's
+    (:func:`segquant.kernels.gemm_reference.code_scaled_gemm`): INT8 to the bit, FP8 as far as the twin models its
+    tensor-core sums."""
+    return exact_integer(a, b) or a.dtype == b.dtype == torch.float8_e4m3fn
+
+
 def exact_integer(a: torch.Tensor, b: torch.Tensor) -> bool:
     """INT8 codes times INT8 weights: the kernels sum their products exactly and are built without fused
     multiply-adds (``enable_fp_fusion=False``), so that each float32 step of the epilogue rounds as in the twin
-    (:func:`segquant.kernels.gemm_reference.integer_scaled_gemm`), to the bit. A few CUDA-core instructions per
+    (:func:`segquant.kernels.gemm_reference.code_scaled_gemm`), to the bit. A few CUDA-core instructions per
     output element, or per element and K tile on the rescaled path."""
     return a.dtype == b.dtype == torch.int8

@@ -36,8 +36,8 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from segquant.kernels.gpu.triton_gemm import (_dot, epilogue_terms, exact_integer, graph_timed, k_contiguous,
-                                              lowrank_args, row_tile_fits, scale_strides, store_tile, tile_position,
+from segquant.kernels.gpu.triton_gemm import (_dot, epilogue_terms, graph_timed, k_contiguous, lowrank_args,
+                                              rounds_as_twin, row_tile_fits, scale_strides, store_tile, tile_position,
                                               tuned_or_first)
 
 #: Rows from which an 8-bit layer is compute-bound enough for the persistent kernel.
@@ -307,5 +307,5 @@ def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowra
         m, n, k, triton.next_power_of_2(m), rank, out.stride(0), scale_strides(a_scale)[1], ws.stride(0),
         t.stride(0), u.stride(0),
         NUM_SMS=sms, IS_INT=a.dtype == torch.int8, HAS_BIAS=bias is not None, HAS_LR=lowrank_t is not None,
-        R=max(16, triton.next_power_of_2(rank)), SPLIT_TAIL=split_tail, enable_fp_fusion=not exact_integer(a, b))
+        R=max(16, triton.next_power_of_2(rank)), SPLIT_TAIL=split_tail, enable_fp_fusion=not rounds_as_twin(a, b))
     return out
