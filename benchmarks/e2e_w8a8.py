@@ -93,6 +93,7 @@ from fullsize import build
 from torch._dynamo.utils import compilation_time_metrics, compile_times, counters
 
 from segquant import preset_dict
+from segquant.enums import DType
 from segquant.models.activations import sigmoid_form_gelus
 from segquant.models.position import crop_position_tables
 from segquant.pipeline.cuda_graph import capture_cuda_graphs, release_cuda_graphs
@@ -209,13 +210,12 @@ def output(model, example: dict) -> torch.Tensor:
 
 def layer_errors(model, example: dict) -> dict:
     """GPU vs emulated backend per layer, each on its own input captured from an emulated forward; where the model
-    has plain static FP8 layers and ``FP8_MODEL_CHECK`` is on, also against the emulated backend with the tensor cores'
-    FP8 sum modelled (without promotion where the variant runs cuBLASLt's fast accumulation)
+    has FP8 layers and ``FP8_MODEL_CHECK`` is on, also against the emulated backend with the tensor cores' FP8 sum
+    modelled (without promotion where the variant runs cuBLASLt's fast accumulation)
     (``segquant.kernels.fp8_accumulation``; keys ``..._tc``, and how many checked layers are equal to the bit)."""
     from segquant.kernels.backend import seglinear_modules, set_backend
     from segquant.kernels.fp8_accumulation import HOPPER, Accumulation, tensor_core_numerics
     from segquant.kernels.gpu import ops
-    from segquant.kernels.layout import layout_of
 
     modules = [m for _, m in seglinear_modules(model)]
     layers = modules[:LAYERS_CHECKED]
@@ -225,7 +225,7 @@ def layer_errors(model, example: dict) -> dict:
         inputs.setdefault(module, (args[0], out))
 
     hooks = [m.register_forward_hook(keep_first) for m in layers]
-    modelled = FP8_MODEL_CHECK["enabled"] and any(layout_of(m).plain_static_fp8 for m in modules)
+    modelled = FP8_MODEL_CHECK["enabled"] and any(m.spec.weight_dtype is DType.FP8E4M3 for m in modules)
     with torch.inference_mode():
         y_emul = output(model, example)
         for hook in hooks:

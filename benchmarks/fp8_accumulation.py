@@ -51,10 +51,6 @@ MEASURED = {"rel_err_fast_accum": "fast", "rel_err_vs_twin": "promote_128", "rel
             "rel_err_tma": "promote per K tile: 256 or 128"}
 
 
-def relative(x: Tensor, y: Tensor) -> float:
-    return ((x.double() - y.double()).norm() / y.double().norm()).item()
-
-
 # ----------------------------------------------------------------------------------------------------- simulate
 
 
@@ -107,7 +103,7 @@ def simulate(args) -> str:
         k = gemm_w8a8.LAYERS[layer][1]
         module, quantized = layer_sample(k, "fp8", args.rows, args.columns, args.seed + 2 * index)
         twin = scaled_gemm_reference(*gemm_w8a8._gemm_args(module, quantized), torch.bfloat16)
-        errors = {name: relative(modelled_output(module, quantized, model), twin) for name, model in models.items()}
+        errors = {name: gemm_w8a8._rel(modelled_output(module, quantized, model), twin) for name, model in models.items()}
         gpu = ", ".join(f"{sum(v) / len(v):.2e}" if (v := measured.get((layer, c))) else "—" for c in MEASURED)
         lines.append(f"| {layer} ({k}) | "
                      + " | ".join(f"{e:.2e}" for e in errors.values()) + f" | {gpu} |")
