@@ -16,7 +16,8 @@ layer at 4608 rows: 432 tiles of 128 x 256 on 132 SMs, a last wave 27 % full) is
 would idle (:func:`tail_parts` pieces per tile, each an equal share of the K tiles; 3 on that layer), a
 stream-K-like balance without its fractional tiles. Each piece stores its exact partial sum (int32, or float32
 for FP8) to a workspace and counts itself in on its tile's counter; the piece that arrives last adds the
-partials in piece order (so the FP8 sum does not depend on who arrives last) and runs the epilogue. No program
+partials in piece order (so the FP8 sum does not depend on who arrives last; the routing offers the split to INT8
+only, as FP8's float32 partials round otherwise than one promoted chain) and runs the epilogue. No program
 waits for another. The counters are zeroed per call and reset to 0 by the last piece too, so that the
 autotuner's repeated launches on the same arguments stay correct. :data:`HALVES_N` splits each tile of that wave
 into its two halves along N instead, each with the whole K (where twice the last wave's tiles fit the programs), so
