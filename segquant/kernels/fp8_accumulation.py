@@ -107,12 +107,12 @@ def tensor_core_sum(a: Tensor, b: Tensor, model: Accumulation = HOPPER) -> Tenso
     each addend and the accumulator at most :data:`FLOAT32_BITS` places down exactly (module doc); the others sum in
     float64. On CUDA the float32 family runs a Triton kernel with the same arithmetic
     (:mod:`segquant.kernels.gpu.triton_fp8_emulation`)."""
+    if a.shape[0] == 0 or b.shape[0] == 0:
+        return torch.zeros(a.shape[0], b.shape[0], device=a.device)
     exact_in_float32 = model.truncate_accumulator and not model.truncate_sum and model.fraction_bits <= FLOAT32_BITS
     if exact_in_float32 and a.is_cuda:
         from segquant.kernels.gpu.triton_fp8_emulation import tensor_core_sum_triton
         return tensor_core_sum_triton(a, b, model.group, model.fraction_bits, model.promote_every)
     a, b = (a.float(), b.float()) if exact_in_float32 else (a.double(), b.double())
-    if a.shape[0] == 0:
-        return a.new_zeros(0, b.shape[0])
     rows = max(1, CHUNK_ELEMENTS // max(1, b.shape[0] * model.group))
     return torch.cat([_rows_sum(a[m0:m0 + rows], b, model) for m0 in range(0, a.shape[0], rows)]).float()

@@ -40,7 +40,7 @@ def test_enough_fraction_bits_give_the_exact_sum_and_chunks_change_nothing(monke
     assert not torch.equal(hopper, exact) and (hopper - exact).abs().max() <= 1e-3 * exact.abs().max()
     monkeypatch.setattr(fp8_accumulation, "CHUNK_ELEMENTS", 100)
     assert torch.equal(tensor_core_sum(a, b, HOPPER), hopper)
-    assert tensor_core_sum(a[:0], b, HOPPER).shape == (0, 21)
+    assert tensor_core_sum(a[:0], b, HOPPER).shape == (0, 21) and tensor_core_sum(a, b[:0], HOPPER).shape == (37, 0)
 
 
 def test_numerics_switch_is_restored():
