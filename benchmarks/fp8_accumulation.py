@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 import gemm_w8a8  # noqa: E402
 from segquant.kernels.fp8_accumulation import HOPPER, Accumulation, tensor_core_sum  # noqa: E402
 from segquant.kernels.gemm_reference import scaled_gemm_reference  # noqa: E402
-from segquant.kernels.gpu.plan import quantize_input, static_fp8_gemm  # noqa: E402
+from segquant.kernels.gpu.plan import _fp8_row_scales, quantize_input, static_fp8_gemm  # noqa: E402
 from segquant.nn.spec import SegLinearSpec  # noqa: E402
 
 #: the layers of ``gemm_w8a8.py`` whose FP8 errors runs 16–19 recorded (plain: one input segment, no DualScale)
@@ -103,7 +103,8 @@ def simulate(args) -> str:
         k = gemm_w8a8.LAYERS[layer][1]
         module, quantized = layer_sample(k, "fp8", args.rows, args.columns, args.seed + 2 * index)
         twin = scaled_gemm_reference(*gemm_w8a8._gemm_args(module, quantized), torch.bfloat16)
-        errors = {name: gemm_w8a8._rel(modelled_output(module, quantized, model), twin) for name, model in models.items()}
+        errors = {name: gemm_w8a8._rel(modelled_output(module, quantized, model), twin)
+                  for name, model in models.items()}
         gpu = ", ".join(f"{sum(v) / len(v):.2e}" if (v := measured.get((layer, c))) else "—" for c in MEASURED)
         lines.append(f"| {layer} ({k}) | "
                      + " | ".join(f"{e:.2e}" for e in errors.values()) + f" | {gpu} |")
@@ -205,16 +206,9 @@ def epilogue_scores(acc: Tensor, a: Tensor, b: Tensor, call, generator: torch.Ge
 
 def stand_in_deployed(module, codes: Tensor, dtype: torch.dtype) -> Tensor:
     """``--smoke``: a known model and epilogue in place of ``plan.static_fp8_gemm``."""
-    sa, sb = packed_scales(module, codes.shape[1])
+    sa, sb = _fp8_row_scales(module, codes.shape[1]), module.gpu_fp8_columns
     acc = tensor_core_sum(codes[0], module.weight_codes, Accumulation(16, 13, 64))
     return EPILOGUES["acc·(sa·sb) + bias"](acc, sa, sb, module.bias.float()).to(dtype)
-
-
-def packed_scales(module, m: int) -> tuple[Tensor, Tensor]:
-    """The scales a plain static FP8 layer passes ``torch._scaled_mm`` for ``m`` rows: unit row scales (0-dim or
-    ``(m, 1)``) and the column scales with the input scale folded in (0-dim or ``(1, N)``)."""
-    rows = module.gpu_fp8_rows
-    return (rows if rows.dim() == 0 else rows[:m]), module.gpu_fp8_columns
 
 
 def deployed_layer_scores(fmt_name: str, models: list[Accumulation], args) -> list[tuple[float, str]]:
@@ -223,7 +217,7 @@ def deployed_layer_scores(fmt_name: str, models: list[Accumulation], args) -> li
     module, quantized = layer_sample(args.deployed_k, fmt_name, args.probe_rows, args.probe_columns, args.seed)
     codes = quantized[0]
     out = (stand_in_deployed if args.smoke else static_fp8_gemm)(module, codes, torch.bfloat16)
-    sa, sb = packed_scales(module, codes.shape[1])
+    sa, sb = _fp8_row_scales(module, codes.shape[1]), module.gpu_fp8_columns
     twin = scaled_gemm_reference(*gemm_w8a8._gemm_args(module, quantized), torch.bfloat16)
     scores = [((twin == out).double().mean().item(), "the twin (float32 product of dequantized operands)")]
     for model in models:

@@ -138,24 +138,31 @@ def integer_exact(b: SegLinearBuffers, spec: SegLinearSpec) -> bool:
 
 def fp8_modelled(b: SegLinearBuffers, spec: SegLinearSpec, m: int) -> bool:
     """With a model of the tensor cores' FP8 sum switched on (``fp8_accumulation.EMULATED_FP8``), a call of more rows
-    than the GEMV takes of E4M3 symmetric inputs times E4M3 weights: its codes' products summed by the model in the
-    op's structure (:func:`code_forward`; the Triton kernels' data flow, also cuBLASLt's row-wise one)."""
+    than the GEMV takes of E4M3 symmetric inputs times E4M3 weights: its codes' products summed by the model, in
+    cuBLASLt's data flow where :func:`on_scaled_mm` (:func:`tensor_core_forward`), else in the op's structure
+    (:func:`code_forward`; the Triton kernels' data flow, also cuBLASLt's row-wise one)."""
     return (EMULATED_FP8["accumulation"] is not None and m > GEMV_MAX_M_8BIT and spec.input_dtype is DType.FP8E4M3
             and spec.input_symmetric and b.input_zero_point is None and b.weight_codes.dtype == torch.float8_e4m3fn)
 
 
-def code_forward(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
-    """An :func:`integer_exact` or :func:`fp8_modelled` layer: ``rows`` ``(M, K)`` float32 -> ``(M, N)`` float32, the
-    GPU backend's data flow (:mod:`segquant.kernels.gpu.plan`): the same codes and scales
-    (:func:`segquant.kernels.quant.gemm_input`), the op's sums (INT8 exact, FP8 by the model) and float32 epilogue
-    with the bias (:func:`segquant.kernels.gemm_reference.code_scaled_gemm`; a few long constant-scale K blocks one
-    GEMM each, ``blockwise_gemm``), then the low-rank branch."""
-    layout = gemm_layout(spec, b)
+def _input_codes(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec,
+                 layout: GemmLayout) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The GEMM's input as the GPU backend quantizes it (:func:`segquant.kernels.quant.gemm_input` with the layer's
+    static multipliers): codes ``(Sa, M, K·(1+dual))``, scales ``(Sa, M|1, J)``, DualScale's negative scales."""
     static = None if spec.input_dynamic else static_input(
         b.input_scale, b.input_scale_neg if spec.dual_scale else None, b.smooth, spec.input_segments,
         layout.input_rows)
-    codes, a_scale, a_scale_neg = gemm_input(rows, spec.input_dtype, static, b.smooth, spec.input_segments,
-                                             spec.input_granularity, spec.dual_scale)
+    return gemm_input(rows, spec.input_dtype, static, b.smooth, spec.input_segments, spec.input_granularity,
+                      spec.dual_scale)
+
+
+def code_forward(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, layout: GemmLayout) -> Tensor:
+    """An :func:`integer_exact` or :func:`fp8_modelled` layer: ``rows`` ``(M, K)`` float32 -> ``(M, N)`` float32, the
+    GPU backend's data flow (:mod:`segquant.kernels.gpu.plan`): the same codes and scales (:func:`_input_codes`), the
+    op's sums (INT8 exact, FP8 by the model) and float32 epilogue with the bias
+    (:func:`segquant.kernels.gemm_reference.code_scaled_gemm`; a few long constant-scale K blocks one GEMM each,
+    ``blockwise_gemm``), then the low-rank branch."""
+    codes, a_scale, a_scale_neg = _input_codes(rows, b, spec, layout)
     a_col, w_col = input_columns(spec), weight_columns(b)
     bounds = torch.tensor((0,) + spec.output_segments).cumsum(0).tolist()
     if layout.split_blocks:
@@ -172,7 +179,7 @@ def code_forward(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Tens
 
 
 def _code_segment(codes: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, b: SegLinearBuffers, a_col: Tensor,
-                     w_col: Tensor, layout: GemmLayout, bounds: list[int], s: int | None) -> Tensor:
+                  w_col: Tensor, layout: GemmLayout, bounds: list[int], s: int | None) -> Tensor:
     """Output segment ``s`` with its own input (``None``: all outputs from one input) through the op's twin, unequal
     segments too (the kernel's N tiles): ``(M, n_s)`` float32 with the bias."""
     inputs, out_rows = (slice(None), slice(None)) if s is None else (slice(s, s + 1), slice(bounds[s], bounds[s + 1]))
@@ -183,22 +190,18 @@ def _code_segment(codes: Tensor, a_scale: Tensor, a_scale_neg: Tensor | None, b:
         torch.float32)
 
 
-def tensor_core_fp8(b: SegLinearBuffers, spec: SegLinearSpec, m: int, dtype: torch.dtype) -> bool:
-    """With a model of the tensor cores' FP8 sum switched on (``fp8_accumulation.EMULATED_FP8``), a call the gpu
-    backend runs on ``torch._scaled_mm`` with its folded scales (``plan.static_fp8_fits``): a plain static FP8 layer
-    (``GemmLayout.plain_static_fp8``), a bf16 input, more rows than the GEMV takes. Float32 inputs take the Triton
-    kernels there, whose epilogue applies the two scales apart (:func:`fp8_modelled`)."""
-    return (EMULATED_FP8["accumulation"] is not None and dtype == torch.bfloat16 and m > GEMV_MAX_M_8BIT
-            and spec.weight_dtype is DType.FP8E4M3 and gemm_layout(spec, b).plain_static_fp8)
+def on_scaled_mm(layout: GemmLayout, dtype: torch.dtype) -> bool:
+    """Whether an :func:`fp8_modelled` call runs on ``torch._scaled_mm`` with folded scales in the gpu backend
+    (``plan.static_fp8_fits``): a plain static FP8 layer (``GemmLayout.plain_static_fp8``) with a bf16 input. Float32
+    inputs take the Triton kernels there, whose epilogue applies the two scales apart (:func:`code_forward`)."""
+    return dtype == torch.bfloat16 and layout.plain_static_fp8
 
 
-def tensor_core_forward(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Tensor:
-    """A :func:`tensor_core_fp8` call: ``rows`` ``(M, K)`` float32 -> ``(M, N)`` float32, the gpu backend's data flow
+def tensor_core_forward(rows: Tensor, b: SegLinearBuffers, spec: SegLinearSpec, layout: GemmLayout) -> Tensor:
+    """An :func:`on_scaled_mm` call: ``rows`` ``(M, K)`` float32 -> ``(M, N)`` float32, the gpu backend's data flow
     (:func:`segquant.kernels.gpu.plan.static_fp8_gemm`): the same codes, their products summed by the model, times the
     folded column scales, plus the bias (float32, rounded after each step)."""
-    static = static_input(b.input_scale, None, b.smooth, spec.input_segments, 1)
-    codes, _, _ = gemm_input(rows, spec.input_dtype, static, b.smooth, spec.input_segments, spec.input_granularity,
-                             False)
+    codes, _, _ = _input_codes(rows, b, spec, layout)
     y = tensor_core_sum(codes[0], b.weight_codes, EMULATED_FP8["accumulation"]) * folded_fp8_columns(
         b.input_scale, b.weight_scale, weight_columns(b))
     return y if b.bias is None else y + b.bias.float()
@@ -210,12 +213,11 @@ def seglinear_forward(x: Tensor, b: SegLinearBuffers, spec: SegLinearSpec) -> Te
     Without smoothing, every output segment sees the same quantized input, so it is quantized once.
     """
     rows = x.reshape(-1, spec.in_features).float()
-    if integer_exact(b, spec):
-        return code_forward(rows, b, spec).to(x.dtype).reshape(*x.shape[:-1], spec.out_features)
-    if tensor_core_fp8(b, spec, rows.shape[0], x.dtype):
-        return tensor_core_forward(rows, b, spec).to(x.dtype).reshape(*x.shape[:-1], spec.out_features)
-    if fp8_modelled(b, spec, rows.shape[0]):
-        return code_forward(rows, b, spec).to(x.dtype).reshape(*x.shape[:-1], spec.out_features)
+    modelled_fp8 = fp8_modelled(b, spec, rows.shape[0])
+    if modelled_fp8 or integer_exact(b, spec):
+        layout = gemm_layout(spec, b)
+        forward = tensor_core_forward if modelled_fp8 and on_scaled_mm(layout, x.dtype) else code_forward
+        return forward(rows, b, spec, layout).to(x.dtype).reshape(*x.shape[:-1], spec.out_features)
     weight = dequantized_weight(b, spec)
     compute = int4_compute_dtype(spec, x.dtype)
     if compute is not None:
