@@ -46,6 +46,11 @@ from segquant.nn.spec import SegLinearSpec  # noqa: E402
 #: the layers of ``gemm_w8a8.py`` whose FP8 errors runs 16–19 recorded (plain: one input segment, no DualScale)
 SIMULATED_LAYERS = ("qkv_fused", "out_proj_plain", "ff_up", "ff_down_plain", "proj_out_plain", "sd35_qkv",
                     "sd35_ff_up", "sd35_ff_down")
+#: Khattak and Mikaitis's model of the H100's FP8 tensor cores (arXiv:2512.07004): groups of 32 aligned to the
+#: products' exponent sums 13 places down, each group's sum truncated to 13 places; promoted every 128 channels as
+#: cuBLASLt and CUTLASS do, or never (fast accumulation)
+KHATTAK_MIKAITIS_H100 = Accumulation(32, 13, 128, product_exponents=True, truncate_result=True)
+KHATTAK_MIKAITIS_H100_FAST = Accumulation(32, 13, None, product_exponents=True, truncate_result=True)
 #: measured column of ``scaled_gemm.jsonl`` -> the model that should reproduce it
 MEASURED = {"rel_err_fast_accum": "fast", "rel_err_vs_twin": "promote_128", "rel_err_triton": "promote_128",
             "rel_err_tma": "promote per K tile: 256 or 128"}
@@ -94,7 +99,8 @@ def simulate(args) -> str:
     models = {"exact": None, "fast": Accumulation(promote_every=None),
               "fast, 14 bits": Accumulation(fraction_bits=14, promote_every=None),
               "fast, sum truncated": Accumulation(promote_every=None, truncate_sum=True),
-              "promote_128": Accumulation(), "promote_256": Accumulation(promote_every=256)}
+              "promote_128": Accumulation(), "promote_256": Accumulation(promote_every=256),
+              "K&M fast": KHATTAK_MIKAITIS_H100_FAST, "K&M promote_128": KHATTAK_MIKAITIS_H100}
     measured = measured_errors(args.measured)
     lines = ["| layer (K) | " + " | ".join(models) + " | GPU measured: " + ", ".join(
                  f"{column} ({model})" for column, model in MEASURED.items()) + " |",
@@ -120,8 +126,12 @@ def candidate_models(smoke: bool) -> list[Accumulation]:
     if smoke:
         grid = itertools.product((8, 16), (13, 14), (None, 64, 128), (True,))
         return [Accumulation(g, f, p, t) for g, f, p, t in grid]
-    return [Accumulation(g, f, p, t) for g, f, p, t in itertools.product(
+    magnitudes = [Accumulation(g, f, p, t) for g, f, p, t in itertools.product(
         (8, 16, 32), (12, 13, 14), (None, 32, 64, 128, 256), (True, False))]
+    # aligned to the products' exponent sums, each group's sum truncated or not (Khattak and Mikaitis's H100 model)
+    exponent_sums = [Accumulation(g, f, p, product_exponents=True, truncate_result=r) for g, f, p, r in
+                     itertools.product((16, 32), (12, 13, 14), (None, 128, 256), (True, False))]
+    return magnitudes + exponent_sums
 
 
 def random_codes(kind: str, rows: int, k: int, generator: torch.Generator, device: str) -> Tensor:

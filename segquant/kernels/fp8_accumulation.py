@@ -12,10 +12,15 @@ reproduces those numbers on all eight benchmarked FLUX.1-dev and SD3.5-medium sh
   and restarts it from zero (cuBLASLt and CUTLASS without fast accumulation; Triton once per K tile); fast
   accumulation never does (``promote_every`` ``None``).
 
-Whether it is exact to the bit is for the GPU to say (the benchmark's ``probe``); until then the emulated backend sums
-FP8 in float32 unless :data:`EMULATED_FP8` names a model (:func:`tensor_core_numerics`). Every step is exact in float32:
-a product of two E4M3 values has 8 significant bits, and the truncated addends of one group are multiples of one
-power of two below ``2^(fraction_bits + 6)`` of it.
+It is not the GPU's sum to the bit: run 20's probe (an H100) found 24 % of cuBLASLt's float32 accumulators equal to
+:data:`HOPPER`'s at K = 256, 54 % with groups of 32. Khattak and Mikaitis's bit-accurate H100 model (arXiv:2512.07004)
+differs in two points, both options here: the addends are aligned to the products' exponent sums, not their
+magnitudes (``product_exponents``), and each group's sum is truncated to ``fraction_bits`` places
+(``truncate_result``); with groups of 32 it reproduces the GPU's per-layer errors within 2 % on the CPU. Until the GPU
+confirms one model, the emulated backend sums FP8 in float32 unless :data:`EMULATED_FP8` names a model
+(:func:`tensor_core_numerics`). The models with few enough fraction bits are exact in float32
+(:attr:`Accumulation.float32_exact`): a product of two E4M3 values has 8 significant bits, and the truncated addends
+of one group are multiples of one power of two.
 """
 
 from __future__ import annotations
@@ -32,30 +37,49 @@ from torch import Tensor
 class Accumulation:
     """One model of the tensor cores' FP8 sum (module doc). ``promote_every``: channels of K per float32 promotion,
     a multiple of ``group`` (``None``: never, fast accumulation). ``truncate_sum``: the alternative the GPU's errors
-    rule out (the exact sum of accumulator and group truncated, not each addend), kept for the benchmark's fit."""
+    rule out (the exact sum of accumulator and group truncated, not each addend), kept for the benchmark's fit.
+    ``product_exponents``: addends aligned to the largest of the products' exponent sums (each factor's exponent,
+    at least E4M3's −6) and the accumulator's exponent, not to the largest magnitude (a product of two
+    significands may reach 4, one place above its exponent sum). ``truncate_result``: each group's sum then
+    truncated toward zero to ``fraction_bits`` places below its own leading bit (an accumulator of that width).
+    Both as Khattak and Mikaitis model the H100's FP8 tensor cores (arXiv:2512.07004: groups of 32, 13 places,
+    truncation)."""
 
     group: int = 16
     fraction_bits: int = 13
     promote_every: int | None = 128
     truncate_accumulator: bool = True
     truncate_sum: bool = False
+    product_exponents: bool = False
+    truncate_result: bool = False
 
     @property
     def name(self) -> str:
         promote = "fast" if self.promote_every is None else f"promote_{self.promote_every}"
         kept = "_sum_truncated" if self.truncate_sum else "" if self.truncate_accumulator else "_keep_acc"
-        return f"g{self.group}_f{self.fraction_bits}_{promote}{kept}"
+        aligned = "_product_exponents" if self.product_exponents else ""
+        result = "_result_truncated" if self.truncate_result else ""
+        return f"g{self.group}_f{self.fraction_bits}_{promote}{kept}{aligned}{result}"
+
+    @property
+    def float32_exact(self) -> bool:
+        """Whether float32 holds every step: each addend truncated to a multiple of one unit below
+        ``2^(fraction_bits + 2)`` of it (a product of significands is below 4), ``group + 1`` of them summed."""
+        return (self.truncate_accumulator and not self.truncate_sum
+                and self.fraction_bits + 2 + (self.group + 1).bit_length() <= FLOAT32_SIGNIFICAND_BITS)
 
 
 #: Channels of K after which cuBLASLt and CUTLASS (without fast accumulation) promote an FP8 sum to float32, and the
 #: gpu backend's Triton kernels too (``max_num_imprecise_acc``, whatever their K tile).
 KERNEL_PROMOTE_EVERY = 128
-#: The model fitted to the H100's FP8 GEMMs without fast accumulation (not yet checked bit for bit).
+#: The model fitted to the H100's FP8 GEMMs' errors without fast accumulation (not their bits: run 20's probe).
 HOPPER = Accumulation(promote_every=KERNEL_PROMOTE_EVERY)
 #: The emulated backend's plain static FP8 layers sum with this model when set (``None``: float32, the default).
 EMULATED_FP8: dict[str, Accumulation | None] = {"accumulation": None}
-#: Fraction bits up to which a group's truncated sum (below ``2^(fraction_bits + 6)`` units) fits float32's 24 bits.
-FLOAT32_BITS = 17
+#: Significant bits of float32, which holds a group's truncated sum exactly while it stays below this many units.
+FLOAT32_SIGNIFICAND_BITS = 24
+#: E4M3's smallest normal exponent: the exponent a subnormal code counts with (``product_exponents``).
+E4M3_MIN_EXPONENT = -6
 #: Elements of the ``(rows, N, group)`` products one step of :func:`tensor_core_sum` holds at most (float32).
 CHUNK_ELEMENTS = 1 << 25
 
@@ -81,20 +105,39 @@ def _truncated(x: Tensor, unit: Tensor) -> Tensor:
     return torch.trunc(x / unit) * unit
 
 
+def _exponents(x: Tensor) -> Tensor:
+    """``⌊log2 |x|⌋`` of E4M3 values, at least :data:`E4M3_MIN_EXPONENT` (subnormals); zeros get ``-inf``."""
+    exponents = (torch.frexp(x)[1] - 1).clamp(min=E4M3_MIN_EXPONENT).to(x.dtype)
+    return torch.where(x == 0, float("-inf"), exponents)
+
+
+def _group_unit(products: Tensor, a_group: Tensor, b_group: Tensor, acc: Tensor, model: Accumulation) -> Tensor:
+    """The unit ``(M, N)`` a group's addends are truncated to: ``fraction_bits`` places below the largest product
+    and the accumulator, or below their exponents (``product_exponents``)."""
+    if not model.product_exponents:
+        return _unit(torch.maximum(products.abs().amax(-1), acc.abs()), model.fraction_bits)
+    largest = (_exponents(a_group)[:, None, :] + _exponents(b_group)[None, :, :]).amax(-1)
+    largest = torch.maximum(largest, torch.where(acc == 0, float("-inf"), torch.frexp(acc)[1] - 1.0))
+    return torch.exp2(torch.where(torch.isinf(largest), 0.0, largest) - model.fraction_bits)
+
+
 def _rows_sum(a: Tensor, b: Tensor, model: Accumulation) -> Tensor:
     """:func:`tensor_core_sum` of ``a`` ``(M, K)`` values and ``b`` ``(N, K)`` in their dtype; the promotions add
     in float32."""
     total = a.new_zeros(a.shape[0], b.shape[0], dtype=torch.float32)
-    acc = torch.zeros_like(total)
+    acc = torch.zeros_like(total, dtype=a.dtype)
     for k0 in range(0, a.shape[1], model.group):
-        products = a[:, None, k0:k0 + model.group] * b[None, :, k0:k0 + model.group]  # (M, N, group), exact
+        a_group, b_group = a[:, k0:k0 + model.group], b[:, k0:k0 + model.group]
+        products = a_group[:, None, :] * b_group[None, :, :]  # (M, N, group), exact
         if model.truncate_sum:
             acc = acc + products.sum(-1)
             acc = _truncated(acc, _unit(acc.abs(), model.fraction_bits))
         else:
-            unit = _unit(torch.maximum(products.abs().amax(-1), acc.abs()), model.fraction_bits)  # (M, N)
+            unit = _group_unit(products, a_group, b_group, acc, model)  # (M, N)
             kept = _truncated(acc, unit) if model.truncate_accumulator else acc
             acc = kept + _truncated(products, unit[..., None]).sum(-1)
+        if model.truncate_result:
+            acc = _truncated(acc, _unit(acc.abs(), model.fraction_bits))
         if model.promote_every is not None and (k0 + model.group) % model.promote_every == 0:
             total, acc = total + acc.float(), torch.zeros_like(acc)
     return total + acc.float()
@@ -104,15 +147,14 @@ def tensor_core_sum(a: Tensor, b: Tensor, model: Accumulation = HOPPER) -> Tenso
     """``Σ_k a[m, k] · b[n, k]`` as ``model`` sums it: ``a`` ``(M, K)`` and ``b`` ``(N, K)`` E4M3 codes (any float
     dtype holding them) -> ``(M, N)`` float32, the accumulator as the GEMM leaves it (before any scale). Rows in
     chunks of at most :data:`CHUNK_ELEMENTS` products per step. Float32 holds every step of a model that truncates
-    each addend and the accumulator at most :data:`FLOAT32_BITS` places down exactly (module doc); the others sum in
-    float64. On CUDA the float32 family runs a Triton kernel with the same arithmetic
-    (:mod:`segquant.kernels.gpu.triton_fp8_emulation`)."""
+    each addend and the accumulator few enough places down (:attr:`Accumulation.float32_exact`) exactly (module doc);
+    the others sum in float64. On CUDA the float32 family without ``product_exponents`` or ``truncate_result`` runs a
+    Triton kernel with the same arithmetic (:mod:`segquant.kernels.gpu.triton_fp8_emulation`)."""
     if a.shape[0] == 0 or b.shape[0] == 0:
         return torch.zeros(a.shape[0], b.shape[0], device=a.device)
-    exact_in_float32 = model.truncate_accumulator and not model.truncate_sum and model.fraction_bits <= FLOAT32_BITS
-    if exact_in_float32 and a.is_cuda:
+    if model.float32_exact and a.is_cuda and not (model.product_exponents or model.truncate_result):
         from segquant.kernels.gpu.triton_fp8_emulation import tensor_core_sum_triton
         return tensor_core_sum_triton(a, b, model.group, model.fraction_bits, model.promote_every)
-    a, b = (a.float(), b.float()) if exact_in_float32 else (a.double(), b.double())
+    a, b = (a.float(), b.float()) if model.float32_exact else (a.double(), b.double())
     rows = max(1, CHUNK_ELEMENTS // max(1, b.shape[0] * model.group))
     return torch.cat([_rows_sum(a[m0:m0 + rows], b, model) for m0 in range(0, a.shape[0], rows)]).float()

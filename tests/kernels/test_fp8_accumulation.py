@@ -1,6 +1,8 @@
 """The model of the tensor cores' FP8 sum (``segquant.kernels.fp8_accumulation``) and the emulated layer that, with
 it switched on, computes what the gpu backend's plain static FP8 layers compute."""
 
+import math
+
 import pytest
 import torch
 
@@ -30,6 +32,42 @@ def test_addends_are_truncated_below_the_largest_and_promotion_restarts_the_sum(
     assert tensor_core_sum(a, b, Accumulation(32, 13, None)).item() == 512 + 16 * 0.15625
     # the exact sum truncated instead: 514.5 is a multiple of 2⁻⁴
     assert tensor_core_sum(a, b, Accumulation(16, 13, None, truncate_sum=True)).item() == 512 + 16 * 0.15625
+
+
+def _scalar_model(a: list[float], b: list[float], fraction_bits: int = 13, group: int = 32) -> float:
+    """Khattak and Mikaitis's H100 block FMA, one dot product in Python floats (fast accumulation): per group of
+    32, addends truncated toward zero 13 places below the largest of the products' exponent sums (subnormal
+    factors count as 2⁻⁶) and the accumulator's exponent, summed exactly, the sum truncated to 13 places."""
+    def exponent(x: float) -> int:
+        return math.frexp(abs(x))[1] - 1
+
+    def truncated(x: float, unit: float) -> float:
+        return math.trunc(x / unit) * unit
+
+    acc = 0.0
+    for k0 in range(0, len(a), group):
+        pairs = [(x, y) for x, y in zip(a[k0:k0 + group], b[k0:k0 + group]) if x != 0 and y != 0]
+        exponents = [max(exponent(x), -6) + max(exponent(y), -6) for x, y in pairs] + ([exponent(acc)] if acc else [])
+        if not exponents:
+            continue
+        unit = 2.0 ** (max(exponents) - fraction_bits)
+        total = truncated(acc, unit) + sum(truncated(x * y, unit) for x, y in pairs)
+        acc = truncated(total, 2.0 ** (exponent(total) - fraction_bits)) if total else 0.0
+    return acc
+
+
+def test_product_exponent_alignment_and_truncated_group_sums_follow_the_scalar_definition():
+    """The ``product_exponents`` / ``truncate_result`` model equals a scalar statement of it on codes over the whole
+    E4M3 range (subnormals, carries past a product's exponent sum) and differs from the magnitude-aligned one."""
+    g = torch.Generator().manual_seed(3)
+    a, b = (torch.randint(0, 255, (rows, 192), generator=g, dtype=torch.int32) for rows in (5, 4))
+    a, b = (torch.where((x & 0x7F) == 0x7F, x - 1, x).to(torch.uint8).view(torch.float8_e4m3fn) for x in (a, b))
+    model = Accumulation(32, 13, None, product_exponents=True, truncate_result=True)
+    expected = torch.tensor([[_scalar_model(row.float().tolist(), column.float().tolist()) for column in b]
+                             for row in a])
+    assert torch.equal(tensor_core_sum(a, b, model), expected)
+    assert not torch.equal(tensor_core_sum(a, b, Accumulation(32, 13, None)), expected)
+    assert model.float32_exact and not Accumulation(32, 17, None).float32_exact
 
 
 def test_enough_fraction_bits_give_the_exact_sum_and_chunks_change_nothing(monkeypatch):
