@@ -148,13 +148,13 @@ def tensor_core_sum(a: Tensor, b: Tensor, model: Accumulation = HOPPER) -> Tenso
     dtype holding them) -> ``(M, N)`` float32, the accumulator as the GEMM leaves it (before any scale). Rows in
     chunks of at most :data:`CHUNK_ELEMENTS` products per step. Float32 holds every step of a model that truncates
     each addend and the accumulator few enough places down (:attr:`Accumulation.float32_exact`) exactly (module doc);
-    the others sum in float64. On CUDA the float32 family without ``product_exponents`` or ``truncate_result`` runs a
-    Triton kernel with the same arithmetic (:mod:`segquant.kernels.gpu.triton_fp8_emulation`)."""
+    the others sum in float64. On CUDA the float32 family runs a Triton kernel with the same arithmetic
+    (:mod:`segquant.kernels.gpu.triton_fp8_emulation`)."""
     if a.shape[0] == 0 or b.shape[0] == 0:
         return torch.zeros(a.shape[0], b.shape[0], device=a.device)
-    if model.float32_exact and a.is_cuda and not (model.product_exponents or model.truncate_result):
+    if model.float32_exact and a.is_cuda:
         from segquant.kernels.gpu.triton_fp8_emulation import tensor_core_sum_triton
-        return tensor_core_sum_triton(a, b, model.group, model.fraction_bits, model.promote_every)
+        return tensor_core_sum_triton(a, b, model)
     a, b = (a.float(), b.float()) if model.float32_exact else (a.double(), b.double())
     rows = max(1, CHUNK_ELEMENTS // max(1, b.shape[0] * model.group))
     return torch.cat([_rows_sum(a[m0:m0 + rows], b, model) for m0 in range(0, a.shape[0], rows)]).float()

@@ -20,6 +20,11 @@ CASES = {
     "group8_f12_promote32": (17, 9, 70, Accumulation(8, 12, 32), "benchmark"),
     "group32_f14_promote64_wide": (16, 33, 256, Accumulation(32, 14, 64), "wide"),
     "hopper_wide_codes": (21, 18, 96, Accumulation(), "wide"),
+    "product_exponents_truncated_sums_wide": (17, 20, 160, Accumulation(32, 13, 128, product_exponents=True,
+                                                                          truncate_result=True), "wide"),
+    "product_exponents_fast": (16, 19, 200, Accumulation(32, 13, None, product_exponents=True,
+                                                         truncate_result=True), "benchmark"),
+    "product_exponents_only": (18, 16, 96, Accumulation(16, 13, 64, product_exponents=True), "wide"),
 }
 
 
@@ -27,5 +32,5 @@ if __name__ == "__main__":
     for name, (m, n, k, model, kind) in CASES.items():
         generator = torch.Generator().manual_seed(0)
         a, b = random_codes(kind, m, k, generator, "cpu"), random_codes(kind, n, k, generator, "cpu")
-        triton_sum = tensor_core_sum_triton(a, b, model.group, model.fraction_bits, model.promote_every)
+        triton_sum = tensor_core_sum_triton(a, b, model)
         print(name, torch.equal(triton_sum, tensor_core_sum(a, b, model)), flush=True)

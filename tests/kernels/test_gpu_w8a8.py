@@ -334,12 +334,15 @@ def test_two_level_int4_backend_matches_emulated(rows, dtype):
     assert rel_err(y, ref) <= within_rounding(ref, dtype)
 
 
-@pytest.mark.parametrize("promote_every", [128, None], ids=["promoted", "fast"])
-def test_fp8_emulation_kernel_equals_the_torch_model_on_the_gpu(promote_every):
+@pytest.mark.parametrize(("group", "promote_every", "product_exponents"),
+                         [(16, 128, False), (16, None, False), (32, 128, True), (32, None, True)],
+                         ids=["promoted", "fast", "product_exponents_promoted", "product_exponents_fast"])
+def test_fp8_emulation_kernel_equals_the_torch_model_on_the_gpu(group, promote_every, product_exponents):
     """The tensor-core FP8 model on CUDA (its Triton kernel) against the pure-torch loop on the CPU, bitwise, at a
-    FLUX-like depth."""
+    FLUX-like depth; magnitude-aligned, and aligned to the products' exponents with truncated group sums."""
     from segquant.kernels.fp8_accumulation import Accumulation, tensor_core_sum
 
-    model = Accumulation(promote_every=promote_every)
+    model = Accumulation(group, 13, promote_every, product_exponents=product_exponents,
+                         truncate_result=product_exponents)
     a, b = random_codes((70, 3072), DType.FP8E4M3), random_codes((48, 3072), DType.FP8E4M3)
     assert torch.equal(tensor_core_sum(a, b, model).cpu(), tensor_core_sum(a.cpu(), b.cpu(), model))

@@ -263,17 +263,20 @@ def test_gpu_time_decomposition_keeps_exactly_the_parts_it_names():
             assert (sequence.count("MMA") == 8 and pipelined(sequence)) if mmas else "MMA" not in sequence, (fmt, mode)
 
 
-@pytest.mark.parametrize("promote", [8, 0], ids=["promoted", "fast"])
-def test_fp8_emulation_kernel_truncates_its_addends_without_spills(promote):
+@pytest.mark.parametrize(("group", "promote", "product_exponents"), [(16, 8, False), (16, 0, False), (32, 4, True)],
+                         ids=["promoted", "fast", "product_exponents_truncated_sums"])
+def test_fp8_emulation_kernel_truncates_its_addends_without_spills(group, promote, product_exponents):
     """The tensor-core FP8 model's kernel (``triton_fp8_emulation``): its float32 -> int32 conversions truncate
-    (``cvt.rzi``: the model's rounding toward zero), and its 16 × 16 × 16 block of products fits the registers."""
-    from segquant.kernels.gpu.triton_fp8_emulation import BLOCK, _tensor_core_sum_kernel as kernel
+    (``cvt.rzi``: the model's rounding toward zero), and its 16 × 16 × ``group`` block of products fits the
+    registers, with the products' exponent sums and the truncated group sums too."""
+    from segquant.kernels.gpu.triton_fp8_emulation import BLOCK, _tensor_core_sum_kernel as kernel, warps_for
 
-    constants = dict(GROUP=16, FRACTION_BITS=13, PROMOTE_GROUPS=promote, BLOCK_M=BLOCK, BLOCK_N=BLOCK)
+    constants = dict(GROUP=group, FRACTION_BITS=13, PROMOTE_GROUPS=promote, PRODUCT_EXPONENTS=product_exponents,
+                     TRUNCATE_RESULT=product_exponents, BLOCK_M=BLOCK, BLOCK_N=BLOCK)
     signature = {name: "i32" for name in kernel.arg_names}
     signature.update(a_ptr="*fp16", b_ptr="*fp16", out_ptr="*fp32", **{name: "constexpr" for name in constants})
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()})
-    ptx = compiled(source, num_warps=4, num_stages=2, fp_fusion=True).asm["ptx"]
+    ptx = compiled(source, num_warps=warps_for(group), num_stages=2, fp_fusion=True).asm["ptx"]
     assert "cvt.rzi.s32.f32" in ptx and "cvt.rni.s32.f32" not in ptx
     assert " 0 bytes spill stores" in ptxas_report(ptx)
