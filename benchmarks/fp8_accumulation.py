@@ -19,7 +19,10 @@ scales and a float32 output (cuBLASLt tensor-wise: the accumulator as it leaves 
 accumulation, row-wise (CUTLASS, bf16 output) and the Triton kernels through the op; then the tensor-wise call with
 scales and a bias against candidate float32 epilogues on the accumulator it left; and a static FP8 layer as the gpu
 backend runs it (folded scales, bias, bf16 output; per-tensor and per-channel weights) against every model and
-epilogue: what a bitwise emulation of the FP8 layers needs.
+epilogue: what a bitwise emulation of the FP8 layers needs. It saves the codes and the kernels' outputs of its
+products up to K = 3072 (``probe_samples.pt``, ≈ 4 MB), so that ``fit`` can compare other models with them on the CPU:
+
+    python benchmarks/fp8_accumulation.py fit --out OUT --samples PROBE_OUT/probe_samples.pt [--fit-rows 32]
 """
 
 from __future__ import annotations
@@ -243,29 +246,69 @@ def stand_in_kernels(a: Tensor, b: Tensor) -> dict[str, Tensor]:
             "model_g8_f14_fast_bf16": tensor_core_sum(a, b, Accumulation(8, 14, None)).to(torch.bfloat16)}
 
 
+#: Probe rows whose codes and GPU outputs are saved for ``fit`` (K up to this; the longest K is left out for size)
+SAMPLED_MAX_K = 3072
+PROBE_HEADER = ["| kernel | codes | K | exact sum: equal elements | best models (equal elements) |", "| --- " * 5 + "|"]
+
+
+def kernel_scores(kind: str, k: int, a: Tensor, b: Tensor, observed: dict[str, Tensor],
+                  modelled: dict[Accumulation, Tensor]) -> tuple[list[dict], list[str]]:
+    """For each observed kernel's output on ``a`` ``(M, K)`` x ``b`` ``(N, K)``: the share of its elements that the
+    float32 sum of the exact products and each modelled sum give, best models first (JSON rows, markdown lines)."""
+    exact = (a.double() @ b.double().T).float()
+    results, lines = [], []
+    for kernel, out in observed.items():
+        def equal(candidate: Tensor) -> float:
+            return (candidate.to(out.dtype) == out).double().mean().item()
+        scores = sorted(((equal(value), model.name) for model, value in modelled.items()), reverse=True)
+        results.append(dict(kernel=kernel, codes=kind, k=k, exact_equal=equal(exact), best=scores[:5]))
+        best = ", ".join(f"{name} ({score:.6f})" for score, name in scores[:3])
+        lines.append(f"| {kernel} | {kind} | {k} | {equal(exact):.6f} | {best} |")
+        print(lines[-1], flush=True)
+    return results, lines
+
+
+def fit(args) -> str:
+    """``probe``'s comparison on the CPU, from the codes and GPU outputs a probe saved (``probe_samples``), for the
+    first ``--fit-rows`` rows: models can be tried without a GPU."""
+    samples = torch.load(args.samples, weights_only=True)
+    models = candidate_models(args.smoke)
+    lines, results = list(PROBE_HEADER), []
+    for name in sorted(key for key in samples if key.endswith("/a")):
+        kind, k = name.split("/")[:2]
+        prefix = f"{kind}/{k}/"
+        a = samples[name][:args.fit_rows].view(torch.float8_e4m3fn)
+        b = samples[prefix + "b"].view(torch.float8_e4m3fn)
+        observed = {key[len(prefix) + len("out/"):]: value[:args.fit_rows] for key, value in samples.items()
+                    if key.startswith(prefix + "out/")}
+        modelled = {model: tensor_core_sum(a, b, model) for model in models}
+        rows, new_lines = kernel_scores(kind, int(k), a, b, observed, modelled)
+        results += rows
+        lines += new_lines
+    (args.out / "fit.json").write_text(json.dumps(results, indent=1))
+    return "\n".join(lines)
+
+
 def probe(args) -> str:
-    """Per observed kernel and input kind: the models of the grid that equal it on the most elements."""
+    """Per observed kernel and input kind: the models of the grid that equal it on the most elements. The codes and
+    outputs of the rows up to :data:`SAMPLED_MAX_K` go to ``probe_samples.pt`` (for ``fit``)."""
     device = "cpu" if args.smoke else "cuda"
     generator = torch.Generator(device=device).manual_seed(args.seed)
     models = candidate_models(args.smoke)
-    lines = ["| kernel | codes | K | exact sum: equal elements | best models (equal elements) |", "| --- " * 5 + "|"]
-    results = []
+    lines, results, samples = list(PROBE_HEADER), [], {}
     for kind, k in itertools.product(("benchmark", "wide"), args.probe_k):
         a = random_codes(kind, args.probe_rows, k, generator, device)
         b = random_codes(kind, args.probe_columns, k, generator, device)
         observed = (stand_in_kernels if args.smoke else gpu_kernels)(a, b)
+        if k <= SAMPLED_MAX_K:
+            samples.update({f"{kind}/{k}/a": a.view(torch.uint8).cpu(), f"{kind}/{k}/b": b.view(torch.uint8).cpu()})
+            samples.update({f"{kind}/{k}/out/{kernel}": out.cpu() for kernel, out in observed.items()})
         modelled = {model: tensor_core_sum(a, b, model) for model in models}
         same = torch.equal(modelled[HOPPER].cpu(), tensor_core_sum(a.cpu(), b.cpu(), HOPPER))
         print(f"{kind} K={k}: the model on {device} (CUDA: its Triton kernel) equals the CPU loop: {same}", flush=True)
-        exact = (a.double() @ b.double().T).float()
-        for kernel, out in observed.items():
-            def equal(candidate: Tensor) -> float:
-                return (candidate.to(out.dtype) == out).double().mean().item()
-            scores = sorted(((equal(value), model.name) for model, value in modelled.items()), reverse=True)
-            results.append(dict(kernel=kernel, codes=kind, k=k, exact_equal=equal(exact), best=scores[:5]))
-            best = ", ".join(f"{name} ({score:.6f})" for score, name in scores[:3])
-            lines.append(f"| {kernel} | {kind} | {k} | {equal(exact):.6f} | {best} |")
-            print(lines[-1], flush=True)
+        rows, new_lines = kernel_scores(kind, k, a, b, observed, modelled)
+        results += rows
+        lines += new_lines
         unit_accumulator = "model_g16_f13_promote_64" if args.smoke else "cublaslt_tensorwise"
         if unit_accumulator in observed:  # the tensor-wise call's epilogue, on the accumulator it left
             call = stand_in_scaled_call if args.smoke else scaled_call
@@ -283,12 +326,13 @@ def probe(args) -> str:
                      + ", ".join(f"{name} ({score:.6f})" for score, name in scores[:3]) + " |")
         print(lines[-1], flush=True)
     (args.out / "probe.json").write_text(json.dumps(results, indent=1))
+    torch.save(samples, args.out / "probe_samples.pt")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("simulate", "probe"))
+    parser.add_argument("mode", choices=("simulate", "probe", "fit"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--measured", default="", help="comma-separated scaled_gemm.jsonl files of gemm_w8a8.py")
     parser.add_argument("--layers", default=",".join(SIMULATED_LAYERS))
@@ -299,12 +343,14 @@ def main() -> None:
     parser.add_argument("--deployed-k", type=int, default=3072, help="probe: K of the deployed-layer comparison")
     parser.add_argument("--probe-k", default="256,3072,12288", help="probe: K of each random product")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=Path, help="fit: a probe's probe_samples.pt")
+    parser.add_argument("--fit-rows", type=int, default=32, help="fit: rows of each saved product to compare")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, to test this script")
     args = parser.parse_args()
     args.layers = args.layers.split(",")
     args.measured = [Path(p) for p in args.measured.split(",") if p]
     args.probe_k = [int(k) for k in args.probe_k.split(",")]
-    if args.smoke or args.mode == "simulate":
+    if args.smoke or args.mode != "probe":
         gemm_w8a8.DEVICE["name"] = "cpu"
     if args.smoke:
         gemm_w8a8.LAYERS.update(gemm_w8a8.SMOKE_LAYERS)
@@ -312,7 +358,7 @@ def main() -> None:
         args.probe_k, args.deployed_k = [64, 192], 192
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    table = simulate(args) if args.mode == "simulate" else probe(args)
+    table = {"simulate": simulate, "probe": probe, "fit": fit}[args.mode](args)
     device = torch.cuda.get_device_name() if args.mode == "probe" and not args.smoke else "cpu"
     header = (f"{args.mode} on {device}, torch {torch.__version__}, "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.time() - started:.0f} s; "

@@ -65,6 +65,11 @@ def test_fp8_accumulation_probe_names_the_model_standing_in_for_the_gpu(tmp_path
     assert best == ({("model_g16_f13_promote_64", codes): [1.0, "g16_f13_promote_64"] for codes in kinds}
                     | {("model_g8_f14_fast_bf16", codes): [1.0, "g8_f14_fast"] for codes in kinds}
                     | {("epilogue, cuBLASLt tensor-wise", codes): [1.0, "acc·(sa·sb) + bias"] for codes in kinds})
+    run_script(["fp8_accumulation.py", "fit", "--smoke", "--out", str(tmp_path), "--samples",
+                str(tmp_path / "probe_samples.pt")])
+    fitted = json.loads((tmp_path / "fit.json").read_text())
+    assert {(row["kernel"], row["codes"]): row["best"][0] for row in fitted if row["k"] == longest} == {
+        key: value for key, value in best.items() if not key[0].startswith("epilogue")}
     deployed = [row for row in rows if row["kernel"].startswith("deployed static layer")]
     assert len(deployed) == 2 and all(row["best"][0][0] == 1.0 > row["twin_equal"] for row in deployed)
     epilogues = [row["best"] for row in rows if row["kernel"].startswith("epilogue")]
