@@ -12,12 +12,15 @@ accumulator is added to the float32 total at each promotion, rounded to nearest.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from segquant.kernels.fp8_accumulation import Accumulation
+if TYPE_CHECKING:  # the model module calls this one
+    from segquant.kernels.fp8_accumulation import Accumulation
 
 BLOCK = 16  # outputs per program along M and along N: a 16 × 16 × group block of products
 #: Exponents below this are those of an all-zero group and accumulator (any unit works there); it keeps the
