@@ -1,0 +1,120 @@
+"""Host time of the op's Python layers, measured on the CPU where no GPU is lent: what run 20's ``host`` step could
+not take apart on the GPU machine (BENCHMARKS.md "Run 20").
+
+- ``dispatch``: a no-op behind ``segquant::scaled_gemm``'s schema, registered as our op is
+  (``torch.library.custom_op``) and with ``torch.library.define`` / ``impl``, against calling it directly. Run 20
+  measured the op's dispatcher at 17–27 µs per call on the H100 machine.
+- ``wrappers``: each Triton route's Python (:func:`~segquant.kernels.gpu.triton_gemm.scaled_gemm_triton`,
+  :func:`~segquant.kernels.gpu.triton_tma.tma_gemm_triton`, :func:`~segquant.kernels.gpu.triton_gemv.gemv_triton`)
+  with its kernel launch stubbed: run 20's ``host_no_autotuner_us`` (49–92 µs) less this is Triton's own launch.
+
+    python benchmarks/host_python.py [--iters 20000]
+
+Under ``torch.inference_mode``, as the models run; the fastest of five blocks of calls. The CPU differs from the GPU machine's: compare the rows with each
+other, not with run 20's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+from unittest import mock
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
+
+from segquant.kernels.gpu import triton_gemm, triton_gemv, triton_tma  # noqa: E402
+
+SCHEMA = ("(Tensor a, Tensor b, Tensor a_scale, Tensor? a_scale_neg, Tensor w_scale, Tensor a_col, Tensor w_col, "
+          "Tensor? bias, Tensor? lowrank_t, Tensor? lowrank_up, int out_segment, int scale_mode, int k_align, "
+          "ScalarType out_dtype) -> Tensor")
+
+
+def no_op(a, *_) -> Tensor:
+    """What each registration runs: an empty new tensor (an op's output may not alias its input)."""
+    return a.new_empty(0)
+
+
+@torch.library.custom_op("segquant_host::as_custom_op", mutates_args=())
+def as_custom_op(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Tensor], w_scale: Tensor,
+                 a_col: Tensor, w_col: Tensor, bias: Optional[Tensor], lowrank_t: Optional[Tensor],
+                 lowrank_up: Optional[Tensor], out_segment: int, scale_mode: int, k_align: int,
+                 out_dtype: torch.dtype) -> Tensor:
+    return no_op(a)
+
+
+_LIBRARY = torch.library.Library("segquant_host", "FRAGMENT")
+_LIBRARY.define("as_defined" + SCHEMA)
+_LIBRARY.impl("as_defined", no_op, "CPU")
+
+
+class StubbedLaunch:
+    """Stands in for a Triton kernel: ``kernel[grid](...)`` does nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def per_call_us(call: Callable[[], object], iters: int, blocks: int = 5) -> float:
+    """µs per call: the fastest of ``blocks`` blocks of ``iters / blocks`` calls (the others met interference)."""
+    for _ in range(min(200, iters)):
+        call()
+    size, times = max(1, iters // blocks), []
+    for _ in range(blocks):
+        started = time.perf_counter()
+        for _ in range(size):
+            call()
+        times.append((time.perf_counter() - started) / size * 1e6)
+    return min(times)
+
+
+def op_args(m: int, k: int, n: int, bias: bool = True) -> tuple:
+    """The op's arguments for an INT8 layer ``(1, m, k) x (n, k)``, static per-tensor input scale."""
+    return (torch.randint(-8, 8, (1, m, k), dtype=torch.int8), torch.randint(-8, 8, (n, k), dtype=torch.int8),
+            torch.ones(1, 1, 1), None, torch.ones(n, 1), torch.zeros(k, dtype=torch.int32),
+            torch.zeros(n, dtype=torch.int32), torch.ones(n, dtype=torch.bfloat16) if bias else None, None, None, n,
+            0, k, torch.bfloat16)
+
+
+def dispatch_rows(iters: int) -> list[tuple[str, float]]:
+    args = op_args(512, 3072, 3072)
+    return [("called directly", per_call_us(lambda: no_op(*args), iters)),
+            ("torch.library.custom_op", per_call_us(lambda: torch.ops.segquant_host.as_custom_op(*args), iters)),
+            ("torch.library.define / impl", per_call_us(lambda: torch.ops.segquant_host.as_defined(*args), iters))]
+
+
+def wrapper_rows(iters: int) -> list[tuple[str, float]]:
+    """Each route's Python with its kernel stubbed, on run 20's shapes (tiled: ctx_proj; TMA: qkv_fused's K and N
+    at M = 512, so that the CPU's allocation of the output does not dominate; GEMV: adaln_plain)."""
+    tiled, tma, gemv = op_args(512, 3072, 3072), op_args(512, 3072, 9216), op_args(1, 3072, 18432)
+    with mock.patch.object(triton_gemm, "_scaled_gemm_kernel", StubbedLaunch()), \
+            mock.patch.object(triton_tma, "_tma_gemm_kernel", StubbedLaunch()), \
+            mock.patch.object(triton_gemv, "_gemv_kernel", StubbedLaunch()):
+        return [("tiled (ctx_proj, M = 512)", per_call_us(lambda: triton_gemm.scaled_gemm_triton(*tiled), iters)),
+                ("persistent TMA (qkv_fused's K and N, M = 512)", per_call_us(
+                    lambda: triton_tma.tma_gemm_triton(*tma[:3], *tma[4:10], tma[13]), iters)),
+                ("GEMV (adaln_plain, M = 1)", per_call_us(
+                    lambda: triton_gemv.gemv_triton(*gemv[:5], *gemv[6:11], gemv[12], gemv[13]), iters))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=20000)
+    args = parser.parse_args()
+    with torch.inference_mode():
+        tables = {"dispatch of the op's schema (a no-op)": dispatch_rows(args.iters),
+                  "a Triton route's own Python, its launch stubbed": wrapper_rows(args.iters)}
+    print(f"torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.iters} calls each")
+    for title, rows in tables.items():
+        print(f"\n| {title} | µs per call |\n| --- | --- |")
+        for name, us in rows:
+            print(f"| {name} | {us:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
