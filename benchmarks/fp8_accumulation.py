@@ -276,11 +276,11 @@ def fit(args) -> str:
     lines, results = list(PROBE_HEADER), []
     for name in sorted(key for key in samples if key.endswith("/a")):
         kind, k = name.split("/")[:2]
-        prefix = f"{kind}/{k}/"
+        outputs = f"{kind}/{k}/out/"
         a = samples[name][:args.fit_rows].view(torch.float8_e4m3fn)
-        b = samples[prefix + "b"].view(torch.float8_e4m3fn)
-        observed = {key[len(prefix) + len("out/"):]: value[:args.fit_rows] for key, value in samples.items()
-                    if key.startswith(prefix + "out/")}
+        b = samples[f"{kind}/{k}/b"].view(torch.float8_e4m3fn)
+        observed = {key[len(outputs):]: value[:args.fit_rows] for key, value in samples.items()
+                    if key.startswith(outputs)}
         modelled = {model: tensor_core_sum(a, b, model) for model in models}
         rows, new_lines = kernel_scores(kind, int(k), a, b, observed, modelled)
         results += rows

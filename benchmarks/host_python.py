@@ -28,7 +28,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
 
-from segquant.kernels.gpu import triton_gemm, triton_gemv, triton_tma  # noqa: E402
+from segquant.kernels.gpu import ops, triton_gemm, triton_gemv, triton_tma  # noqa: E402
 
 SCHEMA = ("(Tensor a, Tensor b, Tensor a_scale, Tensor? a_scale_neg, Tensor w_scale, Tensor a_col, Tensor w_col, "
           "Tensor? bias, Tensor? lowrank_t, Tensor? lowrank_up, int out_segment, int scale_mode, int k_align, "
@@ -86,6 +86,20 @@ def dispatch_rows(iters: int) -> list[tuple[str, float]]:
     return [("called directly", per_call_us(lambda: no_op(*args), iters)),
             ("torch.library.custom_op", per_call_us(lambda: torch.ops.segquant_host.as_custom_op(*args), iters)),
             ("torch.library.define / impl", per_call_us(lambda: torch.ops.segquant_host.as_defined(*args), iters))]
+
+
+def wrapper_rows(iters: int) -> list[tuple[str, float]]:
+    """Each route's Python with its kernel stubbed, on run 20's shapes (tiled: ctx_proj; TMA: qkv_fused's K and N
+    at M = 512, so that the CPU's allocation of the output does not dominate; GEMV: adaln_plain)."""
+    tiled = ops.gemm_kernels(*op_args(512, 3072, 3072))["tiled"]  # each route as the op calls it
+    tma = ops.gemm_kernels(*op_args(512, 3072, 9216))["tma"]
+    gemv = ops.routed_kernel(*op_args(1, 3072, 18432))
+    with mock.patch.object(triton_gemm, "_scaled_gemm_kernel", StubbedLaunch()), \
+            mock.patch.object(triton_tma, "_tma_gemm_kernel", StubbedLaunch()), \
+            mock.patch.object(triton_gemv, "_gemv_kernel", StubbedLaunch()):
+        return [("tiled (ctx_proj, M = 512)", per_call_us(tiled, iters)),
+                ("persistent TMA (qkv_fused's K and N, M = 512)", per_call_us(tma, iters)),
+                ("GEMV (adaln_plain, M = 1)", per_call_us(gemv, iters))]
 
 
 def wrapper_rows(iters: int) -> list[tuple[str, float]]:

@@ -105,9 +105,11 @@ def _truncated(x: Tensor, unit: Tensor) -> Tensor:
     return torch.trunc(x / unit) * unit
 
 
-def _exponents(x: Tensor) -> Tensor:
-    """``⌊log2 |x|⌋`` of E4M3 values, at least :data:`E4M3_MIN_EXPONENT` (subnormals); zeros get ``-inf``."""
-    exponents = (torch.frexp(x)[1] - 1).clamp(min=E4M3_MIN_EXPONENT).to(x.dtype)
+def _exponents(x: Tensor, lowest: int | None = None) -> Tensor:
+    """``⌊log2 |x|⌋`` in ``x``'s dtype, at least ``lowest`` where given (E4M3's subnormals count as
+    :data:`E4M3_MIN_EXPONENT`); zeros get ``-inf``, so that they never set an alignment."""
+    exponents = (torch.frexp(x)[1] - 1).to(x.dtype)
+    exponents = exponents if lowest is None else exponents.clamp(min=lowest)
     return torch.where(x == 0, float("-inf"), exponents)
 
 
@@ -116,8 +118,8 @@ def _group_unit(products: Tensor, a_group: Tensor, b_group: Tensor, acc: Tensor,
     and the accumulator, or below their exponents (``product_exponents``)."""
     if not model.product_exponents:
         return _unit(torch.maximum(products.abs().amax(-1), acc.abs()), model.fraction_bits)
-    largest = (_exponents(a_group)[:, None, :] + _exponents(b_group)[None, :, :]).amax(-1)
-    largest = torch.maximum(largest, torch.where(acc == 0, float("-inf"), torch.frexp(acc)[1] - 1.0))
+    factors = _exponents(a_group, E4M3_MIN_EXPONENT)[:, None, :] + _exponents(b_group, E4M3_MIN_EXPONENT)[None, :, :]
+    largest = torch.maximum(factors.amax(-1), _exponents(acc))
     return torch.exp2(torch.where(torch.isinf(largest), 0.0, largest) - model.fraction_bits)
 
 
