@@ -14,9 +14,9 @@ with ``backend: gpu``, so both quantize from the same calibration set and start 
 writes each model's usual report into ``DIR/<model>`` (``DIR/README.md`` is the last model's) and prints, as each
 model finishes, per preset PSNR / SSIM of both backends and their difference. ``--mock-gpu`` (for a CPU check of
 this script) runs the GPU backend's layout with the op's pure-torch twin instead of the Triton kernels.
-``--fp8-numerics tensor-cores`` runs the emulated rows with the model of the tensor cores' FP8 sum
-(``segquant.kernels.fp8_accumulation.tensor_core_numerics``): where the model is the GPU's to the bit, FP8 presets
-then give identical images on both backends, as INT8 ones do.
+``--fp8-numerics tensor-cores`` (``segquant demo``'s option) runs the emulated rows with the model of the tensor
+cores' FP8 sum (``segquant.kernels.fp8_accumulation.HOPPER``), the GPU's to the bit: FP8 presets then give identical
+images on both backends, as INT8 ones do (BENCHMARKS.md run 21).
 """
 
 from __future__ import annotations
@@ -37,13 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 PRESETS = ("w8a8", "w8a8_fast", "w4a8", "w4a8_two_level", "w4a16")
 
 
-def demo_settings(per_class: int, steps: int, models: list[str], presets: list, seed: int = 0) -> dict:
-    """``segquant demo``'s settings with these sizes and seed (defaults of its parser otherwise)."""
+def demo_settings(per_class: int, steps: int, models: list[str], presets: list, seed: int = 0,
+                  fp8_numerics: str = "float32") -> dict:
+    """``segquant demo``'s settings with these sizes, seed and FP8 numerics (defaults of its parser otherwise)."""
     from segquant.cli import build_parser
     from segquant.demo.cli import demo_settings as settings_of
 
     args = build_parser().parse_args(["demo", "--per-class", str(per_class), "--steps", str(steps), "--no-fid",
-                                      "--seed", str(seed)])
+                                      "--seed", str(seed), "--fp8-numerics", fp8_numerics])
     return {**settings_of(args), "models": models, "presets": presets}
 
 
@@ -116,9 +117,6 @@ def run(args: argparse.Namespace, settings: dict) -> None:
                mock.patch.object(demo_cli, "_load", lambda *a: load(*a).to(args.device))]
     if args.mock_gpu:
         patches.append(mock.patch("segquant.kernels.gpu.backend._device_problem", return_value=None))
-    if args.fp8_numerics == "tensor-cores":
-        from segquant.kernels.fp8_accumulation import tensor_core_numerics
-        patches.append(tensor_core_numerics())
     print(f"device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}, torch {torch.__version__}, "
           f"{float32_matmul_mode()}")
     print("| model | preset | PSNR emulated | PSNR gpu | Δ dB | Δ std. error dB | images with equal PSNR | SSIM emulated "
@@ -209,7 +207,7 @@ def main() -> None:
     args = parser.parse_args()
     args.presets = args.presets.split(",")
     settings = demo_settings(args.per_class, args.steps, args.models.split(","), preset_pairs(args.presets),
-                             args.seed)
+                             args.seed, args.fp8_numerics)
     if args.step == "embed":
         embed(Path(args.out), settings)
     else:

@@ -54,6 +54,8 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``*_biasafter``   any variant with the plain static FP8 layers' bias added to their bf16 product after
                     cuBLASLt's GEMM, where the compiler fuses it into the next kernel (one more rounding than the
                     emulated layer: a speed experiment)
+- ``*_bound``       any variant with the tiled and GEMV kernels' launches replayed without ``JITFunction.run``
+                    (``ops.BOUND_LAUNCH``): the "median ms" column (no CUDA graph) is where it shows
 - ``*_sgelu``       any variant with every tanh-GELU computed in its sigmoid form
                     (:func:`segquant.sigmoid_form_gelus`, after quantize: the same function to float32
                     rounding; the tanh form's GELU + quantize kernel is ALU-bound, runs 13-14)
@@ -129,12 +131,15 @@ MULTI_KERNEL = "_mk"
 #: Variant suffix: the plain static FP8 layers' bias added to their bf16 product afterwards instead of in cuBLASLt's
 #: epilogue (:func:`fp8_bias_after_product`), so that the compiler fuses the add into the kernel that reads the product.
 BIAS_AFTER = "_biasafter"
+#: Variant suffix: the tiled and GEMV Triton kernels' launches replayed without ``JITFunction.run`` after the first of
+#: each shape (``ops.BOUND_LAUNCH``): the host time of the forward without a CUDA graph.
+BOUND = "_bound"
 
 
 def base_of(variant: str) -> str:
     """``variant`` without its run-time suffixes (:data:`SIGMOID_GELU`, :data:`NO_GLUON`, :data:`MULTI_KERNEL`,
-    :data:`BIAS_AFTER`)."""
-    for suffix in (BIAS_AFTER, MULTI_KERNEL, NO_GLUON, SIGMOID_GELU):
+    :data:`BIAS_AFTER`, :data:`BOUND`)."""
+    for suffix in (BOUND, BIAS_AFTER, MULTI_KERNEL, NO_GLUON, SIGMOID_GELU):
         variant = variant.replace(suffix, "")
     return variant
 
@@ -152,7 +157,8 @@ def fp8_bias_after_product(module, codes: torch.Tensor, dtype: torch.dtype) -> t
 
 def switches_of(variant: str) -> dict:
     """The routing switches of ``segquant.kernels.gpu.ops`` that ``variant`` sets for its run."""
-    return {**SWITCHES.get(base_of(variant), {}), **({"USE_WGMMA": False} if NO_GLUON in variant else {})}
+    return {**SWITCHES.get(base_of(variant), {}), **({"USE_WGMMA": False} if NO_GLUON in variant else {}),
+            **({"BOUND_LAUNCH": True} if BOUND in variant else {})}
 
 
 def segquant_config(variant: str) -> dict:
@@ -214,7 +220,7 @@ def layer_errors(model, example: dict) -> dict:
     modelled (without promotion where the variant runs cuBLASLt's fast accumulation)
     (``segquant.kernels.fp8_accumulation``; keys ``..._tc``, and how many checked layers are equal to the bit)."""
     from segquant.kernels.backend import seglinear_modules, set_backend
-    from segquant.kernels.fp8_accumulation import HOPPER, Accumulation, tensor_core_numerics
+    from segquant.kernels.fp8_accumulation import HOPPER, HOPPER_FAST, tensor_core_numerics
     from segquant.kernels.gpu import ops
 
     modules = [m for _, m in seglinear_modules(model)]
@@ -231,7 +237,7 @@ def layer_errors(model, example: dict) -> dict:
         for hook in hooks:
             hook.remove()
         if modelled:
-            with tensor_core_numerics(Accumulation(promote_every=None) if ops.FP8_FAST_ACCUM["enabled"] else HOPPER):
+            with tensor_core_numerics(HOPPER_FAST if ops.FP8_FAST_ACCUM["enabled"] else HOPPER):
                 y_emul_tc = output(model, example)
                 layer_tc = {m: m(x) for m, (x, _) in inputs.items()}
         set_backend(model, "gpu")

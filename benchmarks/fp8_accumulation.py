@@ -125,10 +125,10 @@ def simulate(args) -> str:
 
 
 def candidate_models(smoke: bool) -> list[Accumulation]:
-    """The grid the probe compares every GPU kernel with."""
+    """The grid the probe compares every GPU kernel with (:data:`HOPPER` among them)."""
     if smoke:
         grid = itertools.product((8, 16), (13, 14), (None, 64, 128), (True,))
-        return [Accumulation(g, f, p, t) for g, f, p, t in grid]
+        return [Accumulation(g, f, p, t) for g, f, p, t in grid] + [HOPPER]
     magnitudes = [Accumulation(g, f, p, t) for g, f, p, t in itertools.product(
         (8, 16, 32), (12, 13, 14), (None, 32, 64, 128, 256), (True, False))]
     # aligned to the products' exponent sums, each group's sum truncated or not (Khattak and Mikaitis's H100 model)

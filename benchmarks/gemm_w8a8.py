@@ -188,7 +188,9 @@ def host_breakdown(op_args: list[tuple]) -> dict[str, float]:
     ``host_op_us`` the op through the dispatcher, ``host_no_dispatch_us`` its CUDA implementation called directly,
     ``host_no_routing_us`` the kernel it routes to (:func:`ops.routed_kernel`, chosen once), ``host_no_autotuner_us``
     that kernel with the Triton autotuners skipped (:class:`TunedLaunch`: the config each one chose, its pre-hook
-    applied). The differences are what each layer costs."""
+    applied). The differences are what each layer costs. ``host_bound_op_us`` / ``host_bound_no_routing_us``: the op
+    and the routed kernel with ``ops.BOUND_LAUNCH`` on (the tiled and GEMV kernels' launches replayed without
+    ``JITFunction.run``, :mod:`segquant.kernels.gpu.bound_launch`)."""
     implementation = scaled_gemm_reference if DEVICE["name"] == "cpu" else ops._scaled_gemm_cuda  # the op's kernel
     with torch.inference_mode():
         routed = [ops.routed_kernel(*args) for args in op_args] if DEVICE["name"] == "cuda" else None
@@ -198,6 +200,9 @@ def host_breakdown(op_args: list[tuple]) -> dict[str, float]:
             times["host_no_routing_us"] = host_us(routed)
             with tuned_launches():
                 times["host_no_autotuner_us"] = host_us(routed)
+            with ops.switched(BOUND_LAUNCH=True):
+                times["host_bound_op_us"] = host_us([lambda args=args: ops.scaled_gemm(*args) for args in op_args])
+                times["host_bound_no_routing_us"] = host_us(routed)
     return times
 
 
@@ -439,7 +444,8 @@ COLUMNS = ["layer", "fmt", "M", "K", "N", "bf16_mm_us", "bf16_mm_no_bias_us", "b
            "gemm_tma_split_tail_us", "gemm_tma_halves_tail_us", "gemm_wgmma_us", "gemm_wgmma_tile_scaled_us",
            "gemm_fast_accum_us", "gemm_tensorwise_us", "gemm_rowwise_us", "gemm_no_bias_us", "quant_only_us", "host_us",
            "bf16_host_us",
-           "host_op_us", "host_no_dispatch_us", "host_no_routing_us", "host_no_autotuner_us",
+           "host_op_us", "host_no_dispatch_us", "host_no_routing_us", "host_no_autotuner_us", "host_bound_op_us",
+           "host_bound_no_routing_us",
            "tflops_gemm", "peak_frac_gemm", "tbps_gemm", "speedup_eager",
            "speedup_compiled_vs_mm", "speedup_compiled_vs_compiled",
            "rel_err_vs_twin", "best_config"]

@@ -33,7 +33,7 @@
 # `quantize_elementwise` (≤ 240 s, QE_LIMIT; QE_MODELS, default sd35,flux) times the fused GELU / norm + quantize kernels
 # alone, static and dynamic per-token, under four Inductor settings, and hand-written Triton quantizers
 # (benchmarks/quantize_elementwise.py).
-# Environment overrides: E2E_VARIANTS / E2E_LIMIT / E2E_ARGS (e2e_flux_w8; E2E_ARGS=--fp8-model-check also compares the
+# Environment overrides: E2E_VARIANTS / E2E_LIMIT / E2E_ARGS (e2e_flux_w8, E2E_ARGS also e2e_sd35; --fp8-model-check also compares the
 # GPU with the emulated backend summing FP8 as the tensor cores' model does; `sq_int8_tiled` keeps the model off the TMA
 # kernel, `sq_int8_fused` fuses q/k/v with one smoothing), SD35_VARIANTS / SD35_LIMIT / SD35_INDUCTOR / SD35_MAX_IMAGE (e2e_sd35; `sq_fp8_fused`; SD35_MAX_IMAGE=2048 crops the
 # position table in every variant; SD35_INDUCTOR
@@ -117,7 +117,7 @@ for step in "${steps[@]}"; do
                 --variants bf16_compiled,sq_w4a8_r32_2l,sq_w4a8_r32,sq_w4a16,torchao_int4 --json "$OUT/e2e_flux_w4.json") \
                 > "$OUT/e2e_flux_w4.log" 2>&1; tail -n 8 "$OUT/e2e_flux_w4.log" ;;
     e2e_sd35) (cd benchmarks && timeout -k 20 ${SD35_LIMIT:-420} python3 e2e_w8a8.py --model sd35 --iters 6 \
-                --variants ${SD35_VARIANTS:-bf16_compiled,sq_fp8,torchao_fp8} --profile --inductor "${SD35_INDUCTOR:-}" \
+                --variants ${SD35_VARIANTS:-bf16_compiled,sq_fp8,torchao_fp8} --profile --inductor "${SD35_INDUCTOR:-}" ${E2E_ARGS:-} \
                 ${SD35_MAX_IMAGE:+--max-image-size "$SD35_MAX_IMAGE"} \
                 --json "$OUT/e2e_sd35${SD35_TAG:-}.json") > "$OUT/e2e_sd35${SD35_TAG:-}.log" 2>&1
               tail -n 7 "$OUT/e2e_sd35${SD35_TAG:-}.log" ;;

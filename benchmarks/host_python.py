@@ -7,6 +7,8 @@ not take apart on the GPU machine (BENCHMARKS.md "Run 20").
 - ``wrappers``: each Triton route's Python (:func:`~segquant.kernels.gpu.triton_gemm.scaled_gemm_triton`,
   :func:`~segquant.kernels.gpu.triton_tma.tma_gemm_triton`, :func:`~segquant.kernels.gpu.triton_gemv.gemv_triton`)
   with its kernel launch stubbed: run 20's ``host_no_autotuner_us`` (49–92 µs) less this is Triton's own launch.
+- ``replay``: the same routes with ``ops.BOUND_LAUNCH`` on and the compiled kernel's launcher stubbed: what a
+  replayed launch (:mod:`segquant.kernels.gpu.bound_launch`) costs in Python in place of ``JITFunction.run``.
 
     python benchmarks/host_python.py [--iters 20000]
 
@@ -17,6 +19,7 @@ machine's: compare the rows with each other, not with run 20's numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -88,32 +91,63 @@ def dispatch_rows(iters: int) -> list[tuple[str, float]]:
             ("torch.library.define / impl", per_call_us(lambda: torch.ops.segquant_host.as_defined(*args), iters))]
 
 
-def wrapper_rows(iters: int) -> list[tuple[str, float]]:
-    """Each route's Python with its kernel stubbed, on run 20's shapes (tiled: ctx_proj; TMA: qkv_fused's K and N
-    at M = 512, so that the CPU's allocation of the output does not dominate; GEMV: adaln_plain)."""
-    tiled = ops.gemm_kernels(*op_args(512, 3072, 3072))["tiled"]  # each route as the op calls it
-    tma = ops.gemm_kernels(*op_args(512, 3072, 9216))["tma"]
-    gemv = ops.routed_kernel(*op_args(1, 3072, 18432))
-    with mock.patch.object(triton_gemm, "_scaled_gemm_kernel", StubbedLaunch()), \
-            mock.patch.object(triton_tma, "_tma_gemm_kernel", StubbedLaunch()), \
-            mock.patch.object(triton_gemv, "_gemv_kernel", StubbedLaunch()):
-        return [("tiled (ctx_proj, M = 512)", per_call_us(tiled, iters)),
-                ("persistent TMA (qkv_fused's K and N, M = 512)", per_call_us(tma, iters)),
-                ("GEMV (adaln_plain, M = 1)", per_call_us(gemv, iters))]
-
-
-def wrapper_rows(iters: int) -> list[tuple[str, float]]:
-    """Each route's Python with its kernel stubbed, on run 20's shapes (tiled: ctx_proj; TMA: qkv_fused's K and N
-    at M = 512, so that the CPU's allocation of the output does not dominate; GEMV: adaln_plain)."""
+def wrapper_rows(iters: int, stub: bool = True) -> list[tuple[str, float]]:
+    """Each route's Python with its kernel stubbed (``stub``; else as it is patched), on run 20's shapes (tiled:
+    ctx_proj; TMA: qkv_fused's K and N at M = 512, so that the CPU's allocation of the output does not dominate;
+    GEMV: adaln_plain)."""
     tiled, tma, gemv = op_args(512, 3072, 3072), op_args(512, 3072, 9216), op_args(1, 3072, 18432)
-    with mock.patch.object(triton_gemm, "_scaled_gemm_kernel", StubbedLaunch()), \
-            mock.patch.object(triton_tma, "_tma_gemm_kernel", StubbedLaunch()), \
-            mock.patch.object(triton_gemv, "_gemv_kernel", StubbedLaunch()):
+    with _stubbed({module: StubbedLaunch() for module, _ in _KERNELS}) if stub else contextlib.nullcontext():
         return [("tiled (ctx_proj, M = 512)", per_call_us(lambda: triton_gemm.scaled_gemm_triton(*tiled), iters)),
                 ("persistent TMA (qkv_fused's K and N, M = 512)", per_call_us(
                     lambda: triton_tma.tma_gemm_triton(*tma[:3], *tma[4:10], tma[13]), iters)),
                 ("GEMV (adaln_plain, M = 1)", per_call_us(
                     lambda: triton_gemv.gemv_triton(*gemv[:5], *gemv[6:11], gemv[12], gemv[13]), iters))]
+
+
+class ReplayedLaunch:
+    """Stands in for an autotuned Triton kernel under ``ops.BOUND_LAUNCH``: its one launch through "Triton" binds the
+    arguments by the real kernel's parameter names with its first config (whose pre-hook the replays run, as the TMA
+    kernel's), and the compiled kernel's launcher it returns does nothing."""
+
+    function, packed_metadata = None, None
+
+    def __init__(self, autotuner):
+        self.arg_names, self.best_config = autotuner.arg_names, autotuner.configs[0]
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            grid({**dict(zip(self.arg_names, args)), **kwargs, **self.best_config.kwargs})
+            return self
+        return launch
+
+    def run(self, *args) -> None:
+        return None
+
+
+def replay_rows(iters: int) -> list[tuple[str, float]]:
+    """:func:`wrapper_rows` with ``BOUND_LAUNCH`` on: each route's Python, the launch key, the replay (the device and
+    stream lookups stubbed, as the CPU has none) and, for the TMA kernel, its config's pre-hook, around a launcher that does
+    nothing. Less :func:`wrapper_rows`, the replay's own cost, which takes the place of Triton's ``JITFunction.run``."""
+    from segquant.kernels.gpu import bound_launch
+
+    kernels = {module: ReplayedLaunch(getattr(module, name)) for module, name in _KERNELS}
+    with ops.switched(BOUND_LAUNCH=True), mock.patch.object(bound_launch, "_current_device", lambda: 0), \
+            mock.patch.object(bound_launch, "_current_stream", lambda device: 0), _stubbed(kernels):
+        bound_launch.clear_bound_launches()
+        rows = [(f"{name}, replayed", us) for name, us in wrapper_rows(iters, stub=False)]
+        bound_launch.clear_bound_launches()
+    return rows
+
+
+_KERNELS = ((triton_gemm, "_scaled_gemm_kernel"), (triton_tma, "_tma_gemm_kernel"), (triton_gemv, "_gemv_kernel"))
+
+
+def _stubbed(kernels: dict):
+    """The routes' kernels replaced by ``kernels`` (module -> stand-in) for a block."""
+    stack = contextlib.ExitStack()
+    for module, name in _KERNELS:
+        stack.enter_context(mock.patch.object(module, name, kernels[module]))
+    return stack
 
 
 def main() -> None:
@@ -122,7 +156,8 @@ def main() -> None:
     args = parser.parse_args()
     with torch.inference_mode():
         tables = {"dispatch of the op's schema (a no-op)": dispatch_rows(args.iters),
-                  "a Triton route's own Python, its launch stubbed": wrapper_rows(args.iters)}
+                  "a Triton route's own Python, its launch stubbed": wrapper_rows(args.iters),
+                  "the same with the launch replayed (``BOUND_LAUNCH``), the launcher stubbed": replay_rows(args.iters)}
     print(f"torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.iters} calls each")
     for title, rows in tables.items():
         print(f"\n| {title} | µs per call |\n| --- | --- |")

@@ -55,7 +55,7 @@ def demo_settings(args: argparse.Namespace) -> dict:
     s = {"models": demo_models(args.models), "presets": presets,
          "per_class": args.per_class, "steps": args.steps, "guidance": args.guidance, "seed": args.seed,
          "calib_prompts": args.calib_prompts, "calib_steps": args.calib_steps, "fid": not args.no_fid,
-         "corrections": list(parse_corrections(args.correction))}
+         "corrections": list(parse_corrections(args.correction)), "fp8_numerics": args.fp8_numerics}
     if args.quick:
         s.update(models=["mmdit"], presets=list(QUICK_PRESETS) if args.presets is None else presets,
                  per_class=1, steps=4, calib_prompts=2, fid=False)  # calib_steps as given: every step
@@ -120,7 +120,8 @@ def demo_eval_config(settings: dict, prompts: list[str], labels: list[int], cali
     return EvalConfig(prompts=prompts, labels=labels, seed=settings["seed"], num_inference_steps=settings["steps"],
                       guidance_scale=settings["guidance"], batch_size=10, calib_prompts=calib,
                       calib_steps=settings["calib_steps"], calib_batch_size=max(1, len(calib)), error_images=10,
-                      fid=settings["fid"], corrections=tuple(settings.get("corrections", ())), **extra)
+                      fid=settings["fid"], corrections=tuple(settings.get("corrections", ())),
+                      fp8_numerics=settings.get("fp8_numerics", "float32"), **extra)
 
 
 def _load(name: str, weights_dir, control: bool):
@@ -173,7 +174,7 @@ def _evaluate_named(models: list[str], presets: list[str], args: argparse.Namesp
                 "guidance": args.guidance, "seed": args.seed, "calib_prompts": args.calib_prompts,
                 "calib_steps": args.calib_steps, "fid": not args.no_fid,
                 "corrections": list(parse_corrections(args.correction)), "controlnet": args.controlnet,
-                "prompts": args.prompts}
+                "prompts": args.prompts, "fp8_numerics": args.fp8_numerics}
     return evaluate_demo_models(settings, out, args.weights_dir, optional_weights=optional_weights)
 
 

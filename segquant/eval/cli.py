@@ -142,7 +142,8 @@ def _eval_folder(folder: str, presets: list[str], args, out: Path, weights: dict
         data = dict(prompts=prompts, calib_prompts=prompts[-min(args.calib_prompts, len(prompts)):])
     cfg = EvalConfig(**data, seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance,
                      batch_size=args.batch_size or 4, calib_steps=args.calib_steps,
-                     fid=not args.no_fid, optional_weights=weights, corrections=parse_corrections(args.correction))
+                     fid=not args.no_fid, optional_weights=weights, corrections=parse_corrections(args.correction),
+                     fp8_numerics=args.fp8_numerics)
     result = evaluate(pipe, presets, cfg)
     if current().is_main:
         sub = out / Path(folder).name

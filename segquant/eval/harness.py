@@ -36,6 +36,8 @@ from tqdm.auto import tqdm
 from segquant import distributed
 from segquant.calib.records import tree_copy
 from segquant.devices import model_device, move_to
+from segquant.errors import ConfigError
+from segquant.kernels.fp8_accumulation import FP8_NUMERICS, tensor_core_numerics
 from segquant.pipeline.glue import output_images
 from segquant.pipeline.seeding import seeded_global_rng
 from segquant.pipeline.steps import StepInfo
@@ -59,6 +61,9 @@ class EvalConfig:
     overriding ``process_affiner``'s defaults. ControlNet pipelines: ``controls`` / ``calib_controls``, float
     ``(N, 3, H, W)`` in [0, 1], one control image per prompt / calibration prompt, passed as
     ``control_argument``; then the report shows them first and scores edge F1 (``segquant.eval.edges``).
+    ``fp8_numerics``: how the emulated backend sums FP8 x FP8 products (:data:`FP8_NUMERICS`): ``"float32"`` exactly
+    (fast on the CPU), ``"tensor-cores"`` as Hopper's tensor cores do, to the bit of what the gpu backend computes
+    (:mod:`segquant.kernels.fp8_accumulation`; a few hundred times a matmul's time on the CPU).
     """
 
     prompts: list[str]
@@ -81,6 +86,11 @@ class EvalConfig:
     controls: torch.Tensor | None = None
     calib_controls: torch.Tensor | None = None
     control_argument: str = "control_image"
+    fp8_numerics: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.fp8_numerics not in FP8_NUMERICS:
+            raise ConfigError(f"fp8_numerics {self.fp8_numerics!r}: choose from {', '.join(FP8_NUMERICS)}")
 
     def recorded_calib_steps(self) -> int:
         """Steps recorded per calibration trajectory (``calib_steps``, default every step)."""
@@ -89,7 +99,8 @@ class EvalConfig:
     def settings(self) -> dict:
         """JSON-able summary of the settings."""
         keep = ("seed", "num_inference_steps", "guidance_scale", "batch_size", "calib_steps",
-                "calib_batch_size", "error_images", "fid", "denoiser", "corrections", "correction_config")
+                "calib_batch_size", "error_images", "fid", "denoiser", "corrections", "correction_config",
+                "fp8_numerics")
         out = {k: getattr(self, k) for k in keep}
         out.update(n_prompts=len(self.prompts), n_calib_prompts=len(self.calib_prompts or self.prompts),
                    calib_steps_recorded=self.recorded_calib_steps(),
@@ -298,7 +309,8 @@ def evaluate(pipe, presets: list, cfg: EvalConfig, calib_loader=None, progress: 
         logger.info("evaluating %s", label)
         entry_loader, calib_s = loaders.get(config)
         try:
-            results = _run_preset(pipe, name, fp, config, entry_loader, cfg, calls, ref, progress, label)
+            with tensor_core_numerics(FP8_NUMERICS[cfg.fp8_numerics]):
+                results = _run_preset(pipe, name, fp, config, entry_loader, cfg, calls, ref, progress, label)
         except Exception as exc:  # keep the other presets; the failure is in the table
             logger.exception("preset %s failed", label)
             results = [(label, {"error": f"{type(exc).__name__}: {exc}"}, None, None)]

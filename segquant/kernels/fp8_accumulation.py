@@ -2,7 +2,7 @@
 
 Every FP8 GEMM on an H100 differs from the float32 sum of the same products by a relative 6.8–6.9e-4 (cuBLASLt,
 CUTLASS, Triton; 1.7–3.8e-3 with fast accumulation), far more than summation order gives (≈ 3e-5). This model
-reproduces those numbers on all eight benchmarked FLUX.1-dev and SD3.5-medium shapes
+reproduces those numbers on all eight benchmarked FLUX.1-dev and SD3.5-medium shapes, and their bits
 (``benchmarks/fp8_accumulation.py``, BENCHMARKS.md "What the FP8 GEMMs' 6.9e-4 is"):
 
 - the tensor cores add ``group`` products at a time to their accumulator; every addend (each product and the
@@ -12,13 +12,14 @@ reproduces those numbers on all eight benchmarked FLUX.1-dev and SD3.5-medium sh
   and restarts it from zero (cuBLASLt and CUTLASS without fast accumulation; Triton once per K tile); fast
   accumulation never does (``promote_every`` ``None``).
 
-It is not the GPU's sum to the bit: run 20's probe (an H100) found 24 % of cuBLASLt's float32 accumulators equal to
-:data:`HOPPER`'s at K = 256, 54 % with groups of 32. Khattak and Mikaitis's bit-accurate H100 model (arXiv:2512.07004)
-differs in two points, both options here: the addends are aligned to the products' exponent sums, not their
-magnitudes (``product_exponents``), and each group's sum is truncated to ``fraction_bits`` places
-(``truncate_result``); with groups of 32 it reproduces the GPU's per-layer errors within 2 % on the CPU. Until the GPU
-confirms one model, the emulated backend sums FP8 in float32 unless :data:`EMULATED_FP8` names a model
-(:func:`tensor_core_numerics`). The models with few enough fraction bits are exact in float32
+Those two points alone are not the GPU's sum to the bit (run 20: 24 % of cuBLASLt's float32 accumulators equal at
+K = 256). Khattak and Mikaitis's bit-accurate H100 model (arXiv:2512.07004) adds two more, both options here: the
+addends are aligned to the products' exponent sums, not their magnitudes (``product_exponents``), and each group's
+sum is truncated to ``fraction_bits`` places (``truncate_result``). With groups of 32 that is :data:`HOPPER`, equal to
+cuBLASLt's, CUTLASS's and the Triton kernels' FP8 sums on an H200 to the bit (run 21's probe; the FLUX.1-dev
+``w8a8_fp8`` model's output equal too). The emulated backend sums FP8 in float32 unless :data:`EMULATED_FP8` names a
+model (:func:`tensor_core_numerics`; ``segquant eval --fp8-numerics tensor-cores``): the model costs a few hundred
+matmuls' time on the CPU. The models with few enough fraction bits are exact in float32
 (:attr:`Accumulation.float32_exact`): a product of two E4M3 values has 8 significant bits, and the truncated addends
 of one group are multiples of one power of two.
 """
@@ -26,6 +27,7 @@ of one group are multiples of one power of two.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -72,10 +74,15 @@ class Accumulation:
 #: Channels of K after which cuBLASLt and CUTLASS (without fast accumulation) promote an FP8 sum to float32, and the
 #: gpu backend's Triton kernels too (``max_num_imprecise_acc``, whatever their K tile).
 KERNEL_PROMOTE_EVERY = 128
-#: The model fitted to the H100's FP8 GEMMs' errors without fast accumulation (not their bits: run 20's probe).
-HOPPER = Accumulation(promote_every=KERNEL_PROMOTE_EVERY)
+#: Hopper's FP8 sum without fast accumulation, to the bit (Khattak and Mikaitis; run 21's probe on an H200: cuBLASLt,
+#: CUTLASS and the Triton kernels).
+HOPPER = Accumulation(group=32, promote_every=KERNEL_PROMOTE_EVERY, product_exponents=True, truncate_result=True)
+#: The same with fast accumulation (never promoted): cuBLASLt's ``use_fast_accum`` to the bit up to K = 3072 (run 21).
+HOPPER_FAST = dataclasses.replace(HOPPER, promote_every=None)
 #: The emulated backend's plain static FP8 layers sum with this model when set (``None``: float32, the default).
 EMULATED_FP8: dict[str, Accumulation | None] = {"accumulation": None}
+#: The emulated backend's FP8 sums by name (``segquant eval --fp8-numerics``): exact float32, or Hopper's.
+FP8_NUMERICS: dict[str, Accumulation | None] = {"float32": None, "tensor-cores": HOPPER}
 #: Significant bits of float32, which holds a group's truncated sum exactly while it stays below this many units.
 FLOAT32_SIGNIFICAND_BITS = 24
 #: E4M3's smallest normal exponent: the exponent a subnormal code counts with (``product_exponents``).

@@ -100,3 +100,19 @@ def test_preset_label():
     assert preset_label("w8a8", 0) == ("w8a8", "w8a8")
     assert preset_label(("mine", {"a": 1}), 3) == ("mine", {"a": 1})
     assert preset_label({"a": 1}, 2)[0] == "config2"
+
+
+def test_fp8_numerics_is_checked_and_holds_while_each_preset_runs(tiny_pipe, monkeypatch):
+    from segquant.errors import ConfigError
+    from segquant.eval import harness
+    from segquant.kernels.fp8_accumulation import EMULATED_FP8, HOPPER
+
+    with pytest.raises(ConfigError, match="fp8_numerics 'float16'"):
+        EvalConfig(prompts=["a bag"], fp8_numerics="float16")
+    seen = []
+    monkeypatch.setattr(harness, "_run_preset", lambda *args: seen.append(EMULATED_FP8["accumulation"]) or [])
+    cfg = EvalConfig(prompts=["a bag"], num_inference_steps=2, batch_size=1, calib_steps=1, fid=False,
+                     fp8_numerics="tensor-cores")
+    result = evaluate(tiny_pipe, ["rtn_w8a8", "w8a8_fp8"], cfg, progress=False)
+    assert seen == [HOPPER, HOPPER] and EMULATED_FP8["accumulation"] is None
+    assert result.settings["fp8_numerics"] == "tensor-cores"

@@ -2,12 +2,15 @@
 it switched on, computes what the gpu backend's plain static FP8 layers compute."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from segquant.kernels import fp8_accumulation
-from segquant.kernels.fp8_accumulation import EMULATED_FP8, HOPPER, Accumulation, tensor_core_numerics, tensor_core_sum
+from segquant.kernels.fp8_accumulation import (EMULATED_FP8, HOPPER, HOPPER_FAST, Accumulation, tensor_core_numerics,
+                                               tensor_core_sum)
 from segquant.kernels.gpu import plan
 from segquant.kernels.gpu.ops import gemm
 from segquant.kernels.layout import layout_of
@@ -79,6 +82,23 @@ def test_enough_fraction_bits_give_the_exact_sum_and_chunks_change_nothing(monke
     monkeypatch.setattr(fp8_accumulation, "CHUNK_ELEMENTS", 100)
     assert torch.equal(tensor_core_sum(a, b, HOPPER), hopper)
     assert tensor_core_sum(a[:0], b, HOPPER).shape == (0, 21) and tensor_core_sum(a, b[:0], HOPPER).shape == (37, 0)
+
+
+#: FP8 codes and the float32 sums an H200's cuBLASLt made of them (run 21's probe, a corner of each of its cases).
+GPU_SUMS = Path(__file__).parent / "data" / "h200_fp8_accumulators.safetensors"
+
+
+@pytest.mark.parametrize("case", ["wide_k256", "benchmark_k3072", "wide_k3072"])
+def test_model_equals_the_sums_an_h200_made(case):
+    """The model is the GPU's sum to the bit, with and without fast accumulation (K ≤ 3072); the exact float32 sum
+    of the same products and the earlier model (groups of 16 aligned to the largest magnitude) are not."""
+    with safe_open(GPU_SUMS, "pt") as f:
+        a, b = (f.get_tensor(f"{case}.{x}").view(torch.float8_e4m3fn) for x in "ab")
+        cublaslt, fast = f.get_tensor(f"{case}.cublaslt"), f.get_tensor(f"{case}.cublaslt_fast_accum")
+    assert torch.equal(tensor_core_sum(a, b, HOPPER), cublaslt)
+    assert torch.equal(tensor_core_sum(a, b, HOPPER_FAST), fast)
+    assert not torch.equal(a.float() @ b.float().T, cublaslt)
+    assert not torch.equal(tensor_core_sum(a, b, Accumulation(promote_every=128)), cublaslt)
 
 
 def test_numerics_switch_is_restored():

@@ -75,6 +75,29 @@ def test_gemm_matches_twin(fmt, case, out_dtype):
     assert_matches_twin(y, args)
 
 
+@pytest.mark.parametrize("fmt", [DType.INT8, DType.FP8E4M3])
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[3], CASES[7], CASES[9], CASES[4]],
+                         ids=["gemv", "gemv_dual", "tiled", "tiled_segments_dual", "gemv_segments_sa6", "tma"])
+def test_bound_launches_compute_what_tritons_launches_do(fmt, case, monkeypatch):
+    """With ``BOUND_LAUNCH`` on, the Triton kernels' later calls replay the first launch of their key (the TMA
+    kernel's with its config's pre-hook): each of three calls on new tensors (one a view 4 bytes into its storage,
+    not 16-byte aligned: a new key) gives the bits Triton's own launch gives, twice over."""
+    from segquant.kernels.gpu.bound_launch import clear_bound_launches
+
+    monkeypatch.setitem(ops.USE_SCALED_MM, "enabled", False)  # FP8 on the Triton kernels too
+    calls = [op_case(fmt, *case) for _ in range(3)]
+    shifted = torch.empty(calls[2]["a"].numel() + 4, dtype=calls[2]["a"].dtype, device="cuda")
+    calls[2]["a"] = shifted[4:].view_as(calls[2]["a"]).copy_(calls[2]["a"])
+    expected = [ops.gemm(**args, out_dtype=torch.bfloat16) for args in calls]
+    monkeypatch.setitem(ops.BOUND_LAUNCH, "enabled", True)
+    clear_bound_launches()
+    for _ in range(2):
+        for args, y in zip(calls, expected):
+            poison_allocator()
+            assert torch.equal(ops.gemm(**args, out_dtype=torch.bfloat16), y)
+    clear_bound_launches()
+
+
 def within_rounding(ref: torch.Tensor, dtype: torch.dtype) -> float:
     """1e-3 plus the error of rounding the float32 reference itself to ``dtype`` (~1.1e-3 for bf16)."""
     return 1e-3 + rel_err(ref.to(dtype), ref)
@@ -158,12 +181,14 @@ TMA_GPU_CASES = dict(TMA_CASES, tma_int8_flux_ff_up=dict(m=4608, n=12288, k=3072
                                                              tile=(256, 128, 128, 2)))
 #: The split last wave: FLUX's 3072 -> 3072 layer (432 tiles of 128 x 256 on 132 SMs), a text-stream layer with
 #: fewer tiles than SMs, and odd sizes with bias and the low-rank branch.
-TMA_SPLIT_GPU_CASES = dict(TMA_SPLIT_CASES, tma_split_int8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="int8"),
-                           tma_split_fp8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="fp8"),
-                           tma_split_int8_ctx_lowrank=dict(m=512, n=3072, k=3072, fmt="int8", rank=32),
-                           tma_split_int8_odd=dict(m=999, n=1040, k=2000, fmt="int8"),
-                           tma_split_store_int8_flux_proj_out=dict(m=4608, n=3072, k=15360, fmt="int8",
-                                                                   tile=(128, 256, 128, 2)))
+#: INT8 only: ``ops`` does not split FP8's last wave along K (see :func:`test_fp8_last_wave_not_split_along_k`).
+SPLIT_CASES = dict(TMA_SPLIT_CASES, tma_split_int8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="int8"),
+                   tma_split_fp8_flux_out_proj=dict(m=4608, n=3072, k=3072, fmt="fp8"),
+                   tma_split_int8_ctx_lowrank=dict(m=512, n=3072, k=3072, fmt="int8", rank=32),
+                   tma_split_int8_odd=dict(m=999, n=1040, k=2000, fmt="int8"),
+                   tma_split_store_int8_flux_proj_out=dict(m=4608, n=3072, k=15360, fmt="int8",
+                                                           tile=(128, 256, 128, 2)))
+TMA_SPLIT_GPU_CASES = {name: spec for name, spec in SPLIT_CASES.items() if spec["fmt"] == "int8"}
 
 
 #: The last wave in halves along N: the interpreter's cases, FLUX's 3072 -> 3072 layer (36 tiles in 72 halves) in both
@@ -202,6 +227,21 @@ def test_tma_kernel_matches_twin(name, monkeypatch):
             y = ops.gemm(*args[:-1], torch.bfloat16)
         assert calls[-1] == {"split_tail": split}
         assert_matches_twin(y, args)
+
+
+@pytest.mark.parametrize("name", [name for name, spec in SPLIT_CASES.items() if spec["fmt"] == "fp8"])
+def test_fp8_last_wave_not_split_along_k(name, monkeypatch):
+    """FP8 shapes whose last wave could split along K are not offered that kernel: its float32 partial sums of K
+    pieces would round otherwise than one promoted chain, which the emulated layer models."""
+    from segquant.kernels.gpu import triton_tma
+
+    monkeypatch.setitem(ops.USE_TMA, "enabled", True)
+    spec = dict(SPLIT_CASES[name])
+    spec.pop("tile", None)
+    args = [t.cuda() if isinstance(t, torch.Tensor) else t for t in persistent_args(spec)]
+    assert triton_tma.tail_splits(args[0], args[1], triton_tma.SPLIT_K)
+    offered = ops.gemm_kernels(*args[:-1], torch.bfloat16)
+    assert "tma" in offered and "tma_split_tail" not in offered
 
 
 def test_dequantize_w4_matches_cpu():

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from segquant.kernels.gemm_reference import INT4_COMPUTE, input_scale_varies, scaled_gemm_reference
+from segquant.kernels.gpu.bound_launch import BOUND_LAUNCH
 from segquant.kernels.layout import GEMV_MAX_M_8BIT
 from segquant.numerics import unpack_int4
 
@@ -71,7 +72,7 @@ USE_WGMMA = {"enabled": os.environ.get("SEGQUANT_GLUON_KERNELS") == "1"}
 #: The kernel :func:`fastest_kernel` chose, per ``(shape key, candidate names)``.
 _FASTEST: dict = {}
 _SWITCHES = {"USE_SCALED_MM": USE_SCALED_MM, "FP8_FAST_ACCUM": FP8_FAST_ACCUM, "USE_GEMV": USE_GEMV,
-             "USE_TMA": USE_TMA, "USE_WGMMA": USE_WGMMA}
+             "USE_TMA": USE_TMA, "USE_WGMMA": USE_WGMMA, "BOUND_LAUNCH": BOUND_LAUNCH}
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ import triton
 import triton.language as tl
 
 from segquant.kernels.fp8_accumulation import KERNEL_PROMOTE_EVERY
+from segquant.kernels.gpu.bound_launch import launch
 from segquant.kernels.gemm_reference import input_scale_varies, rescaled_per_tile, scale_tile_k
 
 # (BM, BN, BK, num_warps, num_stages); for each launch only the configs with the largest legal BK compete
@@ -381,8 +382,8 @@ def scaled_gemm_triton(a, b, a_scale, a_scale_neg, w_scale, a_col, w_col, bias, 
     t, u, rank = lowrank_args(lowrank_t, lowrank_up, ws)
     seg_stride, row_stride = scale_strides(a_scale)
     grid = lambda meta: (triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"]),)  # noqa: E731
-    _scaled_gemm_kernel[grid](
-        a, b, out, a_scale, neg, ws, a_col, w_col, bias if bias is not None else ws, t, u,
+    launch(
+        _scaled_gemm_kernel, grid, a, b, out, a_scale, neg, ws, a_col, w_col, bias if bias is not None else ws, t, u,
         m, n, k, triton.next_power_of_2(m), k_align, out_segment if sa > 1 else _NO_SEGMENT, a_scale.shape[1], rank,
         a.stride(0) if sa > 1 else 0, a.stride(1), b.stride(0), out.stride(0), seg_stride, row_stride, ws.stride(0),
         t.stride(0), u.stride(0),

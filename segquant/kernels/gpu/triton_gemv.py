@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from segquant.kernels.gpu.bound_launch import launch
 from segquant.kernels.gpu.triton_gemm import (_A_KINDS, _NO_SEGMENT, _PAIR_DTYPES, _split_pairs, exact_integer,
                                               lowrank_args, scale_strides, tuned_or_first)
 
@@ -209,8 +210,8 @@ def gemv_triton(a, b, a_scale, a_scale_neg, w_scale, w_col, bias, lowrank_t, low
     neg = a_scale_neg.contiguous() if a_scale_neg is not None else a_scale
     t, u, rank = lowrank_args(lowrank_t, lowrank_up, ws)
     grid = lambda meta: (triton.cdiv(n, meta["BN"]), m)  # noqa: E731
-    _gemv_kernel[grid](
-        inputs, weights, out, a_scale, neg, ws, w_col, bias if bias is not None else ws, t, u,
+    launch(
+        _gemv_kernel, grid, inputs, weights, out, a_scale, neg, ws, w_col, bias if bias is not None else ws, t, u,
         n, k, out_segment if sa > 1 else _NO_SEGMENT, rank, _pow2_part(k_align // 2) if w4 else 1 << 30,
         inputs.stride(0) if sa > 1 else 0, inputs.stride(1), weights.stride(0), out.stride(0), *scale_strides(a_scale),
         ws.stride(0), t.stride(0), u.stride(0),

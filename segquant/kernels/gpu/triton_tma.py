@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from segquant.kernels.gpu.bound_launch import launch
 from segquant.kernels.gpu.triton_gemm import (_dot, epilogue_terms, graph_timed, k_contiguous, lowrank_args,
                                               rounds_as_twin, row_tile_fits, scale_strides, store_tile, tile_position,
                                               tuned_or_first)
@@ -301,8 +302,8 @@ def tma_gemm_triton(a, b, a_scale, w_scale, a_col, w_col, bias, lowrank_t, lowra
         """One program per SM (with ``split_tail`` also where the tiles are fewer: the idle ones take pieces)."""
         return (sms if split_tail else min(sms, triton.cdiv(m, meta["BM"]) * triton.cdiv(n, meta["BN"])),)
 
-    _tma_gemm_kernel[grid](
-        TensorDescriptor.from_tensor(a2, [1, 1]), TensorDescriptor.from_tensor(b, [1, 1]),
+    launch(
+        _tma_gemm_kernel, grid, TensorDescriptor.from_tensor(a2, [1, 1]), TensorDescriptor.from_tensor(b, [1, 1]),
         TensorDescriptor.from_tensor(b, [1, 1]), out, store_descriptor(out),
         a_scale, ws, a_col, w_col, bias if bias is not None else ws, t, u, partials, counts,
         m, n, k, triton.next_power_of_2(m), rank, out.stride(0), scale_strides(a_scale)[1], ws.stride(0),
