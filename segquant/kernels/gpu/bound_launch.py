@@ -7,15 +7,14 @@ host time. :func:`launch` makes the first call of each *launch key* through Trit
 grid and every parameter's value (constexprs and the autotuner's choice included), and launches later calls of that
 key directly on the compiled kernel's launcher with the new tensors in place.
 
-The launch key is finer than Triton's own specialization, so a replayed launch is one Triton would make the same
-way: per current device (Triton compiles and launches for that one), each tensor by dtype and whether its address is
-16-byte aligned (what Triton specializes pointers on),
-every int, bool, string and dtype by its exact value (Triton specializes ints on ``== 1`` and on divisibility by 16),
-positional floats by their type, keyword floats by their value (a replay passes the first launch's keywords), host-side
-TMA descriptors by their tensor's key, shape, strides and block shape. The config an autotuner chose keeps its
-pre-hook, run before each replayed launch as the autotuner runs it. A call whose arguments hold anything else, or with
-a launch hook set (a profiler), takes Triton's own path. Opt-in until timed on the GPU (``BOUND_LAUNCH``,
-``SEGQUANT_BOUND_LAUNCH=1``).
+The launch key is finer than Triton's own specialization, so a replayed launch is one Triton would make the same way:
+per current device (Triton compiles and launches for that one), each tensor by dtype and whether its address is
+16-byte aligned (what Triton specializes pointers on), every int, bool, string and dtype by its exact value (Triton
+specializes ints on ``== 1`` and on divisibility by 16), positional floats by their type, keyword floats by their
+value (a replay passes the first launch's keywords), host-side TMA descriptors by their tensor's key, shape, strides
+and block shape. The config an autotuner chose keeps its pre-hook, run before each replayed launch as the autotuner
+runs it. A call whose arguments hold anything else, or with a launch hook set (a profiler), takes Triton's own path.
+Opt-in until timed on the GPU (``BOUND_LAUNCH``, ``SEGQUANT_BOUND_LAUNCH=1``).
 """
 
 from __future__ import annotations
