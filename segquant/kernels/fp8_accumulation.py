@@ -87,8 +87,9 @@ FP8_NUMERICS: dict[str, Accumulation | None] = {"float32": None, "tensor-cores":
 FLOAT32_SIGNIFICAND_BITS = 24
 #: E4M3's smallest normal exponent: the exponent a subnormal code counts with (``product_exponents``).
 E4M3_MIN_EXPONENT = -6
-#: Elements of the ``(rows, N, group)`` products one step of :func:`tensor_core_sum` holds at most (float32).
-CHUNK_ELEMENTS = 1 << 25
+#: Elements of the ``(rows, N, group)`` products one step of :func:`tensor_core_sum` holds at most: 2 MB of float32,
+#: which stay in the CPU's cache across the step's passes (3x faster than 128 MB chunks on the 2-core development CPU).
+CHUNK_ELEMENTS = 1 << 19
 
 
 @contextlib.contextmanager
@@ -144,7 +145,8 @@ def _rows_sum(a: Tensor, b: Tensor, model: Accumulation) -> Tensor:
         else:
             unit = _group_unit(products, a_group, b_group, acc, model)  # (M, N)
             kept = _truncated(acc, unit) if model.truncate_accumulator else acc
-            acc = kept + _truncated(products, unit[..., None]).sum(-1)
+            # the truncated addends in units (integers below 2^15, their sum exact), in place
+            acc = kept + products.div_(unit[..., None]).trunc_().sum(-1) * unit
         if model.truncate_result:
             acc = _truncated(acc, _unit(acc.abs(), model.fraction_bits))
         if model.promote_every is not None and (k0 + model.group) % model.promote_every == 0:
