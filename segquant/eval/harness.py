@@ -63,7 +63,7 @@ class EvalConfig:
     ``control_argument``; then the report shows them first and scores edge F1 (``segquant.eval.edges``).
     ``fp8_numerics``: how the emulated backend sums FP8 x FP8 products (:data:`FP8_NUMERICS`): ``"float32"`` exactly
     (fast on the CPU), ``"tensor-cores"`` as Hopper's tensor cores do, to the bit of what the gpu backend computes
-    (:mod:`segquant.kernels.fp8_accumulation`; a few hundred times a matmul's time on the CPU).
+    (:mod:`segquant.kernels.fp8_accumulation`; about a hundred times a matmul's time on the CPU).
     """
 
     prompts: list[str]

@@ -74,11 +74,14 @@ def indicative_columns(result) -> tuple[str, ...]:
 
 
 def result_notes(result) -> list[str]:
-    """Notes that belong under a result's table: the real calibration, and FID/KID caveats."""
+    """Notes that belong under a result's table: the real calibration, how FP8 x FP8 GEMMs were summed, and FID/KID
+    caveats."""
     s = result.settings
     steps, recorded = s.get("num_inference_steps"), s.get("calib_steps_recorded")
     every = " (every step)" if recorded == steps else ""
     notes = [f"Calibration: {s.get('n_calib_prompts')} prompts × {recorded} of {steps} denoising steps recorded{every}."]
+    if any(_fp8_by_fp8(r.get("granularity")) for r in result.rows):
+        notes.append(FP8_NUMERICS_NOTES[s.get("fp8_numerics", "float32")])
     if any("fid" in r for r in result.rows):
         if indicative_columns(result):
             notes.append(f"FID/KID (†) from {s.get('n_prompts')} images per set are indicative only: they need a few hundred images "
@@ -86,6 +89,21 @@ def result_notes(result) -> list[str]:
         notes.append("KID is the unbiased MMD² estimate: it can fall below 0 when the two sets are "
                      "indistinguishable at this sample size; such values are shown as ≤0 (raw value in results.json).")
     return notes
+
+
+#: The note under a table with FP8 x FP8 rows, per ``fp8_numerics`` setting.
+FP8_NUMERICS_NOTES = {
+    "float32": "FP8 x FP8 GEMMs summed exactly in float32 (--fp8-numerics float32). Hopper's tensor cores sum them "
+               "otherwise in the last bits, which makes each deployed image another, equally plausible sample; "
+               "--fp8-numerics tensor-cores emulates their sums to the bit (slower on the CPU).",
+    "tensor-cores": "FP8 x FP8 GEMMs summed as Hopper's tensor cores sum them, to the bit (--fp8-numerics "
+                    "tensor-cores).",
+}
+
+
+def _fp8_by_fp8(granularity) -> bool:
+    """Whether a row's granularity string (``"W fpe4m3 ..., A fpe4m3 ..."``) has FP8 weights and FP8 inputs."""
+    return isinstance(granularity, str) and "W fpe4m3" in granularity and "A fpe4m3" in granularity
 
 
 def _fmt(value, fmt: str) -> str:

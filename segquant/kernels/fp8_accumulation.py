@@ -18,7 +18,7 @@ addends are aligned to the products' exponent sums, not their magnitudes (``prod
 sum is truncated to ``fraction_bits`` places (``truncate_result``). With groups of 32 that is :data:`HOPPER`, equal to
 cuBLASLt's, CUTLASS's and the Triton kernels' FP8 sums on an H200 to the bit (run 21's probe; the FLUX.1-dev
 ``w8a8_fp8`` model's output equal too). The emulated backend sums FP8 in float32 unless :data:`EMULATED_FP8` names a
-model (:func:`tensor_core_numerics`; ``segquant eval --fp8-numerics tensor-cores``): the model costs a few hundred
+model (:func:`tensor_core_numerics`; ``segquant eval --fp8-numerics tensor-cores``): the model costs about a hundred
 matmuls' time on the CPU. The models with few enough fraction bits are exact in float32
 (:attr:`Accumulation.float32_exact`): a product of two E4M3 values has 8 significant bits, and the truncated addends
 of one group are multiples of one power of two.
@@ -145,7 +145,7 @@ def _rows_sum(a: Tensor, b: Tensor, model: Accumulation) -> Tensor:
         else:
             unit = _group_unit(products, a_group, b_group, acc, model)  # (M, N)
             kept = _truncated(acc, unit) if model.truncate_accumulator else acc
-            # the truncated addends in units (integers below 2^15, their sum exact), in place
+            # the truncated addends counted in units, in place: integers the dtype sums exactly (``float32_exact``)
             acc = kept + products.div_(unit[..., None]).trunc_().sum(-1) * unit
         if model.truncate_result:
             acc = _truncated(acc, _unit(acc.abs(), model.fraction_bits))

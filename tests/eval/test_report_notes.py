@@ -26,3 +26,12 @@ def test_small_sets_mark_fid_kid_indicative_and_negative_kid_is_explained():
     assert "| ≤0 |" in section and "-0.002" not in section and "unbiased MMD²" in section
     large = result(500, None, 0.003)
     assert "†" not in markdown_section(large, "t") and "| 0.0030 |" in markdown_table(large.rows)
+
+
+def test_fp8_rows_say_how_their_gemms_were_summed():
+    plain = result(20, None, 0.01)
+    assert not any("FP8" in note for note in result_notes(plain))
+    plain.rows[1]["granularity"] = "W fpe4m3 per-tensor, A fpe4m3 static per-tensor"
+    assert "summed exactly in float32" in result_notes(plain)[1]
+    plain.settings["fp8_numerics"] = "tensor-cores"
+    assert "as Hopper's tensor cores sum them" in result_notes(plain)[1]
