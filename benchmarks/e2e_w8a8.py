@@ -54,7 +54,7 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``*_biasafter``   any variant with the plain static FP8 layers' bias added to their bf16 product after
                     cuBLASLt's GEMM, where the compiler fuses it into the next kernel (one more rounding than the
                     emulated layer: a speed experiment)
-- ``*_bound``       any variant with the tiled and GEMV kernels' launches replayed without ``JITFunction.run``
+- ``*_bound``       any variant with the Triton kernels' launches replayed without ``JITFunction.run``
                     (``ops.BOUND_LAUNCH``): the "median ms" column (no CUDA graph) is where it shows
 - ``*_sgelu``       any variant with every tanh-GELU computed in its sigmoid form
                     (:func:`segquant.sigmoid_form_gelus`, after quantize: the same function to float32
@@ -131,8 +131,8 @@ MULTI_KERNEL = "_mk"
 #: Variant suffix: the plain static FP8 layers' bias added to their bf16 product afterwards instead of in cuBLASLt's
 #: epilogue (:func:`fp8_bias_after_product`), so that the compiler fuses the add into the kernel that reads the product.
 BIAS_AFTER = "_biasafter"
-#: Variant suffix: the tiled and GEMV Triton kernels' launches replayed without ``JITFunction.run`` after the first of
-#: each shape (``ops.BOUND_LAUNCH``): the host time of the forward without a CUDA graph.
+#: Variant suffix: the Triton kernels' launches (tiled, TMA, GEMV) replayed without ``JITFunction.run`` after the first
+#: of each shape (``ops.BOUND_LAUNCH``): the host time of the forward without a CUDA graph.
 BOUND = "_bound"
 
 

@@ -189,7 +189,7 @@ def host_breakdown(op_args: list[tuple]) -> dict[str, float]:
     ``host_no_routing_us`` the kernel it routes to (:func:`ops.routed_kernel`, chosen once), ``host_no_autotuner_us``
     that kernel with the Triton autotuners skipped (:class:`TunedLaunch`: the config each one chose, its pre-hook
     applied). The differences are what each layer costs. ``host_bound_op_us`` / ``host_bound_no_routing_us``: the op
-    and the routed kernel with ``ops.BOUND_LAUNCH`` on (the tiled and GEMV kernels' launches replayed without
+    and the routed kernel with ``ops.BOUND_LAUNCH`` on (the Triton kernels' launches replayed without
     ``JITFunction.run``, :mod:`segquant.kernels.gpu.bound_launch`)."""
     implementation = scaled_gemm_reference if DEVICE["name"] == "cpu" else ops._scaled_gemm_cuda  # the op's kernel
     with torch.inference_mode():

@@ -126,8 +126,9 @@ class ReplayedLaunch:
 
 def replay_rows(iters: int) -> list[tuple[str, float]]:
     """:func:`wrapper_rows` with ``BOUND_LAUNCH`` on: each route's Python, the launch key, the replay (the device and
-    stream lookups stubbed, as the CPU has none) and, for the TMA kernel, its config's pre-hook, around a launcher that does
-    nothing. Less :func:`wrapper_rows`, the replay's own cost, which takes the place of Triton's ``JITFunction.run``."""
+    stream lookups stubbed, as the CPU has none) and, for the TMA kernel, its config's pre-hook, around a launcher
+    that does nothing. Less :func:`wrapper_rows`, the replay's own cost, which takes the place of Triton's
+    ``JITFunction.run``."""
     from segquant.kernels.gpu import bound_launch
 
     kernels = {module: ReplayedLaunch(getattr(module, name)) for module, name in _KERNELS}
@@ -157,7 +158,7 @@ def main() -> None:
     with torch.inference_mode():
         tables = {"dispatch of the op's schema (a no-op)": dispatch_rows(args.iters),
                   "a Triton route's own Python, its launch stubbed": wrapper_rows(args.iters),
-                  "the same with the launch replayed (``BOUND_LAUNCH``), the launcher stubbed": replay_rows(args.iters)}
+                  "the same with the launch replayed (BOUND_LAUNCH), the launcher stubbed": replay_rows(args.iters)}
     print(f"torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.iters} calls each")
     for title, rows in tables.items():
         print(f"\n| {title} | µs per call |\n| --- | --- |")
