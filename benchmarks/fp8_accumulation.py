@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # gemm_w8a8
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's segquant
 
 import gemm_w8a8  # noqa: E402
-from segquant.kernels.fp8_accumulation import HOPPER, Accumulation, tensor_core_sum  # noqa: E402
+from segquant.kernels.fp8_accumulation import HOPPER, HOPPER_FAST, Accumulation, tensor_core_sum  # noqa: E402
 from segquant.kernels.gemm_reference import scaled_gemm_reference  # noqa: E402
 from segquant.kernels.gpu.plan import _fp8_row_scales, quantize_input, static_fp8_gemm  # noqa: E402
 from segquant.nn.spec import SegLinearSpec  # noqa: E402
@@ -49,11 +49,6 @@ from segquant.nn.spec import SegLinearSpec  # noqa: E402
 #: the layers of ``gemm_w8a8.py`` whose FP8 errors runs 16–19 recorded (plain: one input segment, no DualScale)
 SIMULATED_LAYERS = ("qkv_fused", "out_proj_plain", "ff_up", "ff_down_plain", "proj_out_plain", "sd35_qkv",
                     "sd35_ff_up", "sd35_ff_down")
-#: Khattak and Mikaitis's model of the H100's FP8 tensor cores (arXiv:2512.07004): groups of 32 aligned to the
-#: products' exponent sums 13 places down, each group's sum truncated to 13 places; promoted every 128 channels as
-#: cuBLASLt and CUTLASS do, or never (fast accumulation)
-KHATTAK_MIKAITIS_H100 = Accumulation(32, 13, 128, product_exponents=True, truncate_result=True)
-KHATTAK_MIKAITIS_H100_FAST = Accumulation(32, 13, None, product_exponents=True, truncate_result=True)
 #: measured column of ``scaled_gemm.jsonl`` -> the model that should reproduce it
 MEASURED = {"rel_err_fast_accum": "fast", "rel_err_vs_twin": "promote_128", "rel_err_triton": "promote_128",
             "rel_err_tma": "promote per K tile: 256 or 128"}
@@ -103,7 +98,7 @@ def simulate(args) -> str:
               "fast, 14 bits": Accumulation(fraction_bits=14, promote_every=None),
               "fast, sum truncated": Accumulation(promote_every=None, truncate_sum=True),
               "promote_128": Accumulation(), "promote_256": Accumulation(promote_every=256),
-              "K&M fast": KHATTAK_MIKAITIS_H100_FAST, "K&M promote_128": KHATTAK_MIKAITIS_H100}
+              "K&M fast": HOPPER_FAST, "K&M promote_128": HOPPER}
     measured = measured_errors(args.measured)
     lines = ["| layer (K) | " + " | ".join(models) + " | GPU measured: " + ", ".join(
                  f"{column} ({model})" for column, model in MEASURED.items()) + " |",

@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from fp8_accumulation import random_codes  # noqa: E402
 
-from segquant.kernels.fp8_accumulation import Accumulation, tensor_core_sum  # noqa: E402
+from segquant.kernels.fp8_accumulation import HOPPER, HOPPER_FAST, Accumulation, tensor_core_sum  # noqa: E402
 from segquant.kernels.gpu.triton_fp8_emulation import tensor_core_sum_triton  # noqa: E402
 
 #: name -> (M, N, K, model, codes: the benchmark's or over the whole E4M3 range, see ``random_codes``)
@@ -19,11 +19,9 @@ CASES = {
     "fast_accumulation": (16, 16, 160, Accumulation(promote_every=None), "benchmark"),
     "group8_f12_promote32": (17, 9, 70, Accumulation(8, 12, 32), "benchmark"),
     "group32_f14_promote64_wide": (16, 33, 256, Accumulation(32, 14, 64), "wide"),
-    "hopper_wide_codes": (21, 18, 96, Accumulation(), "wide"),
-    "product_exponents_truncated_sums_wide": (17, 20, 160, Accumulation(32, 13, 128, product_exponents=True,
-                                                                          truncate_result=True), "wide"),
-    "product_exponents_fast": (16, 19, 200, Accumulation(32, 13, None, product_exponents=True,
-                                                         truncate_result=True), "benchmark"),
+    "magnitude_aligned_wide_codes": (21, 18, 96, Accumulation(), "wide"),
+    "product_exponents_truncated_sums_wide": (17, 20, 160, HOPPER, "wide"),
+    "product_exponents_fast": (16, 19, 200, HOPPER_FAST, "benchmark"),
     "product_exponents_only": (18, 16, 96, Accumulation(16, 13, 64, product_exponents=True), "wide"),
 }
 

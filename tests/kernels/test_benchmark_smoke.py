@@ -76,7 +76,6 @@ def test_fp8_accumulation_probe_names_the_model_standing_in_for_the_gpu(tmp_path
     assert all(scores[1][0] < 1.0 for scores in epilogues)  # the float32 output tells the epilogues apart
 
 
-
 def test_host_python_times_the_dispatch_and_every_route_wrapper():
     out = run_script(["host_python.py", "--iters", "50"])
     rows = dict(re.findall(r"^\| (.+?) \| ([\d.]+) \|$", out, re.MULTILINE))

@@ -65,7 +65,7 @@ def test_product_exponent_alignment_and_truncated_group_sums_follow_the_scalar_d
     g = torch.Generator().manual_seed(3)
     a, b = (torch.randint(0, 255, (rows, 192), generator=g, dtype=torch.int32) for rows in (5, 4))
     a, b = (torch.where((x & 0x7F) == 0x7F, x - 1, x).to(torch.uint8).view(torch.float8_e4m3fn) for x in (a, b))
-    model = Accumulation(32, 13, None, product_exponents=True, truncate_result=True)
+    model = HOPPER_FAST
     expected = torch.tensor([[_scalar_model(row.float().tolist(), column.float().tolist()) for column in b]
                              for row in a])
     assert torch.equal(tensor_core_sum(a, b, model), expected)

@@ -73,9 +73,12 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     """``kernel[grid](*args, **kwargs)`` (``kernel`` a Triton kernel, autotuned or not; ``grid`` a tuple or a function
     of the launch's parameters, as Triton takes it), replaying the first launch of each launch key (module doc) where
     :data:`BOUND_LAUNCH` is on. Keyword arguments are keyed by value, so tensors go positionally."""
+    if not BOUND_LAUNCH["enabled"]:  # the default: nothing added to Triton's own launch
+        kernel[grid](*args, **kwargs)
+        return
     from triton import knobs
 
-    key = launch_key(args, kwargs) if BOUND_LAUNCH["enabled"] else None
+    key = launch_key(args, kwargs)
     if key is None or _hook_set(knobs.runtime.launch_enter_hook) or _hook_set(knobs.runtime.launch_exit_hook):
         kernel[grid](*args, **kwargs)
         return
