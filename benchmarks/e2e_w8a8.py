@@ -54,8 +54,9 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 - ``*_biasafter``   any variant with the plain static FP8 layers' bias added to their bf16 product after
                     cuBLASLt's GEMM, where the compiler fuses it into the next kernel (one more rounding than the
                     emulated layer: a speed experiment)
-- ``*_bound``       any variant with the Triton kernels' launches replayed without ``JITFunction.run``
-                    (``ops.BOUND_LAUNCH``): the "median ms" column (no CUDA graph) is where it shows
+- ``*_unbound``     any variant with every Triton kernel launched through ``JITFunction.run`` (``ops.BOUND_LAUNCH``
+                    off; the library replays later launches of a shape): the "median ms" column (no CUDA graph) is
+                    where it shows
 - ``*_sgelu``       any variant with every tanh-GELU computed in its sigmoid form
                     (:func:`segquant.sigmoid_form_gelus`, after quantize: the same function to float32
                     rounding; the tanh form's GELU + quantize kernel is ALU-bound, runs 13-14)
@@ -131,15 +132,15 @@ MULTI_KERNEL = "_mk"
 #: Variant suffix: the plain static FP8 layers' bias added to their bf16 product afterwards instead of in cuBLASLt's
 #: epilogue (:func:`fp8_bias_after_product`), so that the compiler fuses the add into the kernel that reads the product.
 BIAS_AFTER = "_biasafter"
-#: Variant suffix: the Triton kernels' launches (tiled, TMA, GEMV) replayed without ``JITFunction.run`` after the first
-#: of each shape (``ops.BOUND_LAUNCH``): the host time of the forward without a CUDA graph.
-BOUND = "_bound"
+#: Variant suffix: every launch of the Triton kernels (tiled, TMA, GEMV) through ``JITFunction.run``, not replayed after
+#: the first of each shape (``ops.BOUND_LAUNCH`` off): the host time of the forward without a CUDA graph.
+UNBOUND = "_unbound"
 
 
 def base_of(variant: str) -> str:
     """``variant`` without its run-time suffixes (:data:`SIGMOID_GELU`, :data:`NO_GLUON`, :data:`MULTI_KERNEL`,
-    :data:`BIAS_AFTER`, :data:`BOUND`)."""
-    for suffix in (BOUND, BIAS_AFTER, MULTI_KERNEL, NO_GLUON, SIGMOID_GELU):
+    :data:`BIAS_AFTER`, :data:`UNBOUND`)."""
+    for suffix in (UNBOUND, BIAS_AFTER, MULTI_KERNEL, NO_GLUON, SIGMOID_GELU):
         variant = variant.replace(suffix, "")
     return variant
 
@@ -158,7 +159,7 @@ def fp8_bias_after_product(module, codes: torch.Tensor, dtype: torch.dtype) -> t
 def switches_of(variant: str) -> dict:
     """The routing switches of ``segquant.kernels.gpu.ops`` that ``variant`` sets for its run."""
     return {**SWITCHES.get(base_of(variant), {}), **({"USE_WGMMA": False} if NO_GLUON in variant else {}),
-            **({"BOUND_LAUNCH": True} if BOUND in variant else {})}
+            **({"BOUND_LAUNCH": False} if UNBOUND in variant else {})}
 
 
 def segquant_config(variant: str) -> dict:

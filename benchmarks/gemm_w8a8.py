@@ -13,7 +13,8 @@ next MMA runs), where the layer fits them; plain FP8 layers also with cuBLASLt's
 ``fp8_tensor`` layers also on the row-wise call (``gemm_rowwise_us``) and, plain ones, on the routed call without its
 bias (``gemm_no_bias_us``); bf16 ``torch.mm`` without the bias too (``bf16_mm_no_bias_us``, the issue's baseline
 taken literally); the host's time per routed call and per bf16 call, issued without a CUDA graph
-(``host_us``, ``bf16_host_us``: what a forward without a graph pays where the host is the slower side; with
+(``host_us``, ``bf16_host_us``: what a forward without a graph pays where the host is the slower side, Triton
+launches replayed as the library runs them; with
 ``--host-profile`` also where it goes, ``host_profile_<layer>_<fmt>.txt``), and for the custom op's routes the same
 with one layer of the call path taken away at a time (:func:`host_breakdown`); and checks the output against the
 pure-torch twin. Prints a table
@@ -188,18 +189,20 @@ def host_breakdown(op_args: list[tuple]) -> dict[str, float]:
     ``host_op_us`` the op through the dispatcher, ``host_no_dispatch_us`` its CUDA implementation called directly,
     ``host_no_routing_us`` the kernel it routes to (:func:`ops.routed_kernel`, chosen once), ``host_no_autotuner_us``
     that kernel with the Triton autotuners skipped (:class:`TunedLaunch`: the config each one chose, its pre-hook
-    applied). The differences are what each layer costs. ``host_bound_op_us`` / ``host_bound_no_routing_us``: the op
-    and the routed kernel with ``ops.BOUND_LAUNCH`` on (the Triton kernels' launches replayed without
-    ``JITFunction.run``, :mod:`segquant.kernels.gpu.bound_launch`)."""
+    applied), each with every Triton launch through ``JITFunction.run`` (``ops.BOUND_LAUNCH`` off). The differences
+    are what each layer costs. ``host_bound_op_us`` / ``host_bound_no_routing_us``: the op and the routed kernel as the
+    library runs them, later launches of a shape replayed (:mod:`segquant.kernels.gpu.bound_launch`)."""
     implementation = scaled_gemm_reference if DEVICE["name"] == "cpu" else ops._scaled_gemm_cuda  # the op's kernel
     with torch.inference_mode():
         routed = [ops.routed_kernel(*args) for args in op_args] if DEVICE["name"] == "cuda" else None
-        times = {"host_op_us": host_us([lambda args=args: ops.scaled_gemm(*args) for args in op_args]),
-                 "host_no_dispatch_us": host_us([lambda args=args: implementation(*args) for args in op_args])}
+        with ops.switched(BOUND_LAUNCH=False):
+            times = {"host_op_us": host_us([lambda args=args: ops.scaled_gemm(*args) for args in op_args]),
+                     "host_no_dispatch_us": host_us([lambda args=args: implementation(*args) for args in op_args])}
+            if routed is not None:
+                times["host_no_routing_us"] = host_us(routed)
+                with tuned_launches():
+                    times["host_no_autotuner_us"] = host_us(routed)
         if routed is not None:
-            times["host_no_routing_us"] = host_us(routed)
-            with tuned_launches():
-                times["host_no_autotuner_us"] = host_us(routed)
             with ops.switched(BOUND_LAUNCH=True):
                 times["host_bound_op_us"] = host_us([lambda args=args: ops.scaled_gemm(*args) for args in op_args])
                 times["host_bound_no_routing_us"] = host_us(routed)

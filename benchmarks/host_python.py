@@ -92,11 +92,14 @@ def dispatch_rows(iters: int) -> list[tuple[str, float]]:
 
 
 def wrapper_rows(iters: int, stub: bool = True) -> list[tuple[str, float]]:
-    """Each route's Python with its kernel stubbed (``stub``; else as it is patched), on run 20's shapes (tiled:
-    ctx_proj; TMA: qkv_fused's K and N at M = 512, so that the CPU's allocation of the output does not dominate;
-    GEMV: adaln_plain)."""
+    """Each route's Python with its kernel stubbed (``stub``: launched as Triton's own, ``BOUND_LAUNCH`` off; else as
+    it is patched), on run 20's shapes (tiled: ctx_proj; TMA: qkv_fused's K and N at M = 512, so that the CPU's
+    allocation of the output does not dominate; GEMV: adaln_plain)."""
     tiled, tma, gemv = op_args(512, 3072, 3072), op_args(512, 3072, 9216), op_args(1, 3072, 18432)
-    with _stubbed({module: StubbedLaunch() for module, _ in _KERNELS}) if stub else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        if stub:
+            stack.enter_context(_stubbed({module: StubbedLaunch() for module, _ in _KERNELS}))
+            stack.enter_context(ops.switched(BOUND_LAUNCH=False))
         return [("tiled (ctx_proj, M = 512)", per_call_us(lambda: triton_gemm.scaled_gemm_triton(*tiled), iters)),
                 ("persistent TMA (qkv_fused's K and N, M = 512)", per_call_us(
                     lambda: triton_tma.tma_gemm_triton(*tma[:3], *tma[4:10], tma[13]), iters)),

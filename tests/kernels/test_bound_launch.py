@@ -1,6 +1,8 @@
 """Replayed Triton launches (``segquant.kernels.gpu.bound_launch``) against a stand-in for a Triton kernel: which calls
 go through the kernel, and what a replayed launch passes to the compiled kernel's launcher."""
 
+import subprocess
+import sys
 import types
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 pytest.importorskip("triton")
 
 from segquant.kernels.gpu import bound_launch  # noqa: E402
-from segquant.kernels.gpu.bound_launch import BOUND_LAUNCH, clear_bound_launches, launch  # noqa: E402
+from segquant.kernels.gpu.bound_launch import BOUND_LAUNCH, clear_bound_launches, launch, triton_read  # noqa: E402
 
 
 class CompiledStandIn:
@@ -47,6 +49,7 @@ def kernel(monkeypatch):
     monkeypatch.setitem(BOUND_LAUNCH, "enabled", True)
     monkeypatch.setattr(bound_launch, "_current_device", lambda: 0)
     monkeypatch.setattr(bound_launch, "_current_stream", lambda device: 0)
+    monkeypatch.setattr(bound_launch, "triton_read", lambda: True)  # the stand-in launches as the versions read do
     clear_bound_launches()
     yield KernelStandIn()
     clear_bound_launches()
@@ -96,6 +99,26 @@ def test_calls_that_cannot_be_bound_go_through_the_kernel(kernel, monkeypatch):
     launch(kernel, grid, x, 64)
     launch(kernel, grid, x, 64)
     assert kernel.calls == 4
+
+
+def test_the_versions_read_are_the_only_ones_replayed(kernel, monkeypatch):
+    assert [triton_read(version) for version in ("3.5.1", "3.6.0", "3.9.0+git", "3.10.0", "4.0.0")] == [
+        False, True, True, False, False]
+    monkeypatch.setattr(bound_launch, "triton_read", lambda: False)
+    x = torch.zeros(64)
+    for _ in range(3):
+        launch(kernel, grid, x, 64)
+    assert kernel.calls == 3
+
+
+def test_on_unless_the_environment_says_0():
+    def enabled(value):
+        code = "from segquant.kernels.gpu.bound_launch import BOUND_LAUNCH; print(BOUND_LAUNCH['enabled'])"
+        env = {"PATH": "", **({} if value is None else {"SEGQUANT_BOUND_LAUNCH": value})}
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert [enabled(value) for value in (None, "1", "0")] == ["True", "True", "False"]
 
 
 def test_a_launch_hook_takes_tritons_path(kernel, monkeypatch):
