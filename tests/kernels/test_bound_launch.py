@@ -1,9 +1,11 @@
 """Replayed Triton launches (``segquant.kernels.gpu.bound_launch``) against a stand-in for a Triton kernel: which calls
 go through the kernel, and what a replayed launch passes to the compiled kernel's launcher."""
 
+import gc
 import subprocess
 import sys
 import types
+import weakref
 
 import pytest
 import torch
@@ -68,6 +70,19 @@ def test_later_calls_of_a_key_replay_the_first_launch_with_their_own_tensors(ker
     assert grid_first == grid_second == (2, 1, 1)
     assert params_first[0] is first and params_second[0] is second
     assert params_first[1:] == params_second[1:] == (64, 2.0, 32)
+
+
+def test_a_binding_keeps_no_tensor_of_its_first_launch_alive(kernel):
+    first = torch.zeros(64)
+    launch(kernel, grid, first, 64, SCALE=2.0)
+    kernel.compiled.launches.clear()  # the stand-in's own record of its parameters
+    first_alive = weakref.ref(first)
+    del first
+    gc.collect()
+    assert first_alive() is None
+    second = torch.ones(64)
+    launch(kernel, grid, second, 64, SCALE=2.0)
+    assert kernel.calls == 1 and kernel.compiled.launches[-1][1] == (second, 64, 2.0, 32)
 
 
 def test_a_new_key_goes_through_the_kernel(kernel):

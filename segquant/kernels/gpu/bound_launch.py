@@ -43,15 +43,16 @@ _VALUE_KEYED = frozenset({bool, int, str, torch.dtype, type(None)})
 
 @dataclass(frozen=True)
 class BoundLaunch:
-    """What a replayed launch needs: the compiled kernel, its grid ``(x, y, z)``, the kernel's parameter names and
-    their values at the first launch in signature order (the call's positional arguments first, replaced at each
-    launch; the others are keyed by value), and the pre-hook of the config an autotuner chose (run on each launch's
+    """What a replayed launch needs: the compiled kernel, its grid ``(x, y, z)``, the kernel's parameter names in
+    signature order, the values at the first launch of those after the call's positional arguments (keyed by value:
+    keywords, defaults, constexprs, the autotuner's choice; the positional ones are each launch's own, so the first
+    launch's tensors are not kept alive), and the pre-hook of the config an autotuner chose (run on each launch's
     parameters, as the autotuner runs it: the TMA kernel's sets its descriptors' block shapes)."""
 
     compiled: Any
     grid: tuple[int, int, int]
     names: tuple[str, ...]
-    values: tuple
+    trailing: tuple
     pre_hook: Callable[[dict], None] | None
 
 
@@ -99,7 +100,7 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     if bound is None:  # Triton made no kernel to bind (the interpreter), or launches otherwise (another version)
         kernel[grid](*args, **kwargs)
         return
-    values = (*args, *bound.values[len(args):])
+    values = (*args, *bound.trailing)
     if bound.pre_hook is not None:
         bound.pre_hook(dict(zip(bound.names, values)))
     compiled = bound.compiled
@@ -133,7 +134,7 @@ def _first_launch(kernel, grid, args: tuple, kwargs: dict) -> BoundLaunch | None
         return None
     meta, config = seen["meta"], _chosen_config(kernel)
     size = tuple(grid(meta) if callable(grid) else grid)
-    return BoundLaunch(compiled, size + (1,) * (3 - len(size)), tuple(meta), tuple(meta.values()),
+    return BoundLaunch(compiled, size + (1,) * (3 - len(size)), tuple(meta), tuple(meta.values())[len(args):],
                        None if config is None else config.pre_hook)
 
 
