@@ -6,7 +6,8 @@
 #                                   demo_backends|quantize_sd35|load_flux|scaling ...]
 #
 # The limits add up to more than the 10 minutes one device call may run: name the steps of each call,
-# e.g. `tests` (≤ 400 s: the GPU test files, 302 tests, 306 s in run 15), `gemm_w4 scaling`, then `e2e_flux` (~5.5 min), `e2e_flux_w4` (~7 min), then
+# e.g. `tests` (≤ 400 s: the GPU test files, 302 tests, 306 s in run 15; ≈ 410 tests, of which 255 ran in the 400 s on
+# a cold H100 in run 22, so name the files in two calls with TESTS_NODES), `gemm_w4 scaling`, then `e2e_flux` (~5.5 min), `e2e_flux_w4` (~7 min), then
 # `e2e_sd35 gemm_w8a8`; `gemv` (~1.5 min), `tma` (up to 400 s; the compute-bound FLUX and SD3.5 layers on the persistent
 # TMA kernel, its split-last-wave variant, the Gluon INT8 kernel, the tiled kernel and cuBLASLt), `ctx` (the joint blocks' text-stream layers, M = 512 / 666,
 # where FLUX's INT8 model spent 8.1 ms in 117 tiled-kernel calls in run 10) and `e2e_flux_w8` (the segquant
