@@ -92,6 +92,9 @@ def launch(kernel, grid, *args, **kwargs) -> None:
         kernel[grid](*args, **kwargs)
         return
     device = _current_device()
+    if device is None:  # no CUDA: Triton's interpreter runs the kernel
+        kernel[grid](*args, **kwargs)
+        return
     launches = _BOUND.setdefault((kernel, device), {})
     if key not in launches:
         launches[key] = _first_launch(kernel, grid, args, kwargs)
@@ -160,9 +163,9 @@ def _chosen_config(kernel):
     return None if kernel is None else kernel.best_config
 
 
-def _current_device() -> int:
-    """The current CUDA device, the one Triton compiles for and launches on."""
-    return torch.cuda.current_device()
+def _current_device() -> int | None:
+    """The current CUDA device, the one Triton compiles for and launches on; None without CUDA."""
+    return torch.cuda.current_device() if torch.cuda.is_available() else None
 
 
 def _current_stream(device: int) -> int:
