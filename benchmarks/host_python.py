@@ -1,8 +1,9 @@
 """Host time of the op's Python layers, measured on the CPU where no GPU is lent: what run 20's ``host`` step could
 not take apart on the GPU machine (BENCHMARKS.md "Run 20").
 
-- ``dispatch``: a no-op behind ``segquant::scaled_gemm``'s schema, registered as our op is
-  (``torch.library.custom_op``) and with ``torch.library.define`` / ``impl``, against calling it directly. Run 20
+- ``dispatch``: a no-op behind ``segquant::scaled_gemm``'s schema, registered with ``torch.library.custom_op`` and
+  with ``torch.library.define`` / ``impl`` (as the op is since 2026-12-06), against calling it directly, under
+  ``torch.inference_mode`` and under ``torch.no_grad`` (as diffusers pipelines and ``segquant eval`` run). Run 20
   measured the op's dispatcher at 17–27 µs per call on the H100 machine.
 - ``wrappers``: each Triton route's Python (:func:`~segquant.kernels.gpu.triton_gemm.scaled_gemm_triton`,
   :func:`~segquant.kernels.gpu.triton_tma.tma_gemm_triton`, :func:`~segquant.kernels.gpu.triton_gemv.gemv_triton`)
@@ -12,7 +13,7 @@ not take apart on the GPU machine (BENCHMARKS.md "Run 20").
 
     python benchmarks/host_python.py [--iters 20000]
 
-Under ``torch.inference_mode``, as the models run; the fastest of five blocks of calls. The CPU differs from the GPU
+Under ``torch.inference_mode`` but for the second dispatch table; the fastest of five blocks of calls. The CPU differs from the GPU
 machine's: compare the rows with each other, not with run 20's numbers.
 """
 
@@ -53,7 +54,7 @@ def as_custom_op(a: Tensor, b: Tensor, a_scale: Tensor, a_scale_neg: Optional[Te
 
 _LIBRARY = torch.library.Library("segquant_host", "FRAGMENT")
 _LIBRARY.define("as_defined" + SCHEMA)
-_LIBRARY.impl("as_defined", no_op, "CPU")
+_LIBRARY.impl("as_defined", no_op, "CompositeExplicitAutograd")
 
 
 class StubbedLaunch:
@@ -158,8 +159,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=20000)
     args = parser.parse_args()
+    with torch.no_grad():
+        no_grad_dispatch = dispatch_rows(args.iters)
     with torch.inference_mode():
         tables = {"dispatch of the op's schema (a no-op)": dispatch_rows(args.iters),
+                  "the same under torch.no_grad": no_grad_dispatch,
                   "a Triton route's own Python, its launch stubbed": wrapper_rows(args.iters),
                   "the same with the launch replayed (BOUND_LAUNCH), the launcher stubbed": replay_rows(args.iters)}
     print(f"torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.iters} calls each")

@@ -1,6 +1,6 @@
 """CPU time of the GPU backend's call path without the GPU: where the eager (non-graph) launch cost goes.
 
-Times, on the CPU with tiny tensors, (1) the custom op ``segquant::scaled_gemm`` on meta tensors against
+Times, on the CPU with tiny tensors, (1) the op ``segquant::scaled_gemm`` on meta tensors against
 calling its (fake) implementation directly (the dispatcher's share), (2) the Python wrappers of the tiled
 kernel, the GEMV and the persistent TMA kernel with the Triton launch replaced by a no-op (our share), and (3) the
 op's whole CUDA implementation as a compute-bound INT8 layer takes it, from the routing (``gemm_kernels``, the
@@ -47,7 +47,7 @@ def main() -> None:
     with torch.inference_mode():  # meta tensors: the op runs its fake implementation, a bare new_empty
         bare = per_call_us(lambda: ops._scaled_gemm_fake(*on_meta))
         op = per_call_us(lambda: torch.ops.segquant.scaled_gemm(*on_meta))
-    print(f"custom op dispatch: {op - bare:.1f} us per call (op {op:.1f} - its kernel called directly {bare:.1f})")
+    print(f"op dispatch: {op - bare:.1f} us per call (op {op:.1f} - its kernel called directly {bare:.1f})")
     tiled, gemv = case(m=256, n=64, k=128, fmt="int8", rank=8), one_input_scale(case(m=1, n=64, k=128, fmt="int8"))
     a, b, a_scale, a_neg, w_scale, _, w_col, bias, t, u, out_segment, _, k_align, out_dtype = gemv
     persistent = one_input_scale(case(m=256, n=64, k=128, fmt="int8"))

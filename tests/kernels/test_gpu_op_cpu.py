@@ -1,15 +1,16 @@
-"""The custom op ``segquant::scaled_gemm`` on CPU: schema / fake implementation, no graph breaks, the backend's
-clear error on a machine without CUDA. (File name: ``test_gpu_*`` because it tests the GPU backend's op.)"""
+"""The ops ``segquant::scaled_gemm`` and ``segquant::dequantize_w4`` on CPU: schema / fake implementation, no graph
+breaks, the backend's clear error on a machine without CUDA. (File name: ``test_gpu_*`` because it tests the GPU backend's op.)"""
 
 import pytest
 import torch
 
 from segquant.enums import DType
 from segquant.errors import BackendUnavailableError
-from segquant.kernels.gpu.ops import scaled_gemm
+from segquant.kernels.gpu.ops import dequantize_w4, scaled_gemm
 from segquant.kernels.gpu.plan import seglinear_forward
 from segquant.kernels.layout import layout_of
 from segquant.nn.spec import SegLinearSpec
+from tests.kernels.interpret_triton_gemm import dequantize_case
 from tests.kernels.test_gemm_reference import SPECS, filled, pack, rel_err
 
 
@@ -27,6 +28,11 @@ def _op_args(dual: bool, sa: int = 1):
 @pytest.mark.parametrize("dual,sa", [(False, 1), (True, 2)])
 def test_op_schema_and_fake_implementation(dual, sa):
     torch.library.opcheck(scaled_gemm, _op_args(dual, sa))
+
+
+@pytest.mark.parametrize("steps,dtype", [(False, torch.bfloat16), (True, torch.int8)])
+def test_dequantize_w4_schema_and_fake_implementation(steps, dtype):
+    torch.library.opcheck(dequantize_w4, (*dequantize_case(n=32, k=64, segments=(32, 32), steps=steps), dtype))
 
 
 @pytest.mark.parametrize("name", ["plain", "heads", "dual", "adaln", "dynamic_dual", "int4_lowrank", "w4a16_group32"])

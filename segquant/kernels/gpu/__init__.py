@@ -6,7 +6,7 @@ Layout (the ``triton_*`` kernels need Triton and are imported lazily, on the fir
   low-rank branch), shared by the GPU backend and its pure-torch twin; it routes by the layer's
   :mod:`segquant.kernels.layout` and quantizes with :mod:`segquant.kernels.quant` (plain elementwise torch ops,
   which torch.compile fuses into the preceding norm / modulation; the emulated layer uses them too).
-- ``ops``: ``torch.library`` custom ops ``segquant::scaled_gemm`` / ``segquant::dequantize_w4`` with their fake
+- ``ops``: the ``torch.library`` ops ``segquant::scaled_gemm`` / ``segquant::dequantize_w4`` with their fake
   implementations, and the routing between the kernels below and cuBLAS(Lt) (its switches: ``ops.switched``).
 - ``triton_gemm``: the tiled kernel (per-K-tile scaled 8-bit or packed-INT4 GEMM, DualScale, output segments,
   low-rank epilogue); ``triton_gemv``: the weight-bound few-row case on the CUDA cores; ``triton_tma``: the
