@@ -68,8 +68,9 @@ One process, one GPU, random weights (speed does not depend on the values). Vari
 Per variant: first-call time (includes compilation), median latency of ``--iters`` calls (CUDA events),
 the same with the whole forward captured in one CUDA graph (``graph_ms``: no CPU launch overhead, the
 number a deployment with ``mode="reduce-overhead"`` or a captured sampler gets), memory the model holds on
-the GPU (allocated bytes after preparation: weights, buffers and the example inputs; this also counts
-tensor subclasses such as torchao's; ``model_tensor_gib``: the model's own parameters and buffers), peak
+the GPU (allocated bytes after preparation: weights, buffers and the example inputs, less what earlier variants of
+the process left allocated, ``leftover_gib``; this also counts tensor subclasses such as torchao's;
+``model_tensor_gib``: the model's own parameters and buffers), peak
 allocated memory during a call, and for the segquant variants
 the relative error of the GPU backend against the emulated backend on the same input: of the whole
 output (``‖y_gpu − y_emul‖ / ‖y_emul‖``; through dozens of random-weight blocks in bf16 this grows with
@@ -408,8 +409,19 @@ def run_variant(name: str, variant: str, iters: int, compile_mode: str | None = 
         torch.set_float32_matmul_precision(precision)
 
 
+def allocated_after_collection() -> int:
+    """Bytes allocated on the GPU once Python's garbage and cuBLAS's workspaces (those of an error check) are freed."""
+    gc.collect()
+    clear_cublas = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear_cublas is not None:
+        clear_cublas()
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated()
+
+
 def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None, profile: bool,
                   max_image_size: int | None) -> dict:
+    leftover = allocated_after_collection()  # what earlier variants of this process still hold
     model, example = build(name)
     freed = crop_position_tables(model, max_image_size) if max_image_size else 0  # SD3's table: every variant alike
     base = base_of(variant)
@@ -417,13 +429,8 @@ def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None,
     facts = prepare(base, model, example, compile_mode, sigmoid_gelu=SIGMOID_GELU in variant)
     if freed:
         facts["position_table_freed_gib"] = round(freed / 2**30, 3)
-    gc.collect()
-    clear_cublas = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)  # workspaces of the error check
-    if clear_cublas is not None:
-        clear_cublas()
-    torch.cuda.empty_cache()
+    base = allocated_after_collection()  # the model's weights (and the small example inputs)
     torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()  # the model's weights (and the small example inputs)
     if not variant.startswith("torchao"):  # its tensor subclasses have no plain storage
         facts["model_tensor_gib"] = round(model_bytes(model) / 2**30, 3)
     stage(f"{variant}: prepared")
@@ -451,7 +458,7 @@ def _run_prepared(name: str, variant: str, iters: int, compile_mode: str | None,
         stage(f"{variant}: kernels {json.dumps(facts['profile'])}")
     result = dict(model=name, variant=variant, first_call_s=round(first, 1),
                   median_ms=round(times[len(times) // 2], 2), min_ms=round(times[0], 2),
-                  weight_gib=round(base / 2**30, 3),
+                  weight_gib=round((base - leftover) / 2**30, 3), leftover_gib=round(leftover / 2**30, 3),
                   peak_extra_gib=round(peak_extra / 2**30, 3), **facts)
     del model, example
     gc.collect()
