@@ -92,7 +92,7 @@ def launch(kernel, grid, *args, **kwargs) -> None:
         kernel[grid](*args, **kwargs)
         return
     device = _current_device()
-    if device is None:  # no CUDA: Triton's interpreter runs the kernel
+    if device is None:  # no CUDA in use: Triton's interpreter runs the kernel
         kernel[grid](*args, **kwargs)
         return
     launches = _BOUND.setdefault((kernel, device), {})
@@ -164,8 +164,9 @@ def _chosen_config(kernel):
 
 
 def _current_device() -> int | None:
-    """The current CUDA device, the one Triton compiles for and launches on; None without CUDA."""
-    return torch.cuda.current_device() if torch.cuda.is_available() else None
+    """The current CUDA device, the one Triton compiles for and launches on; None while CUDA is not initialized (no
+    CUDA tensor exists: Triton's interpreter runs the kernels on CPU tensors)."""
+    return torch.cuda.current_device() if torch.cuda.is_initialized() else None
 
 
 def _current_stream(device: int) -> int:
