@@ -19,7 +19,8 @@ not written against (:data:`READ_TRITON`).
 
 On by default (``SEGQUANT_BOUND_LAUNCH=0`` in the environment, or ``BOUND_LAUNCH["enabled"] = False``, turns it off):
 on an H100 the forward without a CUDA graph took 165 against 268 ms (FLUX.1-dev, INT8) and 61 against 109 ms
-(SD3.5-medium, ``w8a8_fp8``), its output bitwise Triton's own launches' (BENCHMARKS.md, run 22).
+(SD3.5-medium, ``w8a8_fp8``); the GPU tests found each replayed kernel's output bitwise that of Triton's own launch
+(BENCHMARKS.md, run 22).
 """
 
 from __future__ import annotations
