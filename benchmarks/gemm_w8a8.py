@@ -195,8 +195,9 @@ def host_breakdown(op_args: list[tuple]) -> dict[str, float]:
     implementation = scaled_gemm_reference if DEVICE["name"] == "cpu" else ops._scaled_gemm_cuda  # the op's kernel
     with torch.inference_mode():
         routed = [ops.routed_kernel(*args) for args in op_args] if DEVICE["name"] == "cuda" else None
+        op_calls = [lambda args=args: ops.scaled_gemm(*args) for args in op_args]
         with ops.switched(BOUND_LAUNCH=False):
-            times = {"host_op_us": host_us([lambda args=args: ops.scaled_gemm(*args) for args in op_args]),
+            times = {"host_op_us": host_us(op_calls),
                      "host_no_dispatch_us": host_us([lambda args=args: implementation(*args) for args in op_args])}
             if routed is not None:
                 times["host_no_routing_us"] = host_us(routed)
@@ -204,7 +205,7 @@ def host_breakdown(op_args: list[tuple]) -> dict[str, float]:
                     times["host_no_autotuner_us"] = host_us(routed)
         if routed is not None:
             with ops.switched(BOUND_LAUNCH=True):
-                times["host_bound_op_us"] = host_us([lambda args=args: ops.scaled_gemm(*args) for args in op_args])
+                times["host_bound_op_us"] = host_us(op_calls)
                 times["host_bound_no_routing_us"] = host_us(routed)
     return times
 

@@ -13,8 +13,8 @@ not take apart on the GPU machine (BENCHMARKS.md "Run 20").
 
     python benchmarks/host_python.py [--iters 20000]
 
-Under ``torch.inference_mode`` but for the second dispatch table; the fastest of five blocks of calls. The CPU differs from the GPU
-machine's: compare the rows with each other, not with run 20's numbers.
+Under ``torch.inference_mode`` but for the second dispatch table; the fastest of five blocks of calls. The CPU
+differs from the GPU machine's: compare the rows with each other, not with run 20's numbers.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-steps", type=int, default=None,
                    help="recorded steps per calibration trajectory (default: every step)")
     p.add_argument("--no-fid", action="store_true", help="skip FID/KID (Inception on CPU is the slowest metric)")
+    # the names of segquant.kernels.fp8_accumulation.FP8_NUMERICS, spelled out: that module imports torch, which
+    # option checking does not wait for
     p.add_argument("--fp8-numerics", choices=["float32", "tensor-cores"], default="float32",
                    help="how the emulated backend sums FP8 products: exactly in float32 (fast), or as Hopper's "
                         "tensor cores do, to the bit of the gpu backend (slow on the CPU)")
